@@ -1,0 +1,113 @@
+"""Command line: ``basis-mcp serve | status``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import platformdirs
+
+from basis_mcp import __version__
+
+
+def default_db_path() -> Path:
+    env = os.environ.get("BASIS_MCP_DB")
+    if env:
+        return Path(env)
+    return Path(platformdirs.user_data_dir("basis-mcp", appauthor=False)) / "basis-mcp.db"
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", type=Path, default=None, help="SQLite database (default: %(default)s → user data dir, or $BASIS_MCP_DB)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="basis-mcp", description="MCP server for a crypto basis-convergence book.")
+    parser.add_argument("--version", action="version", version=f"basis-mcp {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the MCP server (stdio by default)")
+    _add_common(serve)
+    serve.add_argument("--transport", choices=["stdio", "http"], default="stdio")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8765)
+    serve.add_argument("--data", type=Path, default=None, help="market data: an .npz extract or a freqtrade data dir (default: shipped extract)")
+    serve.add_argument("--start", default=None, help="replay start time, e.g. 2025-06-01 (a new database only; default 2025-06-01)")
+    serve.add_argument("--config", type=Path, default=os.environ.get("BASIS_MCP_CONFIG"), help="operator config (TOML)")
+
+    status = sub.add_parser("status", help="print the book from the database without starting a server")
+    _add_common(status)
+
+    args = parser.parse_args(argv)
+    db = args.db or default_db_path()
+    if args.command == "serve":
+        return _serve(args, db)
+    if args.command == "status":
+        return _status(db)
+    return 2
+
+
+def _serve(args: argparse.Namespace, db: Path) -> int:
+    from basis_mcp.config import ConfigError, load_settings
+    from basis_mcp.errors import Rejected
+    from basis_mcp.server.app import ServeOptions, build_server
+    from basis_mcp.server.http import run_http
+
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as e:
+        print(f"basis-mcp: {e}", file=sys.stderr)
+        return 2
+    opts = ServeOptions(settings=settings, db_path=db, data_path=args.data, start=args.start)
+    server = build_server(opts)
+    print(f"basis-mcp {__version__}: replay paper desk, database {db}", file=sys.stderr)
+    try:
+        if args.transport == "stdio":
+            server.run("stdio")
+        else:
+            run_http(server, args.host, args.port)
+    except Rejected as e:
+        print(f"basis-mcp: cannot start: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _status(db: Path) -> int:
+    import sqlite_utils
+
+    from basis_mcp.clock import iso
+
+    if not db.is_file():
+        print(f"no database at {db}", file=sys.stderr)
+        return 1
+    d = sqlite_utils.Database(db)
+    meta = {r["key"]: r["value"] for r in d.query("SELECT key, value FROM meta")}
+    t = float(meta["replay_time"]) if "replay_time" in meta else None
+    print(f"database   {db}")
+    print(f"mode       {meta.get('mode', '?')}   market time {iso(t) if t else '-'}")
+    if "paper_balances" in d.table_names():
+        bal = {r["asset"]: r["free"] for r in d.query("SELECT asset, free FROM paper_balances")}
+        print(f"capital    ${float(meta.get('capital_usd', 0)):,.2f}   free USDT ${bal.get('USDT', 0):,.2f}")
+    fund = next(d.query("SELECT COALESCE(SUM(amount_usd),0) AS s FROM funding_payments"))["s"]
+    fees = next(d.query("SELECT COALESCE(SUM(fee_usd),0) AS s FROM fills"))["s"]
+    real = next(d.query("SELECT COALESCE(SUM(realized_pnl_usd),0) AS s FROM positions WHERE status IN ('closed','liquidated','failed')"))["s"]
+    print(f"realised   ${real:,.2f}   funding received ${fund:,.2f}   fees paid ${fees:,.2f}")
+    rows = list(d.query("SELECT * FROM positions ORDER BY id DESC LIMIT 20"))
+    if not rows:
+        print("positions  none")
+    else:
+        print(f"\n{'id':>4} {'symbol':6} {'status':10} {'qty':>12} {'lev':>4} {'entry basis%':>12} {'funding $':>10} {'realised $':>11}  opened")
+        for r in rows:
+            f = next(d.query("SELECT COALESCE(SUM(amount_usd),0) AS s FROM funding_payments WHERE position_id = ?", [r["id"]]))["s"]
+            rp = "" if r["realized_pnl_usd"] is None else f"{r['realized_pnl_usd']:,.2f}"
+            eb = "" if r["entry_basis_pct"] is None else f"{r['entry_basis_pct']:.4f}"
+            print(f"{r['id']:>4} {r['symbol']:6} {r['status']:10} {r['quantity']:>12g} {r['leverage']:>4g} {eb:>12} {f:>10.2f} {rp:>11}  {iso(r['opened_at'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

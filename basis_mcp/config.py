@@ -1,0 +1,249 @@
+"""Risk limits and venue parameters.
+
+`HARD` holds the ceilings written into the code: no config file, environment variable or
+tool argument can exceed them. `Settings` is the operator's configuration; it is
+validated at start-up and may only tighten the ceilings. Nothing in the tool layer can
+write it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from basis_mcp.costs import LegCosts, PairCosts
+from basis_mcp.margin import Bracket, brackets
+
+Tier = Literal["anchor", "mid", "speculative"]
+
+
+@dataclass(frozen=True)
+class HardLimits:
+    max_leverage: float = 5.0
+    tier_allocation: tuple[tuple[str, float], ...] = (("anchor", 0.50), ("mid", 0.35), ("speculative", 0.15))
+    tier_single_position: tuple[tuple[str, float], ...] = (("anchor", 0.25), ("mid", 0.15), ("speculative", 0.07))
+    max_drawdown: float = 0.15
+    max_realised_vol_1h: float = 0.05
+    max_orders_per_minute: int = 120
+    max_hold_days: float = 30.0
+    max_stale_seconds_live: float = 10.0
+
+    def allocation(self, tier: str) -> float:
+        return dict(self.tier_allocation)[tier]
+
+    def single(self, tier: str) -> float:
+        return dict(self.tier_single_position)[tier]
+
+
+HARD = HardLimits()
+
+ANCHOR = ("BTC", "ETH")
+MID = ("SOL", "ARB", "AVAX", "BNB", "XRP", "DOGE", "ADA", "LINK", "DOT", "MATIC", "OP", "LTC", "TON", "SUI")
+
+
+class SymbolSpec(BaseModel):
+    """What the (paper) venue needs to know to trade one symbol."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    spot_taker_fee: float = Field(0.001, ge=0, le=0.01, description="fraction; Binance VIP 0 spot taker 0.10 %")
+    perp_taker_fee: float = Field(0.0005, ge=0, le=0.01, description="fraction; Binance VIP 0 USD-M taker 0.05 %")
+    spot_half_spread_bps: float = Field(0.5, ge=0, le=100)
+    perp_half_spread_bps: float = Field(0.5, ge=0, le=100)
+    spot_impact_bps_per_sqrt_musd: float = Field(5.0, ge=0, le=1000)
+    perp_impact_bps_per_sqrt_musd: float = Field(4.0, ge=0, le=1000)
+    qty_step: float = Field(0.001, gt=0, description="lot step in base units shared by both legs")
+    min_notional_usd: float = Field(100.0, ge=0)
+    mmr_brackets: list[tuple[float, float]] = Field(
+        default_factory=lambda: [
+            (50_000, 0.004),
+            (600_000, 0.005),
+            (3_000_000, 0.01),
+            (12_000_000, 0.025),
+            (70_000_000, 0.05),
+            (100_000_000, 0.10),
+            (230_000_000, 0.125),
+            (480_000_000, 0.15),
+            (600_000_000, 0.25),
+            (math.inf, 0.50),
+        ],
+        description="(notional cap USD, maintenance margin rate) rows; cum amounts are derived",
+    )
+
+    @property
+    def costs(self) -> PairCosts:
+        return PairCosts(
+            spot=LegCosts(self.spot_taker_fee, self.spot_half_spread_bps, self.spot_impact_bps_per_sqrt_musd),
+            perp=LegCosts(self.perp_taker_fee, self.perp_half_spread_bps, self.perp_impact_bps_per_sqrt_musd),
+        )
+
+    @property
+    def brackets(self) -> list[Bracket]:
+        return brackets(self.mmr_brackets)
+
+
+DEFAULT_SPECS: dict[str, SymbolSpec] = {
+    "BTC": SymbolSpec(),
+    "ETH": SymbolSpec(
+        spot_half_spread_bps=0.7,
+        perp_half_spread_bps=0.6,
+        spot_impact_bps_per_sqrt_musd=7.0,
+        perp_impact_bps_per_sqrt_musd=5.0,
+        min_notional_usd=20.0,
+        mmr_brackets=[
+            (50_000, 0.005),
+            (600_000, 0.0065),
+            (3_000_000, 0.01),
+            (12_000_000, 0.02),
+            (50_000_000, 0.05),
+            (65_000_000, 0.10),
+            (150_000_000, 0.125),
+            (320_000_000, 0.15),
+            (400_000_000, 0.25),
+            (math.inf, 0.50),
+        ],
+    ),
+    "SOL": SymbolSpec(
+        spot_half_spread_bps=1.5,
+        perp_half_spread_bps=1.0,
+        spot_impact_bps_per_sqrt_musd=15.0,
+        perp_impact_bps_per_sqrt_musd=10.0,
+        qty_step=1.0,
+        min_notional_usd=5.0,
+        mmr_brackets=[
+            (10_000, 0.005),
+            (100_000, 0.01),
+            (500_000, 0.02),
+            (2_000_000, 0.05),
+            (5_000_000, 0.10),
+            (10_000_000, 0.125),
+            (20_000_000, 0.15),
+            (40_000_000, 0.25),
+            (math.inf, 0.50),
+        ],
+    ),
+}
+
+
+class Settings(BaseModel):
+    """Operator configuration. Every limit here may be tighter than `HARD`, never looser."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    capital_usd: float = Field(100_000.0, gt=0, le=1e9, description="paper starting capital / capital the limits are measured against")
+    max_leverage: float = Field(3.0, ge=1.0, description="perp leverage cap; hard ceiling 5x")
+    default_leverage: float = Field(2.0, ge=1.0, description="leverage used when a tool call does not give one")
+    max_position_notional_usd: float = Field(5_000.0, gt=0, description="per-position notional cap (spot leg, USD)")
+    tier_allocation: dict[str, float] = Field(default_factory=lambda: dict(HARD.tier_allocation))
+    tier_single_position: dict[str, float] = Field(default_factory=lambda: dict(HARD.tier_single_position))
+    tiers: dict[str, Tier] = Field(default_factory=dict, description="symbol -> tier overrides; default anchor BTC/ETH, mid majors, speculative rest")
+    symbols: dict[str, SymbolSpec] = Field(default_factory=dict, description="per-symbol venue parameter overrides")
+    zscore_window: int = Field(1080, ge=30, le=100_000)
+    zscore_sample_seconds: int = Field(3600, ge=60, le=86_400, description="one basis sample per symbol per bucket")
+    max_stale_seconds_replay: float = Field(3600.0, ge=0, le=86_400, description="replay data is hourly: one bar old is fresh")
+    max_stale_seconds_live: float = Field(5.0, gt=0)
+    max_hold_days: float = Field(30.0, gt=0)
+    max_advance_hours: float = Field(24.0 * 92, gt=0, le=24.0 * 366)
+
+    @field_validator("max_leverage")
+    @classmethod
+    def _lev_ceiling(cls, v: float) -> float:
+        if v > HARD.max_leverage:
+            raise ValueError(f"max_leverage {v:g} exceeds the hard ceiling {HARD.max_leverage:g}x")
+        return v
+
+    @field_validator("max_hold_days")
+    @classmethod
+    def _hold_ceiling(cls, v: float) -> float:
+        if v > HARD.max_hold_days:
+            raise ValueError(f"max_hold_days {v:g} exceeds the hard ceiling {HARD.max_hold_days:g}")
+        return v
+
+    @field_validator("max_stale_seconds_live")
+    @classmethod
+    def _stale_ceiling(cls, v: float) -> float:
+        if v > HARD.max_stale_seconds_live:
+            raise ValueError(f"max_stale_seconds_live {v:g} exceeds the hard ceiling {HARD.max_stale_seconds_live:g}")
+        return v
+
+    @field_validator("tier_allocation", "tier_single_position")
+    @classmethod
+    def _tier_ceiling(cls, v: dict[str, float], info: Any) -> dict[str, float]:
+        hard = dict(HARD.tier_allocation if info.field_name == "tier_allocation" else HARD.tier_single_position)
+        merged = dict(hard)
+        for tier, frac in v.items():
+            if tier not in hard:
+                raise ValueError(f"unknown tier {tier!r} (tiers: {', '.join(hard)})")
+            if not (0 <= frac <= hard[tier]):
+                raise ValueError(f"{info.field_name}[{tier}] = {frac:g} is outside 0..{hard[tier]:g} (hard ceiling)")
+            merged[tier] = frac
+        return merged
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.default_leverage > self.max_leverage:
+            raise ValueError(f"default_leverage {self.default_leverage:g} is above max_leverage {self.max_leverage:g}")
+        return self
+
+    # ---------------------------------------------------------------- lookups
+
+    def tier_of(self, symbol: str) -> Tier:
+        if symbol in self.tiers:
+            return self.tiers[symbol]
+        if symbol in ANCHOR:
+            return "anchor"
+        if symbol in MID:
+            return "mid"
+        return "speculative"
+
+    def spec(self, symbol: str) -> SymbolSpec:
+        return self.symbols.get(symbol) or DEFAULT_SPECS.get(symbol) or SymbolSpec()
+
+
+ENV_PREFIX = "BASIS_MCP_"
+_ENV_FIELDS = {
+    "capital_usd",
+    "max_leverage",
+    "default_leverage",
+    "max_position_notional_usd",
+    "zscore_window",
+    "max_hold_days",
+    "max_stale_seconds_live",
+}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def load_settings(path: Path | str | None = None, env: dict[str, str] | None = None) -> Settings:
+    """Settings from an optional TOML file, then ``BASIS_MCP_*`` environment variables.
+
+    Raises `ConfigError` with a readable message for a missing file, bad TOML, an unknown
+    key, or any value that would loosen a hard ceiling.
+    """
+    env = dict(os.environ) if env is None else env
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
+    for key in _ENV_FIELDS:
+        raw = env.get(ENV_PREFIX + key.upper())
+        if raw is not None:
+            data[key] = raw
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as e:
+        lines = [f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None

@@ -1,0 +1,1061 @@
+"""The desk: one stateful engine per process.
+
+It owns the market feed, the venue, the store and the z-score trackers, and implements
+every tool's behaviour. The MCP layer only validates inputs and calls in here. Methods
+that change state run under one `anyio.Lock`, so two entries can never both pass the same
+capital check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+
+from basis_mcp import margin as mm
+from basis_mcp.clock import Clock, SimClock, iso, parse_time
+from basis_mcp.config import HARD, Settings
+from basis_mcp.errors import Rejected
+from basis_mcp.feed import MarketDataUnavailable, ReplayFeed, Snapshot
+from basis_mcp.history import HOUR, fingerprint, load_any
+from basis_mcp.ledger import leg_quantities, pnl
+from basis_mcp.models import (
+    Alert,
+    AdvanceTimeOutput,
+    BasisSnapshot,
+    CapOut,
+    CheckDeltaOutput,
+    DeltaReport,
+    EnterTradeOutput,
+    ExitTradeOutput,
+    FillOut,
+    FundingSettlementOut,
+    NetApyEstimate,
+    PnLBreakdown,
+    PortfolioOutput,
+    PositionOut,
+    ScanBasisOutput,
+    SecondsToFundingOutput,
+    SizePositionOutput,
+    TierUsage,
+    Unavailable,
+    ZScoreOutput,
+)
+from basis_mcp.signals import (
+    RollingZScore,
+    estimate_net_return,
+    funding_8h_pct,
+    funding_apr_pct,
+    zscore_stats,
+)
+from basis_mcp.sizing import Cap, floor_to_step, size_position
+from basis_mcp.store import Store
+from basis_mcp.venue.base import OrderRequest, OrderResult, VenueError, VenueTimeout
+from basis_mcp.venue.paper import PaperVenue
+
+DEFAULT_REPLAY_START = "2025-06-01T00:00:00Z"
+OPEN_STATES = ("opening", "open", "closing")
+ProgressFn = Callable[[float, float, str], Awaitable[None]]
+
+
+@dataclass
+class _Pending:
+    samples: list[tuple[str, int, float, float, float]]
+
+
+def _r(x: float | None, nd: int = 10) -> float | None:
+    return None if x is None else round(float(x), nd)
+
+
+class Desk:
+    def __init__(self, settings: Settings, store: Store, feed: ReplayFeed, venue: PaperVenue, clock: Clock, mode: str):
+        self.settings = settings
+        self.store = store
+        self.feed = feed
+        self.venue = venue
+        self.clock = clock
+        self.mode = mode
+        self.lock = anyio.Lock()
+        self.z: dict[str, RollingZScore] = {}
+        self._pending = _Pending([])
+
+    # ================================================================== construction
+
+    @classmethod
+    def open_replay(
+        cls,
+        settings: Settings,
+        db_path: Path | str,
+        data_path: Path | str | None = None,
+        start: str | None = None,
+    ) -> Desk:
+        """Paper trading on historical data under a simulated clock (the embedded default)."""
+        histories = load_any(data_path)
+        store = Store(db_path)
+        fp = fingerprint(histories)
+        mode = store.get_meta("mode")
+        if mode is not None and mode != "replay":
+            raise Rejected("db", str(db_path), f"this database belongs to a '{mode}' desk, not a replay desk")
+        stored_fp = store.get_meta("data_fingerprint")
+        if stored_fp is not None and stored_fp != fp:
+            raise Rejected("data", str(data_path or "shipped"), "this database was built on different market data; use another --db")
+        clock = SimClock(0.0)
+        feed = ReplayFeed(histories, clock)
+        saved = store.get_meta("replay_time")
+        if saved is not None:
+            t = float(saved)
+        else:
+            t = parse_time(start or DEFAULT_REPLAY_START)
+            t = math.floor(t / HOUR) * HOUR
+            if not feed.start <= t <= feed.end:
+                raise Rejected("start", start, f"outside the data ({iso(feed.start)} .. {iso(feed.end)})")
+        clock.set(t)
+        with store.tx():
+            store.set_meta("mode", "replay")
+            store.set_meta("data_fingerprint", fp)
+            store.set_meta("replay_time", repr(t))
+            if store.get_meta("capital_usd") is None:
+                store.set_meta("capital_usd", repr(settings.capital_usd))
+        venue = PaperVenue(db_path, feed, settings, clock)
+        return cls(settings, store, feed, venue, clock, "replay")
+
+    async def start(self) -> None:
+        """Warm the z-score history, load trackers, pick up venue events missed while down."""
+        self._warm_history()
+        for sym in self.feed.symbols:
+            self._load_tracker(sym)
+        await self._sync_venue_events()
+        self.audit("system", "desk_start", {"mode": self.mode, "market_time": iso(self.clock.now())}, "ok")
+
+    def close(self) -> None:
+        self._flush_samples()
+        self.venue.db.close()
+        self.store.close()
+
+    # ================================================================== helpers
+
+    @property
+    def capital_usd(self) -> float:
+        return float(self.store.get_meta("capital_usd") or self.settings.capital_usd)
+
+    def now(self) -> float:
+        return self.clock.now()
+
+    def audit(self, kind: str, name: str, args: dict[str, Any], outcome: str, detail: str | None = None) -> None:
+        self.store.append_audit(ts=time.time(), market_ts=self.now(), kind=kind, name=name, args=args, outcome=outcome, detail=detail)
+
+    def alert(self, severity: str, rule: str, message: str, data: dict[str, Any] | None = None) -> None:
+        data = data or {}
+        with self.store.tx():
+            self.store.x(
+                "INSERT INTO alerts(ts, market_ts, severity, rule, message, data_json) VALUES (?,?,?,?,?,?)",
+                (time.time(), self.now(), severity, rule, message, json.dumps(data, default=str)),
+            )
+            self.audit("alert", rule, data, severity, message)
+
+    def pop_alerts(self) -> list[Alert]:
+        with self.store.tx():
+            rows = self.store.q("SELECT * FROM alerts WHERE delivered = 0 ORDER BY id")
+            if rows:
+                self.store.x("UPDATE alerts SET delivered = 1 WHERE id <= ? AND delivered = 0", (rows[-1]["id"],))
+        return [
+            Alert(
+                id=r["id"],
+                time=iso(r["ts"]) or "",
+                market_time=iso(r["market_ts"]) or "",
+                severity=r["severity"],
+                rule=r["rule"],
+                message=r["message"],
+                data=json.loads(r["data_json"]),
+            )
+            for r in rows
+        ]
+
+    def resolve(self, raw: str, field: str = "symbol") -> str:
+        s = raw.strip().upper().split(":")[0].replace("-", "/").replace("_", "/")
+        if "/" in s:
+            base, quote = s.split("/", 1)
+            if quote != "USDT":
+                raise Rejected(field, raw, "only USDT-quoted pairs are traded")
+        elif s.endswith("USDT") and len(s) > 4:
+            base = s[:-4]
+        else:
+            base = s
+        if base not in self.feed.symbols:
+            raise Rejected(field, raw, f"unknown symbol; this desk trades {', '.join(self.feed.symbols)}")
+        return base
+
+    def snapshot(self, symbol: str, field: str = "symbol") -> Snapshot:
+        try:
+            return self.feed.snapshot(symbol)
+        except MarketDataUnavailable as e:
+            raise Rejected(field, symbol, f"no market data at {iso(self.now())}: {e}") from None
+
+    def _stale_limit(self) -> float:
+        return self.settings.max_stale_seconds_replay if self.clock.simulated else self.settings.max_stale_seconds_live
+
+    def _check_leverage(self, leverage: float | None) -> float:
+        lev = self.settings.default_leverage if leverage is None else float(leverage)
+        cap = min(self.settings.max_leverage, HARD.max_leverage)
+        if not math.isfinite(lev) or lev < 1:
+            raise Rejected("leverage", leverage, "must be a finite number >= 1")
+        if lev > HARD.max_leverage:
+            raise Rejected("leverage", leverage, f"above the hard ceiling of {HARD.max_leverage:g}x (never allowed)")
+        if lev > cap:
+            raise Rejected("leverage", leverage, f"above the operator's cap of {cap:g}x")
+        return lev
+
+    def _open_position(self, symbol: str):
+        return self.store.one(
+            "SELECT * FROM positions WHERE symbol = ? AND status IN ('opening','open','closing') ORDER BY id DESC LIMIT 1",
+            (symbol,),
+        )
+
+    def _tier_in_use(self, tier: str) -> float:
+        total = 0.0
+        for r in self.store.q("SELECT symbol, notional_usd FROM positions WHERE status IN ('opening','open','closing')"):
+            if self.settings.tier_of(r["symbol"]) == tier:
+                total += r["notional_usd"]
+        return total
+
+    async def _free_cash(self) -> float:
+        return (await self.venue.fetch_balances()).get("USDT", 0.0)
+
+    # ================================================================== z-score history
+
+    def _sample_bucket(self, t: float) -> int:
+        step = self.settings.zscore_sample_seconds
+        return int(t // step * step)
+
+    def _warm_history(self) -> None:
+        """First start in replay: backfill one window of samples from the data before now."""
+        if not self.clock.simulated:
+            return
+        now = self.now()
+        w = self.settings.zscore_window
+        rows = []
+        for sym in self.feed.symbols:
+            have = self.store.one("SELECT COUNT(*) AS n FROM basis_samples WHERE symbol = ? AND ts <= ?", (sym, now))["n"]
+            if have >= w:
+                continue
+            times, basis = self.feed.basis_series(sym, now - w * HOUR, now)
+            h = self.feed.h[sym]
+            for t, b in zip(times.tolist(), basis.tolist(), strict=True):
+                i = h.index_at(t)
+                rows.append((sym, int(t), float(h.spot[i]), float(h.perp[i]), float(b)))
+        if rows:
+            with self.store.tx():
+                self.store.conn.executemany(
+                    "INSERT OR IGNORE INTO basis_samples(symbol, ts, spot, perp, basis_pct) VALUES (?,?,?,?,?)", rows
+                )
+
+    def _load_tracker(self, symbol: str) -> None:
+        tr = RollingZScore(self.settings.zscore_window)
+        rows = self.store.q(
+            "SELECT basis_pct FROM basis_samples WHERE symbol = ? AND ts <= ? ORDER BY ts DESC LIMIT ?",
+            (symbol, self.now(), self.settings.zscore_window),
+        )
+        for r in reversed(rows):
+            tr.add(r["basis_pct"])
+        self.z[symbol] = tr
+        self._last_sample_ts = getattr(self, "_last_sample_ts", {})
+        last = self.store.one("SELECT MAX(ts) AS t FROM basis_samples WHERE symbol = ?", (symbol,))
+        self._last_sample_ts[symbol] = last["t"] if last and last["t"] is not None else None
+
+    def _queue_sample(self, snap: Snapshot) -> None:
+        """Queue a basis sample if both legs were observed in the current bucket."""
+        bucket = self._sample_bucket(snap.now)
+        if self._sample_bucket(snap.spot_time) != bucket or self._sample_bucket(snap.perp_time) != bucket:
+            return
+        if self._last_sample_ts.get(snap.symbol) is not None and bucket <= self._last_sample_ts[snap.symbol]:
+            return
+        self._last_sample_ts[snap.symbol] = bucket
+        self._pending.samples.append((snap.symbol, bucket, snap.spot, snap.perp, snap.basis_pct))
+
+    def _flush_samples(self, extra_meta: dict[str, str] | None = None) -> int:
+        rows = self._pending.samples
+        if not rows and not extra_meta:
+            return 0
+        self._pending.samples = []
+        with self.store.tx():
+            self.store.conn.executemany(
+                "INSERT OR IGNORE INTO basis_samples(symbol, ts, spot, perp, basis_pct) VALUES (?,?,?,?,?)", rows
+            )
+            for k, v in (extra_meta or {}).items():
+                self.store.set_meta(k, v)
+        for sym, _, _, _, b in rows:
+            self.z[sym].add(b)
+        return len(rows)
+
+    # ================================================================== read-only tools
+
+    def scan(self, symbols: list[str] | None) -> ScanBasisOutput:
+        syms = self.feed.symbols if not symbols else list(dict.fromkeys(self.resolve(s, "symbols") for s in symbols))
+        snaps: list[BasisSnapshot] = []
+        unavailable: list[Unavailable] = []
+        for sym in syms:
+            try:
+                snap = self.feed.snapshot(sym)
+            except MarketDataUnavailable as e:
+                unavailable.append(Unavailable(symbol=sym, reason=str(e)))
+                continue
+            self._queue_sample(snap)
+            snaps.append(self._snapshot_out(snap))
+        self._flush_samples()
+        for s in snaps:  # z after the flush so this snapshot's own sample counts
+            tr = self.z[s.symbol]
+            s.zscore = _r(tr.zscore(s.basis_pct), 6)
+            s.zscore_samples = tr.n
+        snaps.sort(key=lambda s: s.basis_pct, reverse=True)
+        return ScanBasisOutput(market_time=iso(self.now()) or "", mode=self.mode, snapshots=snaps, unavailable=unavailable)
+
+    def _snapshot_out(self, snap: Snapshot) -> BasisSnapshot:
+        return BasisSnapshot(
+            symbol=snap.symbol,
+            venue=snap.venue,
+            market_time=iso(snap.now) or "",
+            spot_price=snap.spot,
+            perp_price=snap.perp,
+            mark_price=snap.mark,
+            basis_usd=_r(snap.basis_usd, 8) or 0.0,
+            basis_pct=_r(snap.basis_pct, 8) or 0.0,
+            zscore=None,
+            zscore_samples=0,
+            funding_rate_pct=_r(snap.funding_rate * 100, 8) or 0.0,
+            funding_rate_source=snap.funding_rate_source,
+            funding_rate_8h_pct=_r(funding_8h_pct(snap.funding_rate, snap.funding_interval_hours), 8) or 0.0,
+            funding_apr_pct=_r(funding_apr_pct(snap.funding_rate, snap.funding_interval_hours), 6) or 0.0,
+            funding_interval_hours=snap.funding_interval_hours,
+            next_funding_time=iso(snap.next_funding_time) or "",
+            seconds_to_funding=snap.seconds_to_funding,
+            data_age_seconds=snap.data_age_seconds,
+            spot_gap=snap.spot_time < snap.perp_time,
+            mark_is_proxy=snap.mark_is_proxy,
+        )
+
+    def compute_zscore(self, symbol: str, window: int) -> ZScoreOutput:
+        sym = self.resolve(symbol)
+        self._flush_samples()
+        tr = self.z[sym]
+        if window == tr.window:
+            values = tr.values()
+        else:
+            rows = self.store.q(
+                "SELECT basis_pct FROM basis_samples WHERE symbol = ? AND ts <= ? ORDER BY ts DESC LIMIT ?",
+                (sym, self.now(), window),
+            )
+            values = np.array([r["basis_pct"] for r in reversed(rows)], dtype=np.float64)
+        st = zscore_stats(values, window)
+        if st.n and window == tr.window:  # the O(1) tracker is the reference for its own window
+            st = st.__class__(**{**st.__dict__, "zscore": tr.zscore(st.latest), "mean": tr.mean, "std": tr.std})
+        span = self.store.q(
+            "SELECT ts FROM basis_samples WHERE symbol = ? AND ts <= ? ORDER BY ts DESC LIMIT ?",
+            (sym, self.now(), max(st.n, 1)),
+        )
+        return ZScoreOutput(
+            symbol=sym,
+            window=window,
+            samples=st.n,
+            ready=st.zscore is not None,
+            basis_pct=_r(st.latest, 8),
+            zscore=_r(st.zscore, 6),
+            mean_pct=_r(st.mean, 8),
+            std_pct=_r(st.std, 8),
+            p10_pct=_r(st.p10, 8),
+            p90_pct=_r(st.p90, 8),
+            min_pct=_r(st.minimum, 8),
+            max_pct=_r(st.maximum, 8),
+            first_sample_time=iso(span[-1]["ts"]) if span and st.n else None,
+            last_sample_time=iso(span[0]["ts"]) if span and st.n else None,
+            sample_interval_seconds=self.settings.zscore_sample_seconds,
+        )
+
+    def _funding_assumption(self, sym: str, snap: Snapshot, override_8h_pct: float | None) -> tuple[float, str]:
+        """(rate per interval as a fraction, source)."""
+        if override_8h_pct is not None:
+            return override_8h_pct / 100.0 * snap.funding_interval_hours / 8.0, "given"
+        mean = self.feed.mean_funding_rate(sym, self.now() - 30 * 86400, self.now())
+        if mean is not None:
+            return mean, "mean_settled_30d"
+        return snap.funding_rate, snap.funding_rate_source
+
+    def estimate_net_apy(
+        self,
+        symbol: str,
+        notional_usd: float,
+        hold_days: float,
+        leverage: float | None,
+        funding_rate_8h_pct: float | None,
+        exit_basis_pct: float,
+        basis_pct: float | None,
+    ) -> NetApyEstimate:
+        sym = self.resolve(symbol)
+        lev = self._check_leverage(leverage)
+        snap = self.snapshot(sym)
+        entry_basis = snap.basis_pct if basis_pct is None else basis_pct
+        spot = snap.spot
+        perp = spot * (1 + entry_basis / 100.0)
+        rate, source = self._funding_assumption(sym, snap, funding_rate_8h_pct)
+        q = notional_usd / spot
+        costs = self.settings.spec(sym).costs
+        est = estimate_net_return(
+            notional_usd=notional_usd,
+            spot_price=spot,
+            perp_price=perp,
+            hold_days=hold_days,
+            exit_basis_pct=exit_basis_pct,
+            funding_rate=rate,
+            funding_interval_hours=snap.funding_interval_hours,
+            seconds_to_next_funding=snap.seconds_to_funding,
+            leverage=lev,
+            entry_exit_cost_usd=costs.round_trip_usd(q, spot, perp),
+        )
+        return NetApyEstimate(
+            symbol=sym,
+            notional_usd=notional_usd,
+            quantity=q,
+            hold_days=hold_days,
+            leverage=lev,
+            entry_basis_pct=_r(entry_basis, 8) or 0.0,
+            exit_basis_pct=exit_basis_pct,
+            funding_rate_8h_pct=_r(funding_8h_pct(rate, snap.funding_interval_hours), 8) or 0.0,
+            funding_rate_source=source,
+            settlements_in_hold=est.settlements,
+            basis_capture_usd=_r(est.basis_capture_usd, 6) or 0.0,
+            funding_usd=_r(est.funding_usd, 6) or 0.0,
+            fees_usd=_r(est.fees_usd, 6) or 0.0,
+            slippage_usd=_r(est.slippage_usd, 6) or 0.0,
+            net_usd=_r(est.net_usd, 6) or 0.0,
+            capital_employed_usd=_r(est.capital_employed_usd, 6) or 0.0,
+            net_return_pct=_r(est.net_return_pct, 6) or 0.0,
+            apy_pct=_r(est.apy_pct, 6) or 0.0,
+            apy_on_notional_pct=_r(est.apy_on_notional_pct, 6) or 0.0,
+            break_even_hold_days=_r(est.break_even_hold_days, 4),
+            formula=(
+                "net = q*(basis_entry - basis_exit) [once] + q*perp*rate*settlements_in_hold "
+                f"- fees (spot {costs.spot.taker_fee * 100:g}% + perp {costs.perp.taker_fee * 100:g}%, in and out) "
+                "- slippage (half-spread + sqrt impact, in and out); "
+                "apy = net / (notional + notional/leverage) / hold_days * 365"
+            ),
+        )
+
+    async def _caps(self, sym: str) -> list[Cap]:
+        tier = self.settings.tier_of(sym)
+        cap = self.capital_usd
+        single = self.settings.tier_single_position[tier] * cap
+        alloc = self.settings.tier_allocation[tier] * cap
+        used = self._tier_in_use(tier)
+        return [
+            Cap("max_position_notional", self.settings.max_position_notional_usd, "operator's per-position notional cap"),
+            Cap("tier_single_position", single, f"{tier} tier: one position ≤ {self.settings.tier_single_position[tier]:.0%} of ${cap:,.0f} capital"),
+            Cap(
+                "tier_allocation_headroom",
+                max(alloc - used, 0.0),
+                f"{tier} tier: ≤ {self.settings.tier_allocation[tier]:.0%} of capital (${alloc:,.0f}); ${used:,.2f} already in use",
+            ),
+        ]
+
+    async def size(self, symbol: str, leverage: float | None, target_notional_usd: float | None) -> SizePositionOutput:
+        sym = self.resolve(symbol)
+        lev = self._check_leverage(leverage)
+        snap = self.snapshot(sym)
+        spec = self.settings.spec(sym)
+        free = await self._free_cash()
+        res = size_position(
+            spot_price=snap.spot,
+            leverage=lev,
+            costs=spec.costs,
+            free_capital_usd=free,
+            caps=await self._caps(sym),
+            qty_step=spec.qty_step,
+            min_notional_usd=spec.min_notional_usd,
+            target_notional_usd=target_notional_usd,
+        )
+        return SizePositionOutput(
+            symbol=sym,
+            tier=self.settings.tier_of(sym),
+            leverage=lev,
+            recommended_notional_usd=_r(res.notional_usd, 6) or 0.0,
+            quantity=res.quantity,
+            binding_cap=res.binding_cap,
+            caps=[CapOut(name=c.name, limit_usd=_r(c.limit_usd, 6) or 0.0, detail=c.detail) for c in res.caps],
+            free_capital_usd=_r(free, 6) or 0.0,
+            capital_required_usd=_r(res.capital_required_usd, 6) or 0.0,
+            margin_usd=_r(res.margin_usd, 6) or 0.0,
+            entry_costs_usd=_r(res.fees_and_slippage_usd, 6) or 0.0,
+        )
+
+    # ================================================================== positions view
+
+    def _fills(self, position_id: int) -> list[dict[str, Any]]:
+        rows = self.store.q(
+            "SELECT f.*, o.client_order_id, o.purpose FROM fills f JOIN orders o ON o.id = f.order_id"
+            " WHERE f.position_id = ? ORDER BY f.id",
+            (position_id,),
+        )
+        return [dict(r) for r in rows]
+
+    def _funding_total(self, position_id: int) -> float:
+        return float(self.store.one("SELECT COALESCE(SUM(amount_usd), 0) AS s FROM funding_payments WHERE position_id = ?", (position_id,))["s"])
+
+    def _position_out(self, row) -> PositionOut:
+        fills = self._fills(row["id"])
+        funding = [r["amount_usd"] for r in self.store.q("SELECT amount_usd FROM funding_payments WHERE position_id = ?", (row["id"],))]
+        p = pnl(fills, funding)
+        spot_in = [f for f in fills if f["purpose"] == "open" and f["market"] == "spot"]
+        return PositionOut(
+            position_id=row["id"],
+            symbol=row["symbol"],
+            strategy=row["strategy"],
+            status=row["status"],
+            quantity=row["quantity"],
+            leverage=row["leverage"],
+            notional_usd=_r(spot_in[0]["quantity"] * spot_in[0]["price"], 6) if spot_in else row["notional_usd"],
+            entry_spot_price=row["entry_spot"],
+            entry_perp_price=row["entry_perp"],
+            entry_basis_pct=_r(row["entry_basis_pct"], 8),
+            exit_spot_price=row["exit_spot"],
+            exit_perp_price=row["exit_perp"],
+            exit_basis_pct=_r(row["exit_basis_pct"], 8),
+            margin_usd=_r(row["margin_usd"], 8),
+            opened_at=iso(row["opened_at"]) or "",
+            closed_at=iso(row["closed_at"]),
+            close_reason=row["close_reason"],
+            pnl=self._pnl_out(p) if row["status"] in ("closed", "liquidated", "failed") else PnLBreakdown(
+                basis_pnl_usd=0.0,
+                funding_usd=_r(p.funding_usd, 8) or 0.0,
+                fees_usd=_r(p.fees_usd, 8) or 0.0,
+                slippage_usd=_r(p.slippage_usd, 8) or 0.0,
+                total_usd=_r(p.funding_usd - p.fees_usd - p.slippage_usd, 8) or 0.0,
+            ),
+            fills=[
+                FillOut(
+                    order_id=f["order_id"],
+                    client_order_id=f["client_order_id"],
+                    purpose=f["purpose"],
+                    market=f["market"],
+                    side=f["side"],
+                    quantity=f["quantity"],
+                    price=f["price"],
+                    mid_price=f["mid_price"],
+                    fee_usd=f["fee_usd"],
+                    time=iso(f["ts"]) or "",
+                )
+                for f in fills
+            ],
+        )
+
+    @staticmethod
+    def _pnl_out(p) -> PnLBreakdown:
+        return PnLBreakdown(
+            basis_pnl_usd=_r(p.basis_pnl_usd, 8) or 0.0,
+            funding_usd=_r(p.funding_usd, 8) or 0.0,
+            fees_usd=_r(p.fees_usd, 8) or 0.0,
+            slippage_usd=_r(p.slippage_usd, 8) or 0.0,
+            total_usd=_r(p.total_usd, 8) or 0.0,
+        )
+
+    async def _perp_risk(self, sym: str, mark: float) -> tuple[float | None, float | None, float]:
+        """(liquidation price, margin ratio as a fraction, isolated wallet) from the venue."""
+        pos = await self.venue.fetch_perp_position(sym)
+        if pos is None:
+            return None, None, 0.0
+        table = self.settings.spec(sym).brackets
+        lp = mm.liquidation_price(pos.isolated_wallet_usd, pos.quantity, pos.entry_price, table)
+        ratio = mm.margin_ratio(pos.isolated_wallet_usd, pos.quantity, pos.entry_price, mark, table)
+        return lp, ratio, pos.isolated_wallet_usd
+
+    async def check_delta(self, position_id: int | None) -> CheckDeltaOutput:
+        if position_id is not None:
+            row = self.store.one("SELECT * FROM positions WHERE id = ?", (position_id,))
+            if row is None:
+                raise Rejected("position_id", position_id, "no such position")
+            if row["status"] not in OPEN_STATES:
+                raise Rejected("position_id", position_id, f"position is {row['status']}, not open")
+            rows = [row]
+        else:
+            rows = self.store.q("SELECT * FROM positions WHERE status IN ('opening','open','closing') ORDER BY id")
+        reports = []
+        for row in rows:
+            reports.append(await self._delta_report(row))
+        return CheckDeltaOutput(market_time=iso(self.now()) or "", positions=reports)
+
+    async def _delta_report(self, row) -> DeltaReport:
+        sym = row["symbol"]
+        snap = self.snapshot(sym)
+        fills = self._fills(row["id"])
+        spot_q, perp_q = leg_quantities(fills)
+        lp, ratio, wallet = await self._perp_risk(sym, snap.mark)
+        spot_val = spot_q * snap.spot
+        perp_val = perp_q * snap.mark
+        net = spot_val + perp_val
+        imb = abs(net) / spot_val * 100 if spot_val > 0 else (100.0 if net else 0.0)
+        funding = self._funding_total(row["id"])
+        upnl = pnl(fills, [], {"spot": snap.spot, "perp": snap.perp}).price_pnl_usd
+        ratio_pct = ratio * 100 if ratio is not None and math.isfinite(ratio) else 0.0
+        dist = (lp - snap.mark) / snap.mark * 100 if lp else 0.0
+        if ratio is not None and ratio < 1.3:
+            action, reason = "close", f"margin ratio {ratio_pct:.0f}% is below 130%: close both legs"
+        elif ratio is not None and ratio < 1.5:
+            action, reason = "add_margin", f"margin ratio {ratio_pct:.0f}% is below 150%: add margin or reduce"
+        elif imb > 2.0:
+            action, reason = "rebalance", f"legs differ by {imb:.2f}% of notional (> 2%)"
+        else:
+            action, reason = "hold", "hedged; margin healthy"
+        return DeltaReport(
+            position_id=row["id"],
+            symbol=sym,
+            spot_quantity=spot_q,
+            perp_quantity=perp_q,
+            spot_value_usd=_r(spot_val, 6) or 0.0,
+            perp_value_usd=_r(perp_val, 6) or 0.0,
+            net_delta_usd=_r(net, 6) or 0.0,
+            imbalance_pct=_r(imb, 6) or 0.0,
+            mark_price=snap.mark,
+            margin_ratio_pct=_r(ratio_pct, 4) or 0.0,
+            liquidation_price=_r(lp or 0.0, 6) or 0.0,
+            distance_to_liquidation_pct=_r(dist, 4) or 0.0,
+            isolated_margin_usd=_r(wallet, 8) or 0.0,
+            unrealized_pnl_usd=_r(upnl, 6) or 0.0,
+            funding_received_usd=_r(funding, 8) or 0.0,
+            current_basis_pct=_r(snap.basis_pct, 8) or 0.0,
+            entry_basis_pct=_r(row["entry_basis_pct"], 8) or 0.0,
+            recommended_action=action,
+            reason=reason,
+        )
+
+    async def seconds_to_funding(self, symbol: str) -> SecondsToFundingOutput:
+        sym = self.resolve(symbol)
+        snap = self.snapshot(sym)
+        expected = None
+        if self._open_position(sym) is not None:
+            pos = await self.venue.fetch_perp_position(sym)
+            if pos is not None:
+                expected = -pos.quantity * snap.mark * snap.funding_rate
+        return SecondsToFundingOutput(
+            symbol=sym,
+            seconds_to_funding=snap.seconds_to_funding,
+            next_funding_time=iso(snap.next_funding_time) or "",
+            funding_interval_hours=snap.funding_interval_hours,
+            funding_rate_pct=_r(snap.funding_rate * 100, 8) or 0.0,
+            funding_rate_source=snap.funding_rate_source,
+            expected_payment_usd=_r(expected, 8),
+        )
+
+    async def portfolio(self, include_closed: int = 0) -> PortfolioOutput:
+        balances = await self.venue.fetch_balances()
+        cash = balances.get("USDT", 0.0)
+        equity = cash
+        for asset, qty in balances.items():
+            if asset == "USDT" or abs(qty) < 1e-12:
+                continue
+            try:
+                equity += qty * self.feed.snapshot(asset).spot
+            except (MarketDataUnavailable, KeyError):
+                pass
+        open_rows = self.store.q("SELECT * FROM positions WHERE status IN ('opening','open','closing') ORDER BY id")
+        unreal = 0.0
+        for sym in self.feed.symbols:
+            pos = await self.venue.fetch_perp_position(sym)
+            if pos is None:
+                continue
+            mark = self.feed.snapshot(sym).mark
+            equity += pos.isolated_wallet_usd + pos.quantity * (mark - pos.entry_price)
+        for row in open_rows:
+            snap = self.feed.snapshot(row["symbol"])
+            fills = self._fills(row["id"])
+            unreal += pnl(fills, [], {"spot": snap.spot, "perp": snap.perp}).price_pnl_usd
+        realized = float(self.store.one(
+            "SELECT COALESCE(SUM(realized_pnl_usd), 0) AS s FROM positions WHERE status IN ('closed','liquidated','failed')"
+        )["s"])
+        funding = float(self.store.one("SELECT COALESCE(SUM(amount_usd), 0) AS s FROM funding_payments")["s"])
+        fees = float(self.store.one("SELECT COALESCE(SUM(fee_usd), 0) AS s FROM fills")["s"])
+        in_use = sum(r["notional_usd"] + (r["margin_usd"] or 0.0) for r in open_rows)
+        tiers = [
+            TierUsage(
+                tier=t,
+                allocation_limit_usd=self.settings.tier_allocation[t] * self.capital_usd,
+                in_use_usd=_r(self._tier_in_use(t), 6) or 0.0,
+                single_position_limit_usd=self.settings.tier_single_position[t] * self.capital_usd,
+            )
+            for t in ("anchor", "mid", "speculative")
+        ]
+        closed = self.store.q(
+            "SELECT * FROM positions WHERE status NOT IN ('opening','open','closing') ORDER BY id DESC LIMIT ?", (include_closed,)
+        )
+        return PortfolioOutput(
+            mode=self.mode,
+            market_time=iso(self.now()) or "",
+            capital_usd=self.capital_usd,
+            cash_usd=_r(cash, 8) or 0.0,
+            equity_usd=_r(equity, 8) or 0.0,
+            pnl_since_start_usd=_r(equity - self.capital_usd, 8) or 0.0,
+            realized_pnl_usd=_r(realized, 8) or 0.0,
+            unrealized_pnl_usd=_r(unreal, 8) or 0.0,
+            funding_received_usd=_r(funding, 8) or 0.0,
+            fees_paid_usd=_r(fees, 8) or 0.0,
+            capital_in_use_usd=_r(in_use, 8) or 0.0,
+            tiers=tiers,
+            open_positions=[self._position_out(r) for r in open_rows],
+            closed_positions=[self._position_out(r) for r in closed],
+        )
+
+    # ================================================================== idempotency
+
+    @staticmethod
+    def _args_hash(tool: str, args: dict[str, Any]) -> str:
+        return hashlib.sha256(json.dumps([tool, args], sort_keys=True, default=str).encode()).hexdigest()
+
+    def _idempotent(self, key: str, tool: str, args: dict[str, Any]) -> dict[str, Any] | None:
+        row = self.store.one("SELECT * FROM idempotency WHERE key = ?", (key,))
+        if row is None:
+            return None
+        if row["tool"] != tool or row["args_hash"] != self._args_hash(tool, args):
+            raise Rejected(
+                "idempotency_key",
+                key,
+                f"already used for a different request ({row['tool']}); use a new key for a new trade",
+            )
+        result = json.loads(row["result_json"])
+        if "error" in result:
+            raise Rejected(
+                violations=[
+                    *Rejected("idempotency_key", key, "this key's earlier request failed; use a new key to try again").violations,
+                    *Rejected("previous_error", result["error"], "stored outcome").violations,
+                ]
+            )
+        return result
+
+    def _remember(self, key: str, tool: str, args: dict[str, Any], result: dict[str, Any]) -> None:
+        self.store.x(
+            "INSERT INTO idempotency(key, tool, args_hash, result_json, created_at) VALUES (?,?,?,?,?)",
+            (key, tool, self._args_hash(tool, args), json.dumps(result, default=str), time.time()),
+        )
+
+    # ================================================================== order plumbing
+
+    @staticmethod
+    def client_order_id(key: str, position_id: int, market: str, purpose: str, attempt: int = 0) -> str:
+        """Deterministic id ≤ 36 chars, Binance-safe: derived from the idempotency key."""
+        h = hashlib.sha256(key.encode()).hexdigest()[:8]
+        suffix = f"-{attempt}" if attempt else ""
+        return f"bm-{position_id}-{market[0]}{purpose[0]}-{h}{suffix}"
+
+    def _new_order(self, position_id: int, coid: str, purpose: str, market: str, side: str, qty: float, reduce_only: bool) -> int:
+        now = self.now()
+        cur = self.store.x(
+            "INSERT INTO orders(client_order_id, position_id, purpose, market, side, quantity, reduce_only, status,"
+            " created_at, updated_at) VALUES (?,?,?,?,?,?,?,'intent',?,?)",
+            (coid, position_id, purpose, market, side, qty, int(reduce_only), now, now),
+        )
+        return int(cur.lastrowid)
+
+    async def _send(self, order_id: int, symbol: str) -> OrderResult | None:
+        """Send one recorded intent. Returns the fill, or None if the venue refused it."""
+        o = self.store.one("SELECT * FROM orders WHERE id = ?", (order_id,))
+        with self.store.tx():
+            self.store.x("UPDATE orders SET status = 'sent', updated_at = ? WHERE id = ?", (self.now(), order_id))
+        req = OrderRequest(o["client_order_id"], symbol, o["market"], o["side"], o["quantity"], bool(o["reduce_only"]))
+        try:
+            res = await self.venue.place_order(req)
+        except VenueTimeout:
+            res = await self.venue.fetch_order(req.client_order_id, symbol, req.market)
+            if res is None:
+                self._order_rejected(order_id, "timed out and not found at the venue")
+                return None
+        except VenueError as e:
+            self._order_rejected(order_id, str(e))
+            self.audit("venue", "order_rejected", {"client_order_id": req.client_order_id, "code": e.code}, "rejected", str(e))
+            return None
+        self._record_fill(order_id, res)
+        return res
+
+    def _order_rejected(self, order_id: int, reason: str) -> None:
+        with self.store.tx():
+            self.store.x("UPDATE orders SET status = 'rejected', reason = ?, updated_at = ? WHERE id = ?", (reason, self.now(), order_id))
+
+    def _record_fill(self, order_id: int, res: OrderResult) -> None:
+        o = self.store.one("SELECT * FROM orders WHERE id = ?", (order_id,))
+        with self.store.tx():
+            self.store.x(
+                "UPDATE orders SET status = ?, venue_order_id = ?, filled_qty = ?, avg_price = ?, updated_at = ? WHERE id = ?",
+                (res.status, res.venue_order_id, res.filled_qty, res.avg_price, self.now(), order_id),
+            )
+            if res.filled_qty > 0:
+                self.store.x(
+                    "INSERT OR IGNORE INTO fills(order_id, position_id, market, side, quantity, price, mid_price, fee_usd, ts)"
+                    " VALUES (?,?,?,?,?,?,?,?,?)",
+                    (order_id, o["position_id"], res.market, res.side, res.filled_qty, res.avg_price, res.mid_price, res.fee_usd, res.ts),
+                )
+
+    # ================================================================== trading
+
+    async def enter(self, symbol: str, notional_usd: float, leverage: float | None, key: str, strategy: str) -> EnterTradeOutput:
+        sym = self.resolve(symbol)
+        args = {"symbol": sym, "notional_usd": notional_usd, "leverage": leverage, "strategy": strategy}
+        async with self.lock:
+            prior = self._idempotent(key, "enter_trade", args)
+            if prior is not None:
+                return EnterTradeOutput.model_validate({**prior, "replayed": True})
+            lev = self._check_leverage(leverage)
+            snap = self.snapshot(sym)
+            if snap.data_age_seconds > self._stale_limit():
+                raise Rejected("symbol", sym, f"market data is {snap.data_age_seconds:.0f}s old (limit {self._stale_limit():.0f}s)")
+            existing = self._open_position(sym)
+            if existing is not None:
+                raise Rejected("symbol", sym, f"position {existing['id']} in {sym} is already {existing['status']}; one position per symbol")
+            spec = self.settings.spec(sym)
+            sized = size_position(
+                spot_price=snap.spot,
+                leverage=lev,
+                costs=spec.costs,
+                free_capital_usd=await self._free_cash(),
+                caps=await self._caps(sym),
+                qty_step=spec.qty_step,
+                min_notional_usd=spec.min_notional_usd,
+            )
+            too_big = [c for c in sized.caps if c.limit_usd < notional_usd and c.name != "venue_min_notional"]
+            if too_big:
+                raise Rejected(violations=[
+                    Rejected("notional_usd", notional_usd, f"above {c.name} ${c.limit_usd:,.2f} ({c.detail})").violations[0]
+                    for c in too_big
+                ])
+            qty = floor_to_step(notional_usd / snap.spot, spec.qty_step)
+            if qty <= 0 or qty * snap.spot < spec.min_notional_usd:
+                raise Rejected(
+                    "notional_usd",
+                    notional_usd,
+                    f"below the venue minimum: lot step {spec.qty_step:g} {sym} and minimum ${spec.min_notional_usd:,.2f} per order",
+                )
+            now = self.now()
+            with self.store.tx():
+                cur = self.store.x(
+                    "INSERT INTO positions(symbol, strategy, venue, status, quantity, leverage, notional_usd, opened_at, entry_key)"
+                    " VALUES (?,?,?,'opening',?,?,?,?,?)",
+                    (sym, strategy, self.venue.name, qty, lev, qty * snap.spot, now, key),
+                )
+                pid = int(cur.lastrowid)
+                spot_oid = self._new_order(pid, self.client_order_id(key, pid, "spot", "open"), "open", "spot", "buy", qty, False)
+                perp_oid = self._new_order(pid, self.client_order_id(key, pid, "perp", "open"), "open", "perp", "sell", qty, False)
+            self.audit("desk", "entry_intent", {"position_id": pid, "symbol": sym, "quantity": qty, "leverage": lev}, "ok")
+            await self.venue.set_leverage(sym, lev)
+            spot = await self._send(spot_oid, sym)
+            if spot is None:
+                reason = self.store.one("SELECT reason FROM orders WHERE id = ?", (spot_oid,))["reason"]
+                return self._entry_failed(pid, key, args, f"spot leg rejected by the venue: {reason}; nothing executed")
+            perp = await self._send(perp_oid, sym)
+            if perp is None:
+                reason = self.store.one("SELECT reason FROM orders WHERE id = ?", (perp_oid,))["reason"]
+                unwound = await self._unwind_spot(pid, key, sym, spot.filled_qty)
+                msg = f"perp leg rejected by the venue: {reason}; " + (
+                    f"the spot leg was unwound at {unwound.avg_price:.2f}" if unwound else "UNWIND OF THE SPOT LEG FAILED: naked long spot"
+                )
+                if unwound is None:
+                    self.alert("critical", "naked_leg", msg, {"position_id": pid, "symbol": sym})
+                return self._entry_failed(pid, key, args, msg, keep_open=unwound is None)
+            lp, ratio, wallet = await self._perp_risk(sym, snap.mark)
+            entry_basis = (perp.mid_price - spot.mid_price) / spot.mid_price * 100.0
+            with self.store.tx():
+                self.store.x(
+                    "UPDATE positions SET status = 'open', entry_spot = ?, entry_perp = ?, entry_basis_pct = ?, margin_usd = ?"
+                    " WHERE id = ?",
+                    (spot.avg_price, perp.avg_price, entry_basis, wallet, pid),
+                )
+                row = self.store.one("SELECT * FROM positions WHERE id = ?", (pid,))
+                out = EnterTradeOutput(
+                    position=self._position_out(row),
+                    replayed=False,
+                    liquidation_price=_r(lp, 6),
+                    margin_ratio_pct=_r(ratio * 100, 4) if ratio is not None else None,
+                )
+                self._remember(key, "enter_trade", args, out.model_dump(exclude={"alerts", "replayed"}))
+            self.audit("desk", "position_opened", {"position_id": pid, "symbol": sym, "quantity": qty}, "ok")
+            return out
+
+    def _entry_failed(self, pid: int, key: str, args: dict[str, Any], msg: str, keep_open: bool = False) -> EnterTradeOutput:
+        with self.store.tx():
+            if not keep_open:
+                self.store.x("UPDATE positions SET status = 'failed', closed_at = ?, close_reason = ?, realized_pnl_usd = ? WHERE id = ?",
+                             (self.now(), msg, pnl(self._fills(pid), []).total_usd, pid))
+            self._remember(key, "enter_trade", args, {"error": msg})
+        self.audit("desk", "entry_failed", {"position_id": pid}, "failed", msg)
+        raise Rejected("venue", self.venue.name, msg)
+
+    async def _unwind_spot(self, pid: int, key: str, sym: str, qty: float) -> OrderResult | None:
+        with self.store.tx():
+            oid = self._new_order(pid, self.client_order_id(key, pid, "spot", "unwind"), "unwind", "spot", "sell", qty, True)
+        return await self._send(oid, sym)
+
+    async def exit(self, position_id: int, key: str, reason: str = "agent") -> ExitTradeOutput:
+        args = {"position_id": position_id}
+        async with self.lock:
+            prior = self._idempotent(key, "exit_trade", args)
+            if prior is not None:
+                return ExitTradeOutput.model_validate({**prior, "replayed": True})
+            row = self.store.one("SELECT * FROM positions WHERE id = ?", (position_id,))
+            if row is None:
+                raise Rejected("position_id", position_id, "no such position")
+            if row["status"] != "open":
+                raise Rejected("position_id", position_id, f"position is {row['status']}; only open positions can be exited")
+            sym = row["symbol"]
+            self.snapshot(sym)  # market must be available
+            spot_q, perp_q = leg_quantities(self._fills(position_id))
+            with self.store.tx():
+                self.store.x("UPDATE positions SET status = 'closing', exit_key = ? WHERE id = ?", (key, position_id))
+                perp_oid = self._new_order(position_id, self.client_order_id(key, position_id, "perp", "close"), "close", "perp", "buy", -perp_q, True)
+                spot_oid = self._new_order(position_id, self.client_order_id(key, position_id, "spot", "close"), "close", "spot", "sell", spot_q, True)
+            self.audit("desk", "exit_intent", {"position_id": position_id, "reason": reason}, "ok")
+            perp = await self._send(perp_oid, sym)
+            if perp is None:
+                why = self.store.one("SELECT reason FROM orders WHERE id = ?", (perp_oid,))["reason"]
+                with self.store.tx():
+                    self.store.x("UPDATE positions SET status = 'open', exit_key = NULL WHERE id = ?", (position_id,))
+                raise Rejected("venue", self.venue.name, f"perp close rejected: {why}; position {position_id} is still open and hedged")
+            spot = await self._send(spot_oid, sym)
+            if spot is None:
+                why = self.store.one("SELECT reason FROM orders WHERE id = ?", (spot_oid,))["reason"]
+                msg = f"spot close rejected after the perp was closed: {why}; position {position_id} holds naked spot"
+                self.alert("critical", "naked_leg", msg, {"position_id": position_id, "symbol": sym})
+                raise Rejected("venue", self.venue.name, msg)
+            out = self._finalize_close(position_id, "closed", reason, perp, spot)
+            with self.store.tx():
+                self._remember(key, "exit_trade", args, out.model_dump(exclude={"alerts", "replayed"}))
+            return out
+
+    def _finalize_close(self, pid: int, status: str, reason: str, perp: OrderResult, spot: OrderResult) -> ExitTradeOutput:
+        fills = self._fills(pid)
+        funding = [r["amount_usd"] for r in self.store.q("SELECT amount_usd FROM funding_payments WHERE position_id = ?", (pid,))]
+        p = pnl(fills, funding)
+        exit_basis = (perp.mid_price - spot.mid_price) / spot.mid_price * 100.0
+        with self.store.tx():
+            self.store.x(
+                "UPDATE positions SET status = ?, exit_spot = ?, exit_perp = ?, exit_basis_pct = ?, closed_at = ?,"
+                " realized_pnl_usd = ?, close_reason = ? WHERE id = ?",
+                (status, spot.avg_price, perp.avg_price, exit_basis, self.now(), p.total_usd, reason, pid),
+            )
+        self.audit("desk", f"position_{status}", {"position_id": pid, "realized_pnl_usd": p.total_usd, "reason": reason}, "ok")
+        row = self.store.one("SELECT * FROM positions WHERE id = ?", (pid,))
+        return ExitTradeOutput(position=self._position_out(row), realized=self._pnl_out(p), replayed=False)
+
+    # ================================================================== market ticks
+
+    async def _sync_venue_events(self) -> tuple[list[FundingSettlementOut], list[dict[str, Any]]]:
+        """Copy funding and liquidations from the venue into the desk's ledger (idempotent)."""
+        self._flush_samples()
+        cursor = float(self.store.get_meta("funding_cursor") or 0)
+        settled: list[FundingSettlementOut] = []
+        events = await self.venue.funding_history(cursor)
+        if events:
+            with self.store.tx():
+                for ev in events:
+                    pos = self.store.one(
+                        "SELECT id FROM positions WHERE symbol = ? AND opened_at <= ? AND (closed_at IS NULL OR closed_at >= ?)"
+                        " AND status != 'failed' ORDER BY id DESC LIMIT 1",
+                        (ev.symbol, ev.time, ev.time),
+                    )
+                    pid = pos["id"] if pos else None
+                    if pid is not None:
+                        self.store.x(
+                            "INSERT OR IGNORE INTO funding_payments(position_id, symbol, ts, rate, mark_price, quantity, amount_usd)"
+                            " VALUES (?,?,?,?,?,?,?)",
+                            (pid, ev.symbol, ev.time, ev.rate, ev.mark_price, ev.quantity, ev.amount_usd),
+                        )
+                    settled.append(FundingSettlementOut(
+                        position_id=pid, symbol=ev.symbol, time=iso(ev.time) or "", rate_pct=ev.rate * 100,
+                        mark_price=ev.mark_price, quantity=ev.quantity, amount_usd=ev.amount_usd,
+                    ))
+                self.store.set_meta("funding_cursor", repr(max(ev.time for ev in events)))
+        liq_out: list[dict[str, Any]] = []
+        lcursor = float(self.store.get_meta("liquidation_cursor") or 0)
+        for ev in await self.venue.liquidations(lcursor):
+            liq_out.append(await self._on_liquidation(ev))
+            self.store.set_meta("liquidation_cursor", repr(ev.time))
+        return settled, liq_out
+
+    async def _on_liquidation(self, ev) -> dict[str, Any]:
+        row = self._open_position(ev.symbol)
+        info = {"symbol": ev.symbol, "time": iso(ev.time), "quantity": ev.quantity, "price": ev.price, "margin_lost_usd": ev.loss_usd}
+        if row is None:
+            self.alert("critical", "liquidation", f"{ev.symbol} perp liquidated at {ev.price:.2f} with no desk position", info)
+            return info
+        pid = row["id"]
+        info["position_id"] = pid
+        with self.store.tx():
+            oid = self._new_order(pid, ev.client_order_id, "liquidation", "perp", "buy" if ev.quantity < 0 else "sell", abs(ev.quantity), True)
+            self.store.x("UPDATE orders SET status = 'sent' WHERE id = ?", (oid,))
+        liq = OrderResult(ev.client_order_id, ev.client_order_id, ev.symbol, "perp", "buy" if ev.quantity < 0 else "sell",
+                          "filled", abs(ev.quantity), abs(ev.quantity), ev.price, 0.0, ev.price, ev.time)
+        self._record_fill(oid, liq)
+        spot_q, _ = leg_quantities(self._fills(pid))
+        spot = await self._unwind_spot(pid, row["entry_key"] or f"pos{pid}", ev.symbol, spot_q) if spot_q > 0 else None
+        msg = (
+            f"position {pid} {ev.symbol}: perp leg LIQUIDATED at {ev.price:.2f} (isolated margin ${ev.loss_usd:,.2f} lost); "
+            + (f"spot leg sold at {spot.avg_price:.2f}" if spot else "SPOT UNWIND FAILED: naked long spot")
+        )
+        if spot is not None:
+            out = self._finalize_close(pid, "liquidated", "perp liquidated; spot unwound", liq, spot)
+            info["realized_pnl_usd"] = out.realized.total_usd
+        self.alert("critical", "liquidation", msg, info)
+        return info
+
+    async def advance(self, hours: float, progress: ProgressFn | None = None) -> AdvanceTimeOutput:
+        if not isinstance(self.clock, SimClock):
+            raise Rejected("hours", hours, "advance_time exists only in replay mode")
+        if not math.isfinite(hours) or hours <= 0:
+            raise Rejected("hours", hours, "must be a positive number of hours")
+        if hours > self.settings.max_advance_hours:
+            raise Rejected("hours", hours, f"at most {self.settings.max_advance_hours:g} hours per call")
+        async with self.lock:
+            t0 = self.now()
+            target = t0 + hours * 3600.0
+            end = float(self.feed.end)
+            if target > end:
+                raise Rejected(
+                    "hours", hours, f"replay data ends at {iso(end)}; at most {(end - t0) / 3600:.2f} hours are left"
+                )
+            ticks = [float(t) for t in range(int(math.floor(t0 / HOUR) + 1) * HOUR, int(target) + 1, HOUR)]
+            funding: list[FundingSettlementOut] = []
+            liqs: list[dict[str, Any]] = []
+            for n, t in enumerate(ticks, 1):
+                self.clock.set(t)
+                f, lq = await self._tick(t)
+                funding += f
+                liqs += lq
+                if n % 168 == 0:
+                    self._flush_samples({"replay_time": repr(t)})
+                if progress is not None and (n % 24 == 0 or n == len(ticks)):
+                    await progress(n, len(ticks), f"replayed to {iso(t)}")
+            self.clock.set(target)
+            self._flush_samples({"replay_time": repr(target)})
+            self.audit("desk", "advance_time", {"from": iso(t0), "to": iso(target), "ticks": len(ticks)}, "ok")
+            return AdvanceTimeOutput(
+                from_time=iso(t0) or "",
+                to_time=iso(target) or "",
+                hours=hours,
+                ticks=len(ticks),
+                funding=funding,
+                liquidations=liqs,
+                replay_end_time=iso(end) or "",
+            )
+
+    async def _tick(self, t: float) -> tuple[list[FundingSettlementOut], list[dict[str, Any]]]:
+        """One market tick: venue settles funding/liquidations, the desk copies them, samples basis."""
+        report = self.venue.on_tick(t)
+        funding: list[FundingSettlementOut] = []
+        liqs: list[dict[str, Any]] = []
+        if report.funding or report.liquidations:
+            funding, liqs = await self._sync_venue_events()
+        for sym in self.feed.symbols:
+            try:
+                self._queue_sample(self.feed.snapshot(sym, at=t))
+            except MarketDataUnavailable:
+                continue
+        return funding, liqs

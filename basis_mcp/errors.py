@@ -1,0 +1,36 @@
+"""Errors the agent must read. The tool layer turns them into MCP ``ToolError``s."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Violation:
+    field: str
+    value: Any
+    rule: str
+
+    def __str__(self) -> str:
+        return f"{self.field}={_fmt(self.value)}: {self.rule}"
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    s = repr(v)
+    return s if len(s) <= 80 else s[:77] + "..."
+
+
+class Rejected(Exception):
+    """A request refused before anything was executed (or, when said, after unwinding)."""
+
+    def __init__(self, field: str | None = None, value: Any = None, rule: str = "", *, violations: list[Violation] | None = None):
+        self.violations = violations if violations is not None else [Violation(field or "request", value, rule)]
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        if len(self.violations) == 1:
+            return f"rejected: {self.violations[0]}"
+        return "rejected, {} rules violated:\n".format(len(self.violations)) + "\n".join(f"- {v}" for v in self.violations)

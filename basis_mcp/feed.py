@@ -1,0 +1,195 @@
+"""Market feeds: what the desk sees of the market right now.
+
+`ReplayFeed` walks the shipped (or any loaded) history under a simulated clock. A live
+ccxt feed implements the same surface.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from basis_mcp.clock import Clock
+from basis_mcp.history import HOUR, SymbolHistory
+from basis_mcp.signals import basis_pct
+
+
+class MarketDataUnavailable(LookupError):
+    """No usable price for a symbol at this time (before its data starts, or a gap)."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    symbol: str
+    venue: str
+    now: float
+    spot: float
+    perp: float
+    mark: float
+    mark_high: float
+    mark_low: float
+    spot_time: float
+    perp_time: float
+    funding_rate: float
+    funding_rate_source: str
+    last_settled_rate: float | None
+    funding_interval_hours: float
+    next_funding_time: float
+    mark_is_proxy: bool = False
+
+    @property
+    def basis_usd(self) -> float:
+        return self.perp - self.spot
+
+    @property
+    def basis_pct(self) -> float:
+        return basis_pct(self.spot, self.perp)
+
+    @property
+    def data_age_seconds(self) -> float:
+        """Age of the older of the two legs' prices."""
+        return max(self.now - min(self.spot_time, self.perp_time), 0.0)
+
+    @property
+    def seconds_to_funding(self) -> float:
+        return max(self.next_funding_time - self.now, 0.0)
+
+
+@dataclass(frozen=True)
+class Settlement:
+    symbol: str
+    time: float
+    rate: float
+    mark: float
+
+
+class MarketFeed(Protocol):
+    venue: str
+
+    @property
+    def symbols(self) -> list[str]: ...
+
+    def snapshot(self, symbol: str) -> Snapshot: ...
+
+
+class ReplayFeed:
+    """Historical data under a `SimClock`: the market as it was at ``clock.now()``.
+
+    The funding rate shown for the upcoming settlement is the last *settled* rate (no
+    look-ahead: a live venue's predicted rate is not in the data). Settlements are applied
+    with the real settled rate at the real settlement time.
+    """
+
+    venue = "binance"
+
+    def __init__(self, histories: dict[str, SymbolHistory], clock: Clock):
+        if not histories:
+            raise ValueError("no market data")
+        self.h = histories
+        self.clock = clock
+        self._spot_ffill: dict[str, np.ndarray] = {}
+        for sym, hist in histories.items():
+            idx = np.where(np.isnan(hist.spot), -1, np.arange(hist.n))
+            np.maximum.accumulate(idx, out=idx)
+            self._spot_ffill[sym] = idx
+
+    @property
+    def symbols(self) -> list[str]:
+        return sorted(self.h)
+
+    @property
+    def start(self) -> int:
+        """Earliest time at which every symbol has... at least one has data."""
+        return min(h.t0 for h in self.h.values())
+
+    @property
+    def end(self) -> int:
+        """Last observation time at which every symbol still has perp data."""
+        return min(h.t_end for h in self.h.values())
+
+    def covers(self, symbol: str, t: float) -> bool:
+        h = self.h[symbol]
+        return h.t0 <= t <= h.t_end + HOUR - 1
+
+    def snapshot(self, symbol: str, at: float | None = None) -> Snapshot:
+        h = self.h.get(symbol)
+        if h is None:
+            raise MarketDataUnavailable(f"no data for {symbol}")
+        now = self.clock.now() if at is None else at
+        i = h.index_at(now)
+        if i < 0:
+            raise MarketDataUnavailable(f"{symbol} data starts {h.t0}; replay time {now:.0f} is before it")
+        if now > h.t_end + HOUR:
+            raise MarketDataUnavailable(f"{symbol} data ends at {h.t_end}")
+        j = int(self._spot_ffill[symbol][i])
+        if j < 0:
+            raise MarketDataUnavailable(f"{symbol} has no spot price yet at {now:.0f}")
+        k = int(np.searchsorted(h.funding_time, now, side="right"))
+        last_rate = float(h.funding_rate[k - 1]) if k > 0 else None
+        if k < len(h.funding_time):
+            nxt = float(h.funding_time[k])
+            prev = float(h.funding_time[k - 1]) if k > 0 else nxt - 8 * HOUR
+        else:  # past the last settlement in the data: extrapolate the schedule
+            prev = float(h.funding_time[-1])
+            interval = float(h.funding_time[-1] - h.funding_time[-2]) if len(h.funding_time) > 1 else 8 * HOUR
+            nxt = prev + interval * (1 + (now - prev) // interval)
+        interval_h = (nxt - prev) / HOUR if nxt > prev else 8.0
+        if interval_h not in (1.0, 2.0, 4.0, 8.0):  # a gap in the settlement series: fall back to spacing
+            interval_h = 8.0
+        return Snapshot(
+            symbol=symbol,
+            venue=self.venue,
+            now=now,
+            spot=float(h.spot[j]),
+            perp=float(h.perp[i]),
+            mark=float(h.mark[i]),
+            mark_high=float(h.mark_high[i]),
+            mark_low=float(h.mark_low[i]),
+            spot_time=float(h.t0 + j * HOUR),
+            perp_time=float(h.t0 + i * HOUR),
+            funding_rate=last_rate if last_rate is not None else 0.0,
+            funding_rate_source="last_settled" if last_rate is not None else "none_yet",
+            last_settled_rate=last_rate,
+            funding_interval_hours=interval_h,
+            next_funding_time=nxt,
+            mark_is_proxy=bool(h.mark_is_proxy[i]),
+        )
+
+    def settlements_between(self, t_from: float, t_to: float) -> list[Settlement]:
+        """Settlements with t_from < time ≤ t_to, across symbols, in time order."""
+        out: list[Settlement] = []
+        for sym, h in self.h.items():
+            lo = int(np.searchsorted(h.funding_time, t_from, side="right"))
+            hi = int(np.searchsorted(h.funding_time, t_to, side="right"))
+            for k in range(lo, hi):
+                t = float(h.funding_time[k])
+                i = h.index_at(t)
+                if i < 0:
+                    continue
+                out.append(Settlement(sym, t, float(h.funding_rate[k]), float(h.mark[i])))
+        out.sort(key=lambda s: (s.time, s.symbol))
+        return out
+
+    def mean_funding_rate(self, symbol: str, since: float, until: float) -> float | None:
+        """Mean settled rate over (since, until], fraction per interval."""
+        h = self.h[symbol]
+        lo = int(np.searchsorted(h.funding_time, since, side="right"))
+        hi = int(np.searchsorted(h.funding_time, until, side="right"))
+        return float(h.funding_rate[lo:hi].mean()) if hi > lo else None
+
+    def basis_series(self, symbol: str, t_from: float, t_to: float) -> tuple[np.ndarray, np.ndarray]:
+        """(times, basis_pct) at every hour in [t_from, t_to] where both legs have a fresh price."""
+        h = self.h[symbol]
+        i0 = max(h.index_at(t_from), 0)
+        if t_from > h.t0 + i0 * HOUR:
+            i0 += 1
+        i1 = h.index_at(t_to)
+        if i1 < i0:
+            return np.empty(0, dtype=np.int64), np.empty(0)
+        spot = h.spot[i0 : i1 + 1]
+        perp = h.perp[i0 : i1 + 1]
+        ok = ~np.isnan(spot)
+        times = h.t0 + HOUR * np.arange(i0, i1 + 1, dtype=np.int64)
+        return times[ok], ((perp[ok] - spot[ok]) / spot[ok] * 100.0)

@@ -1,0 +1,283 @@
+"""Historical market data: the shipped extract and freqtrade data directories.
+
+Everything here is loading and alignment; no trading logic. A `SymbolHistory` holds one
+symbol on an hourly grid of *observation times*: index ``i`` is the instant
+``t0 + i * 3600`` (UTC epoch seconds), and the prices at that instant are the closes of
+the 1 h candles that opened one hour earlier (freqtrade's ``date`` is the candle's open
+time). Funding settlements are kept as their own (time, rate) series.
+
+Gaps are data, not errors: a missing spot hour is NaN on the grid and the feed reports
+how old the last good price is. Missing mark prices (Binance mark candles start
+2019-12-23, SOL's 1 h mark only in 2026-04) fall back to the perp close, and the
+``mark_is_proxy`` mask says where.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+HOUR = 3600
+EXTRACT_NAME = "binance_1h.npz"
+ATTRIBUTION = (
+    "Market data: Binance spot, USD-M perpetual, mark-price and funding-rate history "
+    "(1 h candles, funding at settlement), as stored in the public freqtrade user-data "
+    "directory github.com/Roshan7869/algotrading @ 4e790feaa2e391502df5557388dc398e85284cbb "
+    "(user_data/data/binance). Data (c) Binance; redistributed as a compact extract for "
+    "paper trading and backtests."
+)
+
+
+class DataError(ValueError):
+    """Data that cannot be used: missing files, misaligned series, empty ranges."""
+
+
+@dataclass(frozen=True)
+class SymbolHistory:
+    symbol: str
+    t0: int
+    spot: np.ndarray
+    perp: np.ndarray
+    mark: np.ndarray
+    mark_high: np.ndarray
+    mark_low: np.ndarray
+    funding_time: np.ndarray
+    funding_rate: np.ndarray
+    mark_is_proxy: np.ndarray = field(repr=False)
+
+    @property
+    def n(self) -> int:
+        return int(self.perp.shape[0])
+
+    @property
+    def t_end(self) -> int:
+        """Last observation time on the grid (inclusive)."""
+        return self.t0 + (self.n - 1) * HOUR
+
+    @property
+    def times(self) -> np.ndarray:
+        return self.t0 + HOUR * np.arange(self.n, dtype=np.int64)
+
+    def index_at(self, t: float) -> int:
+        """Index of the last observation at or before ``t`` (-1 if before the data)."""
+        return int(min((t - self.t0) // HOUR, self.n - 1)) if t >= self.t0 else -1
+
+    def spot_gaps(self) -> list[tuple[int, int]]:
+        """(first_missing_time, hours_missing) for every run of missing spot hours."""
+        missing = np.isnan(self.spot)
+        if not missing.any():
+            return []
+        edges = np.diff(np.concatenate(([0], missing.view(np.int8), [0])))
+        starts = np.flatnonzero(edges == 1)
+        ends = np.flatnonzero(edges == -1)
+        return [(self.t0 + int(s) * HOUR, int(e - s)) for s, e in zip(starts, ends, strict=True)]
+
+
+def _finish(symbol: str, t0: int, spot, perp, mark, mark_high, mark_low, f_time, f_rate) -> SymbolHistory:
+    perp = np.asarray(perp, dtype=np.float64)
+    if perp.size == 0 or np.isnan(perp).all():
+        raise DataError(f"{symbol}: no perpetual prices")
+    mark = np.asarray(mark, dtype=np.float64)
+    proxy = np.isnan(mark)
+    mark = np.where(proxy, perp, mark)
+    mark_high = np.where(np.isnan(mark_high), mark, mark_high)
+    mark_low = np.where(np.isnan(mark_low), mark, mark_low)
+    order = np.argsort(f_time, kind="stable")
+    f_time = np.asarray(f_time, dtype=np.int64)[order]
+    f_rate = np.asarray(f_rate, dtype=np.float64)[order]
+    return SymbolHistory(
+        symbol=symbol,
+        t0=int(t0),
+        spot=np.asarray(spot, dtype=np.float64),
+        perp=perp,
+        mark=mark,
+        mark_high=np.asarray(mark_high, dtype=np.float64),
+        mark_low=np.asarray(mark_low, dtype=np.float64),
+        funding_time=f_time,
+        funding_rate=f_rate,
+        mark_is_proxy=proxy,
+    )
+
+
+# --------------------------------------------------------------------------- extract
+
+
+def shipped_extract_path() -> Path:
+    return Path(str(importlib.resources.files("basis_mcp.data").joinpath(EXTRACT_NAME)))
+
+
+def load_extract(path: Path | str | None = None, symbols: list[str] | None = None) -> dict[str, SymbolHistory]:
+    """Load the compact ``.npz`` extract (the shipped one by default)."""
+    path = Path(path) if path is not None else shipped_extract_path()
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    out: dict[str, SymbolHistory] = {}
+    with np.load(path) as z:
+        available = [str(s) for s in z["symbols"]]
+        for sym in symbols or available:
+            if sym not in available:
+                raise DataError(f"symbol {sym!r} not in {path.name} (has {', '.join(available)})")
+            p = f"{sym}/"
+            scale = z[p + "scale"]
+            series = {}
+            for k in ("spot", "perp", "mark", "mark_high", "mark_low"):
+                ticks = np.cumsum(z[p + k].astype(np.int64))
+                vals = ticks / scale[["spot", "perp", "mark", "mark_high", "mark_low"].index(k)]
+                vals[z[p + k + "_nan"]] = np.nan
+                series[k] = vals
+            out[sym] = _finish(
+                sym,
+                int(z[p + "t0"]),
+                series["spot"],
+                series["perp"],
+                series["mark"],
+                series["mark_high"],
+                series["mark_low"],
+                z[p + "funding_time"],
+                z[p + "funding_rate_e8"].astype(np.float64) / 1e8,
+            )
+    return out
+
+
+def _encode(values: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    nan = np.isnan(values)
+    filled = values.copy()
+    # carry the last good value through gaps so deltas stay small
+    idx = np.where(~nan, np.arange(values.size), 0)
+    np.maximum.accumulate(idx, out=idx)
+    filled = filled[idx]
+    filled[np.isnan(filled)] = 0.0
+    ticks = np.rint(filled * scale).astype(np.int64)
+    deltas = np.diff(ticks, prepend=0)
+    dtype = np.int32 if np.abs(deltas).max(initial=0) < 2**31 else np.int64
+    return deltas.astype(dtype), nan
+
+
+def save_extract(histories: dict[str, SymbolHistory], path: Path | str) -> None:
+    """Write histories as a compact, lossless-to-the-tick ``.npz``.
+
+    Spot and perp closes are stored as integer ticks of 1e-2 (Binance's price tick for
+    these pairs), mark prices as 1e-8 ticks, funding rates as 1e-8 fractions, all
+    delta-encoded, then deflated.
+    """
+    arrays: dict[str, np.ndarray] = {"symbols": np.array(sorted(histories)), "attribution": np.array(ATTRIBUTION)}
+    for sym, h in histories.items():
+        p = f"{sym}/"
+        scales = np.array([1e2, 1e2, 1e8, 1e8, 1e8])
+        arrays[p + "scale"] = scales
+        arrays[p + "t0"] = np.array(h.t0, dtype=np.int64)
+        mark = np.where(h.mark_is_proxy, np.nan, h.mark)
+        mh = np.where(h.mark_is_proxy, np.nan, h.mark_high)
+        ml = np.where(h.mark_is_proxy, np.nan, h.mark_low)
+        for k, v, s in (("spot", h.spot, 1e2), ("perp", h.perp, 1e2), ("mark", mark, 1e8), ("mark_high", mh, 1e8), ("mark_low", ml, 1e8)):
+            arrays[p + k], arrays[p + k + "_nan"] = _encode(v, s)
+        arrays[p + "funding_time"] = h.funding_time.astype(np.int64)
+        arrays[p + "funding_rate_e8"] = np.rint(h.funding_rate * 1e8).astype(np.int32)
+    np.savez_compressed(path, **arrays)
+
+
+def fingerprint(histories: dict[str, SymbolHistory]) -> str:
+    """Short content hash, stored in the database so a replay never mixes data sets."""
+    h = hashlib.sha256()
+    for sym in sorted(histories):
+        s = histories[sym]
+        h.update(sym.encode())
+        h.update(np.int64(s.t0).tobytes())
+        for arr in (s.spot, s.perp, s.mark, s.funding_time, s.funding_rate):
+            h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- freqtrade
+
+
+def _read_feather(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    import pyarrow as pa
+    import pyarrow.feather as feather
+
+    table = feather.read_table(path)
+    if "date" not in table.column_names:
+        raise DataError(f"{path.name}: no 'date' column")
+    unit = table.schema.field("date").type
+    raw = table.column("date").cast(pa.int64()).to_numpy()
+    per_s = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[getattr(unit, "unit", "ms")]
+    # settlement stamps can carry a few ms of jitter: round to the nearest second
+    t = (raw + per_s // 2) // per_s
+    cols = {c: table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in table.column_names if c != "date"}
+    return t.astype(np.int64), cols
+
+
+def _on_grid(t0: int, n: int, times: np.ndarray, values: np.ndarray) -> np.ndarray:
+    out = np.full(n, np.nan)
+    idx = (times - t0) // HOUR
+    ok = (idx >= 0) & (idx < n) & ((times - t0) % HOUR == 0)
+    out[idx[ok]] = values[ok]
+    return out
+
+
+def load_freqtrade_dir(path: Path | str, symbols: list[str] | None = None, quote: str = "USDT") -> dict[str, SymbolHistory]:
+    """Load a freqtrade ``user_data/data/<exchange>`` directory (feather files).
+
+    Needs, per symbol: ``{SYM}_{Q}-1h`` (spot), ``{SYM}_{Q}_{Q}-1h-futures`` (perp) and a
+    funding series (``-1h-funding_rate`` and/or ``-8h-funding_rate``, merged). The mark
+    series (``-1h-mark``) is optional; where it is missing the perp close stands in.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"data directory not found: {path}")
+    if symbols is None:
+        symbols = sorted(p.name.split("_")[0] for p in path.glob(f"*_{quote}_{quote}-1h-futures.feather"))
+        if not symbols:
+            raise DataError(f"{path}: no '*_{quote}_{quote}-1h-futures.feather' files")
+    out: dict[str, SymbolHistory] = {}
+    for sym in symbols:
+        perp_file = path / f"{sym}_{quote}_{quote}-1h-futures.feather"
+        spot_file = path / f"{sym}_{quote}-1h.feather"
+        for f in (perp_file, spot_file):
+            if not f.is_file():
+                raise DataError(f"{sym}: missing {f.name} in {path}")
+        pt, pc = _read_feather(perp_file)
+        st, sc = _read_feather(spot_file)
+        obs_p = pt + HOUR  # close of candle opened at t is observed at t + 1h
+        t0, t1 = int(obs_p.min()), int(obs_p.max())
+        if (t0 % HOUR) or (t1 % HOUR):
+            raise DataError(f"{sym}: perp candles are not on hour boundaries")
+        n = (t1 - t0) // HOUR + 1
+        perp = _on_grid(t0, n, obs_p, pc["close"])
+        spot = _on_grid(t0, n, st + HOUR, sc["close"])
+        mark = mark_high = mark_low = np.full(n, np.nan)
+        mark_file = path / f"{sym}_{quote}_{quote}-1h-mark.feather"
+        if mark_file.is_file():
+            mt, mc = _read_feather(mark_file)
+            mark = _on_grid(t0, n, mt + HOUR, mc["close"])
+            mark_high = _on_grid(t0, n, mt + HOUR, mc["high"])
+            mark_low = _on_grid(t0, n, mt + HOUR, mc["low"])
+        f_times: dict[int, float] = {}
+        for suffix in ("8h", "1h"):  # 1 h file wins where both have a settlement
+            ff = path / f"{sym}_{quote}_{quote}-{suffix}-funding_rate.feather"
+            if ff.is_file():
+                ft, fc = _read_feather(ff)
+                for tt, rr in zip(ft.tolist(), fc["open"].tolist(), strict=True):
+                    f_times[int(round(tt / 60) * 60)] = rr
+        if not f_times:
+            raise DataError(f"{sym}: no funding-rate file in {path}")
+        ft_arr = np.array(sorted(f_times), dtype=np.int64)
+        fr_arr = np.array([f_times[k] for k in ft_arr.tolist()], dtype=np.float64)
+        # keep settlements inside the tradable span
+        keep = (ft_arr >= t0) & (ft_arr <= t1)
+        out[sym] = _finish(sym, t0, spot, perp, mark, mark_high, mark_low, ft_arr[keep], fr_arr[keep])
+    return out
+
+
+def load_any(path: Path | str | None, symbols: list[str] | None = None) -> dict[str, SymbolHistory]:
+    """The shipped extract (``None``), an ``.npz`` extract, or a freqtrade directory."""
+    if path is None:
+        return load_extract(None, symbols)
+    p = Path(path)
+    if p.is_dir():
+        return load_freqtrade_dir(p, symbols)
+    return load_extract(p, symbols)

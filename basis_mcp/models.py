@@ -1,0 +1,361 @@
+"""Pydantic models at the edge: every tool's input and output.
+
+Units are in the names: ``_pct`` is percent (0.05 means 0.05 %), ``_usd`` is US dollars
+(USDT), ``_time`` is an ISO-8601 UTC timestamp, ``seconds``/``hours``/``days`` say so.
+Signs: basis > 0 means the perp trades above spot (contango); a positive funding rate
+means longs pay shorts, so a cash-and-carry (short perp) RECEIVES it; money amounts are
+positive when they are received/earned and negative when paid/lost, except fields named
+``*_cost_usd``/``fees_usd``/``slippage_usd`` which are costs (positive = paid).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+# ----------------------------------------------------------------------------- inputs
+
+Symbol = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=32),
+    Field(description="Base asset, e.g. 'BTC' (also accepted: 'BTCUSDT', 'BTC/USDT', 'BTC/USDT:USDT')."),
+]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+IdempotencyKey = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$"),
+    Field(
+        description="Your unique key for this trade request (1-64 chars of A-Z a-z 0-9 _ . : -). "
+        "Retrying with the same key returns the first result and never trades twice; "
+        "use a NEW key for a new trade."
+    ),
+]
+
+
+class InputModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class ScanBasisInput(InputModel):
+    symbols: list[Symbol] | None = Field(
+        None, max_length=50, description="Symbols to scan; omit or null for every symbol the desk trades."
+    )
+
+
+class ComputeZScoreInput(InputModel):
+    symbol: Symbol
+    window: int = Field(
+        1080,
+        ge=30,
+        le=100_000,
+        description="Number of most recent basis samples (one per hour) in the rolling window; default 1080 (45 days).",
+    )
+
+
+class EstimateNetApyInput(InputModel):
+    symbol: Symbol
+    notional_usd: FiniteFloat = Field(gt=0, le=1e9, description="Spot-leg notional in USD (both legs are this size).")
+    hold_days: FiniteFloat = Field(gt=0, le=365, description="Expected holding period in days.")
+    leverage: FiniteFloat | None = Field(None, ge=1, description="Perp leverage for the capital estimate; default: the desk's default.")
+    funding_rate_8h_pct: FiniteFloat | None = Field(
+        None,
+        ge=-5,
+        le=5,
+        description="Assumed funding per 8 h in percent (0.01 = 0.01 %). Default: the mean settled rate of the last 30 days.",
+    )
+    exit_basis_pct: FiniteFloat = Field(0.0, ge=-10, le=10, description="Basis you expect at exit, percent; default 0 (full convergence).")
+    basis_pct: FiniteFloat | None = Field(None, ge=-20, le=20, description="Entry basis in percent; default: the current basis.")
+
+
+class SizePositionInput(InputModel):
+    symbol: Symbol
+    leverage: FiniteFloat | None = Field(None, ge=1, description="Perp leverage; default: the desk's default. Must not exceed the desk's cap.")
+    target_notional_usd: FiniteFloat | None = Field(None, gt=0, le=1e12, description="Notional you would like; the answer is capped by every limit.")
+
+
+class EnterTradeInput(InputModel):
+    symbol: Symbol
+    notional_usd: FiniteFloat = Field(gt=0, le=1e12, description="Spot-leg notional in USD; rounded DOWN to the venue's lot step.")
+    idempotency_key: IdempotencyKey
+    leverage: FiniteFloat | None = Field(None, ge=1, description="Perp leverage (isolated margin); default: the desk's default; never above the cap.")
+    strategy: Literal["cash_and_carry"] = Field(
+        "cash_and_carry", description="cash_and_carry = buy spot and short the perpetual in equal base quantity."
+    )
+
+
+class ExitTradeInput(InputModel):
+    position_id: int = Field(ge=1, le=2**53, description="Id of an OPEN position (from enter_trade or portfolio_status).")
+    idempotency_key: IdempotencyKey
+
+
+class CheckDeltaInput(InputModel):
+    position_id: int | None = Field(None, ge=1, le=2**53, description="One position; omit for every open position.")
+
+
+class SecondsToFundingInput(InputModel):
+    symbol: Symbol
+
+
+class PortfolioStatusInput(InputModel):
+    include_closed: int = Field(0, ge=0, le=500, description="Also list this many most recently closed positions.")
+
+
+class AdvanceTimeInput(InputModel):
+    hours: FiniteFloat = Field(gt=0, description="Hours to move the simulated clock forward (fractions allowed).")
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+class Alert(BaseModel):
+    id: int
+    time: str = Field(description="Wall-clock time the alert was raised (UTC).")
+    market_time: str = Field(description="Market time (simulated in replay) the alert refers to.")
+    severity: Literal["info", "warning", "critical"]
+    rule: str = Field(description="Which rule or event raised it, e.g. 'liquidation', 'data_gap'.")
+    message: str
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolOutput(BaseModel):
+    alerts: list[Alert] = Field(
+        default_factory=list,
+        description="Events since your previous call (liquidations, forced exits, data gaps...). Read and act on them.",
+    )
+
+
+class BasisSnapshot(BaseModel):
+    symbol: str
+    venue: str
+    market_time: str = Field(description="Time of this snapshot (UTC; simulated in replay mode).")
+    spot_price: float
+    perp_price: float = Field(description="Perpetual last price.")
+    mark_price: float = Field(description="Perpetual mark price (margin and funding use it).")
+    basis_usd: float = Field(description="perp_price − spot_price.")
+    basis_pct: float = Field(description="(perp − spot) / spot × 100. > 0 contango (cash-and-carry earns it as it converges).")
+    zscore: float | None = Field(description="Basis z-score against the rolling window; null until 30 samples exist.")
+    zscore_samples: int
+    funding_rate_pct: float = Field(description="Funding rate per interval, percent, for the next settlement.")
+    funding_rate_source: str = Field(description="'last_settled' in replay (no look-ahead) or 'venue_predicted' live.")
+    funding_rate_8h_pct: float = Field(description="The same rate restated per 8 h, percent.")
+    funding_apr_pct: float = Field(description="Simple annualised funding, percent per year (rate × settlements/yr).")
+    funding_interval_hours: float
+    next_funding_time: str
+    seconds_to_funding: float
+    data_age_seconds: float = Field(description="Age of the older leg's price. Entries are refused above the desk's staleness limit.")
+    spot_gap: bool = Field(description="True if the spot price is carried over a gap in the data.")
+    mark_is_proxy: bool = Field(description="True if no mark price exists at this time and the perp price stands in.")
+
+
+class Unavailable(BaseModel):
+    symbol: str
+    reason: str
+
+
+class ScanBasisOutput(ToolOutput):
+    market_time: str
+    mode: str
+    snapshots: list[BasisSnapshot] = Field(description="Sorted by basis_pct, richest first.")
+    unavailable: list[Unavailable] = Field(default_factory=list)
+
+
+class ZScoreOutput(ToolOutput):
+    symbol: str
+    window: int
+    samples: int = Field(description="Samples in the window (≤ window).")
+    ready: bool = Field(description="False until 30 samples exist; zscore is then null.")
+    basis_pct: float | None = Field(description="Newest sample's basis, percent.")
+    zscore: float | None = Field(description="(newest − mean) / population std; 0 if std < 1e-8.")
+    mean_pct: float | None
+    std_pct: float | None
+    p10_pct: float | None
+    p90_pct: float | None
+    min_pct: float | None
+    max_pct: float | None
+    first_sample_time: str | None
+    last_sample_time: str | None
+    sample_interval_seconds: int
+
+
+class NetApyEstimate(ToolOutput):
+    symbol: str
+    notional_usd: float
+    quantity: float
+    hold_days: float
+    leverage: float
+    entry_basis_pct: float
+    exit_basis_pct: float
+    funding_rate_8h_pct: float
+    funding_rate_source: str
+    settlements_in_hold: int = Field(description="Funding settlements between now and the end of the hold.")
+    basis_capture_usd: float = Field(description="ONE-OFF: quantity × (entry basis − exit basis).")
+    funding_usd: float = Field(description="Funding received over the hold (negative = paid).")
+    fees_usd: float = Field(description="Round-trip taker fees, both legs, in and out (a cost).")
+    slippage_usd: float = Field(description="Round-trip spread + impact, both legs (a cost).")
+    net_usd: float = Field(description="basis_capture + funding − fees − slippage.")
+    capital_employed_usd: float = Field(description="Spot notional + perp margin (notional / leverage).")
+    net_return_pct: float = Field(description="net_usd / capital_employed × 100, over the hold.")
+    apy_pct: float = Field(description="net_return_pct / hold_days × 365 (simple). Basis is NOT compounded per settlement.")
+    apy_on_notional_pct: float
+    break_even_hold_days: float | None = Field(description="Hold needed for funding to cover costs not covered by basis; null = never.")
+    formula: str
+
+
+class CapOut(BaseModel):
+    name: str
+    limit_usd: float
+    detail: str
+
+
+class SizePositionOutput(ToolOutput):
+    symbol: str
+    tier: str
+    leverage: float
+    recommended_notional_usd: float = Field(description="Largest spot-leg notional every cap allows, rounded down to the lot step.")
+    quantity: float = Field(description="Base quantity for each leg.")
+    binding_cap: str = Field(description="Name of the cap that limits the size.")
+    caps: list[CapOut]
+    free_capital_usd: float
+    capital_required_usd: float = Field(description="Spot cost + perp margin + entry fees/slippage.")
+    margin_usd: float
+    entry_costs_usd: float
+
+
+class FillOut(BaseModel):
+    order_id: int
+    client_order_id: str
+    purpose: str
+    market: Literal["spot", "perp"]
+    side: Literal["buy", "sell"]
+    quantity: float
+    price: float
+    mid_price: float
+    fee_usd: float
+    time: str
+
+
+class PnLBreakdown(BaseModel):
+    basis_pnl_usd: float = Field(description="Price P&L at mid prices: quantity × (entry basis − exit basis) for a matched pair.")
+    funding_usd: float = Field(description="Funding received (negative = paid).")
+    fees_usd: float = Field(description="All trading fees paid (a cost).")
+    slippage_usd: float = Field(description="Spread and impact paid versus mid (a cost).")
+    total_usd: float = Field(description="basis_pnl + funding − fees − slippage = Σ fill cash flows − fees + funding.")
+
+
+class PositionOut(BaseModel):
+    position_id: int
+    symbol: str
+    strategy: str
+    status: str = Field(description="opening | open | closing | closed | liquidated | failed")
+    quantity: float = Field(description="Base quantity per leg.")
+    leverage: float
+    notional_usd: float = Field(description="Spot-leg notional at entry fill.")
+    entry_spot_price: float | None
+    entry_perp_price: float | None
+    entry_basis_pct: float | None = Field(description="Basis at entry mid prices, percent.")
+    exit_spot_price: float | None = None
+    exit_perp_price: float | None = None
+    exit_basis_pct: float | None = None
+    margin_usd: float | None = Field(description="Isolated margin posted for the perp leg.")
+    opened_at: str
+    closed_at: str | None = None
+    close_reason: str | None = None
+    pnl: PnLBreakdown = Field(description="Realised so far (entry costs and funding); full breakdown once closed.")
+    fills: list[FillOut]
+
+
+class EnterTradeOutput(ToolOutput):
+    position: PositionOut
+    replayed: bool = Field(description="True if this is the stored result of an earlier call with the same idempotency_key.")
+    liquidation_price: float | None
+    margin_ratio_pct: float | None = Field(description="Margin balance / maintenance margin × 100; the watchdog acts below 150 %.")
+
+
+class ExitTradeOutput(ToolOutput):
+    position: PositionOut
+    realized: PnLBreakdown
+    replayed: bool
+
+
+class DeltaReport(BaseModel):
+    position_id: int
+    symbol: str
+    spot_quantity: float
+    perp_quantity: float = Field(description="Signed; negative = short.")
+    spot_value_usd: float
+    perp_value_usd: float = Field(description="Signed notional at mark; negative for a short.")
+    net_delta_usd: float = Field(description="spot_value + perp_value; ≈ 0 when hedged.")
+    imbalance_pct: float = Field(description="|net_delta| / spot_value × 100.")
+    mark_price: float
+    margin_ratio_pct: float = Field(description="Margin balance / maintenance margin × 100. Liquidation at 100 %.")
+    liquidation_price: float
+    distance_to_liquidation_pct: float = Field(description="How far mark must move to liquidate, percent of mark.")
+    isolated_margin_usd: float
+    unrealized_pnl_usd: float = Field(description="Mark-to-market of both legs at mids, before exit costs.")
+    funding_received_usd: float
+    current_basis_pct: float
+    entry_basis_pct: float
+    recommended_action: Literal["hold", "add_margin", "rebalance", "close"]
+    reason: str
+
+
+class CheckDeltaOutput(ToolOutput):
+    market_time: str
+    positions: list[DeltaReport]
+
+
+class SecondsToFundingOutput(ToolOutput):
+    symbol: str
+    seconds_to_funding: float
+    next_funding_time: str
+    funding_interval_hours: float
+    funding_rate_pct: float = Field(description="Rate per interval, percent (see funding_rate_source).")
+    funding_rate_source: str
+    expected_payment_usd: float | None = Field(
+        description="For your open position: + received, − paid at the next settlement at this rate; null without one."
+    )
+
+
+class TierUsage(BaseModel):
+    tier: str
+    allocation_limit_usd: float
+    in_use_usd: float
+    single_position_limit_usd: float
+
+
+class PortfolioOutput(ToolOutput):
+    mode: str
+    market_time: str
+    capital_usd: float = Field(description="Starting capital the limits are measured against.")
+    cash_usd: float = Field(description="Free USDT at the venue.")
+    equity_usd: float = Field(description="Cash + spot holdings at mid + isolated margin + unrealised perp P&L.")
+    pnl_since_start_usd: float
+    realized_pnl_usd: float
+    unrealized_pnl_usd: float
+    funding_received_usd: float
+    fees_paid_usd: float
+    capital_in_use_usd: float
+    tiers: list[TierUsage]
+    open_positions: list[PositionOut]
+    closed_positions: list[PositionOut]
+
+
+class FundingSettlementOut(BaseModel):
+    position_id: int | None
+    symbol: str
+    time: str
+    rate_pct: float
+    mark_price: float
+    quantity: float
+    amount_usd: float
+
+
+class AdvanceTimeOutput(ToolOutput):
+    from_time: str
+    to_time: str
+    hours: float
+    ticks: int = Field(description="Hourly market ticks processed.")
+    funding: list[FundingSettlementOut]
+    liquidations: list[dict[str, Any]]
+    replay_end_time: str

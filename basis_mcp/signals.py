@@ -1,0 +1,259 @@
+"""Pure signal math shared by the live desk and the backtest. No I/O.
+
+Conventions: ``*_pct`` values are percent (0.05 means 0.05 %), bare rates are fractions
+(0.0001 = 0.01 %), ``*_usd`` are dollars, times are UTC epoch seconds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+ZSCORE_MIN_SAMPLES = 30
+ZSCORE_STD_FLOOR = 1e-8
+DEFAULT_ZSCORE_WINDOW = 1080
+DAYS_PER_YEAR = 365.0
+
+
+def basis_pct(spot: float, perp: float) -> float:
+    """(perp − spot) / spot × 100. Positive = contango (perp rich)."""
+    return (perp - spot) / spot * 100.0
+
+
+def funding_apr_pct(rate: float, interval_hours: float) -> float:
+    """Simple (non-compounded) annualised funding, percent: rate × settlements per year × 100."""
+    return rate * (24.0 / interval_hours) * DAYS_PER_YEAR * 100.0
+
+
+def funding_8h_pct(rate: float, interval_hours: float) -> float:
+    """A per-interval funding rate restated per 8 h, percent."""
+    return rate * (8.0 / interval_hours) * 100.0
+
+
+# --------------------------------------------------------------------------- z-score
+
+
+class RollingZScore:
+    """Rolling z-score over the last ``window`` samples, O(1) per new sample.
+
+    Population std (ddof=0); no z before ``min_samples`` samples; ``std < 1e-8`` → z = 0.
+    The window includes the newest sample. Mean and M2 are maintained with Welford's
+    add/remove updates, and recomputed exactly once every ``window`` samples so rounding
+    cannot drift (amortised O(1)).
+    """
+
+    __slots__ = ("window", "min_samples", "_buf", "_mean", "_m2", "_since_exact")
+
+    def __init__(self, window: int = DEFAULT_ZSCORE_WINDOW, min_samples: int = ZSCORE_MIN_SAMPLES):
+        if window < 2:
+            raise ValueError(f"window must be >= 2, got {window}")
+        self.window = int(window)
+        self.min_samples = int(min_samples)
+        self._buf: deque[float] = deque(maxlen=self.window)
+        self._mean = 0.0
+        self._m2 = 0.0
+        self._since_exact = 0
+
+    @property
+    def n(self) -> int:
+        return len(self._buf)
+
+    @property
+    def mean(self) -> float:
+        return self._mean
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(max(self._m2, 0.0) / len(self._buf)) if self._buf else 0.0
+
+    def _recompute(self) -> None:
+        arr = np.fromiter(self._buf, dtype=np.float64, count=len(self._buf))
+        self._mean = float(arr.mean()) if arr.size else 0.0
+        self._m2 = float(((arr - self._mean) ** 2).sum()) if arr.size else 0.0
+        self._since_exact = 0
+
+    def add(self, x: float) -> float | None:
+        """Add a sample; return the z-score of that sample (None while warming up)."""
+        buf = self._buf
+        if len(buf) == self.window:
+            old = buf[0]
+            buf.append(x)  # evicts ``old``
+            n = len(buf)
+            # remove old (n -> n-1), then add x (n-1 -> n), folded into one step
+            delta_old = old - self._mean
+            self._mean -= delta_old / (n - 1) if n > 1 else 0.0
+            self._m2 -= delta_old * (old - self._mean)
+            delta = x - self._mean
+            self._mean += delta / n
+            self._m2 += delta * (x - self._mean)
+        else:
+            buf.append(x)
+            n = len(buf)
+            delta = x - self._mean
+            self._mean += delta / n
+            self._m2 += delta * (x - self._mean)
+        self._since_exact += 1
+        if self._since_exact >= self.window:
+            self._recompute()
+        return self.zscore(x)
+
+    def zscore(self, x: float) -> float | None:
+        if len(self._buf) < self.min_samples:
+            return None
+        sd = self.std
+        return 0.0 if sd < ZSCORE_STD_FLOOR else (x - self._mean) / sd
+
+    def values(self) -> np.ndarray:
+        return np.fromiter(self._buf, dtype=np.float64, count=len(self._buf))
+
+
+@dataclass(frozen=True)
+class ZScoreStats:
+    n: int
+    window: int
+    latest: float | None
+    zscore: float | None
+    mean: float | None
+    std: float | None
+    p10: float | None
+    p90: float | None
+    minimum: float | None
+    maximum: float | None
+
+
+def zscore_stats(values: np.ndarray, window: int, min_samples: int = ZSCORE_MIN_SAMPLES) -> ZScoreStats:
+    """Descriptive stats of the last ``window`` values (the newest last) with the z of the newest."""
+    tail = np.asarray(values[-window:], dtype=np.float64)
+    n = int(tail.size)
+    if n == 0:
+        return ZScoreStats(0, window, None, None, None, None, None, None, None, None)
+    mean = float(tail.mean())
+    std = float(tail.std())
+    latest = float(tail[-1])
+    z = None if n < min_samples else (0.0 if std < ZSCORE_STD_FLOOR else (latest - mean) / std)
+    p10, p90 = (float(v) for v in np.percentile(tail, [10, 90]))
+    return ZScoreStats(n, window, latest, z, mean, std, p10, p90, float(tail.min()), float(tail.max()))
+
+
+def rolling_zscore(values: np.ndarray, window: int, min_samples: int = ZSCORE_MIN_SAMPLES) -> np.ndarray:
+    """Vectorised z-score of every sample against the trailing ``window`` (inclusive).
+
+    Same definition as `RollingZScore` (population std, NaN before ``min_samples``,
+    ``std < 1e-8`` → 0); used by the backtest. Shifted by the window mean before the
+    cumulative sums so squares of large prices don't cancel catastrophically.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    n = x.size
+    out = np.full(n, np.nan)
+    if n == 0:
+        return out
+    shift = float(np.nanmean(x)) if np.isfinite(x).any() else 0.0
+    xs = x - shift
+    c1 = np.concatenate(([0.0], np.cumsum(xs)))
+    c2 = np.concatenate(([0.0], np.cumsum(xs * xs)))
+    idx = np.arange(1, n + 1)
+    lo = np.maximum(idx - window, 0)
+    cnt = idx - lo
+    s1 = c1[idx] - c1[lo]
+    s2 = c2[idx] - c2[lo]
+    mean = s1 / cnt
+    var = np.maximum(s2 / cnt - mean * mean, 0.0)
+    std = np.sqrt(var)
+    z = np.where(std < ZSCORE_STD_FLOOR, 0.0, (xs - mean) / np.where(std < ZSCORE_STD_FLOOR, 1.0, std))
+    ok = cnt >= min_samples
+    out[ok] = z[ok]
+    return out
+
+
+# --------------------------------------------------------------------------- funding schedule
+
+
+def settlements_in(seconds_to_next: float, interval_hours: float, horizon_seconds: float) -> int:
+    """How many funding settlements fall in (now, now + horizon]."""
+    if horizon_seconds < seconds_to_next or interval_hours <= 0:
+        return 0
+    return int((horizon_seconds - seconds_to_next) // (interval_hours * 3600.0)) + 1
+
+
+# --------------------------------------------------------------------------- expected return
+
+
+@dataclass(frozen=True)
+class NetReturnEstimate:
+    notional_usd: float
+    hold_days: float
+    capital_employed_usd: float
+    basis_capture_usd: float
+    funding_usd: float
+    settlements: int
+    fees_usd: float
+    slippage_usd: float
+    net_usd: float
+    net_return_pct: float
+    apy_pct: float
+    apy_on_notional_pct: float
+    break_even_hold_days: float | None
+
+
+def estimate_net_return(
+    *,
+    notional_usd: float,
+    spot_price: float,
+    perp_price: float,
+    hold_days: float,
+    exit_basis_pct: float,
+    funding_rate: float,
+    funding_interval_hours: float,
+    seconds_to_next_funding: float,
+    leverage: float,
+    entry_exit_cost_usd: tuple[float, float],
+) -> NetReturnEstimate:
+    """Honest expected return of a cash-and-carry (long spot, short perp) over a hold.
+
+    - basis capture happens ONCE: q × (basis_entry − basis_exit), q = notional / spot;
+    - funding accrues per settlement: q × perp × rate × settlements in the hold;
+    - costs are the round trip: fees and slippage on both legs, in and out;
+    - net_return_pct = net ÷ capital employed (spot cash + perp margin);
+    - apy_pct = net_return_pct ÷ hold_days × 365 (simple, not compounded). The one-off
+      basis is NOT multiplied by settlements per year.
+    ``entry_exit_cost_usd`` = (fees_usd, slippage_usd) for the full round trip.
+    """
+    q = notional_usd / spot_price
+    basis_entry_usd = perp_price - spot_price
+    basis_exit_usd = exit_basis_pct / 100.0 * spot_price
+    basis_capture = q * (basis_entry_usd - basis_exit_usd)
+    n_settle = settlements_in(seconds_to_next_funding, funding_interval_hours, hold_days * 86400.0)
+    funding_per_settlement = q * perp_price * funding_rate
+    funding = funding_per_settlement * n_settle
+    fees, slip = entry_exit_cost_usd
+    net = basis_capture + funding - fees - slip
+    capital = notional_usd + q * perp_price / leverage
+    net_return_pct = net / capital * 100.0
+    apy = net_return_pct / hold_days * DAYS_PER_YEAR
+    apy_notional = net / notional_usd * 100.0 / hold_days * DAYS_PER_YEAR
+    shortfall = fees + slip - basis_capture
+    funding_per_day = funding_per_settlement * 24.0 / funding_interval_hours
+    if shortfall <= 0:
+        break_even: float | None = 0.0
+    elif funding_per_day > 0:
+        break_even = shortfall / funding_per_day
+    else:
+        break_even = None
+    return NetReturnEstimate(
+        notional_usd=notional_usd,
+        hold_days=hold_days,
+        capital_employed_usd=capital,
+        basis_capture_usd=basis_capture,
+        funding_usd=funding,
+        settlements=n_settle,
+        fees_usd=fees,
+        slippage_usd=slip,
+        net_usd=net,
+        net_return_pct=net_return_pct,
+        apy_pct=apy,
+        apy_on_notional_pct=apy_notional,
+        break_even_hold_days=break_even,
+    )

@@ -1,0 +1,95 @@
+"""Position sizing: the largest notional every cap allows. No I/O."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from basis_mcp.costs import PairCosts
+
+
+@dataclass(frozen=True)
+class Cap:
+    name: str
+    limit_usd: float
+    detail: str
+
+
+@dataclass(frozen=True)
+class SizeResult:
+    notional_usd: float
+    quantity: float
+    binding_cap: str
+    caps: list[Cap]
+    capital_required_usd: float
+    margin_usd: float
+    fees_and_slippage_usd: float
+
+
+def capital_per_notional(leverage: float, costs: PairCosts, notional_usd: float) -> float:
+    """Cash one dollar of cash-and-carry notional ties up: spot cash + perp margin + entry costs."""
+    return 1.0 + 1.0 / leverage + costs.entry_cost_fraction(notional_usd)
+
+
+def floor_to_step(qty: float, step: float) -> float:
+    """Round a quantity down to the venue's lot step, without float dust (0.3/0.1 → 3 steps)."""
+    steps = math.floor(qty / step + 1e-9)
+    decimals = max(0, -int(math.floor(math.log10(step)))) if step < 1 else 0
+    return round(steps * step, decimals + 2)
+
+
+def size_position(
+    *,
+    spot_price: float,
+    leverage: float,
+    costs: PairCosts,
+    free_capital_usd: float,
+    caps: list[Cap],
+    qty_step: float,
+    min_notional_usd: float,
+    target_notional_usd: float | None = None,
+) -> SizeResult:
+    """Largest notional (spot-leg $) within every cap, rounded down to the lot step.
+
+    ``caps`` are the notional limits already computed by the caller (per-position cap,
+    tier single-position cap, tier headroom, ...); free capital is turned into a notional
+    cap here because what it buys depends on leverage and costs. An optional target is
+    one more cap. If the result is below the venue minimum the size is 0 and the binding
+    cap says so.
+    """
+    all_caps = list(caps)
+    # capital needed per $ of notional grows (weakly) with size through impact; two passes converge
+    guess = min([c.limit_usd for c in caps] + [max(free_capital_usd, 0.0)])
+    per = capital_per_notional(leverage, costs, guess)
+    free_cap = max(free_capital_usd, 0.0) / per
+    per = capital_per_notional(leverage, costs, min(guess, free_cap))
+    free_cap = max(free_capital_usd, 0.0) / per
+    all_caps.append(
+        Cap(
+            "free_capital",
+            free_cap,
+            f"${free_capital_usd:,.2f} free ÷ {per:.4f} (spot 1 + margin 1/{leverage:g} + entry costs) per $ notional",
+        )
+    )
+    if target_notional_usd is not None:
+        all_caps.append(Cap("requested", target_notional_usd, "the notional you asked for"))
+    binding = min(all_caps, key=lambda c: c.limit_usd)
+    notional = max(binding.limit_usd, 0.0)
+    qty = floor_to_step(notional / spot_price, qty_step)
+    notional = qty * spot_price
+    binding_name = binding.name
+    if notional < min_notional_usd:
+        qty, notional = 0.0, 0.0
+        binding_name = "venue_min_notional"
+        all_caps.append(Cap("venue_min_notional", min_notional_usd, f"venue minimum order is ${min_notional_usd:,.2f}"))
+    entry_costs = notional * costs.entry_cost_fraction(notional)
+    margin = notional / leverage
+    return SizeResult(
+        notional_usd=notional,
+        quantity=qty,
+        binding_cap=binding_name,
+        caps=all_caps,
+        capital_required_usd=notional + margin + entry_costs,
+        margin_usd=margin,
+        fees_and_slippage_usd=entry_costs,
+    )

@@ -1,0 +1,239 @@
+"""The tools the agent sees: names, descriptions, models, annotations. Handlers are one-liners into the desk."""
+
+from __future__ import annotations
+
+from mcp.server.mcpserver import Context
+
+from basis_mcp import models as m
+from basis_mcp.tools.registry import ToolSpec
+
+UNITS = (
+    " Units: *_pct = percent (0.05 means 0.05 %), *_usd = US dollars, times are ISO-8601 UTC."
+)
+
+
+async def _scan(desk, inp: m.ScanBasisInput, ctx: Context) -> m.ScanBasisOutput:
+    return desk.scan(inp.symbols)
+
+
+async def _zscore(desk, inp: m.ComputeZScoreInput, ctx: Context) -> m.ZScoreOutput:
+    return desk.compute_zscore(inp.symbol, inp.window)
+
+
+async def _apy(desk, inp: m.EstimateNetApyInput, ctx: Context) -> m.NetApyEstimate:
+    return desk.estimate_net_apy(
+        inp.symbol, inp.notional_usd, inp.hold_days, inp.leverage, inp.funding_rate_8h_pct, inp.exit_basis_pct, inp.basis_pct
+    )
+
+
+async def _size(desk, inp: m.SizePositionInput, ctx: Context) -> m.SizePositionOutput:
+    return await desk.size(inp.symbol, inp.leverage, inp.target_notional_usd)
+
+
+async def _enter(desk, inp: m.EnterTradeInput, ctx: Context) -> m.EnterTradeOutput:
+    return await desk.enter(inp.symbol, inp.notional_usd, inp.leverage, inp.idempotency_key, inp.strategy)
+
+
+async def _exit(desk, inp: m.ExitTradeInput, ctx: Context) -> m.ExitTradeOutput:
+    return await desk.exit(inp.position_id, inp.idempotency_key)
+
+
+async def _delta(desk, inp: m.CheckDeltaInput, ctx: Context) -> m.CheckDeltaOutput:
+    return await desk.check_delta(inp.position_id)
+
+
+async def _funding(desk, inp: m.SecondsToFundingInput, ctx: Context) -> m.SecondsToFundingOutput:
+    return await desk.seconds_to_funding(inp.symbol)
+
+
+async def _portfolio(desk, inp: m.PortfolioStatusInput, ctx: Context) -> m.PortfolioOutput:
+    return await desk.portfolio(inp.include_closed)
+
+
+async def _advance(desk, inp: m.AdvanceTimeInput, ctx: Context) -> m.AdvanceTimeOutput:
+    async def progress(done: float, total: float, message: str) -> None:
+        await ctx.report_progress(done, total, message=message)
+
+    return await desk.advance(inp.hours, progress)
+
+
+TOOLS: list[ToolSpec] = [
+    ToolSpec(
+        name="scan_basis",
+        title="Scan basis and funding",
+        description=(
+            "Market snapshot per symbol: spot, perp and mark prices; basis = perp − spot in USD and "
+            "basis_pct = (perp − spot)/spot × 100 (positive = contango, what a cash-and-carry sells); "
+            "funding rate for the next settlement per interval (funding_rate_pct), per 8 h and simple annualised "
+            "(funding_apr_pct; positive = longs pay shorts, i.e. the short perp leg RECEIVES it); the interval and "
+            "next settlement time; the basis z-score against the rolling history (null until 30 samples); "
+            "and data_age_seconds. Results are sorted richest basis first. Each call also records a basis "
+            "sample (at most one per symbol per hour) for the z-score history. Read-only." + UNITS
+        ),
+        input_model=m.ScanBasisInput,
+        output_model=m.ScanBasisOutput,
+        handler=_scan,
+        read_only=True,
+        destructive=False,
+        idempotent=True,
+    ),
+    ToolSpec(
+        name="compute_zscore",
+        title="Basis z-score",
+        description=(
+            "Rolling z-score of the basis_pct history for one symbol: z = (newest − mean) / population std over the "
+            "last `window` hourly samples (default 1080 = 45 days). Returns mean, std, p10/p90, min/max (all in "
+            "basis percent) and the sample count. ready=false and zscore=null until 30 samples exist; std < 1e-8 "
+            "gives z = 0. A high positive z means the perp is unusually rich versus spot: a candidate cash-and-carry "
+            "entry. The history persists across restarts. Read-only." + UNITS
+        ),
+        input_model=m.ComputeZScoreInput,
+        output_model=m.ZScoreOutput,
+        handler=_zscore,
+        read_only=True,
+        destructive=False,
+        idempotent=True,
+    ),
+    ToolSpec(
+        name="estimate_net_apy",
+        title="Estimate net return and APY",
+        description=(
+            "Honest expected return of a cash-and-carry (buy spot, short perp, equal quantity) of notional_usd held "
+            "hold_days, itemised: basis_capture_usd is earned ONCE (quantity × (entry basis − exit basis), exit "
+            "basis default 0); funding_usd = Σ over the settlements that fall inside the hold of quantity × perp × "
+            "rate (default rate: mean settled over the last 30 days); minus round-trip fees (spot 0.10 % + perp "
+            "0.05 % taker, in and out) and slippage (half-spread + square-root impact). net_return_pct = net / "
+            "(notional + notional/leverage); apy_pct = net_return_pct / hold_days × 365, simple. The one-off basis is "
+            "never multiplied by settlements per year. break_even_hold_days is the hold at which funding covers "
+            "the costs the basis does not (null = never at this rate). Read-only." + UNITS
+        ),
+        input_model=m.EstimateNetApyInput,
+        output_model=m.NetApyEstimate,
+        handler=_apy,
+        read_only=True,
+        destructive=False,
+        idempotent=True,
+    ),
+    ToolSpec(
+        name="size_position",
+        title="Size a position within every limit",
+        description=(
+            "Largest spot-leg notional (USD) the desk would accept for a cash-and-carry in this symbol now, with "
+            "every cap listed and the binding one named: operator's per-position cap, the symbol tier's "
+            "single-position cap (anchor BTC/ETH 25 %, mid 15 %, speculative 7 % of capital), the tier's remaining "
+            "allocation (50/35/15 %), and free capital (spot cost + perp margin at the given leverage + entry "
+            "costs). The size is rounded down to the venue's lot step; below the venue minimum it is 0. "
+            "Read-only." + UNITS
+        ),
+        input_model=m.SizePositionInput,
+        output_model=m.SizePositionOutput,
+        handler=_size,
+        read_only=True,
+        destructive=False,
+        idempotent=True,
+    ),
+    ToolSpec(
+        name="enter_trade",
+        title="Open a cash-and-carry position",
+        description=(
+            "Opens a delta-neutral pair: BUY spot and SELL (short) the USD-M perpetual, same base quantity "
+            "(notional_usd / spot, rounded down to the lot step), perp in isolated margin at `leverage` "
+            "(default 2x; the operator's cap and a hard 5x ceiling are enforced). Market orders pay the spread, "
+            "impact and taker fees. If the second leg fails the first is unwound at once, so no naked leg is left. "
+            "idempotency_key is required: a retry with the same key returns the first result instead of trading "
+            "again. Rejected with every violated rule listed when a limit, the data freshness or free capital "
+            "does not allow it. One open position per symbol. Returns the position with its fills, fees, entry "
+            "basis, liquidation price and margin ratio." + UNITS
+        ),
+        input_model=m.EnterTradeInput,
+        output_model=m.EnterTradeOutput,
+        handler=_enter,
+        read_only=False,
+        destructive=True,
+        idempotent=True,
+    ),
+    ToolSpec(
+        name="exit_trade",
+        title="Close a position",
+        description=(
+            "Closes both legs of an open position: buys back the perp (reduce-only, so it can never open a new "
+            "position) and sells the spot. Returns realised P&L itemised: basis_pnl_usd (price P&L at mids = "
+            "quantity × (entry basis − exit basis)), funding_usd received, fees_usd and slippage_usd paid, and "
+            "total_usd = basis + funding − fees − slippage, which equals the recorded fills, fees and funding "
+            "payments exactly. idempotency_key is required; a retry returns the first result." + UNITS
+        ),
+        input_model=m.ExitTradeInput,
+        output_model=m.ExitTradeOutput,
+        handler=_exit,
+        read_only=False,
+        destructive=True,
+        idempotent=True,
+    ),
+    ToolSpec(
+        name="check_delta",
+        title="Check hedge and margin",
+        description=(
+            "Per open position: spot and perp quantities and values (perp signed, negative = short), net delta in "
+            "USD and imbalance_pct (|net| / spot value × 100; > 2 % needs a rebalance), margin_ratio_pct (margin "
+            "balance / maintenance margin × 100; liquidation at 100 %, the watchdog adds margin below 150 % and "
+            "closes below 130 %), liquidation price and distance to it in percent, unrealised P&L at mids, funding "
+            "received so far, and a recommended_action: hold | add_margin | rebalance | close. Read-only." + UNITS
+        ),
+        input_model=m.CheckDeltaInput,
+        output_model=m.CheckDeltaOutput,
+        handler=_delta,
+        read_only=True,
+        destructive=False,
+        idempotent=True,
+    ),
+    ToolSpec(
+        name="seconds_to_funding",
+        title="Time to next funding",
+        description=(
+            "Seconds until the symbol's next funding settlement, its time, the interval in hours (venues use 8, 4 or "
+            "1 h per contract), the current rate per interval in percent, and for an open position the expected "
+            "payment at that rate (positive = you receive it). Useful to avoid exiting just before a settlement "
+            "worth collecting. Read-only." + UNITS
+        ),
+        input_model=m.SecondsToFundingInput,
+        output_model=m.SecondsToFundingOutput,
+        handler=_funding,
+        read_only=True,
+        destructive=False,
+        idempotent=True,
+    ),
+    ToolSpec(
+        name="portfolio_status",
+        title="Portfolio and positions",
+        description=(
+            "The book: capital, free cash, equity (cash + spot at mid + isolated margin + unrealised perp P&L), "
+            "P&L since start, realised and unrealised P&L, funding received, fees paid, capital in use, tier usage "
+            "against the allocation limits, every open position with fills, and optionally the last N closed "
+            "positions. Read-only." + UNITS
+        ),
+        input_model=m.PortfolioStatusInput,
+        output_model=m.PortfolioOutput,
+        handler=_portfolio,
+        read_only=True,
+        destructive=False,
+        idempotent=True,
+    ),
+    ToolSpec(
+        name="advance_time",
+        title="Advance the replay clock",
+        description=(
+            "Replay mode only: moves the simulated market clock forward by `hours`. Every hour in between is a "
+            "market tick: funding settles on open perp positions at the real settlement times with the real "
+            "rates, liquidations are checked against the hour's mark high/low, and basis samples are recorded. "
+            "Returns the settlements (amount_usd + = received) and any liquidation. Refused past the end of the "
+            "data. Sends progress notifications for long advances."
+        ),
+        input_model=m.AdvanceTimeInput,
+        output_model=m.AdvanceTimeOutput,
+        handler=_advance,
+        read_only=False,
+        destructive=False,
+        idempotent=False,
+        modes=("replay",),
+    ),
+]

@@ -1,0 +1,365 @@
+"""Paper venue: a simulator, not a stub.
+
+- Fills at a modelled bid/ask: mid ± (half-spread + square-root impact), plus taker fees.
+- One USDT balance, spot balances per asset, one-way perp positions in isolated margin.
+- Funding settled on every perp position at the venue's settlement times with the real
+  settled rate and the mark price at settlement; it moves the isolated wallet, as on
+  Binance.
+- Liquidation when the hour's mark high (short) or low (long) reaches the liquidation
+  price from Binance's bracket model; the isolated wallet is lost (closed at the
+  bankruptcy price).
+
+State lives in ``paper_*`` tables in the same SQLite file, committed in the venue's own
+transactions, so a desk crash between "order sent" and "fill recorded" looks exactly
+like it would against a real exchange: the venue has the order, the desk must ask.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from basis_mcp import margin as mm
+from basis_mcp.clock import Clock
+from basis_mcp.config import Settings
+from basis_mcp.costs import Market
+from basis_mcp.feed import MarketDataUnavailable, ReplayFeed
+from basis_mcp.store import Database
+from basis_mcp.venue.base import (
+    FundingEvent,
+    LiquidationEvent,
+    OrderRequest,
+    OrderResult,
+    PerpPosition,
+    TickReport,
+    VenueError,
+)
+
+QUOTE = "USDT"
+
+PAPER_SCHEMA = """
+CREATE TABLE IF NOT EXISTS paper_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS paper_balances (asset TEXT PRIMARY KEY, free REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS paper_leverage (symbol TEXT PRIMARY KEY, leverage REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS paper_perp (
+    symbol          TEXT PRIMARY KEY,
+    quantity        REAL NOT NULL,
+    entry_price     REAL NOT NULL,
+    isolated_wallet REAL NOT NULL,
+    leverage        REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS paper_orders (
+    seq             INTEGER PRIMARY KEY,
+    client_order_id TEXT NOT NULL UNIQUE,
+    symbol          TEXT NOT NULL,
+    market          TEXT NOT NULL,
+    side            TEXT NOT NULL,
+    requested_qty   REAL NOT NULL,
+    filled_qty      REAL NOT NULL,
+    avg_price       REAL NOT NULL,
+    fee_usd         REAL NOT NULL,
+    mid_price       REAL NOT NULL,
+    status          TEXT NOT NULL,
+    reduce_only     INTEGER NOT NULL,
+    reason          TEXT,
+    ts              REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS paper_funding (
+    id          INTEGER PRIMARY KEY,
+    symbol      TEXT NOT NULL,
+    time        REAL NOT NULL,
+    rate        REAL NOT NULL,
+    mark_price  REAL NOT NULL,
+    quantity    REAL NOT NULL,
+    amount_usd  REAL NOT NULL,
+    UNIQUE (symbol, time)
+);
+CREATE TABLE IF NOT EXISTS paper_liquidations (
+    id              INTEGER PRIMARY KEY,
+    symbol          TEXT NOT NULL,
+    time            REAL NOT NULL,
+    quantity        REAL NOT NULL,
+    price           REAL NOT NULL,
+    loss_usd        REAL NOT NULL,
+    client_order_id TEXT NOT NULL
+);
+"""
+
+QTY_EPS = 1e-12
+
+
+class PaperVenue:
+    def __init__(self, path: Path | str, feed: ReplayFeed, settings: Settings, clock: Clock):
+        self.name = f"paper:{feed.venue}"
+        self.db = Database(path, PAPER_SCHEMA)
+        self.feed = feed
+        self.settings = settings
+        self.clock = clock
+        with self.db.tx():
+            if self.db.one("SELECT 1 FROM paper_balances LIMIT 1") is None:
+                self.db.x("INSERT INTO paper_balances(asset, free) VALUES (?, ?)", (QUOTE, settings.capital_usd))
+            if self._state("last_tick") is None:
+                self._set_state("last_tick", repr(clock.now()))
+        # Funding is settled for (last_tick, t]. The persisted value is only moved inside a
+        # transaction that writes anyway (funding, liquidation, perp order), which keeps the
+        # invariant that matters after a restart: it is never earlier than the last change
+        # to a perp position, so no settlement can be applied to a position that did not
+        # exist at that time, and re-applied ones are ignored (UNIQUE(symbol, time)).
+        self._last_tick = float(self._state("last_tick") or clock.now())
+
+    # ------------------------------------------------------------------ state helpers
+
+    def _state(self, key: str) -> str | None:
+        row = self.db.one("SELECT value FROM paper_state WHERE key = ?", (key,))
+        return None if row is None else row["value"]
+
+    def _set_state(self, key: str, value: str) -> None:
+        self.db.x(
+            "INSERT INTO paper_state(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def _balance(self, asset: str) -> float:
+        row = self.db.one("SELECT free FROM paper_balances WHERE asset = ?", (asset,))
+        return 0.0 if row is None else float(row["free"])
+
+    def _credit(self, asset: str, amount: float) -> None:
+        self.db.x(
+            "INSERT INTO paper_balances(asset, free) VALUES (?, ?) ON CONFLICT(asset) DO UPDATE SET free = free + excluded.free",
+            (asset, amount),
+        )
+
+    def _perp(self, symbol: str) -> PerpPosition | None:
+        r = self.db.one("SELECT * FROM paper_perp WHERE symbol = ?", (symbol,))
+        if r is None or abs(r["quantity"]) < QTY_EPS:
+            return None
+        return PerpPosition(symbol, r["quantity"], r["entry_price"], r["isolated_wallet"], r["leverage"])
+
+    def _leverage(self, symbol: str) -> float:
+        r = self.db.one("SELECT leverage FROM paper_leverage WHERE symbol = ?", (symbol,))
+        return float(r["leverage"]) if r else 20.0  # Binance's default when never set
+
+    # ------------------------------------------------------------------ venue API
+
+    async def set_leverage(self, symbol: str, leverage: float) -> None:
+        if not 1 <= leverage <= 125:
+            raise VenueError(f"leverage {leverage} out of range", "bad_leverage")
+        with self.db.tx():
+            self.db.x(
+                "INSERT INTO paper_leverage(symbol, leverage) VALUES (?, ?) ON CONFLICT(symbol) DO UPDATE SET leverage = excluded.leverage",
+                (symbol, leverage),
+            )
+
+    async def fetch_balances(self) -> dict[str, float]:
+        return {r["asset"]: float(r["free"]) for r in self.db.q("SELECT asset, free FROM paper_balances")}
+
+    async def fetch_perp_position(self, symbol: str) -> PerpPosition | None:
+        return self._perp(symbol)
+
+    async def fetch_order(self, client_order_id: str, symbol: str, market: Market) -> OrderResult | None:
+        r = self.db.one("SELECT * FROM paper_orders WHERE client_order_id = ?", (client_order_id,))
+        return None if r is None else self._result(r)
+
+    async def add_margin(self, symbol: str, amount_usd: float) -> None:
+        if amount_usd <= 0:
+            raise VenueError("margin amount must be positive", "bad_amount")
+        with self.db.tx():
+            if self._perp(symbol) is None:
+                raise VenueError(f"no {symbol} perp position to add margin to", "no_position")
+            if self._balance(QUOTE) < amount_usd:
+                raise VenueError(f"insufficient {QUOTE} to add ${amount_usd:,.2f} margin", "insufficient_balance")
+            self._credit(QUOTE, -amount_usd)
+            self.db.x("UPDATE paper_perp SET isolated_wallet = isolated_wallet + ? WHERE symbol = ?", (amount_usd, symbol))
+
+    async def funding_history(self, since: float) -> list[FundingEvent]:
+        rows = self.db.q("SELECT * FROM paper_funding WHERE time > ? ORDER BY time, symbol", (since,))
+        return [FundingEvent(r["symbol"], r["time"], r["rate"], r["mark_price"], r["quantity"], r["amount_usd"]) for r in rows]
+
+    async def liquidations(self, since: float) -> list[LiquidationEvent]:
+        rows = self.db.q("SELECT * FROM paper_liquidations WHERE time > ? ORDER BY time", (since,))
+        return [LiquidationEvent(r["symbol"], r["time"], r["quantity"], r["price"], r["loss_usd"], r["client_order_id"]) for r in rows]
+
+    async def place_order(self, req: OrderRequest) -> OrderResult:
+        return self._execute(req)
+
+    # ------------------------------------------------------------------ matching
+
+    def _result(self, r) -> OrderResult:
+        return OrderResult(
+            client_order_id=r["client_order_id"],
+            venue_order_id=str(r["seq"]),
+            symbol=r["symbol"],
+            market=r["market"],
+            side=r["side"],
+            status=r["status"],
+            requested_qty=r["requested_qty"],
+            filled_qty=r["filled_qty"],
+            avg_price=r["avg_price"],
+            fee_usd=r["fee_usd"],
+            mid_price=r["mid_price"],
+            ts=r["ts"],
+            reason=r["reason"],
+        )
+
+    def _execute(self, req: OrderRequest, fill_fraction: float = 1.0) -> OrderResult:
+        if req.quantity <= 0:
+            raise VenueError(f"quantity must be positive, got {req.quantity}", "bad_quantity")
+        try:
+            snap = self.feed.snapshot(req.symbol)
+        except (MarketDataUnavailable, KeyError) as e:
+            raise VenueError(f"{req.symbol}: no market ({e})", "no_market") from None
+        spec = self.settings.spec(req.symbol)
+        leg = spec.costs.leg(req.market)
+        mid = snap.spot if req.market == "spot" else snap.perp
+        qty = req.quantity * fill_fraction
+        price = leg.fill_price(mid, req.side, qty * mid)
+        fee = qty * price * leg.taker_fee
+        now = self.clock.now()
+        with self.db.tx():
+            if self.db.one("SELECT 1 FROM paper_orders WHERE client_order_id = ?", (req.client_order_id,)):
+                raise VenueError(f"duplicate client order id {req.client_order_id}", "duplicate_client_order_id")
+            if req.market == "spot":
+                self._fill_spot(req, qty, price, fee)
+            else:
+                self._fill_perp(req, qty, price, fee, spec)
+                self._mark_tick(now)
+            status = "filled" if fill_fraction >= 1.0 else "partially_filled"
+            cur = self.db.x(
+                "INSERT INTO paper_orders(client_order_id, symbol, market, side, requested_qty, filled_qty, avg_price,"
+                " fee_usd, mid_price, status, reduce_only, reason, ts) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (req.client_order_id, req.symbol, req.market, req.side, req.quantity, qty, price, fee, mid, status, int(req.reduce_only), None, now),
+            )
+            seq = cur.lastrowid
+        return OrderResult(req.client_order_id, str(seq), req.symbol, req.market, req.side, status, req.quantity, qty, price, fee, mid, now)
+
+    def _fill_spot(self, req: OrderRequest, qty: float, price: float, fee: float) -> None:
+        base = req.symbol
+        if req.side == "buy":
+            if req.reduce_only:
+                raise VenueError("reduce-only spot buy: spot is never held short here", "reduce_only")
+            cost = qty * price + fee
+            if self._balance(QUOTE) + 1e-9 < cost:
+                raise VenueError(f"insufficient {QUOTE}: need ${cost:,.2f}, have ${self._balance(QUOTE):,.2f}", "insufficient_balance")
+            self._credit(QUOTE, -cost)
+            self._credit(base, qty)
+        else:
+            held = self._balance(base)
+            if held + 1e-12 < qty:
+                raise VenueError(f"insufficient {base}: selling {qty}, holding {held}", "insufficient_balance")
+            self._credit(base, -qty)
+            self._credit(QUOTE, qty * price - fee)
+
+    def _fill_perp(self, req: OrderRequest, qty: float, price: float, fee: float, spec) -> None:
+        pos = self._perp(req.symbol)
+        cur_qty = pos.quantity if pos else 0.0
+        signed = qty if req.side == "buy" else -qty
+        reducing = cur_qty != 0 and (cur_qty > 0) != (signed > 0)
+        if req.reduce_only and not reducing:
+            raise VenueError("ReduceOnly order rejected: it would open or increase a position", "reduce_only")
+        if reducing:
+            if qty > abs(cur_qty) + 1e-12:
+                raise VenueError(
+                    f"order of {qty} would flip a {cur_qty} position (the paper venue does not flip in one order)",
+                    "reduce_only" if req.reduce_only else "would_flip",
+                )
+            assert pos is not None
+            closed = min(qty, abs(cur_qty))
+            realised = closed * (price - pos.entry_price) * (1 if cur_qty > 0 else -1)
+            share = closed / abs(cur_qty)
+            released = pos.isolated_wallet_usd * share
+            remaining = cur_qty + signed
+            if abs(remaining) < QTY_EPS:
+                released = pos.isolated_wallet_usd
+                self.db.x("DELETE FROM paper_perp WHERE symbol = ?", (req.symbol,))
+            else:
+                self.db.x(
+                    "UPDATE paper_perp SET quantity = ?, isolated_wallet = isolated_wallet - ? WHERE symbol = ?",
+                    (remaining, released, req.symbol),
+                )
+            self._credit(QUOTE, released + realised - fee)
+            return
+        lev = self._leverage(req.symbol)
+        margin = qty * price / lev
+        need = margin + fee
+        if self._balance(QUOTE) + 1e-9 < need:
+            raise VenueError(f"insufficient margin: need ${need:,.2f}, have ${self._balance(QUOTE):,.2f}", "insufficient_margin")
+        self._credit(QUOTE, -need)
+        if pos is None:
+            self.db.x(
+                "INSERT INTO paper_perp(symbol, quantity, entry_price, isolated_wallet, leverage) VALUES (?,?,?,?,?)"
+                " ON CONFLICT(symbol) DO UPDATE SET quantity = excluded.quantity, entry_price = excluded.entry_price,"
+                " isolated_wallet = excluded.isolated_wallet, leverage = excluded.leverage",
+                (req.symbol, signed, price, margin, lev),
+            )
+        else:
+            new_qty = cur_qty + signed
+            entry = (abs(cur_qty) * pos.entry_price + qty * price) / abs(new_qty)
+            self.db.x(
+                "UPDATE paper_perp SET quantity = ?, entry_price = ?, isolated_wallet = isolated_wallet + ? WHERE symbol = ?",
+                (new_qty, entry, margin, req.symbol),
+            )
+
+    # ------------------------------------------------------------------ market ticks
+
+    def _mark_tick(self, t: float) -> None:
+        self._last_tick = max(self._last_tick, t)
+        self._set_state("last_tick", repr(self._last_tick))
+
+    def on_tick(self, t: float) -> TickReport:
+        """Settle funding due in (last_tick, t] and liquidate breached positions at t."""
+        last = self._last_tick
+        funding: list[FundingEvent] = []
+        liquidations: list[LiquidationEvent] = []
+        if self.db.one("SELECT 1 FROM paper_perp LIMIT 1") is None:
+            self._last_tick = max(last, t)
+            return TickReport(t, funding, liquidations)
+        with self.db.tx():
+            for s in self.feed.settlements_between(last, t):
+                pos = self._perp(s.symbol)
+                if pos is None:
+                    continue
+                amount = -pos.quantity * s.mark * s.rate
+                cur = self.db.x(
+                    "INSERT OR IGNORE INTO paper_funding(symbol, time, rate, mark_price, quantity, amount_usd) VALUES (?,?,?,?,?,?)",
+                    (s.symbol, s.time, s.rate, s.mark, pos.quantity, amount),
+                )
+                if cur.rowcount:
+                    self.db.x("UPDATE paper_perp SET isolated_wallet = isolated_wallet + ? WHERE symbol = ?", (amount, s.symbol))
+                    funding.append(FundingEvent(s.symbol, s.time, s.rate, s.mark, pos.quantity, amount))
+            for r in self.db.q("SELECT symbol FROM paper_perp"):
+                ev = self._maybe_liquidate(r["symbol"], t)
+                if ev:
+                    liquidations.append(ev)
+            if funding or liquidations:
+                self._mark_tick(t)
+            else:
+                self._last_tick = max(last, t)
+        return TickReport(t, funding, liquidations)
+
+    def _maybe_liquidate(self, symbol: str, t: float) -> LiquidationEvent | None:
+        pos = self._perp(symbol)
+        if pos is None:
+            return None
+        try:
+            snap = self.feed.snapshot(symbol, at=t)
+        except MarketDataUnavailable:
+            return None
+        table = self.settings.spec(symbol).brackets
+        lp = mm.liquidation_price(pos.isolated_wallet_usd, pos.quantity, pos.entry_price, table)
+        breached = snap.mark_high >= lp if pos.quantity < 0 else snap.mark_low <= lp
+        if not breached and pos.isolated_wallet_usd > 0:
+            return None
+        price = mm.bankruptcy_price(pos.isolated_wallet_usd, pos.quantity, pos.entry_price)
+        coid = f"liq-{symbol}-{int(t)}"
+        side = "buy" if pos.quantity < 0 else "sell"
+        self.db.x("DELETE FROM paper_perp WHERE symbol = ?", (symbol,))
+        self.db.x(
+            "INSERT INTO paper_orders(client_order_id, symbol, market, side, requested_qty, filled_qty, avg_price, fee_usd,"
+            " mid_price, status, reduce_only, reason, ts) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (coid, symbol, "perp", side, abs(pos.quantity), abs(pos.quantity), price, 0.0, snap.mark, "filled", 1,
+             f"liquidation: mark reached {lp:.2f}", t),
+        )
+        self.db.x(
+            "INSERT INTO paper_liquidations(symbol, time, quantity, price, loss_usd, client_order_id) VALUES (?,?,?,?,?,?)",
+            (symbol, t, pos.quantity, price, pos.isolated_wallet_usd, coid),
+        )
+        return LiquidationEvent(symbol, t, pos.quantity, price, pos.isolated_wallet_usd, coid)
