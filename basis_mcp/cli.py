@@ -50,8 +50,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace, db: Path) -> int:
+    from basis_mcp.clock import iso
     from basis_mcp.config import ConfigError, load_settings
+    from basis_mcp.desk import Desk
     from basis_mcp.errors import Rejected
+    from basis_mcp.history import DataError
     from basis_mcp.server.app import ServeOptions, build_server
     from basis_mcp.server.http import run_http
 
@@ -61,16 +64,19 @@ def _serve(args: argparse.Namespace, db: Path) -> int:
         print(f"basis-mcp: {e}", file=sys.stderr)
         return 2
     opts = ServeOptions(settings=settings, db_path=db, data_path=args.data, start=args.start)
+    try:  # fail fast, with a readable message, before any transport is up
+        desk = Desk.open_replay(settings, db, args.data, args.start)
+    except (Rejected, DataError) as e:
+        print(f"basis-mcp: cannot start: {e}", file=sys.stderr)
+        return 2
+    print(f"basis-mcp {__version__}: replay paper desk at {iso(desk.now())}, database {db}", file=sys.stderr)
+    desk.close()
     server = build_server(opts)
-    print(f"basis-mcp {__version__}: replay paper desk, database {db}", file=sys.stderr)
     try:
         if args.transport == "stdio":
             server.run("stdio")
         else:
             run_http(server, args.host, args.port)
-    except Rejected as e:
-        print(f"basis-mcp: cannot start: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         pass
     return 0

@@ -28,8 +28,8 @@ from basis_mcp.feed import MarketDataUnavailable, ReplayFeed, Snapshot
 from basis_mcp.history import HOUR, fingerprint, load_any
 from basis_mcp.ledger import leg_quantities, pnl
 from basis_mcp.models import (
-    Alert,
     AdvanceTimeOutput,
+    Alert,
     BasisSnapshot,
     CapOut,
     CheckDeltaOutput,

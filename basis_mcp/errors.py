@@ -33,4 +33,4 @@ class Rejected(Exception):
     def __str__(self) -> str:
         if len(self.violations) == 1:
             return f"rejected: {self.violations[0]}"
-        return "rejected, {} rules violated:\n".format(len(self.violations)) + "\n".join(f"- {v}" for v in self.violations)
+        return f"rejected, {len(self.violations)} rules violated:\n" + "\n".join(f"- {v}" for v in self.violations)
