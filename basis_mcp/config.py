@@ -131,6 +131,21 @@ DEFAULT_SPECS: dict[str, SymbolSpec] = {
 }
 
 
+# field -> (hard ceiling, "max" = value must be <= ceiling | "min" = value must be >= ceiling)
+TIGHTEN_ONLY: dict[str, tuple[float, str]] = {
+    "max_leverage": (HARD.max_leverage, "max"),
+    "max_hold_days": (HARD.max_hold_days, "max"),
+    "max_stale_seconds_live": (HARD.max_stale_seconds_live, "max"),
+    "max_drawdown": (HARD.max_drawdown, "max"),
+    "max_realised_vol_1h_pct": (HARD.max_realised_vol_1h * 100, "max"),
+    "max_orders_per_minute": (HARD.max_orders_per_minute, "max"),
+    "margin_add_ratio": (1.50, "min"),
+    "margin_close_ratio": (1.30, "min"),
+    "max_imbalance_pct": (2.0, "max"),
+    "basis_stop_multiple": (3.0, "max"),
+}
+
+
 class Settings(BaseModel):
     """Operator configuration. Every limit here may be tighter than `HARD`, never looser."""
 
@@ -143,7 +158,15 @@ class Settings(BaseModel):
     tier_allocation: dict[str, float] = Field(default_factory=lambda: dict(HARD.tier_allocation))
     tier_single_position: dict[str, float] = Field(default_factory=lambda: dict(HARD.tier_single_position))
     tiers: dict[str, Tier] = Field(default_factory=dict, description="symbol -> tier overrides; default anchor BTC/ETH, mid majors, speculative rest")
+    symbol_allowlist: list[str] | None = Field(None, description="symbols the agent may enter; default: every symbol with data")
     symbols: dict[str, SymbolSpec] = Field(default_factory=dict, description="per-symbol venue parameter overrides")
+    max_drawdown: float = Field(0.15, gt=0, description="loss as a fraction of capital that moves the desk to REDUCING")
+    max_realised_vol_1h_pct: float = Field(5.0, gt=0, description="1 h realised vol (percent per hour) that pauses entries")
+    max_orders_per_minute: int = Field(30, ge=2)
+    margin_add_ratio: float = Field(1.50, description="watchdog adds margin below this margin ratio")
+    margin_close_ratio: float = Field(1.30, description="watchdog closes both legs below this margin ratio")
+    max_imbalance_pct: float = Field(2.0, gt=0, description="watchdog rebalances above this leg imbalance")
+    basis_stop_multiple: float = Field(3.0, gt=1, description="watchdog stops out when basis exceeds this multiple of entry")
     zscore_window: int = Field(1080, ge=30, le=100_000)
     zscore_sample_seconds: int = Field(3600, ge=60, le=86_400, description="one basis sample per symbol per bucket")
     max_stale_seconds_replay: float = Field(3600.0, ge=0, le=86_400, description="replay data is hourly: one bar old is fresh")
@@ -151,26 +174,25 @@ class Settings(BaseModel):
     max_hold_days: float = Field(30.0, gt=0)
     max_advance_hours: float = Field(24.0 * 92, gt=0, le=24.0 * 366)
 
-    @field_validator("max_leverage")
+    @model_validator(mode="before")
     @classmethod
-    def _lev_ceiling(cls, v: float) -> float:
-        if v > HARD.max_leverage:
-            raise ValueError(f"max_leverage {v:g} exceeds the hard ceiling {HARD.max_leverage:g}x")
-        return v
-
-    @field_validator("max_hold_days")
-    @classmethod
-    def _hold_ceiling(cls, v: float) -> float:
-        if v > HARD.max_hold_days:
-            raise ValueError(f"max_hold_days {v:g} exceeds the hard ceiling {HARD.max_hold_days:g}")
-        return v
-
-    @field_validator("max_stale_seconds_live")
-    @classmethod
-    def _stale_ceiling(cls, v: float) -> float:
-        if v > HARD.max_stale_seconds_live:
-            raise ValueError(f"max_stale_seconds_live {v:g} exceeds the hard ceiling {HARD.max_stale_seconds_live:g}")
-        return v
+    def _tighten_only(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        problems = []
+        for name, (ceiling, kind) in TIGHTEN_ONLY.items():
+            if name not in data:
+                continue
+            try:
+                v = float(data[name])
+            except (TypeError, ValueError):
+                continue  # the field's own validation reports it
+            if (kind == "max" and v > ceiling) or (kind == "min" and v < ceiling):
+                word = "exceeds" if kind == "max" else "is below"
+                problems.append(f"{name} {v:g} {word} the hard ceiling {ceiling:g} (config may only tighten limits)")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return data
 
     @field_validator("tier_allocation", "tier_single_position")
     @classmethod
@@ -189,6 +211,8 @@ class Settings(BaseModel):
     def _consistent(self) -> Settings:
         if self.default_leverage > self.max_leverage:
             raise ValueError(f"default_leverage {self.default_leverage:g} is above max_leverage {self.max_leverage:g}")
+        if self.margin_close_ratio >= self.margin_add_ratio:
+            raise ValueError("margin_close_ratio must be below margin_add_ratio")
         return self
 
     # ---------------------------------------------------------------- lookups
@@ -215,6 +239,9 @@ _ENV_FIELDS = {
     "zscore_window",
     "max_hold_days",
     "max_stale_seconds_live",
+    "max_drawdown",
+    "max_realised_vol_1h_pct",
+    "max_orders_per_minute",
 }
 
 
@@ -242,6 +269,9 @@ def load_settings(path: Path | str | None = None, env: dict[str, str] | None = N
         raw = env.get(ENV_PREFIX + key.upper())
         if raw is not None:
             data[key] = raw
+    raw = env.get(ENV_PREFIX + "SYMBOL_ALLOWLIST")
+    if raw:
+        data["symbol_allowlist"] = [x.strip().upper() for x in raw.split(",") if x.strip()]
     try:
         return Settings.model_validate(data)
     except ValidationError as e:

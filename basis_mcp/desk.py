@@ -1,9 +1,13 @@
 """The desk: one stateful engine per process.
 
 It owns the market feed, the venue, the store and the z-score trackers, and implements
-every tool's behaviour. The MCP layer only validates inputs and calls in here. Methods
-that change state run under one `anyio.Lock`, so two entries can never both pass the same
-capital check.
+every tool's behaviour. The MCP layer only validates inputs and calls in here.
+
+Concurrency: every state-changing operation (entry, exit, advance, watchdog tick) runs
+under one `anyio.Lock`, from its pre-trade checks to its last fill. Two entries can never
+both pass the same capital, tier or duplicate check, whatever the agent sends in
+parallel. An entry's capital is also written as ``reserved_usd`` on its ``opening`` row, so
+a crash mid-entry leaves the reservation visible to recovery.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ import json
 import math
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,9 @@ from basis_mcp import margin as mm
 from basis_mcp.clock import Clock, SimClock, iso, parse_time
 from basis_mcp.config import HARD, Settings
 from basis_mcp.errors import Rejected
+from basis_mcp.execution import ExecutionMixin
 from basis_mcp.feed import MarketDataUnavailable, ReplayFeed, Snapshot
+from basis_mcp.guardrails import EntryReadings, TradingState, drawdown, pre_trade_violations
 from basis_mcp.history import HOUR, fingerprint, load_any
 from basis_mcp.ledger import leg_quantities, pnl
 from basis_mcp.models import (
@@ -38,10 +43,12 @@ from basis_mcp.models import (
     ExitTradeOutput,
     FillOut,
     FundingSettlementOut,
+    LimitReading,
     NetApyEstimate,
     PnLBreakdown,
     PortfolioOutput,
     PositionOut,
+    RiskStatusOutput,
     ScanBasisOutput,
     SecondsToFundingOutput,
     SizePositionOutput,
@@ -54,38 +61,43 @@ from basis_mcp.signals import (
     estimate_net_return,
     funding_8h_pct,
     funding_apr_pct,
+    realised_vol_1h_pct,
     zscore_stats,
 )
 from basis_mcp.sizing import Cap, floor_to_step, size_position
 from basis_mcp.store import Store
-from basis_mcp.venue.base import OrderRequest, OrderResult, VenueError, VenueTimeout
+from basis_mcp.venue.base import OrderResult, VenueError, VenueTimeout
+from basis_mcp.venue.faults import FaultPlan
 from basis_mcp.venue.paper import PaperVenue
+from basis_mcp.watchdog import WatchdogMixin
 
-DEFAULT_REPLAY_START = "2025-06-01T00:00:00Z"
+DEFAULT_REPLAY_START = "2024-03-01T00:00:00Z"
 OPEN_STATES = ("opening", "open", "closing")
 ProgressFn = Callable[[float, float, str], Awaitable[None]]
-
-
-@dataclass
-class _Pending:
-    samples: list[tuple[str, int, float, float, float]]
 
 
 def _r(x: float | None, nd: int = 10) -> float | None:
     return None if x is None else round(float(x), nd)
 
 
-class Desk:
-    def __init__(self, settings: Settings, store: Store, feed: ReplayFeed, venue: PaperVenue, clock: Clock, mode: str):
+class Desk(ExecutionMixin, WatchdogMixin):
+    def __init__(
+        self, settings: Settings, store: Store, feed: ReplayFeed, venue: PaperVenue, clock: Clock, mode: str,
+        faults: FaultPlan | None = None,
+    ):
         self.settings = settings
         self.store = store
         self.feed = feed
         self.venue = venue
         self.clock = clock
         self.mode = mode
+        self.faults = faults or FaultPlan()
         self.lock = anyio.Lock()
         self.z: dict[str, RollingZScore] = {}
-        self._pending = _Pending([])
+        self._pending_samples: list[tuple[str, int, float, float, float]] = []
+        self._last_sample_ts: dict[str, int | None] = {}
+        self._venue_down_since: float | None = None
+        self._notes: set[str] = set()
 
     # ================================================================== construction
 
@@ -96,6 +108,7 @@ class Desk:
         db_path: Path | str,
         data_path: Path | str | None = None,
         start: str | None = None,
+        faults: FaultPlan | None = None,
     ) -> Desk:
         """Paper trading on historical data under a simulated clock (the embedded default)."""
         histories = load_any(data_path)
@@ -124,20 +137,37 @@ class Desk:
             store.set_meta("replay_time", repr(t))
             if store.get_meta("capital_usd") is None:
                 store.set_meta("capital_usd", repr(settings.capital_usd))
-        venue = PaperVenue(db_path, feed, settings, clock)
-        return cls(settings, store, feed, venue, clock, "replay")
+        faults = faults or FaultPlan.from_env()
+        if faults.stall_market_data:
+            feed.frozen_at = t
+        venue = PaperVenue(db_path, feed, settings, clock, faults)
+        return cls(settings, store, feed, venue, clock, "replay", faults)
 
     async def start(self) -> None:
-        """Warm the z-score history, load trackers, pick up venue events missed while down."""
+        """Before any tool is served: warm the z-score history, then reconcile with the venue.
+
+        Venue events missed while down are copied into the ledger, every position caught
+        mid-entry or mid-exit is completed or unwound, and the ledger is checked against the
+        venue's balances. Anything that cannot be reconciled leaves the desk REDUCING, with
+        the reason in the alert and the audit log (fail closed).
+        """
         self._warm_history()
         for sym in self.feed.symbols:
             self._load_tracker(sym)
-        await self._sync_venue_events()
-        self.audit("system", "desk_start", {"mode": self.mode, "market_time": iso(self.clock.now())}, "ok")
+        async with self.lock:
+            try:
+                await self._sync_venue_events()
+                await self._recover_all()
+                await self._check_ledger()
+            except (VenueError, VenueTimeout) as e:
+                self.set_trading_state("REDUCING", f"could not reconcile with the venue at start-up: {e}", {})
+        state, reason = self.trading_state()
+        self.audit("system", "desk_start", {"mode": self.mode, "market_time": iso(self.clock.now()), "state": state,
+                                             "reason": reason}, "ok")
 
     def close(self) -> None:
         self._flush_samples()
-        self.venue.db.close()
+        self.venue.close()
         self.store.close()
 
     # ================================================================== helpers
@@ -199,7 +229,7 @@ class Desk:
         except MarketDataUnavailable as e:
             raise Rejected(field, symbol, f"no market data at {iso(self.now())}: {e}") from None
 
-    def _stale_limit(self) -> float:
+    def _stale_limit(self) -> float:  # noqa: D401
         return self.settings.max_stale_seconds_replay if self.clock.simulated else self.settings.max_stale_seconds_live
 
     def _check_leverage(self, leverage: float | None) -> float:
@@ -228,6 +258,84 @@ class Desk:
 
     async def _free_cash(self) -> float:
         return (await self.venue.fetch_balances()).get("USDT", 0.0)
+
+    async def free_capital_usd(self) -> float:
+        """Venue cash minus what in-flight entries have reserved."""
+        reserved = float(self.store.one(
+            "SELECT COALESCE(SUM(reserved_usd), 0) AS s FROM positions WHERE status = 'opening'")["s"])
+        return await self._free_cash() - reserved
+
+    def _funding_amounts(self, position_id: int) -> list[float]:
+        return [r["amount_usd"] for r in self.store.q("SELECT amount_usd FROM funding_payments WHERE position_id = ?", (position_id,))]
+
+    # ------------------------------------------------------------------ trading state
+
+    def trading_state(self) -> tuple[TradingState, str]:
+        """Read from the database every time, so `basis-mcp resume` takes effect on a running server."""
+        return (self.store.get_meta("trading_state") or "ACTIVE"), (self.store.get_meta("trading_state_reason") or "")  # type: ignore[return-value]
+
+    def set_trading_state(self, state: TradingState, reason: str, data: dict[str, Any]) -> None:
+        current, _ = self.trading_state()
+        if current == "HALTED" and state == "REDUCING":
+            return  # HALTED is the stronger state; only the operator leaves it
+        if current == state and self.store.get_meta("trading_state_reason") == reason:
+            return
+        with self.store.tx():
+            self.store.set_meta("trading_state", state)
+            self.store.set_meta("trading_state_reason", reason)
+            self.store.set_meta("trading_state_since", repr(self.now()))
+        self.alert("critical", f"state_{state.lower()}", f"trading state {current} → {state}: {reason}", {"from": current, "to": state, **data})
+
+    def allowlist(self) -> list[str]:
+        allowed = self.settings.symbol_allowlist
+        return [s for s in self.feed.symbols if allowed is None or s in allowed]
+
+    def orders_last_minute(self) -> int:
+        return int(self.store.one("SELECT COUNT(*) AS n FROM orders WHERE created_wall > ?", (time.time() - 60.0,))["n"])
+
+    def realised_vol_1h_pct(self, snap: Snapshot) -> float | None:
+        if snap.prev_perp is None:
+            return None
+        return realised_vol_1h_pct(snap.mark_high, snap.mark_low, snap.prev_perp, snap.perp)
+
+    async def _venue_holdings(self) -> tuple[dict[str, float], dict[str, Any]]:
+        balances = await self.venue.fetch_balances()
+        perps = {}
+        for sym in self.feed.symbols:
+            p = await self.venue.fetch_perp_position(sym)
+            if p is not None:
+                perps[sym] = p
+        return balances, perps
+
+    async def equity_usd(self) -> float:
+        balances, perps = await self._venue_holdings()
+        equity = balances.get("USDT", 0.0)
+        for asset, qty in balances.items():
+            if asset != "USDT" and abs(qty) > 1e-12:
+                try:
+                    equity += qty * self.feed.snapshot(asset).spot
+                except (MarketDataUnavailable, KeyError):
+                    pass
+        for sym, p in perps.items():
+            mark = self.feed.snapshot(sym).mark
+            equity += p.isolated_wallet_usd + p.quantity * (mark - p.entry_price)
+        return equity
+
+    async def cash_discrepancy_usd(self) -> float:
+        """(venue USDT + isolated wallets) − what the desk's fills and funding imply.
+
+        Identity: USDT + Σ wallets = capital + Σ fill cash flows − fees + funding
+        + Σ over open perps of (signed quantity × venue entry price).
+        """
+        balances, perps = await self._venue_holdings()
+        venue_side = balances.get("USDT", 0.0) + sum(p.isolated_wallet_usd for p in perps.values())
+        flows = self.store.one(
+            "SELECT COALESCE(SUM(CASE WHEN side = 'sell' THEN quantity * price ELSE -quantity * price END), 0) AS cash,"
+            " COALESCE(SUM(fee_usd), 0) AS fees FROM fills")
+        funding = float(self.store.one("SELECT COALESCE(SUM(amount_usd), 0) AS s FROM funding_payments")["s"])
+        open_perp = sum(p.quantity * p.entry_price for p in perps.values())
+        desk_side = self.capital_usd + flows["cash"] - flows["fees"] + funding + open_perp
+        return venue_side - desk_side
 
     # ================================================================== z-score history
 
@@ -266,7 +374,6 @@ class Desk:
         for r in reversed(rows):
             tr.add(r["basis_pct"])
         self.z[symbol] = tr
-        self._last_sample_ts = getattr(self, "_last_sample_ts", {})
         last = self.store.one("SELECT MAX(ts) AS t FROM basis_samples WHERE symbol = ?", (symbol,))
         self._last_sample_ts[symbol] = last["t"] if last and last["t"] is not None else None
 
@@ -278,13 +385,13 @@ class Desk:
         if self._last_sample_ts.get(snap.symbol) is not None and bucket <= self._last_sample_ts[snap.symbol]:
             return
         self._last_sample_ts[snap.symbol] = bucket
-        self._pending.samples.append((snap.symbol, bucket, snap.spot, snap.perp, snap.basis_pct))
+        self._pending_samples.append((snap.symbol, bucket, snap.spot, snap.perp, snap.basis_pct))
 
     def _flush_samples(self, extra_meta: dict[str, str] | None = None) -> int:
-        rows = self._pending.samples
+        rows = self._pending_samples
         if not rows and not extra_meta:
             return 0
-        self._pending.samples = []
+        self._pending_samples = []
         with self.store.tx():
             self.store.conn.executemany(
                 "INSERT OR IGNORE INTO basis_samples(symbol, ts, spot, perp, basis_pct) VALUES (?,?,?,?,?)", rows
@@ -468,7 +575,7 @@ class Desk:
         lev = self._check_leverage(leverage)
         snap = self.snapshot(sym)
         spec = self.settings.spec(sym)
-        free = await self._free_cash()
+        free = await self.free_capital_usd()
         res = size_position(
             spot_price=snap.spot,
             leverage=lev,
@@ -596,18 +703,20 @@ class Desk:
         lp, ratio, wallet = await self._perp_risk(sym, snap.mark)
         spot_val = spot_q * snap.spot
         perp_val = perp_q * snap.mark
-        net = spot_val + perp_val
-        imb = abs(net) / spot_val * 100 if spot_val > 0 else (100.0 if net else 0.0)
+        # delta is in base units: equal quantities are hedged whatever the basis
+        net = (spot_q + perp_q) * snap.spot
+        base = max(abs(spot_q), abs(perp_q))
+        imb = abs(spot_q + perp_q) / base * 100 if base > 0 else 0.0
         funding = self._funding_total(row["id"])
         upnl = pnl(fills, [], {"spot": snap.spot, "perp": snap.perp}).price_pnl_usd
         ratio_pct = ratio * 100 if ratio is not None and math.isfinite(ratio) else 0.0
         dist = (lp - snap.mark) / snap.mark * 100 if lp else 0.0
-        if ratio is not None and ratio < 1.3:
-            action, reason = "close", f"margin ratio {ratio_pct:.0f}% is below 130%: close both legs"
-        elif ratio is not None and ratio < 1.5:
-            action, reason = "add_margin", f"margin ratio {ratio_pct:.0f}% is below 150%: add margin or reduce"
-        elif imb > 2.0:
-            action, reason = "rebalance", f"legs differ by {imb:.2f}% of notional (> 2%)"
+        if ratio is not None and ratio < self.settings.margin_close_ratio:
+            action, reason = "close", f"margin ratio {ratio_pct:.0f}% is below {self.settings.margin_close_ratio * 100:.0f}%: close both legs"
+        elif ratio is not None and ratio < self.settings.margin_add_ratio:
+            action, reason = "add_margin", f"margin ratio {ratio_pct:.0f}% is below {self.settings.margin_add_ratio * 100:.0f}%: add margin or reduce"
+        elif imb > self.settings.max_imbalance_pct:
+            action, reason = "rebalance", f"legs differ by {imb:.2f}% of quantity (> {self.settings.max_imbalance_pct:g}%)"
         else:
             action, reason = "hold", "hedged; margin healthy"
         return DeltaReport(
@@ -651,24 +760,10 @@ class Desk:
         )
 
     async def portfolio(self, include_closed: int = 0) -> PortfolioOutput:
-        balances = await self.venue.fetch_balances()
-        cash = balances.get("USDT", 0.0)
-        equity = cash
-        for asset, qty in balances.items():
-            if asset == "USDT" or abs(qty) < 1e-12:
-                continue
-            try:
-                equity += qty * self.feed.snapshot(asset).spot
-            except (MarketDataUnavailable, KeyError):
-                pass
+        cash = await self._free_cash()
+        equity = await self.equity_usd()
         open_rows = self.store.q("SELECT * FROM positions WHERE status IN ('opening','open','closing') ORDER BY id")
         unreal = 0.0
-        for sym in self.feed.symbols:
-            pos = await self.venue.fetch_perp_position(sym)
-            if pos is None:
-                continue
-            mark = self.feed.snapshot(sym).mark
-            equity += pos.isolated_wallet_usd + pos.quantity * (mark - pos.entry_price)
         for row in open_rows:
             snap = self.feed.snapshot(row["symbol"])
             fills = self._fills(row["id"])
@@ -708,6 +803,66 @@ class Desk:
             closed_positions=[self._position_out(r) for r in closed],
         )
 
+    async def risk_status(self) -> RiskStatusOutput:
+        """Every limit next to its current reading."""
+        state, reason = self.trading_state()
+        equity = await self.equity_usd()
+        cap = self.capital_usd
+        dd = drawdown(equity, cap)
+        s = self.settings
+        free = await self.free_capital_usd()
+        L = LimitReading
+        limits = [
+            L(name="leverage", limit=min(s.max_leverage, HARD.max_leverage), hard_ceiling=HARD.max_leverage,
+              current=max([r["leverage"] for r in self.store.q("SELECT leverage FROM positions WHERE status = 'open'")] or [0.0]),
+              unit="x (highest open position)", ok=True),
+            L(name="default_leverage", limit=s.default_leverage, hard_ceiling=HARD.max_leverage, current=None, unit="x", ok=True),
+            L(name="max_position_notional", limit=s.max_position_notional_usd, hard_ceiling="tier single-position cap",
+              current=max([r["notional_usd"] for r in self.store.q("SELECT notional_usd FROM positions WHERE status = 'open'")] or [0.0]),
+              unit="USD (largest open position)", ok=True),
+            L(name="drawdown", limit=s.max_drawdown * 100, hard_ceiling=HARD.max_drawdown * 100, current=round(dd * 100, 4),
+              unit="% of capital; above it the desk goes REDUCING", ok=dd <= s.max_drawdown),
+            L(name="orders_per_minute", limit=s.max_orders_per_minute, hard_ceiling=HARD.max_orders_per_minute,
+              current=self.orders_last_minute(), unit="orders in the last 60 s", ok=self.orders_last_minute() <= s.max_orders_per_minute),
+            L(name="max_hold_days", limit=s.max_hold_days, hard_ceiling=HARD.max_hold_days, current=None, unit="days", ok=True),
+            L(name="margin_add_ratio", limit=s.margin_add_ratio * 100, hard_ceiling=150.0, current=None,
+              unit="% margin ratio: watchdog adds margin below", ok=True),
+            L(name="margin_close_ratio", limit=s.margin_close_ratio * 100, hard_ceiling=130.0, current=None,
+              unit="% margin ratio: watchdog closes below", ok=True),
+            L(name="max_imbalance", limit=s.max_imbalance_pct, hard_ceiling=2.0, current=None, unit="% of quantity", ok=True),
+            L(name="basis_stop_multiple", limit=s.basis_stop_multiple, hard_ceiling=3.0, current=None, unit="x entry basis", ok=True),
+            L(name="symbol_allowlist", limit=",".join(self.allowlist()), hard_ceiling=None, current=None, unit="symbols", ok=True),
+        ]
+        for t in ("anchor", "mid", "speculative"):
+            used = self._tier_in_use(t)
+            limits.append(L(name=f"tier_allocation_{t}", limit=round(s.tier_allocation[t] * cap, 2),
+                            hard_ceiling=round(HARD.allocation(t) * cap, 2), current=round(used, 2), unit="USD notional",
+                            ok=used <= s.tier_allocation[t] * cap + 1e-6))
+            limits.append(L(name=f"tier_single_position_{t}", limit=round(s.tier_single_position[t] * cap, 2),
+                            hard_ceiling=round(HARD.single(t) * cap, 2), current=None, unit="USD notional", ok=True))
+        for sym in self.feed.symbols:
+            try:
+                snap = self.feed.snapshot(sym)
+            except MarketDataUnavailable:
+                continue
+            vol = self.realised_vol_1h_pct(snap)
+            limits.append(L(name=f"realised_vol_1h_{sym}", limit=s.max_realised_vol_1h_pct, hard_ceiling=HARD.max_realised_vol_1h * 100,
+                            current=None if vol is None else round(vol, 4), unit="%/h (entry circuit breaker)",
+                            ok=vol is None or vol <= s.max_realised_vol_1h_pct))
+            limits.append(L(name=f"data_age_{sym}", limit=self._stale_limit(), hard_ceiling=None,
+                            current=round(snap.data_age_seconds, 1), unit="seconds", ok=snap.data_age_seconds <= self._stale_limit()))
+        return RiskStatusOutput(
+            trading_state=state,
+            trading_state_reason=reason,
+            market_time=iso(self.now()) or "",
+            equity_usd=_r(equity, 6) or 0.0,
+            capital_usd=cap,
+            drawdown_pct=_r(dd * 100, 6) or 0.0,
+            free_capital_usd=_r(free, 6) or 0.0,
+            venue_reachable=self.venue_down_seconds() == 0.0,
+            limits=limits,
+        )
+
     # ================================================================== idempotency
 
     @staticmethod
@@ -740,7 +895,7 @@ class Desk:
             (key, tool, self._args_hash(tool, args), json.dumps(result, default=str), time.time()),
         )
 
-    # ================================================================== order plumbing
+    # ================================================================== trading
 
     @staticmethod
     def client_order_id(key: str, position_id: int, market: str, purpose: str, attempt: int = 0) -> str:
@@ -749,150 +904,94 @@ class Desk:
         suffix = f"-{attempt}" if attempt else ""
         return f"bm-{position_id}-{market[0]}{purpose[0]}-{h}{suffix}"
 
-    def _new_order(self, position_id: int, coid: str, purpose: str, market: str, side: str, qty: float, reduce_only: bool) -> int:
-        now = self.now()
-        cur = self.store.x(
-            "INSERT INTO orders(client_order_id, position_id, purpose, market, side, quantity, reduce_only, status,"
-            " created_at, updated_at) VALUES (?,?,?,?,?,?,?,'intent',?,?)",
-            (coid, position_id, purpose, market, side, qty, int(reduce_only), now, now),
+    async def entry_readings(
+        self, sym: str, notional_usd: float, lev: float, expected_hold_days: float
+    ) -> tuple[EntryReadings, Snapshot, float]:
+        """Everything the pre-trade rules look at, measured now. Returns (readings, snapshot, quantity)."""
+        snap = self.snapshot(sym)
+        spec = self.settings.spec(sym)
+        qty = floor_to_step(notional_usd / snap.spot, spec.qty_step)
+        rounded = qty * snap.spot
+        costs = spec.costs
+        est = estimate_net_return(
+            notional_usd=max(rounded, 1e-9),
+            spot_price=snap.spot,
+            perp_price=snap.perp,
+            hold_days=expected_hold_days,
+            exit_basis_pct=0.0,
+            funding_rate=self._funding_assumption(sym, snap, None)[0],
+            funding_interval_hours=snap.funding_interval_hours,
+            seconds_to_next_funding=snap.seconds_to_funding,
+            leverage=lev,
+            entry_exit_cost_usd=costs.round_trip_usd(qty, snap.spot, snap.perp),
         )
-        return int(cur.lastrowid)
+        state, reason = self.trading_state()
+        dup = self._open_position(sym)
+        caps = [(c.name, c.limit_usd, c.detail) for c in await self._caps(sym)]
+        allow = self.allowlist()
+        r = EntryReadings(
+            symbol=sym,
+            state=state,
+            state_reason=reason,
+            allowlisted=sym in allow,
+            allowlist=tuple(allow),
+            leverage=lev,
+            leverage_cap=min(self.settings.max_leverage, HARD.max_leverage),
+            hard_leverage_cap=HARD.max_leverage,
+            notional_usd=notional_usd,
+            caps=caps,
+            free_capital_usd=await self.free_capital_usd(),
+            capital_required_usd=rounded * (1 + 1 / lev) + rounded * costs.entry_cost_fraction(rounded),
+            data_age_seconds=snap.data_age_seconds,
+            stale_limit_seconds=self._stale_limit(),
+            realised_vol_1h_pct=self.realised_vol_1h_pct(snap),
+            vol_limit_pct=self.settings.max_realised_vol_1h_pct,
+            expected_net_usd=est.net_usd,
+            expected_hold_days=expected_hold_days,
+            duplicate_position_id=None if dup is None else dup["id"],
+            orders_last_minute=self.orders_last_minute(),
+            orders_per_minute_limit=self.settings.max_orders_per_minute,
+            min_notional_usd=spec.min_notional_usd,
+            quantity=qty,
+            rounded_notional_usd=rounded,
+            venue_reachable=self.venue_down_seconds() == 0.0,
+            venue_down_seconds=self.venue_down_seconds(),
+        )
+        return r, snap, qty
 
-    async def _send(self, order_id: int, symbol: str) -> OrderResult | None:
-        """Send one recorded intent. Returns the fill, or None if the venue refused it."""
-        o = self.store.one("SELECT * FROM orders WHERE id = ?", (order_id,))
-        with self.store.tx():
-            self.store.x("UPDATE orders SET status = 'sent', updated_at = ? WHERE id = ?", (self.now(), order_id))
-        req = OrderRequest(o["client_order_id"], symbol, o["market"], o["side"], o["quantity"], bool(o["reduce_only"]))
-        try:
-            res = await self.venue.place_order(req)
-        except VenueTimeout:
-            res = await self.venue.fetch_order(req.client_order_id, symbol, req.market)
-            if res is None:
-                self._order_rejected(order_id, "timed out and not found at the venue")
-                return None
-        except VenueError as e:
-            self._order_rejected(order_id, str(e))
-            self.audit("venue", "order_rejected", {"client_order_id": req.client_order_id, "code": e.code}, "rejected", str(e))
-            return None
-        self._record_fill(order_id, res)
-        return res
-
-    def _order_rejected(self, order_id: int, reason: str) -> None:
-        with self.store.tx():
-            self.store.x("UPDATE orders SET status = 'rejected', reason = ?, updated_at = ? WHERE id = ?", (reason, self.now(), order_id))
-
-    def _record_fill(self, order_id: int, res: OrderResult) -> None:
-        o = self.store.one("SELECT * FROM orders WHERE id = ?", (order_id,))
-        with self.store.tx():
-            self.store.x(
-                "UPDATE orders SET status = ?, venue_order_id = ?, filled_qty = ?, avg_price = ?, updated_at = ? WHERE id = ?",
-                (res.status, res.venue_order_id, res.filled_qty, res.avg_price, self.now(), order_id),
-            )
-            if res.filled_qty > 0:
-                self.store.x(
-                    "INSERT OR IGNORE INTO fills(order_id, position_id, market, side, quantity, price, mid_price, fee_usd, ts)"
-                    " VALUES (?,?,?,?,?,?,?,?,?)",
-                    (order_id, o["position_id"], res.market, res.side, res.filled_qty, res.avg_price, res.mid_price, res.fee_usd, res.ts),
-                )
-
-    # ================================================================== trading
-
-    async def enter(self, symbol: str, notional_usd: float, leverage: float | None, key: str, strategy: str) -> EnterTradeOutput:
+    async def enter(
+        self, symbol: str, notional_usd: float, leverage: float | None, key: str, strategy: str, expected_hold_days: float = 7.0
+    ) -> EnterTradeOutput:
         sym = self.resolve(symbol)
-        args = {"symbol": sym, "notional_usd": notional_usd, "leverage": leverage, "strategy": strategy}
+        args = {"symbol": sym, "notional_usd": notional_usd, "leverage": leverage, "strategy": strategy,
+                "expected_hold_days": expected_hold_days}
         async with self.lock:
             prior = self._idempotent(key, "enter_trade", args)
             if prior is not None:
                 return EnterTradeOutput.model_validate({**prior, "replayed": True})
-            lev = self._check_leverage(leverage)
-            snap = self.snapshot(sym)
-            if snap.data_age_seconds > self._stale_limit():
-                raise Rejected("symbol", sym, f"market data is {snap.data_age_seconds:.0f}s old (limit {self._stale_limit():.0f}s)")
-            existing = self._open_position(sym)
-            if existing is not None:
-                raise Rejected("symbol", sym, f"position {existing['id']} in {sym} is already {existing['status']}; one position per symbol")
-            spec = self.settings.spec(sym)
-            sized = size_position(
-                spot_price=snap.spot,
-                leverage=lev,
-                costs=spec.costs,
-                free_capital_usd=await self._free_cash(),
-                caps=await self._caps(sym),
-                qty_step=spec.qty_step,
-                min_notional_usd=spec.min_notional_usd,
-            )
-            too_big = [c for c in sized.caps if c.limit_usd < notional_usd and c.name != "venue_min_notional"]
-            if too_big:
-                raise Rejected(violations=[
-                    Rejected("notional_usd", notional_usd, f"above {c.name} ${c.limit_usd:,.2f} ({c.detail})").violations[0]
-                    for c in too_big
-                ])
-            qty = floor_to_step(notional_usd / snap.spot, spec.qty_step)
-            if qty <= 0 or qty * snap.spot < spec.min_notional_usd:
-                raise Rejected(
-                    "notional_usd",
-                    notional_usd,
-                    f"below the venue minimum: lot step {spec.qty_step:g} {sym} and minimum ${spec.min_notional_usd:,.2f} per order",
-                )
+            lev = self.settings.default_leverage if leverage is None else float(leverage)
+            if expected_hold_days > self.settings.max_hold_days:
+                raise Rejected("expected_hold_days", expected_hold_days, f"above the max hold of {self.settings.max_hold_days:g} days")
+            readings, snap, qty = await self.entry_readings(sym, notional_usd, lev, expected_hold_days)
+            violations = pre_trade_violations(readings)
+            if violations:
+                self.audit("guardrail", "entry_rejected", {"symbol": sym, "notional_usd": notional_usd, "leverage": lev,
+                           "violations": [str(v) for v in violations]}, "rejected")
+                raise Rejected(violations=violations)
             now = self.now()
             with self.store.tx():
                 cur = self.store.x(
-                    "INSERT INTO positions(symbol, strategy, venue, status, quantity, leverage, notional_usd, opened_at, entry_key)"
-                    " VALUES (?,?,?,'opening',?,?,?,?,?)",
-                    (sym, strategy, self.venue.name, qty, lev, qty * snap.spot, now, key),
+                    "INSERT INTO positions(symbol, strategy, venue, status, quantity, leverage, notional_usd, opened_at, entry_key,"
+                    " reserved_usd, args_json) VALUES (?,?,?,'opening',?,?,?,?,?,?,?)",
+                    (sym, strategy, self.venue.name, qty, lev, readings.rounded_notional_usd, now, key,
+                     readings.capital_required_usd, json.dumps(args)),
                 )
                 pid = int(cur.lastrowid)
-                spot_oid = self._new_order(pid, self.client_order_id(key, pid, "spot", "open"), "open", "spot", "buy", qty, False)
-                perp_oid = self._new_order(pid, self.client_order_id(key, pid, "perp", "open"), "open", "perp", "sell", qty, False)
-            self.audit("desk", "entry_intent", {"position_id": pid, "symbol": sym, "quantity": qty, "leverage": lev}, "ok")
-            await self.venue.set_leverage(sym, lev)
-            spot = await self._send(spot_oid, sym)
-            if spot is None:
-                reason = self.store.one("SELECT reason FROM orders WHERE id = ?", (spot_oid,))["reason"]
-                return self._entry_failed(pid, key, args, f"spot leg rejected by the venue: {reason}; nothing executed")
-            perp = await self._send(perp_oid, sym)
-            if perp is None:
-                reason = self.store.one("SELECT reason FROM orders WHERE id = ?", (perp_oid,))["reason"]
-                unwound = await self._unwind_spot(pid, key, sym, spot.filled_qty)
-                msg = f"perp leg rejected by the venue: {reason}; " + (
-                    f"the spot leg was unwound at {unwound.avg_price:.2f}" if unwound else "UNWIND OF THE SPOT LEG FAILED: naked long spot"
-                )
-                if unwound is None:
-                    self.alert("critical", "naked_leg", msg, {"position_id": pid, "symbol": sym})
-                return self._entry_failed(pid, key, args, msg, keep_open=unwound is None)
-            lp, ratio, wallet = await self._perp_risk(sym, snap.mark)
-            entry_basis = (perp.mid_price - spot.mid_price) / spot.mid_price * 100.0
-            with self.store.tx():
-                self.store.x(
-                    "UPDATE positions SET status = 'open', entry_spot = ?, entry_perp = ?, entry_basis_pct = ?, margin_usd = ?"
-                    " WHERE id = ?",
-                    (spot.avg_price, perp.avg_price, entry_basis, wallet, pid),
-                )
-                row = self.store.one("SELECT * FROM positions WHERE id = ?", (pid,))
-                out = EnterTradeOutput(
-                    position=self._position_out(row),
-                    replayed=False,
-                    liquidation_price=_r(lp, 6),
-                    margin_ratio_pct=_r(ratio * 100, 4) if ratio is not None else None,
-                )
-                self._remember(key, "enter_trade", args, out.model_dump(exclude={"alerts", "replayed"}))
-            self.audit("desk", "position_opened", {"position_id": pid, "symbol": sym, "quantity": qty}, "ok")
-            return out
-
-    def _entry_failed(self, pid: int, key: str, args: dict[str, Any], msg: str, keep_open: bool = False) -> EnterTradeOutput:
-        with self.store.tx():
-            if not keep_open:
-                self.store.x("UPDATE positions SET status = 'failed', closed_at = ?, close_reason = ?, realized_pnl_usd = ? WHERE id = ?",
-                             (self.now(), msg, pnl(self._fills(pid), []).total_usd, pid))
-            self._remember(key, "enter_trade", args, {"error": msg})
-        self.audit("desk", "entry_failed", {"position_id": pid}, "failed", msg)
-        raise Rejected("venue", self.venue.name, msg)
-
-    async def _unwind_spot(self, pid: int, key: str, sym: str, qty: float) -> OrderResult | None:
-        with self.store.tx():
-            oid = self._new_order(pid, self.client_order_id(key, pid, "spot", "unwind"), "unwind", "spot", "sell", qty, True)
-        return await self._send(oid, sym)
+                self._new_order(pid, self.client_order_id(key, pid, "spot", "open"), "open", "spot", "buy", qty, False)
+                self._new_order(pid, self.client_order_id(key, pid, "perp", "open"), "open", "perp", "sell", qty, False)
+            self.audit("desk", "entry_intent", {"position_id": pid, "symbol": sym, "quantity": qty, "leverage": lev,
+                                                "basis_pct": round(snap.basis_pct, 6)}, "ok")
+            return await self._execute_entry(pid, key, sym, args, lev)
 
     async def exit(self, position_id: int, key: str, reason: str = "agent") -> ExitTradeOutput:
         args = {"position_id": position_id}
@@ -909,41 +1008,19 @@ class Desk:
             self.snapshot(sym)  # market must be available
             spot_q, perp_q = leg_quantities(self._fills(position_id))
             with self.store.tx():
-                self.store.x("UPDATE positions SET status = 'closing', exit_key = ? WHERE id = ?", (key, position_id))
-                perp_oid = self._new_order(position_id, self.client_order_id(key, position_id, "perp", "close"), "close", "perp", "buy", -perp_q, True)
-                spot_oid = self._new_order(position_id, self.client_order_id(key, position_id, "spot", "close"), "close", "spot", "sell", spot_q, True)
+                self.store.x("UPDATE positions SET status = 'closing', exit_key = ?, close_reason = ? WHERE id = ?",
+                             (key, reason, position_id))
+                if perp_q < 0:
+                    self._new_order(position_id, self.client_order_id(key, position_id, "perp", "close"), "close", "perp", "buy", -perp_q, True)
+                if spot_q > 0:
+                    self._new_order(position_id, self.client_order_id(key, position_id, "spot", "close"), "close", "spot", "sell", spot_q, True)
             self.audit("desk", "exit_intent", {"position_id": position_id, "reason": reason}, "ok")
-            perp = await self._send(perp_oid, sym)
-            if perp is None:
-                why = self.store.one("SELECT reason FROM orders WHERE id = ?", (perp_oid,))["reason"]
-                with self.store.tx():
-                    self.store.x("UPDATE positions SET status = 'open', exit_key = NULL WHERE id = ?", (position_id,))
-                raise Rejected("venue", self.venue.name, f"perp close rejected: {why}; position {position_id} is still open and hedged")
-            spot = await self._send(spot_oid, sym)
-            if spot is None:
-                why = self.store.one("SELECT reason FROM orders WHERE id = ?", (spot_oid,))["reason"]
-                msg = f"spot close rejected after the perp was closed: {why}; position {position_id} holds naked spot"
-                self.alert("critical", "naked_leg", msg, {"position_id": position_id, "symbol": sym})
-                raise Rejected("venue", self.venue.name, msg)
-            out = self._finalize_close(position_id, "closed", reason, perp, spot)
-            with self.store.tx():
-                self._remember(key, "exit_trade", args, out.model_dump(exclude={"alerts", "replayed"}))
-            return out
+            return await self._execute_exit(position_id, key, reason)
 
-    def _finalize_close(self, pid: int, status: str, reason: str, perp: OrderResult, spot: OrderResult) -> ExitTradeOutput:
-        fills = self._fills(pid)
-        funding = [r["amount_usd"] for r in self.store.q("SELECT amount_usd FROM funding_payments WHERE position_id = ?", (pid,))]
-        p = pnl(fills, funding)
-        exit_basis = (perp.mid_price - spot.mid_price) / spot.mid_price * 100.0
-        with self.store.tx():
-            self.store.x(
-                "UPDATE positions SET status = ?, exit_spot = ?, exit_perp = ?, exit_basis_pct = ?, closed_at = ?,"
-                " realized_pnl_usd = ?, close_reason = ? WHERE id = ?",
-                (status, spot.avg_price, perp.avg_price, exit_basis, self.now(), p.total_usd, reason, pid),
-            )
-        self.audit("desk", f"position_{status}", {"position_id": pid, "realized_pnl_usd": p.total_usd, "reason": reason}, "ok")
-        row = self.store.one("SELECT * FROM positions WHERE id = ?", (pid,))
-        return ExitTradeOutput(position=self._position_out(row), realized=self._pnl_out(p), replayed=False)
+    async def halt(self, reason: str) -> RiskStatusOutput:
+        async with self.lock:
+            self.set_trading_state("HALTED", f"halted by the agent: {reason}", {"reason": reason})
+        return await self.risk_status()
 
     # ================================================================== market ticks
 
@@ -994,14 +1071,16 @@ class Desk:
         liq = OrderResult(ev.client_order_id, ev.client_order_id, ev.symbol, "perp", "buy" if ev.quantity < 0 else "sell",
                           "filled", abs(ev.quantity), abs(ev.quantity), ev.price, 0.0, ev.price, ev.time)
         self._record_fill(oid, liq)
+        with self.store.tx():
+            self.store.x("UPDATE positions SET status = 'closing', close_reason = 'perp liquidated' WHERE id = ?", (pid,))
         spot_q, _ = leg_quantities(self._fills(pid))
-        spot = await self._unwind_spot(pid, row["entry_key"] or f"pos{pid}", ev.symbol, spot_q) if spot_q > 0 else None
+        ok = await self._unwind(pid, row["entry_key"] or f"pos{pid}", ev.symbol, "spot", spot_q) if spot_q > 0 else True
         msg = (
             f"position {pid} {ev.symbol}: perp leg LIQUIDATED at {ev.price:.2f} (isolated margin ${ev.loss_usd:,.2f} lost); "
-            + (f"spot leg sold at {spot.avg_price:.2f}" if spot else "SPOT UNWIND FAILED: naked long spot")
+            + ("spot leg sold at once" if ok else "SPOT UNWIND FAILED: naked long spot, the watchdog retries")
         )
-        if spot is not None:
-            out = self._finalize_close(pid, "liquidated", "perp liquidated; spot unwound", liq, spot)
+        if ok:
+            out = self._finalize_close(pid, "liquidated", "perp liquidated; spot unwound", None)
             info["realized_pnl_usd"] = out.realized.total_usd
         self.alert("critical", "liquidation", msg, info)
         return info
@@ -1024,16 +1103,20 @@ class Desk:
             ticks = [float(t) for t in range(int(math.floor(t0 / HOUR) + 1) * HOUR, int(target) + 1, HOUR)]
             funding: list[FundingSettlementOut] = []
             liqs: list[dict[str, Any]] = []
+            actions: list[dict[str, Any]] = []
             for n, t in enumerate(ticks, 1):
                 self.clock.set(t)
-                f, lq = await self._tick(t)
+                f, lq, acts = await self._tick(t)
                 funding += f
                 liqs += lq
+                actions += acts
                 if n % 168 == 0:
                     self._flush_samples({"replay_time": repr(t)})
                 if progress is not None and (n % 24 == 0 or n == len(ticks)):
                     await progress(n, len(ticks), f"replayed to {iso(t)}")
             self.clock.set(target)
+            if target != (ticks[-1] if ticks else t0) and self._has_book():
+                actions += await self.watchdog_tick()  # between bars too: settlement-aware exits see the real clock
             self._flush_samples({"replay_time": repr(target)})
             self.audit("desk", "advance_time", {"from": iso(t0), "to": iso(target), "ticks": len(ticks)}, "ok")
             return AdvanceTimeOutput(
@@ -1043,11 +1126,13 @@ class Desk:
                 ticks=len(ticks),
                 funding=funding,
                 liquidations=liqs,
+                watchdog_actions=actions,
                 replay_end_time=iso(end) or "",
             )
 
-    async def _tick(self, t: float) -> tuple[list[FundingSettlementOut], list[dict[str, Any]]]:
-        """One market tick: venue settles funding/liquidations, the desk copies them, samples basis."""
+    async def _tick(self, t: float) -> tuple[list[FundingSettlementOut], list[dict[str, Any]], list[dict[str, Any]]]:
+        """One market tick: the venue settles funding and liquidations, the desk copies them,
+        samples the basis, then the watchdog runs over the book."""
         report = self.venue.on_tick(t)
         funding: list[FundingSettlementOut] = []
         liqs: list[dict[str, Any]] = []
@@ -1055,7 +1140,17 @@ class Desk:
             funding, liqs = await self._sync_venue_events()
         for sym in self.feed.symbols:
             try:
-                self._queue_sample(self.feed.snapshot(sym, at=t))
+                self._queue_sample(self.feed.snapshot(sym))
             except MarketDataUnavailable:
                 continue
-        return funding, liqs
+        if self._has_book() or report.funding or report.liquidations:
+            self._flush_samples()
+            actions = await self.watchdog_tick()
+        else:
+            actions = []
+        return funding, liqs, actions
+
+    def _has_book(self) -> bool:
+        return self.store.one(
+            "SELECT 1 FROM positions WHERE status IN ('opening','open','closing') LIMIT 1") is not None or \
+            self.store.get_meta("close_all_when_reachable") is not None

@@ -38,6 +38,7 @@ class Snapshot:
     funding_interval_hours: float
     next_funding_time: float
     mark_is_proxy: bool = False
+    prev_perp: float | None = None
 
     @property
     def basis_usd(self) -> float:
@@ -89,6 +90,7 @@ class ReplayFeed:
             raise ValueError("no market data")
         self.h = histories
         self.clock = clock
+        self.frozen_at: float | None = None  # fault injection: prices stop updating at this time
         self._spot_ffill: dict[str, np.ndarray] = {}
         for sym, hist in histories.items():
             idx = np.where(np.isnan(hist.spot), -1, np.arange(hist.n))
@@ -101,7 +103,7 @@ class ReplayFeed:
 
     @property
     def start(self) -> int:
-        """Earliest time at which every symbol has... at least one has data."""
+        """Earliest time at which at least one symbol has data."""
         return min(h.t0 for h in self.h.values())
 
     @property
@@ -118,12 +120,12 @@ class ReplayFeed:
         if h is None:
             raise MarketDataUnavailable(f"no data for {symbol}")
         now = self.clock.now() if at is None else at
-        i = h.index_at(now)
+        i = h.index_at(now if self.frozen_at is None else min(now, self.frozen_at))
         if i < 0:
             raise MarketDataUnavailable(f"{symbol} data starts {h.t0}; replay time {now:.0f} is before it")
         if now > h.t_end + HOUR:
             raise MarketDataUnavailable(f"{symbol} data ends at {h.t_end}")
-        j = int(self._spot_ffill[symbol][i])
+        j = int(self._spot_ffill[symbol][i]) if i >= 0 else -1
         if j < 0:
             raise MarketDataUnavailable(f"{symbol} has no spot price yet at {now:.0f}")
         k = int(np.searchsorted(h.funding_time, now, side="right"))
@@ -155,6 +157,7 @@ class ReplayFeed:
             funding_interval_hours=interval_h,
             next_funding_time=nxt,
             mark_is_proxy=bool(h.mark_is_proxy[i]),
+            prev_perp=float(h.perp[i - 1]) if i > 0 else None,
         )
 
     def settlements_between(self, t_from: float, t_to: float) -> list[Settlement]:

@@ -82,6 +82,9 @@ class EnterTradeInput(InputModel):
     strategy: Literal["cash_and_carry"] = Field(
         "cash_and_carry", description="cash_and_carry = buy spot and short the perpetual in equal base quantity."
     )
+    expected_hold_days: FiniteFloat = Field(
+        7.0, gt=0, le=30, description="Your planned hold in days; the entry is refused unless the expected net return over it is > 0."
+    )
 
 
 class ExitTradeInput(InputModel):
@@ -99,6 +102,14 @@ class SecondsToFundingInput(InputModel):
 
 class PortfolioStatusInput(InputModel):
     include_closed: int = Field(0, ge=0, le=500, description="Also list this many most recently closed positions.")
+
+
+class RiskStatusInput(InputModel):
+    pass
+
+
+class HaltTradingInput(InputModel):
+    reason: str = Field(min_length=1, max_length=500, description="Why you are stopping; recorded in the audit log.")
 
 
 class AdvanceTimeInput(InputModel):
@@ -358,4 +369,31 @@ class AdvanceTimeOutput(ToolOutput):
     ticks: int = Field(description="Hourly market ticks processed.")
     funding: list[FundingSettlementOut]
     liquidations: list[dict[str, Any]]
+    watchdog_actions: list[dict[str, Any]] = Field(
+        default_factory=list, description="What the server-side watchdog did on the way (forced exits, margin added, rebalances)."
+    )
     replay_end_time: str
+
+
+class LimitReading(BaseModel):
+    name: str
+    limit: float | str | None = Field(description="The limit in force (operator config, never looser than the hard ceiling).")
+    hard_ceiling: float | str | None = Field(description="The ceiling written in code.")
+    current: float | str | None = Field(description="The current reading of what the limit bounds.")
+    unit: str
+    ok: bool = Field(description="False if the current reading breaches the limit.")
+
+
+class RiskStatusOutput(ToolOutput):
+    trading_state: Literal["ACTIVE", "REDUCING", "HALTED"] = Field(
+        description="ACTIVE: entries allowed. REDUCING: exits only (set by the server, e.g. drawdown). "
+        "HALTED: kill switch, exits only; only the operator can resume (`basis-mcp resume`)."
+    )
+    trading_state_reason: str
+    market_time: str
+    equity_usd: float
+    capital_usd: float
+    drawdown_pct: float
+    free_capital_usd: float
+    venue_reachable: bool
+    limits: list[LimitReading]

@@ -33,6 +33,17 @@ def funding_8h_pct(rate: float, interval_hours: float) -> float:
     return rate * (8.0 / interval_hours) * 100.0
 
 
+def realised_vol_1h_pct(high: float, low: float, prev_close: float | None, close: float) -> float:
+    """Realised volatility over the last hour, percent per hour.
+
+    The larger of the Parkinson range estimate, ln(H/L) / (2·sqrt(ln 2)), and the absolute
+    close-to-close log return: a conservative reading from one hourly bar.
+    """
+    park = math.log(high / low) / (2.0 * math.sqrt(math.log(2.0))) if high > 0 and low > 0 and high >= low else 0.0
+    c2c = abs(math.log(close / prev_close)) if prev_close and prev_close > 0 and close > 0 else 0.0
+    return max(park, c2c) * 100.0
+
+
 # --------------------------------------------------------------------------- z-score
 
 

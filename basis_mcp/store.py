@@ -49,7 +49,9 @@ CREATE TABLE IF NOT EXISTS positions (
     entry_key        TEXT UNIQUE,
     exit_key         TEXT UNIQUE,
     realized_pnl_usd REAL,
-    close_reason     TEXT
+    close_reason     TEXT,
+    reserved_usd     REAL NOT NULL DEFAULT 0,
+    args_json        TEXT
 );
 CREATE INDEX IF NOT EXISTS positions_status ON positions(status);
 
@@ -68,9 +70,11 @@ CREATE TABLE IF NOT EXISTS orders (
     avg_price       REAL,
     reason          TEXT,
     created_at      REAL NOT NULL,
-    updated_at      REAL NOT NULL
+    updated_at      REAL NOT NULL,
+    created_wall    REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS orders_position ON orders(position_id);
+CREATE INDEX IF NOT EXISTS orders_wall ON orders(created_wall);
 
 CREATE TABLE IF NOT EXISTS fills (
     id          INTEGER PRIMARY KEY,

@@ -16,7 +16,7 @@ from basis_mcp.config import Settings
 from basis_mcp.server.app import ServeOptions, build_server
 
 REPO = Path(__file__).resolve().parents[1]
-START = "2025-06-01T00:00:00Z"
+START = "2024-03-01T00:00:00Z"
 
 
 class ToolFailed(AssertionError):

@@ -58,7 +58,7 @@ def trading_rows(db: Path) -> tuple[int, int, int, int]:
     ],
 )
 async def test_rejections_name_field_value_and_rule(make_server, db: Path, tool: str, args: dict, must_mention: list[str]) -> None:
-    start = "2026-04-01" if tool == "advance_time" else "2025-06-01"
+    start = "2026-04-01" if tool == "advance_time" else "2024-03-01"
     async with Client(make_server(start=start)) as client:
         before = trading_rows(db)
         text = await call_error(client, tool, args)

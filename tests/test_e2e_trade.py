@@ -117,7 +117,7 @@ def assert_reconciles(db: Path, result: dict) -> None:
 
 
 async def test_full_trade_over_stdio_subprocess(db: Path) -> None:
-    async with Client(stdio_params(db, "--start", "2025-06-01")) as client:
+    async with Client(stdio_params(db, "--start", "2024-03-01")) as client:
         tools = {t.name for t in (await client.list_tools()).tools}
         assert {
             "scan_basis", "compute_zscore", "estimate_net_apy", "size_position", "enter_trade",

@@ -1,8 +1,10 @@
-"""Isolated-margin liquidation on real data: BTC rallied +37 % in November 2024.
+"""Isolated-margin liquidation, and what follows it.
 
-A 5x short perp (operator cap raised to the 5x hard ceiling) is liquidated when the hour's mark
-high reaches its liquidation price; the isolated margin is lost, the spot leg is sold at once
-so no naked leg remains, the agent is told in the next response, and the ledger reconciles.
+An intra-hour wick in the mark price (the hour closes calm, so the hourly watchdog never sees
+the margin ratio fall) reaches the short's liquidation price: the venue liquidates at the
+bankruptcy price and the isolated margin is lost; the desk sells the spot leg at once so no
+naked leg remains, tells the agent in the next response, the ledger reconciles, and the loss
+(> 15 % of a small account) moves the desk to REDUCING.
 """
 
 from __future__ import annotations
@@ -11,77 +13,85 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from mcp import Client
 
 from basis_mcp import margin as mm
 from basis_mcp.config import DEFAULT_SPECS, Settings
-from basis_mcp.history import load_extract
-from tests.conftest import REPO, call, db_rows
+from tests import scripted
+from tests.conftest import REPO, call, call_error, db_rows
 
 pytestmark = pytest.mark.anyio
 
 
-async def test_short_perp_is_liquidated_and_spot_unwound(make_server, db: Path) -> None:
-    settings = Settings(max_leverage=5.0)
-    async with Client(make_server(settings=settings, start="2024-11-05T00:00:00Z")) as client:
-        entry = await call(
-            client, "enter_trade", {"symbol": "BTC", "notional_usd": 5000, "leverage": 5, "idempotency_key": "liq-1"}
-        )
+async def test_wick_liquidates_the_short_spot_is_unwound_and_drawdown_reduces(make_server, db: Path, tmp_path: Path) -> None:
+    m = scripted.Market()
+    wick_hour = m.at("2024-01-02T05:00:00Z")
+    m.spike(wick_hour, high=130_000.0)  # +30 % for minutes; the hour closes back at 100 100
+    data = scripted.write(tmp_path, BTC=m)
+    settings = Settings(capital_usd=20_000, max_leverage=5.0, max_position_notional_usd=5_000)
+    async with Client(make_server(settings=settings, start="2024-01-01T01:00:00Z", data_path=data)) as client:
+        entry = await call(client, "enter_trade", {"symbol": "BTC", "notional_usd": 5000, "leverage": 5, "idempotency_key": "liq-1"})
         pos = entry["position"]
-        lp = entry["liquidation_price"]
-        wallet = pos["margin_usd"]
-        assert lp == pytest.approx(
-            mm.liquidation_price(wallet, -pos["quantity"], pos["entry_perp_price"], DEFAULT_SPECS["BTC"].brackets)
-        )
-        adv = await call(client, "advance_time", {"hours": 24 * 9})
+        q, ep, wallet = pos["quantity"], pos["entry_perp_price"], pos["margin_usd"]
+        assert entry["liquidation_price"] == pytest.approx(mm.liquidation_price(wallet, -q, ep, DEFAULT_SPECS["BTC"].brackets))
+        assert entry["liquidation_price"] < 130_000
+
+        adv = await call(client, "advance_time", {"hours": 30})
         assert len(adv["liquidations"]) == 1
         liq = adv["liquidations"][0]
-        # independently: walk the hours, crediting funding to the isolated wallet (which lifts
-        # the liquidation price), until an hour's mark high reaches it
-        h = load_extract(symbols=["BTC"])["BTC"]
-        table = DEFAULT_SPECS["BTC"].brackets
-        q, ep = pos["quantity"], pos["entry_perp_price"]
-        w = wallet
-        i = h.index_at(1730764800.0)  # 2024-11-05T00:00Z
-        while True:
-            i += 1
-            t = h.times[i]
-            k = np.flatnonzero(h.funding_time == t)
-            if k.size:
-                w += q * h.mark[i] * h.funding_rate[k[0]]
-            if h.mark_high[i] >= mm.liquidation_price(w, -q, ep, table):
-                break
-        expected = np.datetime_as_string(np.datetime64(int(h.times[i]), "s"), unit="s") + "Z"
-        assert liq["time"] == expected
-        assert liq["margin_lost_usd"] == pytest.approx(w, abs=1e-6)
-        assert liq["margin_lost_usd"] > 0
+        assert liq["time"] == "2024-01-02T05:00:00Z"
+        # three settlements (08:00, 16:00, 00:00) of 0.03 % were credited to the wallet before the wick
+        funding = db_rows(db, "SELECT COALESCE(SUM(amount_usd), 0) AS s FROM funding_payments")[0]["s"]
+        assert funding == pytest.approx(3 * q * m.mark[0] * 0.0003, abs=1e-6)
+        assert liq["margin_lost_usd"] == pytest.approx(wallet + funding, abs=1e-6)
 
         book = await call(client, "portfolio_status", {"include_closed": 1})
         assert book["open_positions"] == []
         closed = book["closed_positions"][0]
         assert closed["status"] == "liquidated"
-        purposes = [f["purpose"] for f in closed["fills"]]
-        assert purposes == ["open", "open", "liquidation", "unwind"]
-        alerts = [a for a in book["alerts"] + adv["alerts"] if a["rule"] == "liquidation"]
-        assert alerts and alerts[0]["severity"] == "critical" and "LIQUIDATED" in alerts[0]["message"]
+        assert [f["purpose"] for f in closed["fills"]] == ["open", "open", "liquidation", "unwind"]
+        alerts = adv["alerts"] + book["alerts"]
+        liq_alerts = [a for a in alerts if a["rule"] == "liquidation"]
+        assert liq_alerts and liq_alerts[0]["severity"] == "critical" and "LIQUIDATED" in liq_alerts[0]["message"]
+        # lost ≈ $1 000 margin + fees on $20 000 capital: ~5 % drawdown, below 15 %: still ACTIVE
+        risk = await call(client, "risk_status", {})
+        assert risk["trading_state"] == "ACTIVE"
 
-    # the perp leg lost exactly its isolated wallet (margin + funding collected); spot was sold
-    funding = db_rows(db, "SELECT COALESCE(SUM(amount_usd), 0) AS s FROM funding_payments")[0]["s"]
+    # the perp leg lost exactly its isolated wallet; spot was sold; nothing is left at the venue
     fills = db_rows(db, "SELECT * FROM fills ORDER BY id")
     perp = [f for f in fills if f["market"] == "perp"]
-    q = perp[0]["quantity"]
     assert q * (perp[0]["price"] - perp[1]["price"]) == pytest.approx(-(wallet + funding), abs=0.01)
+    assert perp[1]["price"] == pytest.approx(mm.bankruptcy_price(wallet + funding, -q, ep), abs=1e-6)
     assert db_rows(db, "SELECT free FROM paper_balances WHERE asset = 'BTC'")[0]["free"] == pytest.approx(0.0, abs=1e-12)
     assert db_rows(db, "SELECT COUNT(*) AS n FROM paper_perp")[0]["n"] == 0
     realized = db_rows(db, "SELECT realized_pnl_usd FROM positions")[0]["realized_pnl_usd"]
     cash = sum((1 if f["side"] == "sell" else -1) * f["quantity"] * f["price"] for f in fills)
     assert realized == pytest.approx(cash - sum(f["fee_usd"] for f in fills) + funding, abs=0.01)
     usdt = db_rows(db, "SELECT free FROM paper_balances WHERE asset = 'USDT'")[0]["free"]
-    assert usdt - 100_000 == pytest.approx(realized, abs=0.01)
+    assert usdt - 20_000 == pytest.approx(realized, abs=0.01)
 
     # `basis-mcp status` reads the same book without starting a server
     out = subprocess.run([sys.executable, "-m", "basis_mcp", "status", "--db", str(db)], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "liquidated" in out.stdout and "BTC" in out.stdout and f"{realized:,.2f}" in out.stdout
+
+
+async def test_drawdown_beyond_15pct_moves_the_desk_to_reducing(make_server, db: Path, tmp_path: Path) -> None:
+    m = scripted.Market()
+    m.spike(m.at("2024-01-01T06:00:00Z"), high=210_000.0)  # past the 1x short's liquidation price (~2x entry)
+    data = scripted.write(tmp_path, BTC=m)
+    # $2 000 notional at 1x leverage on $9 000: the wick costs the $2 000 margin → 22 % drawdown
+    settings = Settings(capital_usd=9_000, max_leverage=3.0, default_leverage=1.0, max_position_notional_usd=4_000,
+                        tier_single_position={"anchor": 0.25}, tier_allocation={"anchor": 0.5})
+    async with Client(make_server(settings=settings, start="2024-01-01T01:00:00Z", data_path=data)) as client:
+        await call(client, "enter_trade", {"symbol": "BTC", "notional_usd": 2000, "idempotency_key": "dd-1", "leverage": 1})
+        adv = await call(client, "advance_time", {"hours": 6})
+        risk = await call(client, "risk_status", {})
+        assert risk["trading_state"] == "REDUCING"
+        assert "drawdown" in risk["trading_state_reason"] and risk["drawdown_pct"] > 15
+        assert any(a["rule"] == "state_reducing" for a in adv["alerts"])  # told on the very next response
+        text = await call_error(client, "enter_trade", {"symbol": "BTC", "notional_usd": 1000, "idempotency_key": "dd-2"})
+        assert "trading_state='REDUCING'" in text and "exits only" in text
+    audit = db_rows(db, "SELECT * FROM audit WHERE kind = 'alert' AND name = 'state_reducing'")
+    assert audit and "drawdown" in audit[0]["detail"]

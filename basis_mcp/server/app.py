@@ -21,6 +21,7 @@ from basis_mcp.desk import Desk
 from basis_mcp.prompts import register_prompts
 from basis_mcp.tools.definitions import TOOLS
 from basis_mcp.tools.registry import ToolSpec, register, validate_input
+from basis_mcp.venue.faults import FaultPlan
 
 log = logging.getLogger("basis_mcp")
 
@@ -43,6 +44,7 @@ class ServeOptions:
     data_path: Path | None = None
     start: str | None = None
     mode: str = "replay"
+    faults: FaultPlan | None = None  # tests: a fault plan they can flip while the server runs
 
 
 @dataclass
@@ -127,7 +129,7 @@ class AuditMiddleware:
 def build_server(options: ServeOptions) -> MCPServer:
     @asynccontextmanager
     async def lifespan(app: MCPServer) -> AsyncIterator[AppState]:
-        desk = Desk.open_replay(options.settings, options.db_path, options.data_path, options.start)
+        desk = Desk.open_replay(options.settings, options.db_path, options.data_path, options.start, options.faults)
         await desk.start()
         try:
             yield AppState(desk=desk, options=options)

@@ -31,7 +31,7 @@ async def _size(desk, inp: m.SizePositionInput, ctx: Context) -> m.SizePositionO
 
 
 async def _enter(desk, inp: m.EnterTradeInput, ctx: Context) -> m.EnterTradeOutput:
-    return await desk.enter(inp.symbol, inp.notional_usd, inp.leverage, inp.idempotency_key, inp.strategy)
+    return await desk.enter(inp.symbol, inp.notional_usd, inp.leverage, inp.idempotency_key, inp.strategy, inp.expected_hold_days)
 
 
 async def _exit(desk, inp: m.ExitTradeInput, ctx: Context) -> m.ExitTradeOutput:
@@ -48,6 +48,14 @@ async def _funding(desk, inp: m.SecondsToFundingInput, ctx: Context) -> m.Second
 
 async def _portfolio(desk, inp: m.PortfolioStatusInput, ctx: Context) -> m.PortfolioOutput:
     return await desk.portfolio(inp.include_closed)
+
+
+async def _risk(desk, inp: m.RiskStatusInput, ctx: Context) -> m.RiskStatusOutput:
+    return await desk.risk_status()
+
+
+async def _halt(desk, inp: m.HaltTradingInput, ctx: Context) -> m.RiskStatusOutput:
+    return await desk.halt(inp.reason)
 
 
 async def _advance(desk, inp: m.AdvanceTimeInput, ctx: Context) -> m.AdvanceTimeOutput:
@@ -215,6 +223,38 @@ TOOLS: list[ToolSpec] = [
         output_model=m.PortfolioOutput,
         handler=_portfolio,
         read_only=True,
+        destructive=False,
+        idempotent=True,
+    ),
+    ToolSpec(
+        name="risk_status",
+        title="Risk limits and readings",
+        description=(
+            "Every risk limit the server enforces next to its current reading: trading state (ACTIVE / REDUCING = "
+            "exits only / HALTED = kill switch) and why, equity, drawdown vs its limit, free capital, leverage cap "
+            "and the 5x hard ceiling, per-position and tier caps with usage, orders in the last minute, realised "
+            "volatility and data age per symbol, and the watchdog thresholds. Limits come from the operator's "
+            "configuration and can only be tighter than the hard ceilings; no tool can change them. Read-only."
+        ),
+        input_model=m.RiskStatusInput,
+        output_model=m.RiskStatusOutput,
+        handler=_risk,
+        read_only=True,
+        destructive=False,
+        idempotent=True,
+    ),
+    ToolSpec(
+        name="halt_trading",
+        title="Kill switch: stop new entries",
+        description=(
+            "Stops all new entries at once (state HALTED). Exits and the server's watchdog keep working, so you can "
+            "still close positions. One-way for the agent: only the operator can resume, with `basis-mcp resume` "
+            "on the server's machine. Use it when something looks wrong. Returns the risk status."
+        ),
+        input_model=m.HaltTradingInput,
+        output_model=m.RiskStatusOutput,
+        handler=_halt,
+        read_only=False,
         destructive=False,
         idempotent=True,
     ),

@@ -32,7 +32,10 @@ from basis_mcp.venue.base import (
     PerpPosition,
     TickReport,
     VenueError,
+    VenueTimeout,
+    VenueUnavailable,
 )
+from basis_mcp.venue.faults import FaultPlan
 
 QUOTE = "USDT"
 
@@ -88,9 +91,10 @@ QTY_EPS = 1e-12
 
 
 class PaperVenue:
-    def __init__(self, path: Path | str, feed: ReplayFeed, settings: Settings, clock: Clock):
+    def __init__(self, path: Path | str, feed: ReplayFeed, settings: Settings, clock: Clock, faults: FaultPlan | None = None):
         self.name = f"paper:{feed.venue}"
         self.db = Database(path, PAPER_SCHEMA)
+        self.faults = faults or FaultPlan()
         self.feed = feed
         self.settings = settings
         self.clock = clock
@@ -138,6 +142,13 @@ class PaperVenue:
         r = self.db.one("SELECT leverage FROM paper_leverage WHERE symbol = ?", (symbol,))
         return float(r["leverage"]) if r else 20.0  # Binance's default when never set
 
+    def close(self) -> None:
+        self.db.close()
+
+    def _reachable(self) -> None:
+        if self.faults.unavailable_always:
+            raise VenueUnavailable("HTTP 503 Service Unavailable (injected)")
+
     # ------------------------------------------------------------------ venue API
 
     async def set_leverage(self, symbol: str, leverage: float) -> None:
@@ -150,12 +161,15 @@ class PaperVenue:
             )
 
     async def fetch_balances(self) -> dict[str, float]:
+        self._reachable()
         return {r["asset"]: float(r["free"]) for r in self.db.q("SELECT asset, free FROM paper_balances")}
 
     async def fetch_perp_position(self, symbol: str) -> PerpPosition | None:
+        self._reachable()
         return self._perp(symbol)
 
     async def fetch_order(self, client_order_id: str, symbol: str, market: Market) -> OrderResult | None:
+        self._reachable()
         r = self.db.one("SELECT * FROM paper_orders WHERE client_order_id = ?", (client_order_id,))
         return None if r is None else self._result(r)
 
@@ -179,7 +193,20 @@ class PaperVenue:
         return [LiquidationEvent(r["symbol"], r["time"], r["quantity"], r["price"], r["loss_usd"], r["client_order_id"]) for r in rows]
 
     async def place_order(self, req: OrderRequest) -> OrderResult:
-        return self._execute(req)
+        f = self.faults
+        f.orders_seen += 1
+        n = f.orders_seen
+        if f.unavailable_always or n in f.unavailable_nth:
+            raise VenueUnavailable(f"HTTP 503 Service Unavailable (injected, order #{n})")
+        if n in f.rate_limited_nth:
+            raise VenueUnavailable(f"HTTP 429 Too Many Requests (injected, order #{n})", code="rate_limited")
+        if n in f.reject_nth:
+            raise VenueError(f"order rejected by the venue (injected, order #{n})", code="rejected")
+        res = self._execute(req, f.partial_nth.get(n, 1.0))
+        await f.checkpoint(f"venue.executed.{n}")
+        if n in f.timeout_after_execute_nth:
+            raise VenueTimeout(f"no answer within the timeout (injected, order #{n}); the order WAS executed")
+        return res
 
     # ------------------------------------------------------------------ matching
 

@@ -1,0 +1,394 @@
+"""Two-leg execution that cannot leave a naked leg, and crash recovery.
+
+Rules, in the order they protect you:
+- every order is written as an *intent* (with a client order id derived from the trade's
+  idempotency key) and committed before it is sent; the row moves to ``sent`` before the
+  venue call and to ``filled``/``rejected`` after it;
+- an order whose outcome is unknown (timeout) is looked up by client order id, never
+  blindly resent; a retry of a leg uses a new, derived client id;
+- the second leg of an entry is sized to what the first leg actually filled; a partial
+  second leg trims the first to match; a failed second leg unwinds the first at once;
+- every close is reduce-only (perp buy-back, spot sell of what the position holds), so a
+  close can never open a position;
+- on start-up (and on every watchdog tick) positions caught mid-entry or mid-exit are
+  reconciled with the venue: the entry is completed if both legs filled, otherwise the
+  filled leg is unwound; an interrupted exit is completed. What cannot be reconciled puts
+  the desk in REDUCING with the reason.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from basis_mcp.clock import iso
+from basis_mcp.errors import Rejected
+from basis_mcp.ledger import leg_quantities, pnl
+from basis_mcp.models import EnterTradeOutput, ExitTradeOutput
+from basis_mcp.sizing import floor_to_step
+from basis_mcp.venue.base import OrderRequest, OrderResult, VenueError, VenueTimeout, VenueUnavailable
+
+if TYPE_CHECKING:
+    from basis_mcp.desk import Desk
+
+QTY_EPS = 1e-9
+MAX_LEG_ATTEMPTS = 4
+LOOKUP_ATTEMPTS = 3
+
+
+class ExecutionMixin:
+    """Order plumbing for `Desk` (kept in its own module for readability)."""
+
+    # ------------------------------------------------------------------ single orders
+
+    def _new_order(self: Desk, position_id: int, coid: str, purpose: str, market: str, side: str, qty: float, reduce_only: bool) -> int:
+        now = self.now()
+        cur = self.store.x(
+            "INSERT INTO orders(client_order_id, position_id, purpose, market, side, quantity, reduce_only, status,"
+            " created_at, updated_at, created_wall) VALUES (?,?,?,?,?,?,?,'intent',?,?,?)",
+            (coid, position_id, purpose, market, side, qty, int(reduce_only), now, now, time.time()),
+        )
+        return int(cur.lastrowid)
+
+    async def _send(self: Desk, order_id: int, symbol: str, step: str | None = None) -> OrderResult | None:
+        """Send one recorded intent. Returns the venue's result, or None if it was refused.
+
+        ``VenueUnavailable`` (5xx/429) propagates after the order is marked rejected: nothing
+        executed. A timeout is resolved by looking the order up.
+        """
+        o = self.store.one("SELECT * FROM orders WHERE id = ?", (order_id,))
+        with self.store.tx():
+            self.store.x("UPDATE orders SET status = 'sent', updated_at = ? WHERE id = ?", (self.now(), order_id))
+        if step:
+            await self.faults.checkpoint(f"{step}_marked_sent")
+        req = OrderRequest(o["client_order_id"], symbol, o["market"], o["side"], o["quantity"], bool(o["reduce_only"]))
+        try:
+            res = await self.venue.place_order(req)
+        except VenueTimeout:
+            self._set_order_status(order_id, "unknown", "timed out; looking it up by client order id")
+            res = await self._lookup(req)
+            if res is None:
+                self._set_order_status(order_id, "rejected", "timed out and not found at the venue: not executed")
+                return None
+        except VenueUnavailable as e:
+            self._set_order_status(order_id, "rejected", f"venue unavailable: {e}")
+            self._venue_down(str(e))
+            raise
+        except VenueError as e:
+            self._set_order_status(order_id, "rejected", str(e))
+            self.audit("venue", "order_rejected", {"client_order_id": req.client_order_id, "code": e.code}, "rejected", str(e))
+            return None
+        self._venue_up()
+        self._record_fill(order_id, res)
+        return res
+
+    async def _lookup(self: Desk, req: OrderRequest) -> OrderResult | None:
+        for attempt in range(LOOKUP_ATTEMPTS):
+            try:
+                res = await self.venue.fetch_order(req.client_order_id, req.symbol, req.market)
+            except (VenueUnavailable, VenueTimeout):
+                res = None
+            if res is not None:
+                return res
+            if not self.clock.simulated:
+                await anyio.sleep(0.5 * (attempt + 1))
+        return None
+
+    def _set_order_status(self: Desk, order_id: int, status: str, reason: str | None) -> None:
+        with self.store.tx():
+            self.store.x("UPDATE orders SET status = ?, reason = ?, updated_at = ? WHERE id = ?", (status, reason, self.now(), order_id))
+
+    def _record_fill(self: Desk, order_id: int, res: OrderResult) -> None:
+        o = self.store.one("SELECT * FROM orders WHERE id = ?", (order_id,))
+        with self.store.tx():
+            self.store.x(
+                "UPDATE orders SET status = ?, venue_order_id = ?, filled_qty = ?, avg_price = ?, updated_at = ? WHERE id = ?",
+                (res.status if res.filled_qty > 0 or res.status != "filled" else "filled", res.venue_order_id, res.filled_qty,
+                 res.avg_price, self.now(), order_id),
+            )
+            if res.filled_qty > 0:
+                self.store.x(
+                    "INSERT OR IGNORE INTO fills(order_id, position_id, market, side, quantity, price, mid_price, fee_usd, ts)"
+                    " VALUES (?,?,?,?,?,?,?,?,?)",
+                    (order_id, o["position_id"], res.market, res.side, res.filled_qty, res.avg_price, res.mid_price, res.fee_usd, res.ts),
+                )
+
+    def _order_reason(self: Desk, order_id: int) -> str:
+        return self.store.one("SELECT reason FROM orders WHERE id = ?", (order_id,))["reason"] or "refused"
+
+    async def _fill_leg(
+        self: Desk, pid: int, key: str, symbol: str, market: str, side: str, qty: float, purpose: str, reduce_only: bool
+    ) -> float:
+        """Trade ``qty`` on one leg, retrying the unfilled remainder with new derived client ids.
+
+        Returns the quantity filled. Stops at the first refusal (nothing more will fill).
+        """
+        filled = 0.0
+        step = self.settings.spec(symbol).qty_step
+        for attempt in range(MAX_LEG_ATTEMPTS):
+            remaining = floor_to_step(qty - filled, step) if market == "perp" else round(qty - filled, 12)
+            if remaining <= QTY_EPS:
+                break
+            coid = self.client_order_id(key, pid, market, purpose, attempt=attempt + 1)
+            with self.store.tx():
+                oid = self._new_order(pid, coid, purpose, market, side, remaining, reduce_only)
+            try:
+                res = await self._send(oid, symbol)
+            except VenueUnavailable:
+                break
+            if res is None or res.filled_qty <= 0:
+                break
+            filled += res.filled_qty
+        return filled
+
+    # ------------------------------------------------------------------ entry
+
+    async def _execute_entry(self: Desk, pid: int, key: str, sym: str, args: dict[str, Any], lev: float) -> EnterTradeOutput:
+        spot_oid, perp_oid = (r["id"] for r in self.store.q(
+            "SELECT id FROM orders WHERE position_id = ? AND purpose = 'open' ORDER BY market = 'perp', id", (pid,)))
+        await self.faults.checkpoint("entry.intent_written")
+        try:
+            await self.venue.set_leverage(sym, lev)
+            spot = await self._send(spot_oid, sym, step="entry.leg1")
+        except VenueUnavailable as e:
+            return self._entry_failed(pid, key, args, f"venue unavailable before the first leg: {e}; nothing executed")
+        except VenueError as e:
+            return self._entry_failed(pid, key, args, f"venue refused leverage {lev:g}x: {e}; nothing executed")
+        await self.faults.checkpoint("entry.leg1_filled")
+        if spot is None or spot.filled_qty <= 0:
+            return self._entry_failed(pid, key, args, f"spot leg refused by the venue: {self._order_reason(spot_oid)}; nothing executed")
+        spec = self.settings.spec(sym)
+        perp_qty = floor_to_step(spot.filled_qty, spec.qty_step)
+        if perp_qty * spot.mid_price < spec.min_notional_usd:
+            await self._unwind(pid, key, sym, "spot", spot.filled_qty)
+            return self._entry_failed(pid, key, args, "spot leg filled too little to hedge; unwound")
+        if abs(perp_qty - spot.filled_qty) > QTY_EPS or perp_qty != self.store.one("SELECT quantity FROM orders WHERE id = ?", (perp_oid,))["quantity"]:
+            with self.store.tx():
+                self.store.x("UPDATE orders SET quantity = ? WHERE id = ? AND status = 'intent'", (perp_qty, perp_oid))
+        try:
+            perp = await self._send(perp_oid, sym, step="entry.leg2")
+        except VenueUnavailable:
+            perp = None
+        if perp is None or perp.filled_qty <= 0:
+            why = self._order_reason(perp_oid)
+            ok = await self._unwind(pid, key, sym, "spot", spot.filled_qty)
+            msg = f"perp leg refused by the venue: {why}; " + (
+                "the spot leg was unwound" if ok else "UNWIND OF THE SPOT LEG FAILED: naked long spot, the watchdog will retry"
+            )
+            return self._entry_failed(pid, key, args, msg, keep_open=not ok)
+        await self.faults.checkpoint("entry.both_filled")
+        return await self._settle_entry(pid, key, args, sym)
+
+    async def _settle_entry(self: Desk, pid: int, key: str, args: dict[str, Any], sym: str) -> EnterTradeOutput:
+        """Match the legs (trim the larger), then mark the position open and remember the result."""
+        spot_q, perp_q = leg_quantities(self._fills(pid))
+        spec = self.settings.spec(sym)
+        if spot_q - (-perp_q) > QTY_EPS:
+            await self._fill_leg(pid, key, sym, "spot", "sell", spot_q + perp_q, "rebalance", True)
+        elif -perp_q - spot_q > QTY_EPS:
+            await self._fill_leg(pid, key, sym, "perp", "buy", -perp_q - spot_q, "rebalance", True)
+        spot_q, perp_q = leg_quantities(self._fills(pid))
+        if abs(spot_q + perp_q) > QTY_EPS:
+            self.alert("critical", "naked_leg", f"position {pid}: legs still differ after trimming ({spot_q} vs {perp_q})",
+                       {"position_id": pid, "spot_quantity": spot_q, "perp_quantity": perp_q})
+        fills = self._fills(pid)
+        opens = {f["market"]: f for f in fills if f["purpose"] == "open"}
+        snap = self.feed.snapshot(sym)
+        lp, ratio, wallet = await self._perp_risk(sym, snap.mark)
+        entry_basis = (opens["perp"]["mid_price"] - opens["spot"]["mid_price"]) / opens["spot"]["mid_price"] * 100.0
+        with self.store.tx():
+            self.store.x(
+                "UPDATE positions SET status = 'open', quantity = ?, notional_usd = ?, entry_spot = ?, entry_perp = ?,"
+                " entry_basis_pct = ?, margin_usd = ?, reserved_usd = 0 WHERE id = ?",
+                (spot_q, spot_q * opens["spot"]["price"], opens["spot"]["price"], opens["perp"]["price"], entry_basis, wallet, pid),
+            )
+            row = self.store.one("SELECT * FROM positions WHERE id = ?", (pid,))
+            out = EnterTradeOutput(
+                position=self._position_out(row),
+                replayed=False,
+                liquidation_price=None if lp is None else round(lp, 6),
+                margin_ratio_pct=None if ratio is None else round(ratio * 100, 4),
+            )
+            if key:
+                self._remember(key, "enter_trade", args, out.model_dump(exclude={"alerts", "replayed"}))
+        self.audit("desk", "position_opened", {"position_id": pid, "symbol": sym, "quantity": spot_q}, "ok")
+        if spot_q < spec.min_notional_usd / snap.spot:
+            self.alert("warning", "small_position", f"position {pid} is below the venue minimum after trimming", {"position_id": pid})
+        return out
+
+    def _entry_failed(self: Desk, pid: int, key: str, args: dict[str, Any], msg: str, keep_open: bool = False) -> EnterTradeOutput:
+        with self.store.tx():
+            if not keep_open:
+                self.store.x(
+                    "UPDATE positions SET status = 'failed', closed_at = ?, close_reason = ?, realized_pnl_usd = ?, reserved_usd = 0"
+                    " WHERE id = ?",
+                    (self.now(), msg, pnl(self._fills(pid), self._funding_amounts(pid)).total_usd, pid),
+                )
+            if key and self.store.one("SELECT 1 FROM idempotency WHERE key = ?", (key,)) is None:
+                self._remember(key, "enter_trade", args, {"error": msg})
+        self.audit("desk", "entry_failed", {"position_id": pid}, "failed", msg)
+        raise Rejected("venue", self.venue.name, msg)
+
+    async def _unwind(self: Desk, pid: int, key: str, sym: str, market: str, qty: float) -> bool:
+        """Reverse a filled leg at once (reduce-only). True if fully unwound."""
+        side = "sell" if market == "spot" else "buy"
+        filled = await self._fill_leg(pid, key or f"pos{pid}", sym, market, side, qty, "unwind", True)
+        return filled >= qty - QTY_EPS
+
+    # ------------------------------------------------------------------ exit
+
+    async def _execute_exit(self: Desk, pid: int, key: str, reason: str, emergency: bool = False) -> ExitTradeOutput:
+        """Close both legs of a position marked 'closing': perp first (reduce-only), then spot."""
+        row = self.store.one("SELECT * FROM positions WHERE id = ?", (pid,))
+        sym = row["symbol"]
+        await self.faults.checkpoint("exit.intent_written")
+        spot_q, perp_q = leg_quantities(self._fills(pid))
+        intents = {r["market"]: r["id"] for r in self.store.q(
+            "SELECT id, market FROM orders WHERE position_id = ? AND purpose = 'close' AND status = 'intent'", (pid,))}
+        if perp_q < -QTY_EPS and "perp" in intents:
+            try:
+                res = await self._send(intents.pop("perp"), sym, step="exit.leg1")
+            except VenueUnavailable:
+                res = None
+            if (res is None or res.filled_qty <= 0) and not emergency:
+                why = self._order_reason(self._last_order(pid, "perp", "close"))
+                self._reopen_after_failed_exit(pid)
+                raise Rejected("venue", self.venue.name, f"perp close refused: {why}; position {pid} is still open and hedged")
+        await self.faults.checkpoint("exit.leg1_filled")
+        spot_q, perp_q = leg_quantities(self._fills(pid))
+        if perp_q < -QTY_EPS:  # partial or missing buy-back: retry the remainder
+            await self._fill_leg(pid, key, sym, "perp", "buy", -perp_q, "close", True)
+        spot_q, perp_q = leg_quantities(self._fills(pid))
+        if spot_q > QTY_EPS and "spot" in intents:
+            with self.store.tx():
+                self.store.x("UPDATE orders SET quantity = ? WHERE id = ? AND status = 'intent'", (spot_q, intents["spot"]))
+            try:
+                await self._send(intents.pop("spot"), sym, step="exit.leg2")
+            except VenueUnavailable:
+                pass
+        await self.faults.checkpoint("exit.both_filled")
+        spot_q, perp_q = leg_quantities(self._fills(pid))
+        if spot_q > QTY_EPS:
+            await self._fill_leg(pid, key, sym, "spot", "sell", spot_q, "close", True)
+        for oid in intents.values():  # an intent we no longer need (its leg was already flat)
+            self._set_order_status(oid, "cancelled", "leg already flat")
+        spot_q, perp_q = leg_quantities(self._fills(pid))
+        if abs(spot_q) > QTY_EPS or abs(perp_q) > QTY_EPS:
+            msg = (f"position {pid} {sym}: exit incomplete, {spot_q:g} spot and {perp_q:g} perp remain; "
+                   "the watchdog retries every tick")
+            self.alert("critical", "exit_incomplete", msg, {"position_id": pid, "spot_quantity": spot_q, "perp_quantity": perp_q})
+            raise Rejected("venue", self.venue.name, msg)
+        return self._finalize_close(pid, "closed", reason, key)
+
+    def _last_order(self: Desk, pid: int, market: str, purpose: str) -> int:
+        return self.store.one(
+            "SELECT id FROM orders WHERE position_id = ? AND market = ? AND purpose = ? ORDER BY id DESC LIMIT 1", (pid, market, purpose)
+        )["id"]
+
+    def _reopen_after_failed_exit(self: Desk, pid: int) -> None:
+        with self.store.tx():
+            self.store.x("UPDATE positions SET status = 'open', exit_key = NULL WHERE id = ?", (pid,))
+            self.store.x("UPDATE orders SET status = 'cancelled', reason = 'exit abandoned: first leg refused'"
+                         " WHERE position_id = ? AND purpose = 'close' AND status = 'intent'", (pid,))
+
+    def _finalize_close(self: Desk, pid: int, status: str, reason: str, key: str | None) -> ExitTradeOutput:
+        fills = self._fills(pid)
+        p = pnl(fills, self._funding_amounts(pid))
+        closes = [f for f in fills if f["purpose"] in ("close", "liquidation", "unwind")]
+        last = {f["market"]: f for f in closes}
+        exit_basis = None
+        if "perp" in last and "spot" in last:
+            exit_basis = (last["perp"]["mid_price"] - last["spot"]["mid_price"]) / last["spot"]["mid_price"] * 100.0
+        with self.store.tx():
+            self.store.x(
+                "UPDATE positions SET status = ?, exit_spot = ?, exit_perp = ?, exit_basis_pct = ?, closed_at = ?,"
+                " realized_pnl_usd = ?, close_reason = ?, reserved_usd = 0 WHERE id = ?",
+                (status, last.get("spot", {}).get("price"), last.get("perp", {}).get("price"), exit_basis, self.now(),
+                 p.total_usd, reason, pid),
+            )
+            row = self.store.one("SELECT * FROM positions WHERE id = ?", (pid,))
+            out = ExitTradeOutput(position=self._position_out(row), realized=self._pnl_out(p), replayed=False)
+            if key and self.store.one("SELECT 1 FROM idempotency WHERE key = ?", (key,)) is None and row["exit_key"] == key:
+                self._remember(key, "exit_trade", {"position_id": pid}, out.model_dump(exclude={"alerts", "replayed"}))
+        self.audit("desk", f"position_{status}", {"position_id": pid, "realized_pnl_usd": p.total_usd, "reason": reason}, "ok")
+        return out
+
+    # ------------------------------------------------------------------ recovery
+
+    async def _resolve_orders(self: Desk, pid: int, symbol: str) -> None:
+        """Ask the venue about every order of a position whose outcome the desk does not know."""
+        for o in self.store.q("SELECT * FROM orders WHERE position_id = ? AND status IN ('intent','sent','unknown')", (pid,)):
+            try:
+                res = await self.venue.fetch_order(o["client_order_id"], symbol, o["market"])
+            except (VenueUnavailable, VenueTimeout):
+                raise
+            if res is not None:
+                self._record_fill(o["id"], res)
+                self.audit("recovery", "fill_recovered", {"client_order_id": o["client_order_id"], "filled": res.filled_qty}, "ok")
+            elif o["status"] == "intent":
+                self._set_order_status(o["id"], "cancelled", "never sent (recovered after restart)")
+            else:
+                self._set_order_status(o["id"], "rejected", "not at the venue after restart: not executed")
+
+    async def _recover_position(self: Desk, row) -> str:
+        """Bring one position caught mid-entry/mid-exit to a safe, consistent state."""
+        pid, sym, key = row["id"], row["symbol"], row["entry_key"] or ""
+        await self._resolve_orders(pid, sym)
+        spot_q, perp_q = leg_quantities(self._fills(pid))
+        spec = self.settings.spec(sym)
+        if row["status"] == "opening":
+            args = self._entry_args(row)
+            if abs(spot_q) <= QTY_EPS and abs(perp_q) <= QTY_EPS:
+                with self.store.tx():
+                    self.store.x("UPDATE positions SET status = 'failed', closed_at = ?, close_reason = ?, realized_pnl_usd = 0,"
+                                 " reserved_usd = 0 WHERE id = ?", (self.now(), "interrupted before any leg executed", pid))
+                    if key and self.store.one("SELECT 1 FROM idempotency WHERE key = ?", (key,)) is None:
+                        self._remember(key, "enter_trade", args, {"error": "interrupted before any leg executed; nothing traded"})
+                return "entry abandoned: nothing had executed"
+            hedge = min(spot_q, -perp_q)
+            if hedge > QTY_EPS and hedge * self.feed.snapshot(sym).spot >= spec.min_notional_usd:
+                await self._settle_entry(pid, key, args, sym)
+                return f"entry completed: both legs had filled ({hedge:g} {sym})"
+            ok = True
+            if spot_q > QTY_EPS:
+                ok &= await self._unwind(pid, key, sym, "spot", spot_q)
+            if perp_q < -QTY_EPS:
+                ok &= await self._unwind(pid, key, sym, "perp", -perp_q)
+            if ok:
+                with self.store.tx():
+                    self.store.x("UPDATE positions SET status = 'failed', closed_at = ?, close_reason = ?, realized_pnl_usd = ?,"
+                                 " reserved_usd = 0 WHERE id = ?",
+                                 (self.now(), "one leg filled, the other did not: unwound on recovery",
+                                  pnl(self._fills(pid), self._funding_amounts(pid)).total_usd, pid))
+                    if key and self.store.one("SELECT 1 FROM idempotency WHERE key = ?", (key,)) is None:
+                        self._remember(key, "enter_trade", args, {"error": "interrupted with one leg filled; that leg was unwound"})
+                return "naked leg unwound"
+            raise RecoveryFailed(f"position {pid}: could not unwind a naked {sym} leg")
+        if row["status"] == "closing":
+            with self.store.tx():  # fresh intents for whatever is still open, then the normal exit path
+                if perp_q < -QTY_EPS:
+                    self._new_order(pid, self.client_order_id(row["exit_key"] or f"x{pid}", pid, "perp", "close", attempt=9), "close", "perp", "buy", -perp_q, True)
+                if spot_q > QTY_EPS:
+                    self._new_order(pid, self.client_order_id(row["exit_key"] or f"x{pid}", pid, "spot", "close", attempt=9), "close", "spot", "sell", spot_q, True)
+            try:
+                await self._execute_exit(pid, row["exit_key"] or "", row["close_reason"] or "exit completed on recovery", emergency=True)
+            except Rejected as e:
+                raise RecoveryFailed(str(e)) from None
+            return "interrupted exit completed"
+        return "nothing to do"
+
+    def _entry_args(self: Desk, row) -> dict[str, Any]:
+        raw = self.store.one("SELECT args_json FROM positions WHERE id = ?", (row["id"],))["args_json"]
+        import json
+
+        return json.loads(raw) if raw else {}
+
+
+class RecoveryFailed(Exception):
+    pass
+
+
+def describe_fill(f: dict[str, Any]) -> str:
+    return f"{f['side']} {f['quantity']:g} {f['market']} @ {f['price']:.2f} ({iso(f['ts'])})"
