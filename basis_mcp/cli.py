@@ -40,13 +40,96 @@ def main(argv: list[str] | None = None) -> int:
     status = sub.add_parser("status", help="print the book from the database without starting a server")
     _add_common(status)
 
+    resume = sub.add_parser("resume", help="operator: set the trading state back to ACTIVE (works on a running server)")
+    _add_common(resume)
+    resume.add_argument("--reason", default="operator resumed trading")
+
+    halt = sub.add_parser("halt", help="operator: kill switch, stop all new entries")
+    _add_common(halt)
+    halt.add_argument("--reason", default="operator halted trading")
+
+    audit = sub.add_parser("audit", help="verify or export the tamper-evident audit log")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_sub.add_parser("verify", help="check the hash chain; exit 1 if a row was edited, inserted or deleted")
+    _add_common(verify)
+    export = audit_sub.add_parser("export", help="write the audit log as JSON lines")
+    _add_common(export)
+    export.add_argument("--out", type=Path, default=None, help="file to write (default: stdout)")
+
     args = parser.parse_args(argv)
     db = args.db or default_db_path()
     if args.command == "serve":
         return _serve(args, db)
     if args.command == "status":
         return _status(db)
+    if args.command in ("resume", "halt"):
+        return _set_state(db, "ACTIVE" if args.command == "resume" else "HALTED", args.reason)
+    if args.command == "audit":
+        return _audit_verify(db) if args.audit_command == "verify" else _audit_export(db, args.out)
     return 2
+
+
+def _existing_store(db: Path):
+    from basis_mcp.store import Store
+
+    if not db.is_file():
+        print(f"no database at {db}", file=sys.stderr)
+        return None
+    return Store(db)
+
+
+def _set_state(db: Path, state: str, reason: str) -> int:
+    import time
+
+    store = _existing_store(db)
+    if store is None:
+        return 1
+    before = store.get_meta("trading_state") or "ACTIVE"
+    with store.tx():
+        store.set_meta("trading_state", state)
+        store.set_meta("trading_state_reason", reason)
+        store.set_meta("trading_state_since", repr(time.time()))
+        store.x(
+            "INSERT INTO alerts(ts, market_ts, severity, rule, message, data_json) VALUES (?,?,?,?,?,?)",
+            (time.time(), float(store.get_meta("replay_time") or time.time()), "critical", f"state_{state.lower()}",
+             f"operator set trading state {before} → {state}: {reason}", "{}"),
+        )
+        store.append_audit(ts=time.time(), market_ts=None, kind="operator", name=f"set_state_{state.lower()}",
+                           args={"from": before, "to": state, "reason": reason}, outcome="ok")
+    store.close()
+    print(f"trading state {before} → {state} ({reason})")
+    return 0
+
+
+def _audit_verify(db: Path) -> int:
+    from basis_mcp.store import verify_audit
+
+    store = _existing_store(db)
+    if store is None:
+        return 1
+    ok, msg = verify_audit(store.conn)
+    store.close()
+    print(("OK: " if ok else "TAMPERED: ") + msg)
+    return 0 if ok else 1
+
+
+def _audit_export(db: Path, out: Path | None) -> int:
+    import json
+
+    store = _existing_store(db)
+    if store is None:
+        return 1
+    fh = open(out, "w", encoding="utf-8") if out else sys.stdout  # noqa: SIM115
+    try:
+        for r in store.conn.execute("SELECT * FROM audit ORDER BY id"):
+            row = dict(r)
+            row["args"] = json.loads(row.pop("args_json"))
+            fh.write(json.dumps(row, sort_keys=True) + "\n")
+    finally:
+        if out:
+            fh.close()
+        store.close()
+    return 0
 
 
 def _serve(args: argparse.Namespace, db: Path) -> int:

@@ -66,7 +66,7 @@ from basis_mcp.signals import (
 )
 from basis_mcp.sizing import Cap, floor_to_step, size_position
 from basis_mcp.store import Store
-from basis_mcp.venue.base import OrderResult, VenueError, VenueTimeout
+from basis_mcp.venue.base import OrderResult, VenueError, VenueTimeout, VenueUnavailable
 from basis_mcp.venue.faults import FaultPlan
 from basis_mcp.venue.paper import PaperVenue
 from basis_mcp.watchdog import WatchdogMixin
@@ -258,6 +258,13 @@ class Desk(ExecutionMixin, WatchdogMixin):
 
     async def _free_cash(self) -> float:
         return (await self.venue.fetch_balances()).get("USDT", 0.0)
+
+    async def _free_capital_or_zero(self) -> float:
+        try:
+            return await self.free_capital_usd()
+        except (VenueUnavailable, VenueTimeout) as e:
+            self._venue_down(str(e))
+            return 0.0
 
     async def free_capital_usd(self) -> float:
         """Venue cash minus what in-flight entries have reserved."""
@@ -940,7 +947,7 @@ class Desk(ExecutionMixin, WatchdogMixin):
             hard_leverage_cap=HARD.max_leverage,
             notional_usd=notional_usd,
             caps=caps,
-            free_capital_usd=await self.free_capital_usd(),
+            free_capital_usd=await self._free_capital_or_zero(),
             capital_required_usd=rounded * (1 + 1 / lev) + rounded * costs.entry_cost_fraction(rounded),
             data_age_seconds=snap.data_age_seconds,
             stale_limit_seconds=self._stale_limit(),

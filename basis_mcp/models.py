@@ -56,7 +56,7 @@ class ComputeZScoreInput(InputModel):
 class EstimateNetApyInput(InputModel):
     symbol: Symbol
     notional_usd: FiniteFloat = Field(gt=0, le=1e9, description="Spot-leg notional in USD (both legs are this size).")
-    hold_days: FiniteFloat = Field(gt=0, le=365, description="Expected holding period in days.")
+    hold_days: FiniteFloat = Field(ge=1 / 24, le=365, description="Expected holding period in days (at least one hour = 0.0417).")
     leverage: FiniteFloat | None = Field(None, ge=1, description="Perp leverage for the capital estimate; default: the desk's default.")
     funding_rate_8h_pct: FiniteFloat | None = Field(
         None,
@@ -83,7 +83,7 @@ class EnterTradeInput(InputModel):
         "cash_and_carry", description="cash_and_carry = buy spot and short the perpetual in equal base quantity."
     )
     expected_hold_days: FiniteFloat = Field(
-        7.0, gt=0, le=30, description="Your planned hold in days; the entry is refused unless the expected net return over it is > 0."
+        7.0, ge=1 / 24, le=30, description="Your planned hold in days; the entry is refused unless the expected net return over it is > 0."
     )
 
 

@@ -87,8 +87,11 @@ class WatchdogMixin:
         lim = self.watchdog_limits()
         for row in self.store.q("SELECT * FROM positions WHERE status = 'open' ORDER BY id"):
             if close_all:
-                actions.append(await self._watchdog_close(row, "venue_was_unreachable",
-                                                          "venue was unreachable > 10 min: closing now that it answers", {}))
+                msg = "venue was unreachable > 10 min: closing now that it answers"
+                data = {"position_id": row["id"], "symbol": row["symbol"], "rule": "venue_was_unreachable",
+                        "unreachable_since": self.store.get_meta("close_all_when_reachable")}
+                self.audit("watchdog", "venue_was_unreachable", data, "triggered", msg)
+                actions.append(await self._watchdog_close(row, "venue_was_unreachable", msg, data))
                 continue
             readings = await self._position_readings(row)
             if readings is None:

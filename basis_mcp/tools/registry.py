@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from basis_mcp.errors import Rejected
 from basis_mcp.models import InputModel, ToolOutput
+from basis_mcp.venue.base import VenueError, VenueTimeout
 
 Handler = Callable[[Any, Any, Context], Awaitable[ToolOutput]]
 
@@ -96,6 +97,8 @@ def _make_fn(spec: ToolSpec, get_desk: Callable[[Context], Any]) -> Callable[...
             out = await spec.handler(desk, inp, ctx)
         except Rejected as e:
             raise ToolError(f"{spec.name} {e}") from None
+        except (VenueError, VenueTimeout) as e:
+            raise ToolError(f"{spec.name}: the venue did not answer usefully ({e}); nothing was changed by this call") from None
         out.alerts = desk.pop_alerts()
         return out
 

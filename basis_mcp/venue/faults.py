@@ -28,6 +28,7 @@ class FaultPlan:
     rate_limited_nth: set[int] = field(default_factory=set)  # 429 before executing
     unavailable_always: bool = False
     stall_market_data: bool = False
+    reject_add_margin: bool = False
     pause_at: str | None = None  # checkpoint name; the process stops there until killed
     pause_dir: str | None = None  # where the "paused" marker file is written
     orders_seen: int = 0
@@ -46,6 +47,7 @@ class FaultPlan:
             rate_limited_nth=set(d.get("rate_limited_nth", [])),
             unavailable_always=bool(d.get("unavailable_always", False)),
             stall_market_data=bool(d.get("stall_market_data", False)),
+            reject_add_margin=bool(d.get("reject_add_margin", False)),
             pause_at=d.get("pause_at"),
             pause_dir=d.get("pause_dir"),
         )

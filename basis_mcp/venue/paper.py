@@ -174,8 +174,11 @@ class PaperVenue:
         return None if r is None else self._result(r)
 
     async def add_margin(self, symbol: str, amount_usd: float) -> None:
+        self._reachable()
         if amount_usd <= 0:
             raise VenueError("margin amount must be positive", "bad_amount")
+        if self.faults.reject_add_margin:
+            raise VenueError("margin transfer refused (injected)", "transfer_refused")
         with self.db.tx():
             if self._perp(symbol) is None:
                 raise VenueError(f"no {symbol} perp position to add margin to", "no_position")
