@@ -1,0 +1,119 @@
+"""Two-leg execution against a paper venue that fails on purpose."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mcp import Client
+
+from basis_mcp.venue.faults import FaultPlan
+from tests import scripted
+from tests.conftest import call, call_error, db_rows
+from tests.test_crash import check_invariants
+
+pytestmark = pytest.mark.anyio
+START = "2024-01-05T01:00:00Z"
+ENTRY = {"symbol": "BTC", "notional_usd": 4000, "idempotency_key": "f-1"}
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    return scripted.write(tmp_path, BTC=scripted.Market())
+
+
+async def test_rejected_second_leg_unwinds_the_first(make_server, db: Path, data: Path) -> None:
+    async with Client(make_server(start=START, data_path=data, faults=FaultPlan(reject_nth={2}))) as client:
+        text = await call_error(client, "enter_trade", ENTRY)
+        assert "perp leg refused" in text and "spot leg was unwound" in text
+        # the same key answers with the same failure; a new key trades normally
+        again = await call_error(client, "enter_trade", ENTRY)
+        assert "idempotency_key" in again and "failed" in again
+        ok = await call(client, "enter_trade", {**ENTRY, "idempotency_key": "f-2"})
+        assert ok["position"]["status"] == "open"
+    p = db_rows(db, "SELECT * FROM positions WHERE id = 1")[0]
+    assert p["status"] == "failed"
+    purposes = [(f["market"], f["side"], f["purpose"]) for f in db_rows(db, "SELECT f.*, o.purpose FROM fills f JOIN orders o ON o.id = f.order_id WHERE f.position_id = 1")]
+    assert purposes == [("spot", "buy", "open"), ("spot", "sell", "unwind")]
+    check_invariants(db)
+
+
+async def test_rejected_first_leg_trades_nothing(make_server, db: Path, data: Path) -> None:
+    async with Client(make_server(start=START, data_path=data, faults=FaultPlan(reject_nth={1}))) as client:
+        text = await call_error(client, "enter_trade", ENTRY)
+        assert "spot leg refused" in text and "nothing executed" in text
+    assert db_rows(db, "SELECT COUNT(*) AS n FROM fills")[0]["n"] == 0
+    check_invariants(db)
+
+
+async def test_partial_first_leg_sizes_the_second(make_server, db: Path, data: Path) -> None:
+    async with Client(make_server(start=START, data_path=data, faults=FaultPlan(partial_nth={1: 0.6}))) as client:
+        pos = (await call(client, "enter_trade", ENTRY))["position"]
+    assert pos["quantity"] == pytest.approx(0.024)
+    fills = db_rows(db, "SELECT * FROM fills ORDER BY id")
+    assert [f["quantity"] for f in fills] == [pytest.approx(0.024), pytest.approx(0.024)]
+    check_invariants(db)
+
+
+async def test_partial_second_leg_trims_the_first(make_server, db: Path, data: Path) -> None:
+    async with Client(make_server(start=START, data_path=data, faults=FaultPlan(partial_nth={2: 0.75}))) as client:
+        pos = (await call(client, "enter_trade", ENTRY))["position"]
+        assert pos["quantity"] == pytest.approx(0.03)
+        assert [f["purpose"] for f in pos["fills"]] == ["open", "open", "rebalance"]
+    check_invariants(db)
+
+
+async def test_timeout_after_execution_is_looked_up_not_resent(make_server, db: Path, data: Path) -> None:
+    faults = FaultPlan(timeout_after_execute_nth={1, 2})
+    async with Client(make_server(start=START, data_path=data, faults=faults)) as client:
+        pos = (await call(client, "enter_trade", ENTRY))["position"]
+        assert pos["status"] == "open" and len(pos["fills"]) == 2
+    assert db_rows(db, "SELECT COUNT(*) AS n FROM paper_orders")[0]["n"] == 2  # never resent
+    assert faults.orders_seen == 2
+    check_invariants(db)
+
+
+@pytest.mark.parametrize("fault", [{"unavailable_nth": {1}}, {"rate_limited_nth": {1}}])
+async def test_5xx_or_429_on_the_first_leg_trades_nothing(make_server, db: Path, data: Path, fault: dict) -> None:
+    async with Client(make_server(start=START, data_path=data, faults=FaultPlan(**fault))) as client:
+        text = await call_error(client, "enter_trade", ENTRY)
+        assert "venue unavailable" in text and "nothing executed" in text
+        assert ("429" in text) == ("rate_limited_nth" in fault)
+    assert db_rows(db, "SELECT COUNT(*) AS n FROM fills")[0]["n"] == 0
+    check_invariants(db)
+
+
+async def test_5xx_on_the_second_leg_unwinds_the_first(make_server, db: Path, data: Path) -> None:
+    async with Client(make_server(start=START, data_path=data, faults=FaultPlan(unavailable_nth={2}))) as client:
+        text = await call_error(client, "enter_trade", ENTRY)
+        assert "spot leg was unwound" in text
+    check_invariants(db)
+
+
+async def test_refused_perp_close_leaves_the_position_open_and_hedged(make_server, db: Path, data: Path) -> None:
+    faults = FaultPlan()
+    async with Client(make_server(start=START, data_path=data, faults=faults)) as client:
+        pid = (await call(client, "enter_trade", ENTRY))["position"]["position_id"]
+        faults.reject_nth = {faults.orders_seen + 1}
+        text = await call_error(client, "exit_trade", {"position_id": pid, "idempotency_key": "x-1"})
+        assert "still open and hedged" in text
+        d = (await call(client, "check_delta", {"position_id": pid}))["positions"][0]
+        assert d["spot_quantity"] == -d["perp_quantity"] > 0
+        out = await call(client, "exit_trade", {"position_id": pid, "idempotency_key": "x-2"})
+        assert out["position"]["status"] == "closed"
+    check_invariants(db)
+
+
+async def test_refused_spot_close_is_retried_by_the_watchdog(make_server, db: Path, data: Path) -> None:
+    faults = FaultPlan()
+    async with Client(make_server(start=START, data_path=data, faults=faults)) as client:
+        pid = (await call(client, "enter_trade", ENTRY))["position"]["position_id"]
+        n = faults.orders_seen
+        faults.reject_nth = {n + 2, n + 3}  # the spot sale and its immediate retry are refused
+        text = await call_error(client, "exit_trade", {"position_id": pid, "idempotency_key": "x-1"})
+        assert "exit incomplete" in text
+        assert db_rows(db, "SELECT status FROM positions")[0]["status"] == "closing"
+        adv = await call(client, "advance_time", {"hours": 1})  # the watchdog finishes the exit
+        assert any(a["rule"] == "recovered" for a in adv["alerts"])
+    assert db_rows(db, "SELECT status FROM positions")[0]["status"] == "closed"
+    check_invariants(db)
