@@ -64,7 +64,7 @@ from basis_mcp.signals import (
     realised_vol_1h_pct,
     zscore_stats,
 )
-from basis_mcp.sizing import Cap, floor_to_step, size_position
+from basis_mcp.sizing import Cap, entry_capital_usd, floor_to_step, size_position
 from basis_mcp.store import Store
 from basis_mcp.venue.base import OrderResult, VenueError, VenueTimeout, VenueUnavailable
 from basis_mcp.venue.faults import FaultPlan
@@ -592,6 +592,7 @@ class Desk(ExecutionMixin, WatchdogMixin):
             qty_step=spec.qty_step,
             min_notional_usd=spec.min_notional_usd,
             target_notional_usd=target_notional_usd,
+            perp_price=snap.perp,
         )
         return SizePositionOutput(
             symbol=sym,
@@ -624,7 +625,6 @@ class Desk(ExecutionMixin, WatchdogMixin):
         fills = self._fills(row["id"])
         funding = [r["amount_usd"] for r in self.store.q("SELECT amount_usd FROM funding_payments WHERE position_id = ?", (row["id"],))]
         p = pnl(fills, funding)
-        spot_in = [f for f in fills if f["purpose"] == "open" and f["market"] == "spot"]
         return PositionOut(
             position_id=row["id"],
             symbol=row["symbol"],
@@ -632,7 +632,7 @@ class Desk(ExecutionMixin, WatchdogMixin):
             status=row["status"],
             quantity=row["quantity"],
             leverage=row["leverage"],
-            notional_usd=_r(spot_in[0]["quantity"] * spot_in[0]["price"], 6) if spot_in else row["notional_usd"],
+            notional_usd=_r(row["notional_usd"], 6) or 0.0,
             entry_spot_price=row["entry_spot"],
             entry_perp_price=row["entry_perp"],
             entry_basis_pct=_r(row["entry_basis_pct"], 8),
@@ -819,14 +819,15 @@ class Desk(ExecutionMixin, WatchdogMixin):
         s = self.settings
         free = await self.free_capital_usd()
         L = LimitReading
+        largest = max([r["notional_usd"] for r in self.store.q("SELECT notional_usd FROM positions WHERE status = 'open'")] or [0.0])
         limits = [
             L(name="leverage", limit=min(s.max_leverage, HARD.max_leverage), hard_ceiling=HARD.max_leverage,
               current=max([r["leverage"] for r in self.store.q("SELECT leverage FROM positions WHERE status = 'open'")] or [0.0]),
               unit="x (highest open position)", ok=True),
             L(name="default_leverage", limit=s.default_leverage, hard_ceiling=HARD.max_leverage, current=None, unit="x", ok=True),
             L(name="max_position_notional", limit=s.max_position_notional_usd, hard_ceiling="tier single-position cap",
-              current=max([r["notional_usd"] for r in self.store.q("SELECT notional_usd FROM positions WHERE status = 'open'")] or [0.0]),
-              unit="USD (largest open position)", ok=True),
+              current=round(largest, 6), unit="USD at entry mid (largest open position)",
+              ok=largest <= s.max_position_notional_usd + 1e-6),
             L(name="drawdown", limit=s.max_drawdown * 100, hard_ceiling=HARD.max_drawdown * 100, current=round(dd * 100, 4),
               unit="% of capital; above it the desk goes REDUCING", ok=dd <= s.max_drawdown),
             L(name="orders_per_minute", limit=s.max_orders_per_minute, hard_ceiling=HARD.max_orders_per_minute,
@@ -948,7 +949,7 @@ class Desk(ExecutionMixin, WatchdogMixin):
             notional_usd=notional_usd,
             caps=caps,
             free_capital_usd=await self._free_capital_or_zero(),
-            capital_required_usd=rounded * (1 + 1 / lev) + rounded * costs.entry_cost_fraction(rounded),
+            capital_required_usd=entry_capital_usd(qty, snap.spot, snap.perp, lev, costs) * (1 if self.clock.simulated else 1.002),
             data_age_seconds=snap.data_age_seconds,
             stale_limit_seconds=self._stale_limit(),
             realised_vol_1h_pct=self.realised_vol_1h_pct(snap),

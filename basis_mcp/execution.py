@@ -197,12 +197,15 @@ class ExecutionMixin:
         opens = {f["market"]: f for f in fills if f["purpose"] == "open"}
         snap = self.feed.snapshot(sym)
         lp, ratio, wallet = await self._perp_risk(sym, snap.mark)
+        row = self.store.one("SELECT quantity, notional_usd FROM positions WHERE id = ?", (pid,))
+        # notional is measured at the reference mid the caps were checked at, scaled to what filled
+        ref_price = row["notional_usd"] / row["quantity"] if row["quantity"] else opens["spot"]["mid_price"]
         entry_basis = (opens["perp"]["mid_price"] - opens["spot"]["mid_price"]) / opens["spot"]["mid_price"] * 100.0
         with self.store.tx():
             self.store.x(
                 "UPDATE positions SET status = 'open', quantity = ?, notional_usd = ?, entry_spot = ?, entry_perp = ?,"
                 " entry_basis_pct = ?, margin_usd = ?, reserved_usd = 0 WHERE id = ?",
-                (spot_q, spot_q * opens["spot"]["price"], opens["spot"]["price"], opens["perp"]["price"], entry_basis, wallet, pid),
+                (spot_q, spot_q * ref_price, opens["spot"]["price"], opens["perp"]["price"], entry_basis, wallet, pid),
             )
             row = self.store.one("SELECT * FROM positions WHERE id = ?", (pid,))
             out = EnterTradeOutput(

@@ -261,7 +261,7 @@ class PositionOut(BaseModel):
     status: str = Field(description="opening | open | closing | closed | liquidated | failed")
     quantity: float = Field(description="Base quantity per leg.")
     leverage: float
-    notional_usd: float = Field(description="Spot-leg notional at entry fill.")
+    notional_usd: float = Field(description="Spot-leg notional: quantity × spot mid when the entry was checked (what caps count).")
     entry_spot_price: float | None
     entry_perp_price: float | None
     entry_basis_pct: float | None = Field(description="Basis at entry mid prices, percent.")

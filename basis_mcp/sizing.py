@@ -26,9 +26,24 @@ class SizeResult:
     fees_and_slippage_usd: float
 
 
-def capital_per_notional(leverage: float, costs: PairCosts, notional_usd: float) -> float:
-    """Cash one dollar of cash-and-carry notional ties up: spot cash + perp margin + entry costs."""
-    return 1.0 + 1.0 / leverage + costs.entry_cost_fraction(notional_usd)
+def entry_capital_usd(qty: float, spot: float, perp: float, leverage: float, costs: PairCosts) -> float:
+    """Cash an entry of ``qty`` ties up, exactly as the venue will charge it.
+
+    Spot: qty × spot fill (mid + slippage) plus the taker fee. Perp: isolated margin on the
+    perp fill price (perp mid − slippage, so the basis counts) ÷ leverage, plus its fee.
+    The pre-trade check and `size_position` both use this, so a size the desk recommends is
+    a size the venue accepts.
+    """
+    spot_fill = costs.spot.fill_price(spot, "buy", qty * spot)
+    perp_fill = costs.perp.fill_price(perp, "sell", qty * perp)
+    return qty * spot_fill * (1 + costs.spot.taker_fee) + qty * perp_fill * (1.0 / leverage + costs.perp.taker_fee)
+
+
+def capital_per_notional(leverage: float, costs: PairCosts, notional_usd: float, perp_over_spot: float = 1.0) -> float:
+    """Cash one dollar of spot-leg notional ties up (see `entry_capital_usd`)."""
+    spot = 1.0
+    qty = notional_usd if notional_usd > 0 else 1.0
+    return entry_capital_usd(qty, spot, perp_over_spot, leverage, costs) / qty
 
 
 def floor_to_step(qty: float, step: float) -> float:
@@ -48,6 +63,7 @@ def size_position(
     qty_step: float,
     min_notional_usd: float,
     target_notional_usd: float | None = None,
+    perp_price: float | None = None,
 ) -> SizeResult:
     """Largest notional (spot-leg $) within every cap, rounded down to the lot step.
 
@@ -58,12 +74,14 @@ def size_position(
     cap says so.
     """
     all_caps = list(caps)
-    # capital needed per $ of notional grows (weakly) with size through impact; two passes converge
+    ratio = (perp_price / spot_price) if perp_price else 1.0
+    # capital per $ of notional grows (weakly) with size through impact: iterate to the fixed point,
+    # then shave a hair so rounding can never put the size a cent over free capital
     guess = min([c.limit_usd for c in caps] + [max(free_capital_usd, 0.0)])
-    per = capital_per_notional(leverage, costs, guess)
-    free_cap = max(free_capital_usd, 0.0) / per
-    per = capital_per_notional(leverage, costs, min(guess, free_cap))
-    free_cap = max(free_capital_usd, 0.0) / per
+    free_cap = guess
+    for _ in range(4):
+        per = capital_per_notional(leverage, costs, max(min(guess, free_cap), 1e-9), ratio)
+        free_cap = max(free_capital_usd, 0.0) / per * (1 - 1e-9)
     all_caps.append(
         Cap(
             "free_capital",
@@ -82,14 +100,16 @@ def size_position(
         qty, notional = 0.0, 0.0
         binding_name = "venue_min_notional"
         all_caps.append(Cap("venue_min_notional", min_notional_usd, f"venue minimum order is ${min_notional_usd:,.2f}"))
-    entry_costs = notional * costs.entry_cost_fraction(notional)
-    margin = notional / leverage
+    perp = perp_price or spot_price
+    required = entry_capital_usd(qty, spot_price, perp, leverage, costs) if qty else 0.0
+    margin = qty * costs.perp.fill_price(perp, "sell", qty * perp) / leverage if qty else 0.0
+    entry_costs = required - notional - margin
     return SizeResult(
         notional_usd=notional,
         quantity=qty,
         binding_cap=binding_name,
         caps=all_caps,
-        capital_required_usd=notional + margin + entry_costs,
+        capital_required_usd=required,
         margin_usd=margin,
         fees_and_slippage_usd=entry_costs,
     )

@@ -31,7 +31,7 @@ def trading_rows(db: Path) -> tuple[int, int, int, int]:
         ("compute_zscore", {"symbol": "XRP"}, ["symbol", "XRP", "unknown symbol"]),
         ("compute_zscore", {"symbol": "BTC", "window": 5}, ["window", "5", "greater than or equal to 30"]),
         ("estimate_net_apy", {"symbol": "BTC", "notional_usd": -5, "hold_days": 7}, ["notional_usd", "-5", "greater than 0"]),
-        ("estimate_net_apy", {"symbol": "BTC", "notional_usd": 5000, "hold_days": 0}, ["hold_days", "0", "greater than 0"]),
+        ("estimate_net_apy", {"symbol": "BTC", "notional_usd": 5000, "hold_days": 0}, ["hold_days", "0", "greater than or equal to 0.04"]),
         ("estimate_net_apy", {"symbol": "BTC", "notional_usd": "inf", "hold_days": 7}, ["notional_usd", "inf", "finite"]),
         ("size_position", {"symbol": "BTC", "leverage": 4}, ["leverage", "4", "cap of 3x"]),
         ("enter_trade", {"symbol": "NOPE", "notional_usd": 1000, "idempotency_key": "a"}, ["symbol", "NOPE", "unknown symbol"]),
