@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8765)
     serve.add_argument("--data", type=Path, default=None, help="market data: an .npz extract or a freqtrade data dir (default: shipped extract)")
-    serve.add_argument("--start", default=None, help="replay start time, e.g. 2025-06-01 (a new database only; default 2025-06-01)")
+    serve.add_argument("--start", default=None, help="replay start time, e.g. 2025-06-01 (a new database only; default 2024-03-01)")
     serve.add_argument("--config", type=Path, default=os.environ.get("BASIS_MCP_CONFIG"), help="operator config (TOML)")
 
     status = sub.add_parser("status", help="print the book from the database without starting a server")

@@ -31,7 +31,8 @@ quantity, earning the basis as it converges plus the funding paid to shorts. The
 enforces risk limits you cannot change. Loop: scan_basis → compute_zscore → estimate_net_apy
 → size_position → enter_trade (with a fresh idempotency_key); then monitor with check_delta,
 seconds_to_funding and portfolio_status, and exit_trade when the edge is gone. Read the
-`alerts` field of every response. Units: *_pct is percent, *_usd is dollars. The prompt
+`alerts` field of every response: a server-side watchdog may act on its own. risk_status shows
+every limit; halt_trading is your kill switch (only the operator resumes). Units: *_pct is percent, *_usd is dollars. The prompt
 `basis_trading_loop` explains the loop and every field in detail."""
 
 SECRET_HINTS = ("secret", "password", "api_key", "apikey", "private_key", "passphrase")
