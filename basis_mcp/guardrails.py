@@ -69,21 +69,23 @@ def pre_trade_violations(r: EntryReadings) -> list[Violation]:
             Violation(
                 "free_capital_usd",
                 round(r.free_capital_usd, 2),
-                f"entry needs ${r.capital_required_usd:,.2f} (spot + margin + costs); only ${r.free_capital_usd:,.2f} is free",
+                f"entry needs ${r.capital_required_usd:,.2f} (spot + margin + costs); only ${r.free_capital_usd:,.2f} is free: "
+                "lower notional_usd or raise leverage",
             )
         )
     if not r.venue_reachable:
         v.append(Violation("venue", "unreachable", f"the venue has been unreachable for {r.venue_down_seconds:.0f}s; no entries"))
     if r.data_age_seconds > r.stale_limit_seconds:
         v.append(
-            Violation("market_data_age_seconds", round(r.data_age_seconds, 1), f"older than the {r.stale_limit_seconds:g}s limit")
+            Violation("market_data_age_seconds", round(r.data_age_seconds, 1),
+                      f"symbol {r.symbol}: older than the {r.stale_limit_seconds:g}s limit; no entry on stale prices")
         )
     if r.realised_vol_1h_pct is not None and r.realised_vol_1h_pct > r.vol_limit_pct:
         v.append(
             Violation(
                 "realised_vol_1h_pct",
                 round(r.realised_vol_1h_pct, 3),
-                f"circuit breaker: above {r.vol_limit_pct:g} %/h, entries paused",
+                f"circuit breaker: symbol {r.symbol} moved more than {r.vol_limit_pct:g} %/h in the last hour, entries paused",
             )
         )
     if r.expected_net_usd <= 0:
@@ -91,7 +93,9 @@ def pre_trade_violations(r: EntryReadings) -> list[Violation]:
             Violation(
                 "expected_net_usd",
                 round(r.expected_net_usd, 2),
-                f"net expected return over a {r.expected_hold_days:g}-day hold after fees and slippage is not positive",
+                f"net expected return of notional_usd={r.notional_usd:g} over expected_hold_days={r.expected_hold_days:g} after "
+                "fees and slippage is not positive; a longer expected_hold_days or a richer basis is needed "
+                "(see estimate_net_apy)",
             )
         )
     if r.duplicate_position_id is not None:
