@@ -275,5 +275,9 @@ def load_settings(path: Path | str | None = None, env: dict[str, str] | None = N
     try:
         return Settings.model_validate(data)
     except ValidationError as e:
-        lines = [f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
+        lines = [
+            f"  {'.'.join(str(p) for p in err['loc'])}: "
+            + ("unknown setting (typo?)" if err["type"] == "extra_forbidden" else err["msg"])
+            for err in e.errors()
+        ]
         raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None
