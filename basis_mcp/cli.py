@@ -36,6 +36,15 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--data", type=Path, default=None, help="market data: an .npz extract or a freqtrade data dir (default: shipped extract)")
     serve.add_argument("--start", default=None, help="replay start time, e.g. 2025-06-01 (a new database only; default 2024-03-01)")
     serve.add_argument("--config", type=Path, default=os.environ.get("BASIS_MCP_CONFIG"), help="operator config (TOML)")
+    live = serve.add_argument_group("live markets (ccxt)")
+    live.add_argument("--market", choices=["replay", "live"], default="replay",
+                      help="replay: shipped history under a simulated clock (default); live: prices from the venue")
+    live.add_argument("--venue", default="binance", help="venue(s), comma separated; the first one trades (binance, bybit, okx)")
+    live.add_argument("--symbols", default=None, help="symbols to watch and trade, e.g. BTC,ETH,SOL (default: the allowlist or BTC,ETH,SOL)")
+    live.add_argument("--readonly", action="store_true", help="live data, no trading tools at all")
+    live.add_argument("--live", action="store_true", help="REAL ORDERS with real money; needs API keys")
+    live.add_argument("--key-file", type=Path, default=None, help="JSON or TOML with api_key, secret (and password for OKX)")
+    live.add_argument("--venue-url", default=os.environ.get("BASIS_MCP_VENUE_URL"), help=argparse.SUPPRESS)
 
     status = sub.add_parser("status", help="print the book from the database without starting a server")
     _add_common(status)
@@ -132,28 +141,95 @@ def _audit_export(db: Path, out: Path | None) -> int:
     return 0
 
 
+def load_credentials(venue: str, key_file: Path | None, env: dict[str, str] | None = None):
+    """API keys from a key file, else ``{VENUE}_API_KEY``/``_API_SECRET`` or ``BASIS_MCP_API_KEY``/``_SECRET``."""
+    import json
+    import tomllib
+
+    from basis_mcp.live.exchanges import Credentials
+
+    env = dict(os.environ) if env is None else env
+    if key_file is not None:
+        if not key_file.is_file():
+            raise ValueError(f"key file not found: {key_file}")
+        text = key_file.read_text()
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            data = tomllib.loads(text)
+        data = data.get(venue, data)
+        key, secret, pw = data.get("api_key") or data.get("apiKey"), data.get("secret"), data.get("password")
+    else:
+        v = venue.upper()
+        key = env.get(f"{v}_API_KEY") or env.get("BASIS_MCP_API_KEY")
+        secret = env.get(f"{v}_API_SECRET") or env.get("BASIS_MCP_API_SECRET")
+        pw = env.get(f"{v}_API_PASSWORD") or env.get("BASIS_MCP_API_PASSWORD")
+    if not key or not secret:
+        return None
+    return Credentials(str(key), str(secret), str(pw) if pw else None)
+
+
 def _serve(args: argparse.Namespace, db: Path) -> int:
+    import anyio
+
     from basis_mcp.clock import iso
     from basis_mcp.config import ConfigError, load_settings
-    from basis_mcp.desk import Desk
     from basis_mcp.errors import Rejected
     from basis_mcp.history import DataError
-    from basis_mcp.server.app import ServeOptions, build_server
+    from basis_mcp.server.app import ServeOptions, build_server, open_desk
     from basis_mcp.server.http import run_http
+    from basis_mcp.venue.base import VenueError, VenueTimeout
 
     try:
         settings = load_settings(args.config)
     except ConfigError as e:
         print(f"basis-mcp: {e}", file=sys.stderr)
         return 2
-    opts = ServeOptions(settings=settings, db_path=db, data_path=args.data, start=args.start)
-    try:  # fail fast, with a readable message, before any transport is up
-        desk = Desk.open_replay(settings, db, args.data, args.start)
-    except (Rejected, DataError) as e:
+    venues = [v.strip().lower() for v in args.venue.split(",") if v.strip()]
+    if args.market == "replay":
+        if args.live or args.readonly:
+            print("basis-mcp: --live and --readonly need --market live", file=sys.stderr)
+            return 2
+        mode = "replay"
+    else:
+        if args.live and args.readonly:
+            print("basis-mcp: --live and --readonly exclude each other", file=sys.stderr)
+            return 2
+        mode = "live" if args.live else "readonly" if args.readonly else "paper"
+    creds = None
+    if mode == "live":
+        try:
+            creds = load_credentials(venues[0], args.key_file)
+        except (ValueError, OSError) as e:
+            print(f"basis-mcp: {e}", file=sys.stderr)
+            return 2
+        if creds is None:
+            v = venues[0].upper()
+            print(f"basis-mcp: --live needs API keys: set {v}_API_KEY and {v}_API_SECRET, or pass --key-file", file=sys.stderr)
+            return 2
+    universe = [x.strip().upper() for x in args.symbols.split(",")] if args.symbols else None
+    opts = ServeOptions(settings=settings, db_path=db, data_path=args.data, start=args.start, mode=mode, venues=venues,
+                        universe=universe, venue_url=args.venue_url, credentials=creds)
+
+    async def preflight() -> str:  # fail fast, with a readable message, before any transport is up
+        desk = await open_desk(ServeOptions(**{**opts.__dict__, "live_loop": False}))
+        try:
+            v, t = desk.feed.venue.capitalize(), iso(desk.now())
+            return {
+                "replay": f"paper desk replaying {v} history at {t}",
+                "paper": f"paper desk on live {v} prices ({t})",
+                "readonly": f"read-only desk on live {v} prices ({t})",
+                "live": f"LIVE desk on {v}: real orders ({t})",
+            }[desk.mode]
+        finally:
+            await desk.aclose()
+
+    try:
+        what = anyio.run(preflight)
+    except (Rejected, DataError, VenueError, VenueTimeout, ValueError) as e:
         print(f"basis-mcp: cannot start: {e}", file=sys.stderr)
         return 2
-    print(f"basis-mcp {__version__}: replay paper desk at {iso(desk.now())}, database {db}", file=sys.stderr)
-    desk.close()
+    print(f"basis-mcp {__version__}: {what}, database {db}", file=sys.stderr)
     server = build_server(opts)
     try:
         if args.transport == "stdio":

@@ -173,6 +173,9 @@ class Settings(BaseModel):
     max_stale_seconds_live: float = Field(5.0, gt=0)
     max_hold_days: float = Field(30.0, gt=0)
     max_advance_hours: float = Field(24.0 * 92, gt=0, le=24.0 * 366)
+    live_confirmation: bool = Field(True, description="live mode: enter/exit need a confirmation token first")
+    confirmation_ttl_seconds: float = Field(60.0, ge=5, le=600)
+    poll_seconds: float = Field(2.0, ge=0.2, le=60, description="live modes: market tick / watchdog period")
 
     @model_validator(mode="before")
     @classmethod

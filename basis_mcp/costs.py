@@ -35,6 +35,11 @@ class LegCosts:
         s = self.slippage_fraction(notional_usd)
         return mid * (1.0 + s) if side == "buy" else mid * (1.0 - s)
 
+    def fill_from_touch(self, touch: float, side: Side, notional_usd: float) -> float:
+        """Fill against a real best bid/ask: the spread is already in ``touch``, add impact only."""
+        s = self.impact_bps_per_sqrt_musd * math.sqrt(max(notional_usd, 0.0) / 1e6) / 1e4
+        return touch * (1.0 + s) if side == "buy" else touch * (1.0 - s)
+
 
 @dataclass(frozen=True)
 class PairCosts:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -38,6 +39,7 @@ from basis_mcp.models import (
     BasisSnapshot,
     CapOut,
     CheckDeltaOutput,
+    ConfirmationRequest,
     DeltaReport,
     EnterTradeOutput,
     ExitTradeOutput,
@@ -98,6 +100,7 @@ class Desk(ExecutionMixin, WatchdogMixin):
         self._last_sample_ts: dict[str, int | None] = {}
         self._venue_down_since: float | None = None
         self._notes: set[str] = set()
+        self.feeds: dict[str, Any] = {feed.venue: feed}
 
     # ================================================================== construction
 
@@ -143,6 +146,69 @@ class Desk(ExecutionMixin, WatchdogMixin):
         venue = PaperVenue(db_path, feed, settings, clock, faults)
         return cls(settings, store, feed, venue, clock, "replay", faults)
 
+    @classmethod
+    async def open_live(
+        cls,
+        settings: Settings,
+        db_path: Path | str,
+        venues: list[str],
+        trading: str,
+        credentials: Any = None,
+        base_url: str | None = None,
+        universe: list[str] | None = None,
+        faults: FaultPlan | None = None,
+    ) -> Desk:
+        """Live market data from ``venues`` (the first one trades).
+
+        ``trading``: ``paper`` (simulated fills on live prices, the default for live data),
+        ``readonly`` (no trading tools) or ``live`` (real orders; needs credentials, which are
+        checked against the venue before anything else happens).
+        """
+        from basis_mcp.live.errors import register_secret
+        from basis_mcp.live.exchanges import make_exchange
+        from basis_mcp.live.feed import LiveFeed, VenueClock
+        from basis_mcp.live.venue import LiveVenue
+
+        if trading not in ("paper", "readonly", "live"):
+            raise Rejected("trading", trading, "must be paper, readonly or live")
+        if trading == "live" and credentials is None:
+            raise Rejected("credentials", "missing", "live trading needs API keys (environment or --key-file)")
+        if credentials is not None:
+            for secret in (credentials.api_key, credentials.secret, credentials.password):
+                register_secret(secret)
+        primary = venues[0]
+        mode_tag = f"{trading}:{primary}"
+        store = Store(db_path)
+        stored = store.get_meta("mode")
+        if stored is not None and stored != mode_tag:
+            raise Rejected("db", str(db_path), f"this database belongs to a '{stored}' desk, not '{mode_tag}'; use another --db")
+        clock = VenueClock()
+        universe = [u.upper() for u in (universe or settings.symbol_allowlist or ["BTC", "ETH", "SOL"])]
+        feeds: dict[str, LiveFeed] = {}
+        try:
+            for v in venues:
+                ex = make_exchange(v, credentials if (v == primary and trading == "live") else None, base_url)
+                feeds[v] = LiveFeed(v, ex, clock, universe)
+                await feeds[v].start()
+            feed = feeds[primary]
+            if trading == "live":
+                venue: Any = LiveVenue(primary, feed.ex, feed, settings, clock)
+                await venue.verify_credentials()
+            else:
+                venue = PaperVenue(db_path, feed, settings, clock, faults or FaultPlan.from_env())
+        except BaseException:
+            for f in feeds.values():
+                await f.close()
+            store.close()
+            raise
+        with store.tx():
+            store.set_meta("mode", mode_tag)
+            if store.get_meta("capital_usd") is None:
+                store.set_meta("capital_usd", repr(settings.capital_usd))
+        desk = cls(settings, store, feed, venue, clock, trading, faults)  # type: ignore[arg-type]
+        desk.feeds = feeds
+        return desk
+
     async def start(self) -> None:
         """Before any tool is served: warm the z-score history, then reconcile with the venue.
 
@@ -152,6 +218,9 @@ class Desk(ExecutionMixin, WatchdogMixin):
         the reason in the alert and the audit log (fail closed).
         """
         self._warm_history()
+        if not self.clock.simulated:
+            await self._warm_history_live()
+            await self.feed.preload_funding_history(self.feed.symbols)
         for sym in self.feed.symbols:
             self._load_tracker(sym)
         async with self.lock:
@@ -169,6 +238,62 @@ class Desk(ExecutionMixin, WatchdogMixin):
         self._flush_samples()
         self.venue.close()
         self.store.close()
+
+    async def aclose(self) -> None:
+        for f in self.feeds.values():
+            if hasattr(f, "close"):
+                await f.close()
+        self.close()
+
+    # ================================================================== live ticks
+
+    @property
+    def live(self) -> bool:
+        return not self.clock.simulated
+
+    async def ensure_fresh(self, max_age_s: float = 1.0) -> None:
+        """Live: refresh the feeds if the last refresh is older than ``max_age_s``."""
+        if not self.live:
+            return
+        for f in self.feeds.values():
+            if f.last_refresh is None or self.now() - f.last_refresh > max_age_s:
+                try:
+                    await f.refresh()
+                except (VenueError, VenueTimeout) as e:
+                    self._venue_down(str(e))
+                    if f is self.feed:
+                        return
+        self._venue_up()
+
+    async def live_tick(self) -> list[dict[str, Any]]:
+        """One live market tick: refresh, settle (paper), copy venue events, sample, watchdog."""
+        async with self.lock:
+            try:
+                await self.feed.refresh()
+            except (VenueError, VenueTimeout) as e:
+                self._venue_down(str(e))
+                return await self.watchdog_tick() if self._has_book() else []
+            now = self.now()
+            report = self.venue.on_tick(now)
+            await self._sync_venue_events()
+            for sym in self.feed.symbols:
+                try:
+                    self._queue_sample(self.feed.snapshot(sym))
+                except MarketDataUnavailable:
+                    continue
+            self._flush_samples()
+            if self._has_book() or report.funding or report.liquidations:
+                return await self.watchdog_tick()
+            return []
+
+    async def run_live_loop(self, poll_seconds: float) -> None:
+        """The watchdog's heartbeat in live modes: ticks whether or not the agent calls tools."""
+        while True:
+            try:
+                await self.live_tick()
+            except Exception as e:  # noqa: BLE001 - the loop must survive anything; the audit log says what
+                self.audit("system", "live_tick_failed", {"error": type(e).__name__}, "error", str(e)[:500])
+            await anyio.sleep(poll_seconds)
 
     # ================================================================== helpers
 
@@ -209,6 +334,9 @@ class Desk(ExecutionMixin, WatchdogMixin):
             for r in rows
         ]
 
+    def _known_symbols(self) -> list[str]:
+        return sorted(set(self.feed.symbols) | set(getattr(self.feed, "listed", [])))
+
     def resolve(self, raw: str, field: str = "symbol") -> str:
         s = raw.strip().upper().split(":")[0].replace("-", "/").replace("_", "/")
         if "/" in s:
@@ -219,8 +347,9 @@ class Desk(ExecutionMixin, WatchdogMixin):
             base = s[:-4]
         else:
             base = s
-        if base not in self.feed.symbols:
-            raise Rejected(field, raw, f"unknown symbol; this desk trades {', '.join(self.feed.symbols)}")
+        if base not in self._known_symbols():
+            listed = self.feed.symbols
+            raise Rejected(field, raw, f"unknown symbol on {self.feed.venue}; this desk trades {', '.join(listed)}")
         return base
 
     def snapshot(self, symbol: str, field: str = "symbol") -> Snapshot:
@@ -372,6 +501,24 @@ class Desk(ExecutionMixin, WatchdogMixin):
                     "INSERT OR IGNORE INTO basis_samples(symbol, ts, spot, perp, basis_pct) VALUES (?,?,?,?,?)", rows
                 )
 
+    async def _warm_history_live(self) -> None:
+        """Live: backfill one window of hourly samples from the venue's klines (best effort)."""
+        w = min(self.settings.zscore_window, 1000)
+        for sym in self.feed.symbols:
+            have = self.store.one("SELECT COUNT(*) AS n FROM basis_samples WHERE symbol = ?", (sym,))["n"]
+            if have >= w:
+                continue
+            try:
+                rows = await self.feed.basis_history(sym, w)
+            except (VenueError, VenueTimeout) as e:
+                self.audit("system", "zscore_warmup_skipped", {"symbol": sym}, "warning", str(e))
+                continue
+            with self.store.tx():
+                self.store.conn.executemany(
+                    "INSERT OR IGNORE INTO basis_samples(symbol, ts, spot, perp, basis_pct) VALUES (?,?,?,?,?)",
+                    [(sym, t, sp, pp, (pp - sp) / sp * 100.0) for t, sp, pp in rows],
+                )
+
     def _load_tracker(self, symbol: str) -> None:
         tr = RollingZScore(self.settings.zscore_window)
         rows = self.store.q(
@@ -411,21 +558,32 @@ class Desk(ExecutionMixin, WatchdogMixin):
 
     # ================================================================== read-only tools
 
-    def scan(self, symbols: list[str] | None) -> ScanBasisOutput:
+    async def scan(self, symbols: list[str] | None, venues: list[str] | None = None) -> ScanBasisOutput:
         syms = self.feed.symbols if not symbols else list(dict.fromkeys(self.resolve(s, "symbols") for s in symbols))
+        feeds = list(self.feeds.values())
+        if venues:
+            unknown = [v for v in venues if v.lower() not in self.feeds]
+            if unknown:
+                raise Rejected("venues", unknown[0], f"not a venue this server watches ({', '.join(self.feeds)})")
+            feeds = [self.feeds[v.lower()] for v in venues]
+        await self.ensure_fresh()
         snaps: list[BasisSnapshot] = []
         unavailable: list[Unavailable] = []
-        for sym in syms:
-            try:
-                snap = self.feed.snapshot(sym)
-            except MarketDataUnavailable as e:
-                unavailable.append(Unavailable(symbol=sym, reason=str(e)))
-                continue
-            self._queue_sample(snap)
-            snaps.append(self._snapshot_out(snap))
+        for feed in feeds:
+            for sym in syms:
+                try:
+                    snap = feed.snapshot(sym)
+                except MarketDataUnavailable as e:
+                    unavailable.append(Unavailable(symbol=sym, reason=str(e)))
+                    continue
+                if feed is self.feed:
+                    self._queue_sample(snap)
+                snaps.append(self._snapshot_out(snap))
         self._flush_samples()
-        for s in snaps:  # z after the flush so this snapshot's own sample counts
-            tr = self.z[s.symbol]
+        for s in snaps:  # z after the flush so this snapshot's own sample counts; z is kept for the trading venue
+            tr = self.z.get(s.symbol)
+            if tr is None or s.venue != self.feed.venue:
+                continue
             s.zscore = _r(tr.zscore(s.basis_pct), 6)
             s.zscore_samples = tr.n
         snaps.sort(key=lambda s: s.basis_pct, reverse=True)
@@ -501,7 +659,7 @@ class Desk(ExecutionMixin, WatchdogMixin):
             return mean, "mean_settled_30d"
         return snap.funding_rate, snap.funding_rate_source
 
-    def estimate_net_apy(
+    async def estimate_net_apy(
         self,
         symbol: str,
         notional_usd: float,
@@ -513,6 +671,7 @@ class Desk(ExecutionMixin, WatchdogMixin):
     ) -> NetApyEstimate:
         sym = self.resolve(symbol)
         lev = self._check_leverage(leverage)
+        await self.ensure_fresh()
         snap = self.snapshot(sym)
         entry_basis = snap.basis_pct if basis_pct is None else basis_pct
         spot = snap.spot
@@ -520,6 +679,17 @@ class Desk(ExecutionMixin, WatchdogMixin):
         rate, source = self._funding_assumption(sym, snap, funding_rate_8h_pct)
         q = notional_usd / spot
         costs = self.settings.spec(sym).costs
+        fees, slip = costs.round_trip_usd(q, spot, perp)
+        slip_source = "model (half-spread + sqrt impact)"
+        if self.live:
+            try:
+                sb = await self.feed.book_slippage(sym, "spot", q * spot)
+                pb = await self.feed.book_slippage(sym, "perp", q * perp)
+                if sb and pb:
+                    slip = q * spot * (sb[0] + sb[1]) + q * perp * (pb[0] + pb[1])
+                    slip_source = f"{self.feed.venue} order books now (both legs, in and out)"
+            except (VenueError, VenueTimeout):
+                pass
         est = estimate_net_return(
             notional_usd=notional_usd,
             spot_price=spot,
@@ -530,7 +700,7 @@ class Desk(ExecutionMixin, WatchdogMixin):
             funding_interval_hours=snap.funding_interval_hours,
             seconds_to_next_funding=snap.seconds_to_funding,
             leverage=lev,
-            entry_exit_cost_usd=costs.round_trip_usd(q, spot, perp),
+            entry_exit_cost_usd=(fees, slip),
         )
         return NetApyEstimate(
             symbol=sym,
@@ -553,6 +723,7 @@ class Desk(ExecutionMixin, WatchdogMixin):
             apy_pct=_r(est.apy_pct, 6) or 0.0,
             apy_on_notional_pct=_r(est.apy_on_notional_pct, 6) or 0.0,
             break_even_hold_days=_r(est.break_even_hold_days, 4),
+            slippage_source=slip_source,
             formula=(
                 "net = q*(basis_entry - basis_exit) [once] + q*perp*rate*settlements_in_hold "
                 f"- fees (spot {costs.spot.taker_fee * 100:g}% + perp {costs.perp.taker_fee * 100:g}%, in and out) "
@@ -871,6 +1042,41 @@ class Desk(ExecutionMixin, WatchdogMixin):
             limits=limits,
         )
 
+    # ================================================================== live confirmations
+
+    @property
+    def confirmations_required(self) -> bool:
+        return self.mode == "live" and self.settings.live_confirmation
+
+    def _issue_confirmation(self, tool: str, args: dict[str, Any], summary: str, orders: list[dict[str, Any]]) -> ConfirmationRequest:
+        token = secrets.token_urlsafe(24)
+        now = self.now()
+        ttl = self.settings.confirmation_ttl_seconds
+        with self.store.tx():
+            self.store.x(
+                "INSERT INTO confirmations(token_hash, tool, args_hash, created_at, expires_at) VALUES (?,?,?,?,?)",
+                (hashlib.sha256(token.encode()).hexdigest(), tool, self._args_hash(tool, args), now, now + ttl),
+            )
+        self.audit("desk", "confirmation_issued", {"tool": tool, **args}, "ok")
+        return ConfirmationRequest(token=token, expires_at=iso(now + ttl) or "", expires_in_seconds=ttl, summary=summary, orders=orders)
+
+    def _consume_confirmation(self, token: str, tool: str, args: dict[str, Any]) -> None:
+        """Check a token against these exact arguments and spend it (inside the caller's transaction)."""
+        h = hashlib.sha256(token.encode()).hexdigest()
+        row = self.store.one("SELECT * FROM confirmations WHERE token_hash = ?", (h,))
+        shown = token[:6] + "…"
+        if row is None:
+            raise Rejected("confirmation_token", shown, "unknown token: call without a token first to get one; nothing was sent")
+        if row["used_at"] is not None:
+            raise Rejected("confirmation_token", shown, f"already used at {iso(row['used_at'])}: tokens are single use; nothing was sent")
+        if self.now() > row["expires_at"]:
+            raise Rejected("confirmation_token", shown, f"expired at {iso(row['expires_at'])}; ask for a new one; nothing was sent")
+        if row["tool"] != tool or row["args_hash"] != self._args_hash(tool, args):
+            raise Rejected("confirmation_token", shown, "issued for different arguments: repeat the exact call it was issued for; nothing was sent")
+        cur = self.store.x("UPDATE confirmations SET used_at = ? WHERE token_hash = ? AND used_at IS NULL", (self.now(), h))
+        if cur.rowcount != 1:
+            raise Rejected("confirmation_token", shown, "already used: tokens are single use; nothing was sent")
+
     # ================================================================== idempotency
 
     @staticmethod
@@ -968,8 +1174,11 @@ class Desk(ExecutionMixin, WatchdogMixin):
         return r, snap, qty
 
     async def enter(
-        self, symbol: str, notional_usd: float, leverage: float | None, key: str, strategy: str, expected_hold_days: float = 7.0
+        self, symbol: str, notional_usd: float, leverage: float | None, key: str, strategy: str, expected_hold_days: float = 7.0,
+        confirmation_token: str | None = None,
     ) -> EnterTradeOutput:
+        if self.mode == "readonly":
+            raise Rejected("mode", "readonly", "this server was started read-only: no trading")
         sym = self.resolve(symbol)
         args = {"symbol": sym, "notional_usd": notional_usd, "leverage": leverage, "strategy": strategy,
                 "expected_hold_days": expected_hold_days}
@@ -980,14 +1189,29 @@ class Desk(ExecutionMixin, WatchdogMixin):
             lev = self.settings.default_leverage if leverage is None else float(leverage)
             if expected_hold_days > self.settings.max_hold_days:
                 raise Rejected("expected_hold_days", expected_hold_days, f"above the max hold of {self.settings.max_hold_days:g} days")
+            if self.mode == "live" and lev != int(lev):
+                raise Rejected("leverage", leverage, f"{self.feed.venue} takes whole-number leverage")
+            await self.ensure_fresh()
             readings, snap, qty = await self.entry_readings(sym, notional_usd, lev, expected_hold_days)
             violations = pre_trade_violations(readings)
             if violations:
                 self.audit("guardrail", "entry_rejected", {"symbol": sym, "notional_usd": notional_usd, "leverage": lev,
                            "violations": [str(v) for v in violations]}, "rejected")
                 raise Rejected(violations=violations)
+            signed = {**args, "idempotency_key": key}
+            if self.confirmations_required and confirmation_token is None:
+                orders = [
+                    {"market": "spot", "symbol": self.feed.spot_symbol(sym), "side": "buy", "type": "market", "quantity": qty},
+                    {"market": "perp", "symbol": self.feed.perp_symbol(sym), "side": "sell", "type": "market", "quantity": qty,
+                     "leverage": lev, "margin": "isolated"},
+                ]
+                summary = (f"LIVE on {self.feed.venue}: buy {qty:g} {sym} spot and sell {qty:g} {sym} perp at {lev:g}x "
+                           f"(≈ ${readings.rounded_notional_usd:,.2f} per leg, ≈ ${readings.capital_required_usd:,.2f} of capital)")
+                return EnterTradeOutput(confirmation=self._issue_confirmation("enter_trade", signed, summary, orders))
             now = self.now()
             with self.store.tx():
+                if self.confirmations_required:
+                    self._consume_confirmation(confirmation_token or "", "enter_trade", signed)
                 cur = self.store.x(
                     "INSERT INTO positions(symbol, strategy, venue, status, quantity, leverage, notional_usd, opened_at, entry_key,"
                     " reserved_usd, args_json) VALUES (?,?,?,'opening',?,?,?,?,?,?,?)",
@@ -1001,7 +1225,9 @@ class Desk(ExecutionMixin, WatchdogMixin):
                                                 "basis_pct": round(snap.basis_pct, 6)}, "ok")
             return await self._execute_entry(pid, key, sym, args, lev)
 
-    async def exit(self, position_id: int, key: str, reason: str = "agent") -> ExitTradeOutput:
+    async def exit(self, position_id: int, key: str, reason: str = "agent", confirmation_token: str | None = None) -> ExitTradeOutput:
+        if self.mode == "readonly":
+            raise Rejected("mode", "readonly", "this server was started read-only: no trading")
         args = {"position_id": position_id}
         async with self.lock:
             prior = self._idempotent(key, "exit_trade", args)
@@ -1013,9 +1239,21 @@ class Desk(ExecutionMixin, WatchdogMixin):
             if row["status"] != "open":
                 raise Rejected("position_id", position_id, f"position is {row['status']}; only open positions can be exited")
             sym = row["symbol"]
+            await self.ensure_fresh()
             self.snapshot(sym)  # market must be available
             spot_q, perp_q = leg_quantities(self._fills(position_id))
+            signed = {**args, "idempotency_key": key}
+            if self.confirmations_required and confirmation_token is None:
+                orders = [
+                    {"market": "perp", "symbol": self.feed.perp_symbol(sym), "side": "buy", "type": "market", "quantity": -perp_q,
+                     "reduce_only": True},
+                    {"market": "spot", "symbol": self.feed.spot_symbol(sym), "side": "sell", "type": "market", "quantity": spot_q},
+                ]
+                summary = f"LIVE on {self.feed.venue}: buy back {-perp_q:g} {sym} perp (reduce-only) and sell {spot_q:g} {sym} spot"
+                return ExitTradeOutput(confirmation=self._issue_confirmation("exit_trade", signed, summary, orders))
             with self.store.tx():
+                if self.confirmations_required:
+                    self._consume_confirmation(confirmation_token or "", "exit_trade", signed)
                 self.store.x("UPDATE positions SET status = 'closing', exit_key = ?, close_reason = ? WHERE id = ?",
                              (key, reason, position_id))
                 if perp_q < 0:

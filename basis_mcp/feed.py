@@ -39,6 +39,10 @@ class Snapshot:
     next_funding_time: float
     mark_is_proxy: bool = False
     prev_perp: float | None = None
+    spot_bid: float | None = None  # live feeds: the touch, used for paper fills
+    spot_ask: float | None = None
+    perp_bid: float | None = None
+    perp_ask: float | None = None
 
     @property
     def basis_usd(self) -> float:
@@ -67,12 +71,21 @@ class Settlement:
 
 
 class MarketFeed(Protocol):
+    """What the desk and the paper venue read: `ReplayFeed` or `live.feed.LiveFeed`."""
+
     venue: str
+    frozen_at: float | None
 
     @property
     def symbols(self) -> list[str]: ...
 
-    def snapshot(self, symbol: str) -> Snapshot: ...
+    def snapshot(self, symbol: str, at: float | None = None) -> Snapshot: ...
+
+    def settlements_between(self, t_from: float, t_to: float) -> list[Settlement]: ...
+
+    def mean_funding_rate(self, symbol: str, since: float, until: float) -> float | None: ...
+
+    def healthy(self) -> bool: ...
 
 
 class ReplayFeed:
@@ -174,6 +187,9 @@ class ReplayFeed:
                 out.append(Settlement(sym, t, float(h.funding_rate[k]), float(h.mark[i])))
         out.sort(key=lambda s: (s.time, s.symbol))
         return out
+
+    def healthy(self) -> bool:
+        return True
 
     def mean_funding_rate(self, symbol: str, since: float, until: float) -> float | None:
         """Mean settled rate over (since, until], fraction per interval."""

@@ -33,6 +33,16 @@ IdempotencyKey = Annotated[
 ]
 
 
+ConfirmationToken = Annotated[
+    str | None,
+    StringConstraints(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$"),
+    Field(
+        description="LIVE mode only: the token from the first call's `confirmation`. Repeat the exact same call with it "
+        "within the expiry to send the orders. Single use. Ignored in paper and replay modes."
+    ),
+]
+
+
 class InputModel(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
@@ -40,6 +50,9 @@ class InputModel(BaseModel):
 class ScanBasisInput(InputModel):
     symbols: list[Symbol] | None = Field(
         None, max_length=50, description="Symbols to scan; omit or null for every symbol the desk trades."
+    )
+    venues: list[Annotated[str, StringConstraints(min_length=1, max_length=20)]] | None = Field(
+        None, max_length=5, description="Live data: venues to include (default: all the server was started with)."
     )
 
 
@@ -85,11 +98,13 @@ class EnterTradeInput(InputModel):
     expected_hold_days: FiniteFloat = Field(
         7.0, ge=1 / 24, le=30, description="Your planned hold in days; the entry is refused unless the expected net return over it is > 0."
     )
+    confirmation_token: ConfirmationToken = None
 
 
 class ExitTradeInput(InputModel):
     position_id: int = Field(ge=1, le=2**53, description="Id of an OPEN position (from enter_trade or portfolio_status).")
     idempotency_key: IdempotencyKey
+    confirmation_token: ConfirmationToken = None
 
 
 class CheckDeltaInput(InputModel):
@@ -210,6 +225,7 @@ class NetApyEstimate(ToolOutput):
     apy_pct: float = Field(description="net_return_pct / hold_days × 365 (simple). Basis is NOT compounded per settlement.")
     apy_on_notional_pct: float
     break_even_hold_days: float | None = Field(description="Hold needed for funding to cover costs not covered by basis; null = never.")
+    slippage_source: str = Field(description="Where slippage_usd comes from: the cost model, or the live order books.")
     formula: str
 
 
@@ -276,17 +292,29 @@ class PositionOut(BaseModel):
     fills: list[FillOut]
 
 
+class ConfirmationRequest(BaseModel):
+    token: str = Field(description="Send the SAME call again with confirmation_token set to this to place the orders.")
+    expires_at: str
+    expires_in_seconds: float
+    summary: str = Field(description="What will be sent, in words.")
+    orders: list[dict[str, Any]] = Field(description="The orders that will go to the venue.")
+
+
 class EnterTradeOutput(ToolOutput):
-    position: PositionOut
-    replayed: bool = Field(description="True if this is the stored result of an earlier call with the same idempotency_key.")
-    liquidation_price: float | None
-    margin_ratio_pct: float | None = Field(description="Margin balance / maintenance margin × 100; the watchdog acts below 150 %.")
+    position: PositionOut | None = Field(None, description="The position; null while a live confirmation is pending.")
+    replayed: bool = Field(False, description="True if this is the stored result of an earlier call with the same idempotency_key.")
+    liquidation_price: float | None = None
+    margin_ratio_pct: float | None = Field(None, description="Margin balance / maintenance margin × 100; the watchdog acts below 150 %.")
+    confirmation: ConfirmationRequest | None = Field(
+        None, description="LIVE mode: nothing was sent yet; repeat the call with this token to trade."
+    )
 
 
 class ExitTradeOutput(ToolOutput):
-    position: PositionOut
-    realized: PnLBreakdown
-    replayed: bool
+    position: PositionOut | None = None
+    realized: PnLBreakdown | None = None
+    replayed: bool = False
+    confirmation: ConfirmationRequest | None = None
 
 
 class DeltaReport(BaseModel):

@@ -119,6 +119,15 @@ CREATE TABLE IF NOT EXISTS idempotency (
     created_at  REAL NOT NULL
 );
 
+CREATE TABLE IF NOT EXISTS confirmations (
+    token_hash TEXT PRIMARY KEY,
+    tool       TEXT NOT NULL,
+    args_hash  TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    used_at    REAL
+);
+
 CREATE TABLE IF NOT EXISTS alerts (
     id         INTEGER PRIMARY KEY,
     ts         REAL NOT NULL,

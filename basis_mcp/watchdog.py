@@ -67,6 +67,8 @@ class WatchdogMixin:
         actions: list[dict[str, Any]] = []
         try:
             await self.venue.fetch_balances()
+            if not self.feed.healthy():
+                raise VenueUnavailable(f"{self.feed.venue} market data has not refreshed for over a minute")
             self._venue_up()
         except (VenueUnavailable, VenueTimeout) as e:
             self._venue_down(str(e))
@@ -242,10 +244,12 @@ class WatchdogMixin:
                 desk_spot[r["symbol"]] += q
             else:
                 desk_perp[r["symbol"]] += q
-        for sym in set(desk_spot) | {a for a in balances if a != "USDT"}:
+        exact = self.mode != "live"  # a live account may hold other spot coins; the desk's must be there
+        for sym in set(desk_spot) | ({a for a in balances if a != "USDT"} if exact else set()):
             venue_q = balances.get(sym, 0.0)
-            if abs(venue_q - desk_spot.get(sym, 0.0)) > 1e-8:
-                out.append(f"{sym} spot: venue holds {venue_q:g}, desk ledger says {desk_spot.get(sym, 0.0):g}")
+            want = desk_spot.get(sym, 0.0)
+            if (exact and abs(venue_q - want) > 1e-8) or (not exact and venue_q + 1e-8 < want):
+                out.append(f"{sym} spot: venue holds {venue_q:g}, desk ledger says {want:g}")
         for sym in set(desk_perp) | set(perps):
             venue_q = perps[sym].quantity if sym in perps else 0.0
             if abs(venue_q - desk_perp.get(sym, 0.0)) > 1e-8:
@@ -255,7 +259,7 @@ class WatchdogMixin:
     async def _check_ledger(self: Desk) -> None:
         """Fail closed when the desk's records and the venue disagree (paper venue: exact)."""
         problems = self.ledger_discrepancies(*(await self._venue_holdings()))
-        cash_gap = await self.cash_discrepancy_usd()
+        cash_gap = 0.0 if self.mode == "live" else await self.cash_discrepancy_usd()  # live fees may be paid in BNB
         if abs(cash_gap) > LEDGER_TOLERANCE_USD:
             problems.append(f"cash: venue USDT + margin differs from the ledger by ${cash_gap:,.4f}")
         if problems and self.trading_state()[0] == "ACTIVE":

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, TextContent
@@ -40,12 +41,34 @@ SECRET_HINTS = ("secret", "password", "api_key", "apikey", "private_key", "passp
 
 @dataclass
 class ServeOptions:
+    """How the server runs. ``mode``: replay (paper on shipped history, the default), paper (paper
+    fills on live prices), readonly (live prices, no trading tools) or live (real orders)."""
+
     settings: Settings = field(default_factory=Settings)
     db_path: Path = Path("basis-mcp.db")
     data_path: Path | None = None
     start: str | None = None
     mode: str = "replay"
+    venues: list[str] = field(default_factory=lambda: ["binance"])
+    universe: list[str] | None = None
+    venue_url: str | None = None  # dev/test: point ccxt at a local simulator
+    credentials: Any = None  # live.exchanges.Credentials; never logged
     faults: FaultPlan | None = None  # tests: a fault plan they can flip while the server runs
+    live_loop: bool = True  # live modes: the background market tick / watchdog
+
+
+async def open_desk(options: ServeOptions) -> Desk:
+    if options.mode == "replay":
+        desk = Desk.open_replay(options.settings, options.db_path, options.data_path, options.start, options.faults)
+    else:
+        desk = await Desk.open_live(options.settings, options.db_path, options.venues, options.mode, options.credentials,
+                                    options.venue_url, options.universe, options.faults)
+    try:
+        await desk.start()
+    except BaseException:
+        await desk.aclose()
+        raise
+    return desk
 
 
 @dataclass
@@ -130,12 +153,19 @@ class AuditMiddleware:
 def build_server(options: ServeOptions) -> MCPServer:
     @asynccontextmanager
     async def lifespan(app: MCPServer) -> AsyncIterator[AppState]:
-        desk = Desk.open_replay(options.settings, options.db_path, options.data_path, options.start, options.faults)
-        await desk.start()
+        desk = await open_desk(options)
         try:
-            yield AppState(desk=desk, options=options)
+            if options.mode != "replay" and options.live_loop:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(desk.run_live_loop, options.settings.poll_seconds)
+                    try:
+                        yield AppState(desk=desk, options=options)
+                    finally:
+                        tg.cancel_scope.cancel()
+            else:
+                yield AppState(desk=desk, options=options)
         finally:
-            desk.close()
+            await desk.aclose()
 
     server: MCPServer = MCPServer(
         "basis-mcp",

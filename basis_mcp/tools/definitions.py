@@ -13,7 +13,7 @@ UNITS = (
 
 
 async def _scan(desk, inp: m.ScanBasisInput, ctx: Context) -> m.ScanBasisOutput:
-    return desk.scan(inp.symbols)
+    return await desk.scan(inp.symbols, inp.venues)
 
 
 async def _zscore(desk, inp: m.ComputeZScoreInput, ctx: Context) -> m.ZScoreOutput:
@@ -21,7 +21,7 @@ async def _zscore(desk, inp: m.ComputeZScoreInput, ctx: Context) -> m.ZScoreOutp
 
 
 async def _apy(desk, inp: m.EstimateNetApyInput, ctx: Context) -> m.NetApyEstimate:
-    return desk.estimate_net_apy(
+    return await desk.estimate_net_apy(
         inp.symbol, inp.notional_usd, inp.hold_days, inp.leverage, inp.funding_rate_8h_pct, inp.exit_basis_pct, inp.basis_pct
     )
 
@@ -31,11 +31,12 @@ async def _size(desk, inp: m.SizePositionInput, ctx: Context) -> m.SizePositionO
 
 
 async def _enter(desk, inp: m.EnterTradeInput, ctx: Context) -> m.EnterTradeOutput:
-    return await desk.enter(inp.symbol, inp.notional_usd, inp.leverage, inp.idempotency_key, inp.strategy, inp.expected_hold_days)
+    return await desk.enter(inp.symbol, inp.notional_usd, inp.leverage, inp.idempotency_key, inp.strategy,
+                            inp.expected_hold_days, inp.confirmation_token)
 
 
 async def _exit(desk, inp: m.ExitTradeInput, ctx: Context) -> m.ExitTradeOutput:
-    return await desk.exit(inp.position_id, inp.idempotency_key)
+    return await desk.exit(inp.position_id, inp.idempotency_key, confirmation_token=inp.confirmation_token)
 
 
 async def _delta(desk, inp: m.CheckDeltaInput, ctx: Context) -> m.CheckDeltaOutput:
@@ -151,7 +152,9 @@ TOOLS: list[ToolSpec] = [
             "idempotency_key is required: a retry with the same key returns the first result instead of trading "
             "again. Rejected with every violated rule listed when a limit, the data freshness or free capital "
             "does not allow it. One open position per symbol. Returns the position with its fills, fees, entry "
-            "basis, liquidation price and margin ratio." + UNITS
+            "basis, liquidation price and margin ratio. LIVE mode: the first call sends nothing and returns "
+            "`confirmation` (what would be sent, and a single-use token valid for about a minute); repeat the exact "
+            "same call with confirmation_token to send the orders." + UNITS
         ),
         input_model=m.EnterTradeInput,
         output_model=m.EnterTradeOutput,
@@ -159,6 +162,7 @@ TOOLS: list[ToolSpec] = [
         read_only=False,
         destructive=True,
         idempotent=True,
+        modes=("replay", "paper", "live"),
     ),
     ToolSpec(
         name="exit_trade",
@@ -168,7 +172,8 @@ TOOLS: list[ToolSpec] = [
             "position) and sells the spot. Returns realised P&L itemised: basis_pnl_usd (price P&L at mids = "
             "quantity × (entry basis − exit basis)), funding_usd received, fees_usd and slippage_usd paid, and "
             "total_usd = basis + funding − fees − slippage, which equals the recorded fills, fees and funding "
-            "payments exactly. idempotency_key is required; a retry returns the first result." + UNITS
+            "payments exactly. idempotency_key is required; a retry returns the first result. LIVE mode: like "
+            "enter_trade, the first call returns a confirmation token and sends nothing." + UNITS
         ),
         input_model=m.ExitTradeInput,
         output_model=m.ExitTradeOutput,
@@ -176,6 +181,7 @@ TOOLS: list[ToolSpec] = [
         read_only=False,
         destructive=True,
         idempotent=True,
+        modes=("replay", "paper", "live"),
     ),
     ToolSpec(
         name="check_delta",
@@ -257,6 +263,7 @@ TOOLS: list[ToolSpec] = [
         read_only=False,
         destructive=False,
         idempotent=True,
+        modes=("replay", "paper", "live"),
     ),
     ToolSpec(
         name="advance_time",

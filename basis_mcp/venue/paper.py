@@ -22,7 +22,7 @@ from basis_mcp import margin as mm
 from basis_mcp.clock import Clock
 from basis_mcp.config import Settings
 from basis_mcp.costs import Market
-from basis_mcp.feed import MarketDataUnavailable, ReplayFeed
+from basis_mcp.feed import MarketDataUnavailable, MarketFeed
 from basis_mcp.store import Database
 from basis_mcp.venue.base import (
     FundingEvent,
@@ -91,7 +91,7 @@ QTY_EPS = 1e-12
 
 
 class PaperVenue:
-    def __init__(self, path: Path | str, feed: ReplayFeed, settings: Settings, clock: Clock, faults: FaultPlan | None = None):
+    def __init__(self, path: Path | str, feed: MarketFeed, settings: Settings, clock: Clock, faults: FaultPlan | None = None):
         self.name = f"paper:{feed.venue}"
         self.db = Database(path, PAPER_SCHEMA)
         self.faults = faults or FaultPlan()
@@ -241,7 +241,12 @@ class PaperVenue:
         leg = spec.costs.leg(req.market)
         mid = snap.spot if req.market == "spot" else snap.perp
         qty = req.quantity * fill_fraction
-        price = leg.fill_price(mid, req.side, qty * mid)
+        bid, ask = (snap.spot_bid, snap.spot_ask) if req.market == "spot" else (snap.perp_bid, snap.perp_ask)
+        if bid and ask:  # live prices: take the real touch
+            mid = (bid + ask) / 2.0
+            price = leg.fill_from_touch(ask if req.side == "buy" else bid, req.side, qty * mid)
+        else:
+            price = leg.fill_price(mid, req.side, qty * mid)
         fee = qty * price * leg.taker_fee
         now = self.clock.now()
         with self.db.tx():

@@ -1,0 +1,369 @@
+"""Live market feed over ccxt: the market as the venue shows it now.
+
+One refresh of a venue costs one or two requests, whatever the number of symbols:
+- Binance: ``fetch_funding_rates`` (``/fapi/v1/premiumIndex``: mark, predicted rate and next
+  settlement for every contract) + spot ``fetch_bids_asks`` (``/api/v3/ticker/bookTicker``);
+  funding intervals (``/fapi/v1/fundingInfo``) are cached and refreshed hourly;
+- Bybit: linear ``fetch_tickers`` (``/v5/market/tickers``: last, bid/ask, mark, rate, next
+  settlement) + spot ``fetch_bids_asks``; the interval comes from the instrument info;
+- OKX: ``fetch_funding_rates`` (``instId=ANY``) + swap and spot ``fetch_tickers`` (three).
+
+The clock follows the venue: every payload timestamp re-syncs a `VenueClock`, so the desk's
+"now", data ages and settlement times are in the venue's time (a local simulator can move it).
+Settlements are recorded as they are observed: the rate the venue predicted for a settlement
+time, last seen before that time, is the rate that settles.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import ccxt.async_support as ccxt_async
+
+from basis_mcp.feed import MarketDataUnavailable, Settlement, Snapshot
+from basis_mcp.live.errors import venue_error
+from basis_mcp.venue.base import VenueError
+
+HOUR = 3600.0
+INTERVALS_TTL_S = 3600.0
+
+
+class VenueClock:
+    """Wall clock shifted to the venue's time, re-synced from every payload timestamp."""
+
+    simulated = False
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def now(self) -> float:
+        return time.time() + self.offset
+
+    def observe(self, venue_ms: float | None) -> None:
+        if venue_ms:
+            self.offset = venue_ms / 1000.0 - time.time()
+
+
+@dataclass
+class _Quote:
+    spot_bid: float | None = None
+    spot_ask: float | None = None
+    spot_time: float = 0.0
+    perp: float | None = None
+    perp_bid: float | None = None
+    perp_ask: float | None = None
+    mark: float | None = None
+    perp_time: float = 0.0
+    rate: float | None = None
+    next_funding: float | None = None
+    interval_h: float = 8.0
+    marks: deque = field(default_factory=lambda: deque(maxlen=2000))  # (t, mark) over the last hour+
+
+
+class LiveFeed:
+    """Snapshots for one venue from its bulk endpoints. `refresh()` is the only I/O."""
+
+    def __init__(self, venue: str, exchange: Any, clock: VenueClock, universe: list[str], quote: str = "USDT"):
+        self.venue = venue
+        self.ex = exchange
+        self.clock = clock
+        self.quote = quote
+        self.universe = [s.upper() for s in universe]
+        self.listed: list[str] = []
+        self.q: dict[str, _Quote] = {}
+        self._intervals_at = 0.0
+        self._intervals: dict[str, float] = {}
+        self.settled: dict[str, list[tuple[float, float, float]]] = {}  # symbol -> [(time, rate, mark)]
+        self.last_refresh: float | None = None
+        self.requests = 0
+        self.frozen_at: float | None = None
+
+    # ------------------------------------------------------------------ symbols
+
+    def spot_symbol(self, base: str) -> str:
+        return f"{base}/{self.quote}"
+
+    def perp_symbol(self, base: str) -> str:
+        return f"{base}/{self.quote}:{self.quote}"
+
+    @property
+    def symbols(self) -> list[str]:
+        return [s for s in self.universe if s in self.q]
+
+    async def start(self) -> None:
+        try:
+            await self.ex.load_markets()
+        except Exception as e:  # noqa: BLE001 - mapped to a venue error with no secrets in it
+            raise venue_error(e, self.venue, "load markets") from None
+        bases = set()
+        for m in self.ex.markets.values():
+            if m.get("quote") == self.quote and m.get("active", True) is not False:
+                if m.get("spot") or (m.get("swap") and m.get("linear")):
+                    bases.add((m["base"], "spot" if m.get("spot") else "perp"))
+        spot = {b for b, k in bases if k == "spot"}
+        perp = {b for b, k in bases if k == "perp"}
+        self.listed = sorted(spot & perp)
+        await self.refresh()
+
+    # ------------------------------------------------------------------ refresh (the only I/O)
+
+    async def _call(self, what: str, coro) -> Any:
+        self.requests += 1
+        try:
+            return await coro
+        except Exception as e:  # noqa: BLE001
+            raise venue_error(e, self.venue, what) from None
+
+    async def refresh(self) -> None:
+        now_local = time.time()
+        if self.venue == "binance":
+            await self._refresh_intervals()
+            rates = await self._call("funding rates", self.ex.fetch_funding_rates())
+            spot = await self._call("spot tickers", self.ex.fetch_bids_asks(params={"type": "spot"}))
+            self._take_rates(rates)
+        elif self.venue == "bybit":
+            perps = await self._call("linear tickers", self.ex.fetch_tickers(params={"type": "swap", "subType": "linear"}))
+            spot = await self._call("spot tickers", self.ex.fetch_bids_asks(params={"type": "spot"}))
+            self._take_bybit(perps)
+        elif self.venue == "okx":
+            rates = await self._call("funding rates", self.ex.fetch_funding_rates())
+            perps = await self._call("swap tickers", self.ex.fetch_tickers(params={"type": "swap"}))
+            spot = await self._call("spot tickers", self.ex.fetch_tickers(params={"type": "spot"}))
+            self._take_rates(rates)
+            self._take_perp_tickers(perps)
+        else:
+            raise VenueError(f"unsupported venue {self.venue}")
+        self._take_spot(spot, now_local)
+        self.last_refresh = self.clock.now()
+
+    async def _refresh_intervals(self) -> None:
+        if time.time() - self._intervals_at < INTERVALS_TTL_S:
+            return
+        rows = await self._call("funding intervals", self.ex.fetch_funding_intervals())
+        self._intervals = {}
+        for sym, r in rows.items():
+            iv = r.get("interval")
+            if iv and str(iv).endswith("h"):
+                self._intervals[sym] = float(str(iv)[:-1])
+        self._intervals_at = time.time()
+
+    def _base(self, unified: str) -> str | None:
+        m = self.ex.markets.get(unified)
+        if m is None or m.get("quote") != self.quote:
+            return None
+        return m["base"]
+
+    def _quote(self, base: str) -> _Quote:
+        if base not in self.q:
+            self.q[base] = _Quote()
+        return self.q[base]
+
+    def _observe_funding(self, base: str, q: _Quote, rate: float | None, next_ms: float | None, mark: float | None) -> None:
+        """Record a settlement when the venue's next funding time moves past one we were tracking."""
+        nxt = next_ms / 1000.0 if next_ms else None
+        if q.next_funding is not None and nxt is not None and nxt > q.next_funding and q.rate is not None:
+            hist = self.settled.setdefault(base, [])
+            if not hist or hist[-1][0] < q.next_funding:
+                hist.append((q.next_funding, q.rate, q.mark or mark or 0.0))
+                del hist[:-500]
+        if rate is not None:
+            q.rate = rate
+        if nxt is not None:
+            q.next_funding = nxt
+
+    def _take_rates(self, rates: dict[str, Any]) -> None:
+        latest = 0.0
+        for unified, r in rates.items():
+            base = self._base(unified)
+            if base is None or base not in self.listed:
+                continue
+            q = self._quote(base)
+            ts = r.get("timestamp") or 0
+            latest = max(latest, ts)
+            mark = r.get("markPrice")
+            self._observe_funding(base, q, r.get("fundingRate"), r.get("fundingTimestamp"), mark)
+            if mark:
+                q.mark = float(mark)
+                if self.venue == "binance":  # premiumIndex has no last price: the mark stands for the perp
+                    q.perp = q.mark
+                q.perp_time = (ts / 1000.0) if ts else self.clock.now()
+                q.marks.append((q.perp_time, q.mark))
+            iv = r.get("interval")
+            if iv and str(iv).endswith("h"):
+                q.interval_h = float(str(iv)[:-1])
+            elif self.venue == "binance":
+                q.interval_h = self._intervals.get(unified, 8.0)
+            elif self.venue == "okx" and r.get("nextFundingTimestamp") and r.get("fundingTimestamp"):
+                q.interval_h = (r["nextFundingTimestamp"] - r["fundingTimestamp"]) / 3_600_000.0
+        self.clock.observe(latest or None)
+
+    def _take_bybit(self, tickers: dict[str, Any]) -> None:
+        latest = 0.0
+        for unified, t in tickers.items():
+            base = self._base(unified)
+            if base is None or base not in self.listed or ":" not in unified:
+                continue
+            info = t.get("info") or {}
+            q = self._quote(base)
+            ts = t.get("timestamp") or 0
+            latest = max(latest, ts)
+            mark = float(info["markPrice"]) if info.get("markPrice") else None
+            rate = float(info["fundingRate"]) if info.get("fundingRate") not in (None, "") else None
+            nxt = float(info["nextFundingTime"]) if info.get("nextFundingTime") else None
+            self._observe_funding(base, q, rate, nxt, mark)
+            q.mark = mark or t.get("last")
+            q.perp = t.get("last") or q.mark
+            q.perp_bid, q.perp_ask = t.get("bid"), t.get("ask")
+            q.perp_time = ts / 1000.0 if ts else self.clock.now()
+            if q.mark:
+                q.marks.append((q.perp_time, q.mark))
+            m = self.ex.markets.get(unified) or {}
+            minutes = (m.get("info") or {}).get("fundingInterval")
+            if minutes:
+                q.interval_h = float(minutes) / 60.0
+        self.clock.observe(latest or None)
+
+    def _take_perp_tickers(self, tickers: dict[str, Any]) -> None:
+        for unified, t in tickers.items():
+            base = self._base(unified)
+            if base is None or base not in self.listed or ":" not in unified:
+                continue
+            q = self._quote(base)
+            q.perp = t.get("last") or q.perp
+            q.perp_bid, q.perp_ask = t.get("bid"), t.get("ask")
+            if t.get("timestamp"):
+                q.perp_time = t["timestamp"] / 1000.0
+            if q.mark is None:
+                q.mark = q.perp
+
+    def _take_spot(self, tickers: dict[str, Any], now_local: float) -> None:
+        fallback_t = now_local + self.clock.offset
+        for unified, t in tickers.items():
+            base = self._base(unified)
+            if base is None or base not in self.listed or ":" in unified:
+                continue
+            q = self._quote(base)
+            bid, ask = t.get("bid"), t.get("ask")
+            if not bid or not ask:
+                continue
+            q.spot_bid, q.spot_ask = float(bid), float(ask)
+            q.spot_time = t["timestamp"] / 1000.0 if t.get("timestamp") else fallback_t
+
+    # ------------------------------------------------------------------ what the desk reads
+
+    def snapshot(self, symbol: str, at: float | None = None) -> Snapshot:
+        q = self.q.get(symbol)
+        if q is None or q.spot_bid is None or q.perp is None or q.mark is None:
+            raise MarketDataUnavailable(f"{symbol}: no live quote from {self.venue} yet")
+        now = self.clock.now() if at is None else at
+        spot = (q.spot_bid + q.spot_ask) / 2.0
+        hour = [m for t, m in q.marks if t >= now - HOUR]
+        prev = [m for t, m in q.marks if t <= now - HOUR + 60]
+        next_t = q.next_funding or (math.floor(now / (q.interval_h * HOUR)) + 1) * q.interval_h * HOUR
+        settled = self.settled.get(symbol) or []
+        return Snapshot(
+            symbol=symbol,
+            venue=self.venue,
+            now=now,
+            spot=spot,
+            perp=q.perp,
+            mark=q.mark,
+            mark_high=max(hour) if hour else q.mark,
+            mark_low=min(hour) if hour else q.mark,
+            spot_time=min(q.spot_time, now),
+            perp_time=min(q.perp_time, now),
+            funding_rate=q.rate or 0.0,
+            funding_rate_source="venue_predicted",
+            last_settled_rate=settled[-1][1] if settled else None,
+            funding_interval_hours=q.interval_h,
+            next_funding_time=next_t,
+            prev_perp=prev[-1] if prev else None,
+            spot_bid=q.spot_bid,
+            spot_ask=q.spot_ask,
+            perp_bid=q.perp_bid,
+            perp_ask=q.perp_ask,
+        )
+
+    def settlements_between(self, t_from: float, t_to: float) -> list[Settlement]:
+        out = [
+            Settlement(sym, t, rate, mark)
+            for sym, hist in self.settled.items()
+            for t, rate, mark in hist
+            if t_from < t <= t_to
+        ]
+        out.sort(key=lambda s: (s.time, s.symbol))
+        return out
+
+    def mean_funding_rate(self, symbol: str, since: float, until: float) -> float | None:
+        rates = [r for t, r, _ in self.settled.get(symbol, []) if since < t <= until]
+        return sum(rates) / len(rates) if rates else None
+
+    def healthy(self, max_age_s: float = 60.0) -> bool:
+        return self.last_refresh is not None and self.clock.now() - self.last_refresh <= max_age_s
+
+    # ------------------------------------------------------------------ on demand
+
+    async def preload_funding_history(self, symbols: list[str], days: int = 30) -> None:
+        """Past settlements (one request per symbol, at start) for the 30-day funding mean."""
+        since = int((self.clock.now() - days * 86400) * 1000)
+        for sym in symbols:
+            try:
+                rows = await self._call("funding history", self.ex.fetch_funding_rate_history(self.perp_symbol(sym), since))
+            except VenueError:
+                continue
+            hist = self.settled.setdefault(sym, [])
+            known = {t for t, _, _ in hist}
+            for r in rows:
+                t = r["timestamp"] / 1000.0
+                if t not in known:
+                    hist.append((t, float(r["fundingRate"]), float(r.get("info", {}).get("markPrice") or 0.0)))
+            hist.sort()
+
+    async def basis_history(self, symbol: str, hours: int) -> list[tuple[int, float, float]]:
+        """Hourly (time, spot close, perp close) for z-score warm-up: two kline requests."""
+        since = int((self.clock.now() - hours * HOUR) * 1000)
+        limit = min(hours, 1000)
+        spot = await self._call("spot klines", self.ex.fetch_ohlcv(self.spot_symbol(symbol), "1h", since, limit))
+        perp = await self._call("perp klines", self.ex.fetch_ohlcv(self.perp_symbol(symbol), "1h", since, limit))
+        perp_by_t = {int(c[0] / 1000) + 3600: c[4] for c in perp}
+        out = []
+        for c in spot:
+            t = int(c[0] / 1000) + 3600  # a candle's close is observed at open + 1 h
+            if t in perp_by_t and t <= self.clock.now():
+                out.append((t, float(c[4]), float(perp_by_t[t])))
+        return out
+
+    async def book_slippage(self, symbol: str, market: str, notional_usd: float) -> tuple[float, float] | None:
+        """(buy, sell) fractions paid versus mid to take ``notional_usd`` from the live book (one request)."""
+        sym = self.spot_symbol(symbol) if market == "spot" else self.perp_symbol(symbol)
+        book = await self._call("order book", self.ex.fetch_order_book(sym, 100))
+        if not book["bids"] or not book["asks"]:
+            return None
+        mid = (book["bids"][0][0] + book["asks"][0][0]) / 2.0
+
+        def walk(levels: list) -> float | None:
+            left, cost, qty = notional_usd, 0.0, 0.0
+            for price, size in levels:
+                take = min(size, left / price)
+                cost += take * price
+                qty += take
+                left -= take * price
+                if left <= 1e-9:
+                    return abs(cost / qty - mid) / mid
+            return None  # deeper than the book we fetched
+
+        buy, sell = walk(book["asks"]), walk(book["bids"])
+        return None if buy is None or sell is None else (buy, sell)
+
+    async def close(self) -> None:
+        try:
+            await self.ex.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+_ = ccxt_async  # the exchange objects passed in are ccxt.async_support clients
