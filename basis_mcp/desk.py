@@ -183,6 +183,7 @@ class Desk(ExecutionMixin, WatchdogMixin):
         if stored is not None and stored != mode_tag:
             raise Rejected("db", str(db_path), f"this database belongs to a '{stored}' desk, not '{mode_tag}'; use another --db")
         clock = VenueClock()
+        faults = faults or FaultPlan.from_env()
         universe = [u.upper() for u in (universe or settings.symbol_allowlist or ["BTC", "ETH", "SOL"])]
         feeds: dict[str, LiveFeed] = {}
         try:
@@ -195,7 +196,7 @@ class Desk(ExecutionMixin, WatchdogMixin):
                 venue: Any = LiveVenue(primary, feed.ex, feed, settings, clock)
                 await venue.verify_credentials()
             else:
-                venue = PaperVenue(db_path, feed, settings, clock, faults or FaultPlan.from_env())
+                venue = PaperVenue(db_path, feed, settings, clock, faults)
         except BaseException:
             for f in feeds.values():
                 await f.close()
@@ -609,7 +610,7 @@ class Desk(ExecutionMixin, WatchdogMixin):
             next_funding_time=iso(snap.next_funding_time) or "",
             seconds_to_funding=snap.seconds_to_funding,
             data_age_seconds=snap.data_age_seconds,
-            spot_gap=snap.spot_time < snap.perp_time,
+            spot_gap=snap.perp_time - snap.spot_time >= 60.0,
             mark_is_proxy=snap.mark_is_proxy,
         )
 

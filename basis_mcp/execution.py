@@ -129,7 +129,7 @@ class ExecutionMixin:
         step = self.settings.spec(symbol).qty_step
         for attempt in range(MAX_LEG_ATTEMPTS):
             remaining = floor_to_step(qty - filled, step) if market == "perp" else round(qty - filled, 12)
-            if remaining <= QTY_EPS:
+            if remaining <= (self._dust(symbol) if market == "spot" else QTY_EPS):
                 break
             coid = self.client_order_id(key, pid, market, purpose, attempt=attempt + 1)
             with self.store.tx():
@@ -185,12 +185,13 @@ class ExecutionMixin:
         """Match the legs (trim the larger), then mark the position open and remember the result."""
         spot_q, perp_q = leg_quantities(self._fills(pid))
         spec = self.settings.spec(sym)
-        if spot_q - (-perp_q) > QTY_EPS:
+        dust = self._dust(sym)
+        if spot_q + perp_q > dust:
             await self._fill_leg(pid, key, sym, "spot", "sell", spot_q + perp_q, "rebalance", True)
         elif -perp_q - spot_q > QTY_EPS:
             await self._fill_leg(pid, key, sym, "perp", "buy", -perp_q - spot_q, "rebalance", True)
         spot_q, perp_q = leg_quantities(self._fills(pid))
-        if abs(spot_q + perp_q) > QTY_EPS:
+        if spot_q + perp_q > dust or -(spot_q + perp_q) > QTY_EPS:
             self.alert("critical", "naked_leg", f"position {pid}: legs still differ after trimming ({spot_q} vs {perp_q})",
                        {"position_id": pid, "spot_quantity": spot_q, "perp_quantity": perp_q})
         fills = self._fills(pid)
@@ -238,7 +239,7 @@ class ExecutionMixin:
         """Reverse a filled leg at once (reduce-only). True if fully unwound."""
         side = "sell" if market == "spot" else "buy"
         filled = await self._fill_leg(pid, key or f"pos{pid}", sym, market, side, qty, "unwind", True)
-        return filled >= qty - QTY_EPS
+        return qty - filled <= (self._dust(sym) if market == "spot" else QTY_EPS)
 
     # ------------------------------------------------------------------ exit
 
@@ -264,7 +265,8 @@ class ExecutionMixin:
         if perp_q < -QTY_EPS:  # partial or missing buy-back: retry the remainder
             await self._fill_leg(pid, key, sym, "perp", "buy", -perp_q, "close", True)
         spot_q, perp_q = leg_quantities(self._fills(pid))
-        if spot_q > QTY_EPS and "spot" in intents:
+        dust = self._dust(sym)
+        if spot_q > dust and "spot" in intents:
             with self.store.tx():
                 self.store.x("UPDATE orders SET quantity = ? WHERE id = ? AND status = 'intent'", (spot_q, intents["spot"]))
             try:
@@ -273,17 +275,22 @@ class ExecutionMixin:
                 pass
         await self.faults.checkpoint("exit.both_filled")
         spot_q, perp_q = leg_quantities(self._fills(pid))
-        if spot_q > QTY_EPS:
+        if spot_q > dust:
             await self._fill_leg(pid, key, sym, "spot", "sell", spot_q, "close", True)
         for oid in intents.values():  # an intent we no longer need (its leg was already flat)
             self._set_order_status(oid, "cancelled", "leg already flat")
         spot_q, perp_q = leg_quantities(self._fills(pid))
-        if abs(spot_q) > QTY_EPS or abs(perp_q) > QTY_EPS:
+        if spot_q > dust or spot_q < -QTY_EPS or abs(perp_q) > QTY_EPS:
             msg = (f"position {pid} {sym}: exit incomplete, {spot_q:g} spot and {perp_q:g} perp remain; "
                    "the watchdog retries every tick")
             self.alert("critical", "exit_incomplete", msg, {"position_id": pid, "spot_quantity": spot_q, "perp_quantity": perp_q})
             raise Rejected("venue", self.venue.name, msg)
         return self._finalize_close(pid, "closed", reason, key)
+
+    def _dust(self: Desk, symbol: str) -> float:
+        """Spot below what the venue lets you sell: treated as flat, never as a naked leg."""
+        fn = getattr(self.venue, "dust_qty", None)
+        return fn(symbol) if fn else QTY_EPS
 
     def _last_order(self: Desk, pid: int, market: str, purpose: str) -> int:
         return self.store.one(
@@ -298,7 +305,15 @@ class ExecutionMixin:
 
     def _finalize_close(self: Desk, pid: int, status: str, reason: str, key: str | None) -> ExitTradeOutput:
         fills = self._fills(pid)
-        p = pnl(fills, self._funding_amounts(pid))
+        row0 = self.store.one("SELECT symbol FROM positions WHERE id = ?", (pid,))
+        spot_left, _ = leg_quantities(fills)
+        marks = None
+        if abs(spot_left) > 1e-12:  # unsellable dust stays in the account: value it at mid, don't book it as lost
+            try:
+                marks = {"spot": self.feed.snapshot(row0["symbol"]).spot, "perp": 0.0}
+            except Exception:  # noqa: BLE001
+                marks = None
+        p = pnl(fills, self._funding_amounts(pid), marks)
         closes = [f for f in fills if f["purpose"] in ("close", "liquidation", "unwind")]
         last = {f["market"]: f for f in closes}
         exit_basis = None
@@ -341,9 +356,10 @@ class ExecutionMixin:
         await self._resolve_orders(pid, sym)
         spot_q, perp_q = leg_quantities(self._fills(pid))
         spec = self.settings.spec(sym)
+        dust = self._dust(sym)
         if row["status"] == "opening":
             args = self._entry_args(row)
-            if abs(spot_q) <= QTY_EPS and abs(perp_q) <= QTY_EPS:
+            if spot_q <= dust and abs(perp_q) <= QTY_EPS:
                 with self.store.tx():
                     self.store.x("UPDATE positions SET status = 'failed', closed_at = ?, close_reason = ?, realized_pnl_usd = 0,"
                                  " reserved_usd = 0 WHERE id = ?", (self.now(), "interrupted before any leg executed", pid))
@@ -355,7 +371,7 @@ class ExecutionMixin:
                 await self._settle_entry(pid, key, args, sym)
                 return f"entry completed: both legs had filled ({hedge:g} {sym})"
             ok = True
-            if spot_q > QTY_EPS:
+            if spot_q > dust:
                 ok &= await self._unwind(pid, key, sym, "spot", spot_q)
             if perp_q < -QTY_EPS:
                 ok &= await self._unwind(pid, key, sym, "perp", -perp_q)
@@ -373,7 +389,7 @@ class ExecutionMixin:
             with self.store.tx():  # fresh intents for whatever is still open, then the normal exit path
                 if perp_q < -QTY_EPS:
                     self._new_order(pid, self.client_order_id(row["exit_key"] or f"x{pid}", pid, "perp", "close", attempt=9), "close", "perp", "buy", -perp_q, True)
-                if spot_q > QTY_EPS:
+                if spot_q > dust:
                     self._new_order(pid, self.client_order_id(row["exit_key"] or f"x{pid}", pid, "spot", "close", attempt=9), "close", "spot", "sell", spot_q, True)
             try:
                 await self._execute_exit(pid, row["exit_key"] or "", row["close_reason"] or "exit completed on recovery", emergency=True)

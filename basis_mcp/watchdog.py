@@ -203,7 +203,7 @@ class WatchdogMixin:
                          (f"watchdog: {rule}", pid))
             if perp_q < -QTY_EPS:
                 self._new_order(pid, self.client_order_id(key, pid, "perp", "close"), "close", "perp", "buy", -perp_q, True)
-            if spot_q > QTY_EPS:
+            if spot_q > self._dust(sym):
                 self._new_order(pid, self.client_order_id(key, pid, "spot", "close"), "close", "spot", "sell", spot_q, True)
         try:
             out = await self._execute_exit(pid, "", f"watchdog: {rule}", emergency=True)

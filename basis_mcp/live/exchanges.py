@@ -48,6 +48,7 @@ def make_exchange(
         raise ValueError(f"unknown venue {venue!r}; supported: {', '.join(SUPPORTED)}")
     config: dict[str, Any] = {
         "enableRateLimit": True,
+        "enableLastJsonResponse": True,  # the feed reads venue timestamps ccxt does not parse
         "timeout": timeout_ms,
         "options": {"fetchCurrencies": False, **options},
     }
@@ -59,6 +60,23 @@ def make_exchange(
         if credentials.password:
             config["password"] = credentials.password
     ex = getattr(ccxt_async, venue)(config)
+    if venue == "binance":
+        ex.options.setdefault("setMarginMode", {})["throwMarginModeAlreadySet"] = False
     if base_url:
         ex.urls["api"] = _rewrite(ex.urls["api"], base_url)
+        if venue == "binance":
+            _errors_by_path(ex)
     return ex
+
+
+def _errors_by_path(ex: Any) -> None:
+    """ccxt picks Binance's per-market error table by matching the host (fapi.binance.com...);
+    behind a rewritten base URL, classify by path instead so -2019, -2022, -4116, -4164 keep
+    their real exception classes (InsufficientFunds, InvalidOrder)."""
+
+    def by_path(url: str, exact_or_broad: str) -> dict:
+        path = urlsplit(url or "").path
+        kind = "linear" if path.startswith("/fapi/") else "spot" if path.startswith(("/api/", "/sapi/")) else None
+        return ex.safe_dict(ex.safe_dict(ex.exceptions, kind, {}), exact_or_broad, {}) if kind else {}
+
+    ex.get_exceptions_by_url = by_path

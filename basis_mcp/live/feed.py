@@ -81,6 +81,7 @@ class LiveFeed:
         self.last_refresh: float | None = None
         self.requests = 0
         self.frozen_at: float | None = None
+        self._payload_ms = 0
 
     # ------------------------------------------------------------------ symbols
 
@@ -114,12 +115,39 @@ class LiveFeed:
     async def _call(self, what: str, coro) -> Any:
         self.requests += 1
         try:
-            return await coro
+            out = await coro
         except Exception as e:  # noqa: BLE001
             raise venue_error(e, self.venue, what) from None
+        self._note_payload_time(getattr(self.ex, "last_json_response", None))
+        return out
+
+    def _note_payload_time(self, resp: Any) -> None:
+        """Sync the clock from the raw response: Bybit puts the time at the top level, OKX in each
+        row's ``ts``, Binance's premiumIndex in each row's ``time`` (ccxt drops some of these)."""
+        ms = None
+        if isinstance(resp, dict):
+            if str(resp.get("time", "")).isdigit():
+                ms = int(resp["time"])
+            rows = resp.get("data") if isinstance(resp.get("data"), list) else None
+            if rows:
+                stamps = [int(r["ts"]) for r in rows if isinstance(r, dict) and str(r.get("ts", "")).isdigit()]
+                ms = max(stamps) if stamps else ms
+        elif isinstance(resp, list) and resp and isinstance(resp[0], dict) and "time" in resp[0] and "lastFundingRate" in resp[0]:
+            ms = max(int(r.get("time") or 0) for r in resp)
+        if ms:
+            self._payload_ms = max(self._payload_ms, ms)
 
     async def refresh(self) -> None:
-        now_local = time.time()
+        """Re-read the venue; the clock syncs once, to the newest payload time seen in this refresh."""
+        self._payload_ms = 0
+        try:
+            await self._refresh()
+        finally:
+            if self._payload_ms:
+                self.clock.observe(self._payload_ms)
+        self.last_refresh = self.clock.now()
+
+    async def _refresh(self) -> None:
         if self.venue == "binance":
             await self._refresh_intervals()
             rates = await self._call("funding rates", self.ex.fetch_funding_rates())
@@ -137,8 +165,7 @@ class LiveFeed:
             self._take_perp_tickers(perps)
         else:
             raise VenueError(f"unsupported venue {self.venue}")
-        self._take_spot(spot, now_local)
-        self.last_refresh = self.clock.now()
+        self._take_spot(spot)
 
     async def _refresh_intervals(self) -> None:
         if time.time() - self._intervals_at < INTERVALS_TTL_S:
@@ -154,6 +181,13 @@ class LiveFeed:
     def _base(self, unified: str) -> str | None:
         m = self.ex.markets.get(unified)
         if m is None or m.get("quote") != self.quote:
+            return None
+        return m["base"]
+
+    def _perp_base(self, unified: str) -> str | None:
+        """Base of a USDT-margined perpetual swap (not a dated future, not inverse)."""
+        m = self.ex.markets.get(unified)
+        if m is None or m.get("quote") != self.quote or not m.get("swap") or not m.get("linear"):
             return None
         return m["base"]
 
@@ -199,13 +233,14 @@ class LiveFeed:
                 q.interval_h = self._intervals.get(unified, 8.0)
             elif self.venue == "okx" and r.get("nextFundingTimestamp") and r.get("fundingTimestamp"):
                 q.interval_h = (r["nextFundingTimestamp"] - r["fundingTimestamp"]) / 3_600_000.0
-        self.clock.observe(latest or None)
+        if latest:
+            self._payload_ms = max(self._payload_ms, int(latest))
 
     def _take_bybit(self, tickers: dict[str, Any]) -> None:
         latest = 0.0
         for unified, t in tickers.items():
-            base = self._base(unified)
-            if base is None or base not in self.listed or ":" not in unified:
+            base = self._perp_base(unified)
+            if base is None or base not in self.listed:
                 continue
             info = t.get("info") or {}
             q = self._quote(base)
@@ -225,26 +260,29 @@ class LiveFeed:
             minutes = (m.get("info") or {}).get("fundingInterval")
             if minutes:
                 q.interval_h = float(minutes) / 60.0
-        self.clock.observe(latest or None)
+        if latest:
+            self._payload_ms = max(self._payload_ms, int(latest))
 
     def _take_perp_tickers(self, tickers: dict[str, Any]) -> None:
+        """OKX swap tickers: the perp quote, and (no mark in these payloads) the mark too."""
         for unified, t in tickers.items():
-            base = self._base(unified)
-            if base is None or base not in self.listed or ":" not in unified:
+            base = self._perp_base(unified)
+            if base is None or base not in self.listed:
                 continue
             q = self._quote(base)
             q.perp = t.get("last") or q.perp
             q.perp_bid, q.perp_ask = t.get("bid"), t.get("ask")
-            if t.get("timestamp"):
-                q.perp_time = t["timestamp"] / 1000.0
-            if q.mark is None:
-                q.mark = q.perp
+            q.perp_time = t["timestamp"] / 1000.0 if t.get("timestamp") else self.clock.now()
+            q.mark = q.perp
+            if q.mark:
+                q.marks.append((q.perp_time, q.mark))
 
-    def _take_spot(self, tickers: dict[str, Any], now_local: float) -> None:
-        fallback_t = now_local + self.clock.offset
+    def _take_spot(self, tickers: dict[str, Any]) -> None:
+        # book tickers carry no time: received now, in venue time (the clock syncs at the end of this refresh)
+        fallback_t = max(self.clock.now(), self._payload_ms / 1000.0)
         for unified, t in tickers.items():
             base = self._base(unified)
-            if base is None or base not in self.listed or ":" in unified:
+            if base is None or base not in self.listed or not (self.ex.markets.get(unified) or {}).get("spot"):
                 continue
             q = self._quote(base)
             bid, ask = t.get("bid"), t.get("ask")
@@ -317,10 +355,12 @@ class LiveFeed:
                 continue
             hist = self.settled.setdefault(sym, [])
             known = {t for t, _, _ in hist}
+            now_mark = self.q[sym].mark if sym in self.q else None
             for r in rows:
                 t = r["timestamp"] / 1000.0
-                if t not in known:
-                    hist.append((t, float(r["fundingRate"]), float(r.get("info", {}).get("markPrice") or 0.0)))
+                if t not in known:  # venues without a mark in the history: today's mark stands in
+                    mark = float((r.get("info") or {}).get("markPrice") or 0.0) or float(now_mark or 0.0)
+                    hist.append((t, float(r["fundingRate"]), mark))
             hist.sort()
 
     async def basis_history(self, symbol: str, hours: int) -> list[tuple[int, float, float]]:
@@ -344,10 +384,13 @@ class LiveFeed:
         if not book["bids"] or not book["asks"]:
             return None
         mid = (book["bids"][0][0] + book["asks"][0][0]) / 2.0
+        # swap books on some venues (OKX) count contracts: convert to base units
+        contract = float((self.ex.markets.get(sym) or {}).get("contractSize") or 1.0) if market == "perp" else 1.0
 
         def walk(levels: list) -> float | None:
             left, cost, qty = notional_usd, 0.0, 0.0
-            for price, size in levels:
+            for level in levels:  # [price, size] or [price, size, orders]
+                price, size = float(level[0]), float(level[1]) * contract
                 take = min(size, left / price)
                 cost += take * price
                 qty += take

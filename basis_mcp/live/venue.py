@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import anyio
@@ -74,6 +75,20 @@ class LiveVenue:
     def _unified(self, symbol: str, market: Market) -> str:
         return self.feed.spot_symbol(symbol) if market == "spot" else self.feed.perp_symbol(symbol)
 
+    def _spot_step(self, symbol: str) -> float:
+        m = self.ex.markets.get(self.feed.spot_symbol(symbol)) or {}
+        return float((m.get("precision") or {}).get("amount") or 1e-8)
+
+    def dust_qty(self, symbol: str) -> float:
+        """Spot left over below what the venue lets you sell (lot step or minimum notional)."""
+        m = self.ex.markets.get(self.feed.spot_symbol(symbol)) or {}
+        min_cost = float(((m.get("limits") or {}).get("cost") or {}).get("min") or 0.0)
+        try:
+            price = self.feed.snapshot(symbol).spot
+        except Exception:  # noqa: BLE001
+            price = 0.0
+        return max(self._spot_step(symbol), min_cost / price if price else 0.0) * 1.000001
+
     def close(self) -> None:
         pass
 
@@ -103,11 +118,18 @@ class LiveVenue:
             params["reduceOnly"] = True
         snap = self.feed.snapshot(req.symbol)
         mid = snap.spot if req.market == "spot" else snap.perp
+        qty = req.quantity
+        if req.market == "spot" and req.side == "buy" and self.venue == "binance":
+            # Binance takes a spot buy's fee in the coin bought: buy a fee more, so what arrives is ≥ the hedge
+            step = self._spot_step(req.symbol)
+            fee = self.settings.spec(req.symbol).spot_taker_fee
+            qty = math.ceil(req.quantity / (1.0 - fee) / step - 1e-9) * step
+            qty = float(self.ex.amount_to_precision(sym, qty))
         delay = self._backoff_s
         for attempt in range(ORDER_RATE_LIMIT_RETRIES + 1):
             try:
-                o = await self.ex.create_order(sym, "market", req.side, req.quantity, None, params)
-                return self._result(o, req, mid)
+                o = await self.ex.create_order(sym, "market", req.side, qty, None, params)
+                return self._result(await self._with_fees(o, sym), req, mid)
             except (ccxt.RateLimitExceeded, ccxt.DDoSProtection) as e:  # refused before executing: safe to retry
                 if attempt == ORDER_RATE_LIMIT_RETRIES:
                     raise venue_error(e, self.venue, "place order") from None
@@ -119,20 +141,41 @@ class LiveVenue:
                 raise venue_error(e, self.venue, "place order") from None
         raise VenueUnavailable("unreachable")
 
+    async def _with_fees(self, o: dict[str, Any], unified: str) -> dict[str, Any]:
+        """Futures order responses (and any order looked up later) carry no commission: read the
+        order's trades for it, so the ledger records the fee the venue actually charged."""
+        if o.get("fee") or o.get("fees") or not float(o.get("filled") or 0.0):
+            return o
+        try:
+            trades = await self._read("order trades", self.ex.fetch_my_trades, unified, None, None, {"orderId": o.get("id")})
+        except VenueError:
+            return o  # _result then values the fee at the taker rate
+        fees = [t["fee"] for t in trades if t.get("fee") and str(t.get("order")) == str(o.get("id"))]
+        return {**o, "fees": fees} if fees else o
+
     def _result(self, o: dict[str, Any], req: OrderRequest, mid: float) -> OrderResult:
+        """The fill as the desk records it: quantity is what changed hands net of any fee taken in the
+        base coin, and every fee is in USD, so the ledger's cash flows equal the venue's."""
         filled = float(o.get("filled") or 0.0)
         avg = float(o.get("average") or o.get("price") or 0.0)
         fee = 0.0
-        for f in o.get("fees") or ([o["fee"]] if o.get("fee") else []):
+        base_fee = 0.0
+        fees = o.get("fees") or ([o["fee"]] if o.get("fee") else [])
+        if not fees and filled:  # the venue told us nothing: value it at the taker rate
+            fee = filled * avg * self.settings.spec(req.symbol).costs.leg(req.market).taker_fee
+        for f in fees:
             cost = float(f.get("cost") or 0.0)
             cur = f.get("currency")
             if cur in (None, self.feed.quote):
                 fee += cost
             elif cur == req.symbol:
                 fee += cost * avg
+                base_fee += cost
             else:  # paid in another asset (e.g. BNB): value it at the taker rate instead
                 leg = self.settings.spec(req.symbol).costs.leg(req.market)
                 fee += filled * avg * leg.taker_fee
+        if req.side == "buy" and base_fee:
+            filled -= base_fee
         status = o.get("status")
         if filled <= 0:
             st = "rejected" if status in ("canceled", "rejected", "expired") else "new"
@@ -156,7 +199,7 @@ class LiveVenue:
         req = OrderRequest(client_order_id, symbol, market, side, float(o.get("amount") or o.get("filled") or 0.0),
                            bool(o.get("reduceOnly")))
         snap = self.feed.snapshot(symbol)
-        return self._result(o, req, snap.spot if market == "spot" else snap.perp)
+        return self._result(await self._with_fees(o, sym), req, snap.spot if market == "spot" else snap.perp)
 
     async def fetch_perp_position(self, symbol: str) -> PerpPosition | None:
         perp = self._unified(symbol, "perp")
@@ -205,8 +248,8 @@ class LiveVenue:
         if not self.ex.has.get("fetchMyLiquidations"):
             return []
         try:
-            rows = await self.ex.fetch_my_liquidations(None, int(since * 1000) + 1)
-        except (ccxt.NotSupported, ccxt.BadRequest, ccxt.ExchangeError):
+            rows = await self.ex.fetch_my_liquidations(None, int(since * 1000) + 1, None, {"type": "swap", "subType": "linear"})
+        except ccxt.BaseError:
             return []  # position reconciliation on every tick still catches a vanished leg
         out = []
         for r in rows:

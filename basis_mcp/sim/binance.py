@@ -33,8 +33,8 @@ elsewhere).
 
 Run in-process: ``with running_sim(extra_symbols=3) as sim: ... sim.url, sim.state``.
 Run as a process: ``python -m basis_mcp.sim.binance --port 0 --api-key K --secret S``
-(or ``BASIS_SIM_API_KEY`` / ``BASIS_SIM_SECRET``); it prints ``{"url": ...}`` on one line
-once it listens.
+(or ``BASIS_SIM_API_KEY`` / ``BASIS_SIM_SECRET``); it prints ``{"url": ..., "t": ...}`` on one
+line once the port is bound (poll ``GET /_sim/time`` until it answers).
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ import socket
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
@@ -72,6 +73,7 @@ from basis_mcp.costs import LegCosts
 from basis_mcp.history import HOUR, SymbolHistory, load_extract
 from basis_mcp.margin import Bracket, liquidation_price, maintenance_margin
 
+SPOT_STEPS = {"BTC": 0.00001, "ETH": 0.0001, "SOL": 0.001}  # Binance spot LOT_SIZE steps
 QUOTE = "USDT"
 TICK = 0.01
 PERPETUAL_DELIVERY_MS = 4133404800000
@@ -82,7 +84,69 @@ MSG_RATE_LIMIT = (
     "Too many requests; current limit of IP(127.0.0.1) is 2400 requests per minute. "
     "Please use the websocket for live updates to avoid polling the API."
 )
+NUMBER_RE = r"^([0-9]{1,20})(\.[0-9]{1,20})?$"
 HTML_503 = "<html><head><title>503 Service Temporarily Unavailable</title></head><body>503</body></html>"
+
+# wire fields that never change in this simulator (Binance sends them on every row)
+SPOT_SYMBOL_STATIC: dict[str, Any] = {
+    "baseAssetPrecision": 8,
+    "quotePrecision": 8,
+    "quoteAssetPrecision": 8,
+    "baseCommissionPrecision": 8,
+    "quoteCommissionPrecision": 8,
+    "orderTypes": ["MARKET"],  # the only type simulated; ccxt refuses others client-side
+    "icebergAllowed": False,
+    "ocoAllowed": False,
+    "quoteOrderQtyMarketAllowed": True,
+    "allowTrailingStop": False,
+    "cancelReplaceAllowed": False,
+    "isSpotTradingAllowed": True,
+    "isMarginTradingAllowed": False,
+    "permissions": [],
+    "permissionSets": [["SPOT"]],
+    "defaultSelfTradePreventionMode": "EXPIRE_MAKER",
+    "allowedSelfTradePreventionModes": ["EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH"],
+}
+PERP_SYMBOL_STATIC: dict[str, Any] = {
+    "contractType": "PERPETUAL",
+    "deliveryDate": PERPETUAL_DELIVERY_MS,
+    "maintMarginPercent": "2.5000",
+    "requiredMarginPercent": "5.0000",
+    "quoteAsset": QUOTE,
+    "marginAsset": QUOTE,
+    "pricePrecision": 2,
+    "baseAssetPrecision": 8,
+    "quotePrecision": 8,
+    "underlyingType": "COIN",
+    "underlyingSubType": [],
+    "triggerProtect": "0.0500",
+    "liquidationFee": "0.012500",
+    "marketTakeBound": "0.05",
+    "maxMoveOrderLimit": 10000,
+    "orderTypes": ["MARKET"],
+    "timeInForce": ["GTC", "IOC", "FOK", "GTX", "GTD"],
+}
+SPOT_ORDER_STATIC: dict[str, Any] = {
+    "price": "0.00000000",
+    "origQuoteOrderQty": "0.00000000",
+    "timeInForce": "GTC",
+    "type": "MARKET",
+    "selfTradePreventionMode": "EXPIRE_MAKER",
+}
+PERP_ORDER_STATIC: dict[str, Any] = {
+    "price": "0.00",
+    "timeInForce": "GTC",
+    "type": "MARKET",
+    "closePosition": False,
+    "positionSide": "BOTH",
+    "stopPrice": "0.00",
+    "workingType": "CONTRACT_PRICE",
+    "priceProtect": False,
+    "origType": "MARKET",
+    "priceMatch": "NONE",
+    "selfTradePreventionMode": "EXPIRE_MAKER",
+    "goodTillDate": 0,
+}
 
 
 class BinanceError(Exception):
@@ -131,7 +195,10 @@ def _num(p: dict[str, str], name: str) -> float:
     try:
         v = float(raw)
     except ValueError:
-        raise BinanceError(-1100, f"Illegal characters found in parameter '{name}'; legal range is '^([0-9]{{1,20}})(\\.[0-9]{{1,20}})?$'.") from None
+        raise BinanceError(
+            -1100,
+            f"Illegal characters found in parameter '{name}'; legal range is '{NUMBER_RE}'.",
+        ) from None
     if not math.isfinite(v):
         raise BinanceError(-1100, f"Illegal characters found in parameter '{name}'.")
     return v
@@ -192,6 +259,15 @@ class Instrument:
     @property
     def qdec(self) -> int:
         return _dec(self.spec.qty_step)
+
+    def step(self, market: str) -> float:
+        """Lot step: Binance's spot steps are much finer than the perps' (BTC 0.00001 vs 0.001)."""
+        if market == "spot":
+            return SPOT_STEPS.get(self.base, 0.00001)
+        return self.spec.qty_step
+
+    def dec(self, market: str) -> int:
+        return _dec(self.step(market))
 
     def _i(self, t: float) -> int:
         s = self.series
@@ -278,7 +354,8 @@ class Faults:
         if bad:
             raise ValueError(f"unknown fault(s): {', '.join(sorted(bad))}")
         for k, v in d.items():
-            setattr(self, k, v)
+            cur = getattr(self, k)
+            setattr(self, k, v if cur is None or v is None else type(cur)(v))
 
     def take(self, name: str) -> bool:
         n = getattr(self, name)
@@ -353,15 +430,21 @@ class SimState:
         series = {s: _Series.of(h) for s, h in hist.items()}
         self.instruments: dict[str, Instrument] = {}
         for base, s in sorted(series.items()):
-            self.instruments[base + QUOTE] = Instrument(base, s, DEFAULT_SPECS.get(base) or SymbolSpec(), 1.0, intervals.get(base, 8))
+            self.instruments[base + QUOTE] = Instrument(
+                base, s, DEFAULT_SPECS.get(base) or SymbolSpec(), 1.0, intervals.get(base, 8)
+            )
         src = series.get("BTC") or next(iter(series.values()))
         for k in range(1, extra_symbols + 1):
             base = f"S{k:03d}"
-            self.instruments[base + QUOTE] = Instrument(base, src, SymbolSpec(), 1.0 / (k + 1), intervals.get(base, 8))
+            self.instruments[base + QUOTE] = Instrument(
+                base, src, SymbolSpec(), 1.0 / (k + 1), intervals.get(base, 8)
+            )
         for inst in self.instruments.values():
             if inst.interval_h not in (1, 2, 4, 8):
                 raise ValueError(f"{inst.base}: funding interval must be 1, 2, 4 or 8 h")
-        self.spot_bal: dict[str, float] = {QUOTE: float(spot_usdt)} | {i.base: 0.0 for i in self.instruments.values()}
+        self.spot_bal: dict[str, float] = {QUOTE: float(spot_usdt)} | {
+            i.base: 0.0 for i in self.instruments.values()
+        }
         self.cross_wallet = float(futures_usdt)
         self.positions: dict[str, Position] = {}
         self.leverage: dict[str, int] = {}
@@ -413,7 +496,9 @@ class SimState:
             out.append(self._add_income(sym, "FUNDING_FEE", amount, T * 1000))
         return out
 
-    def _add_income(self, sym: str, kind: str, amount: float, ms: int, trade_id: int | None = None) -> dict[str, Any]:
+    def _add_income(
+        self, sym: str, kind: str, amount: float, ms: int, trade_id: int | None = None
+    ) -> dict[str, Any]:
         rec = {
             "symbol": sym,
             "incomeType": kind,
@@ -471,51 +556,74 @@ class SimState:
         with self.lock:
             syms = []
             for inst in self.instruments.values():
-                step, mn = inst.spec.qty_step, inst.spec.min_notional_usd
+                step, mn = inst.step(market), inst.spec.min_notional_usd
                 status = "TRADING" if inst.has_data(self.t) else "BREAK"
+                q = inst.dec(market)
                 if market == "spot":
-                    syms.append({
-                        "symbol": inst.id, "status": status, "baseAsset": inst.base, "baseAssetPrecision": 8,
-                        "quoteAsset": QUOTE, "quotePrecision": 8, "quoteAssetPrecision": 8,
-                        "baseCommissionPrecision": 8, "quoteCommissionPrecision": 8, "orderTypes": ["MARKET"],
-                        "icebergAllowed": False, "ocoAllowed": False, "quoteOrderQtyMarketAllowed": True,
-                        "allowTrailingStop": False, "cancelReplaceAllowed": False, "isSpotTradingAllowed": True,
-                        "isMarginTradingAllowed": False, "permissions": [], "permissionSets": [["SPOT"]],
-                        "defaultSelfTradePreventionMode": "EXPIRE_MAKER",
-                        "allowedSelfTradePreventionModes": ["EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH"],
-                        "filters": [
-                            {"filterType": "PRICE_FILTER", "minPrice": "0.01000000", "maxPrice": "1000000.00000000", "tickSize": "0.01000000"},
-                            {"filterType": "LOT_SIZE", "minQty": _s8(step), "maxQty": "9000.00000000", "stepSize": _s8(step)},
-                            {"filterType": "MARKET_LOT_SIZE", "minQty": "0.00000000", "maxQty": "100.00000000", "stepSize": "0.00000000"},
-                            {"filterType": "NOTIONAL", "minNotional": _s8(mn), "applyMinToMarket": True,
-                             "maxNotional": "9000000.00000000", "applyMaxToMarket": False, "avgPriceMins": 5},
-                        ],
-                    })
+                    row = {"symbol": inst.id, "status": status, "baseAsset": inst.base, "quoteAsset": QUOTE}
+                    row |= SPOT_SYMBOL_STATIC
+                    row["filters"] = [
+                        {
+                            "filterType": "PRICE_FILTER",
+                            "minPrice": _s8(TICK),
+                            "maxPrice": "1000000.00000000",
+                            "tickSize": _s8(TICK),
+                        },
+                        {
+                            "filterType": "LOT_SIZE",
+                            "minQty": _s8(step),
+                            "maxQty": "9000.00000000",
+                            "stepSize": _s8(step),
+                        },
+                        {
+                            "filterType": "MARKET_LOT_SIZE",
+                            "minQty": "0.00000000",
+                            "maxQty": "100.00000000",
+                            "stepSize": "0.00000000",
+                        },
+                        {
+                            "filterType": "NOTIONAL",
+                            "minNotional": _s8(mn),
+                            "applyMinToMarket": True,
+                            "maxNotional": "9000000.00000000",
+                            "applyMaxToMarket": False,
+                            "avgPriceMins": 5,
+                        },
+                    ]
                 else:
-                    q = inst.qdec
-                    syms.append({
-                        "symbol": inst.id, "pair": inst.id, "contractType": "PERPETUAL",
-                        "deliveryDate": PERPETUAL_DELIVERY_MS, "onboardDate": inst.series.t0 * 1000, "status": status,
-                        "maintMarginPercent": "2.5000", "requiredMarginPercent": "5.0000", "baseAsset": inst.base,
-                        "quoteAsset": QUOTE, "marginAsset": QUOTE, "pricePrecision": 2, "quantityPrecision": q,
-                        "baseAssetPrecision": 8, "quotePrecision": 8, "underlyingType": "COIN", "underlyingSubType": [],
-                        "triggerProtect": "0.0500", "liquidationFee": "0.012500", "marketTakeBound": "0.05",
-                        "maxMoveOrderLimit": 10000, "orderTypes": ["MARKET"], "timeInForce": ["GTC", "IOC", "FOK", "GTX", "GTD"],
-                        "filters": [
-                            {"filterType": "PRICE_FILTER", "minPrice": "0.01", "maxPrice": "1000000", "tickSize": "0.01"},
-                            {"filterType": "LOT_SIZE", "minQty": f"{step:.{q}f}", "maxQty": "1000", "stepSize": f"{step:.{q}f}"},
-                            {"filterType": "MARKET_LOT_SIZE", "minQty": f"{step:.{q}f}", "maxQty": "120", "stepSize": f"{step:.{q}f}"},
-                            {"filterType": "MAX_NUM_ORDERS", "limit": 200},
-                            {"filterType": "MAX_NUM_ALGO_ORDERS", "limit": 10},
-                            {"filterType": "MIN_NOTIONAL", "notional": f"{mn:g}"},
-                            {"filterType": "PERCENT_PRICE", "multiplierUp": "1.0500", "multiplierDown": "0.9500", "multiplierDecimal": "4"},
-                        ],
-                    })
+                    row = {"symbol": inst.id, "pair": inst.id, "status": status, "baseAsset": inst.base}
+                    row |= PERP_SYMBOL_STATIC | {"onboardDate": inst.series.t0 * 1000, "quantityPrecision": q}
+                    lot = {"minQty": f"{step:.{q}f}", "stepSize": f"{step:.{q}f}"}
+                    row["filters"] = [
+                        {
+                            "filterType": "PRICE_FILTER",
+                            "minPrice": "0.01",
+                            "maxPrice": "1000000",
+                            "tickSize": "0.01",
+                        },
+                        {"filterType": "LOT_SIZE", "maxQty": "1000"} | lot,
+                        {"filterType": "MARKET_LOT_SIZE", "maxQty": "120"} | lot,
+                        {"filterType": "MAX_NUM_ORDERS", "limit": 200},
+                        {"filterType": "MAX_NUM_ALGO_ORDERS", "limit": 10},
+                        {"filterType": "MIN_NOTIONAL", "notional": f"{mn:g}"},
+                        {
+                            "filterType": "PERCENT_PRICE",
+                            "multiplierUp": "1.0500",
+                            "multiplierDown": "0.9500",
+                            "multiplierDecimal": "4",
+                        },
+                    ]
+                syms.append(row)
             out: dict[str, Any] = {
                 "timezone": "UTC",
                 "serverTime": self.ms,
                 "rateLimits": [
-                    {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 6000 if market == "spot" else 2400},
+                    {
+                        "rateLimitType": "REQUEST_WEIGHT",
+                        "interval": "MINUTE",
+                        "intervalNum": 1,
+                        "limit": 2400,
+                    },
                     {"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1, "limit": 1200},
                 ],
                 "exchangeFilters": [],
@@ -532,8 +640,13 @@ class SimState:
             for inst in self._live(symbol, symbols):
                 bid, mid, ask = inst.quote(market, self.t)
                 depth = 250_000 / mid
-                row = {"symbol": inst.id, "bidPrice": _s8(bid), "bidQty": f"{depth:.{inst.qdec}f}",
-                       "askPrice": _s8(ask), "askQty": f"{depth:.{inst.qdec}f}"}
+                row = {
+                    "symbol": inst.id,
+                    "bidPrice": _s8(bid),
+                    "bidQty": f"{depth:.{inst.qdec}f}",
+                    "askPrice": _s8(ask),
+                    "askQty": f"{depth:.{inst.qdec}f}",
+                }
                 if market == "perp":
                     row |= {"time": self.ms, "lastUpdateId": self.t}
                 rows.append(row)
@@ -547,15 +660,31 @@ class SimState:
                 w = inst.window("spot" if market == "spot" else "perp", self.t)
                 opn = float(w[0])
                 row = {
-                    "symbol": inst.id, "priceChange": _s8(last - opn), "priceChangePercent": f"{(last / opn - 1) * 100:.3f}",
-                    "weightedAvgPrice": _s8(float(np.mean(w))), "lastPrice": _s8(last), "lastQty": "0.00000000",
-                    "openPrice": _s8(opn), "highPrice": _s8(float(np.max(w))), "lowPrice": _s8(float(np.min(w))),
-                    "volume": "0.00000000", "quoteVolume": "0.00000000", "openTime": self.ms - 86_400_000,
-                    "closeTime": self.ms, "firstId": 0, "lastId": 0, "count": 0,
+                    "symbol": inst.id,
+                    "priceChange": _s8(last - opn),
+                    "priceChangePercent": f"{(last / opn - 1) * 100:.3f}",
+                    "weightedAvgPrice": _s8(float(np.mean(w))),
+                    "lastPrice": _s8(last),
+                    "lastQty": "0.00000000",
+                    "openPrice": _s8(opn),
+                    "highPrice": _s8(float(np.max(w))),
+                    "lowPrice": _s8(float(np.min(w))),
+                    "volume": "0.00000000",
+                    "quoteVolume": "0.00000000",
+                    "openTime": self.ms - 86_400_000,
+                    "closeTime": self.ms,
+                    "firstId": 0,
+                    "lastId": 0,
+                    "count": 0,
                 }
                 if market == "spot":
-                    row |= {"prevClosePrice": _s8(opn), "bidPrice": _s8(bid), "bidQty": "1.00000000",
-                            "askPrice": _s8(ask), "askQty": "1.00000000"}
+                    row |= {
+                        "prevClosePrice": _s8(opn),
+                        "bidPrice": _s8(bid),
+                        "bidQty": "1.00000000",
+                        "askPrice": _s8(ask),
+                        "askQty": "1.00000000",
+                    }
                 rows.append(row)
             return rows[0] if symbol else rows
 
@@ -566,7 +695,7 @@ class SimState:
             inst = self.inst(symbol)
             limit = min(int(limit or (100 if market == "spot" else 500)), 1000)
             bid, mid, ask = inst.quote(market, self.t)
-            leg, step, q = inst.leg(market), inst.spec.qty_step, inst.qdec
+            leg, step, q = inst.leg(market), inst.step(market), inst.dec(market)
             bids, asks, prev = [], [], 0.0
             for k in range(limit):
                 cum = 5_000.0 * (k + 1) ** 2
@@ -589,20 +718,57 @@ class SimState:
             for inst in self._live(symbol):
                 nxt = inst.next_funding(self.t)
                 rate = inst.funding_rate(nxt)
-                rows.append({
-                    "symbol": inst.id, "markPrice": _s8(inst.mark(self.t)), "indexPrice": _s8(inst.spot(self.t)),
-                    "estimatedSettlePrice": _s8(inst.mark(self.t)), "lastFundingRate": _s8(rate or 0.0),
-                    "interestRate": "0.00010000", "nextFundingTime": nxt * 1000, "time": self.ms,
-                })
+                rows.append(
+                    {
+                        "symbol": inst.id,
+                        "markPrice": _s8(inst.mark(self.t)),
+                        "indexPrice": _s8(inst.spot(self.t)),
+                        "estimatedSettlePrice": _s8(inst.mark(self.t)),
+                        "lastFundingRate": _s8(rate or 0.0),
+                        "interestRate": "0.00010000",
+                        "nextFundingTime": nxt * 1000,
+                        "time": self.ms,
+                    }
+                )
             return rows[0] if symbol else rows
 
     def funding_info(self) -> list[dict[str, Any]]:
         with self.lock:
             return [
-                {"symbol": i.id, "adjustedFundingRateCap": "0.02000000", "adjustedFundingRateFloor": "-0.02000000",
-                 "fundingIntervalHours": i.interval_h, "disclaimer": False}
-                for i in self.instruments.values() if i.interval_h != 8
+                {
+                    "symbol": i.id,
+                    "adjustedFundingRateCap": "0.02000000",
+                    "adjustedFundingRateFloor": "-0.02000000",
+                    "fundingIntervalHours": i.interval_h,
+                    "disclaimer": False,
+                }
+                for i in self.instruments.values()
+                if i.interval_h != 8
             ]
+
+    def klines(self, market: str, p: dict[str, str]) -> list[list[Any]]:
+        """Hourly candles (only ``1h``) from the data: open = high = low = close = the hour's close.
+
+        A candle opened at T closes at T + 1 h, whose close is the price observed at T + 1 h.
+        """
+        with self.lock:
+            if p.get("interval", "1h") != "1h":
+                raise BinanceError(-1120, "Invalid interval.")
+            inst = self.inst(_need(p, "symbol"))
+            limit = min(int(p.get("limit") or 500), 1500)
+            arr = inst.series.spot if market == "spot" else inst.series.perp
+            now_open = (self.t // HOUR) * HOUR - HOUR  # the last candle that has closed
+            start = int(p["startTime"]) // 1000 if p.get("startTime") else now_open - (limit - 1) * HOUR
+            start = (start + HOUR - 1) // HOUR * HOUR
+            rows = []
+            t = start
+            while t <= now_open and len(rows) < limit:
+                i = inst._i(t + HOUR)
+                if i >= 0 and not math.isnan(arr[i]):
+                    c = _s8(float(arr[i]) * inst.scale)
+                    rows.append([t * 1000, c, c, c, c, "0", (t + HOUR) * 1000 - 1, "0", 0, "0", "0", "0"])
+                t += HOUR
+            return rows
 
     def funding_rate_history(self, p: dict[str, str]) -> list[dict[str, Any]]:
         with self.lock:
@@ -613,8 +779,14 @@ class SimState:
             for inst in self._live(p.get("symbol")):
                 lo = start if start is not None else end - limit * inst.interval_h * HOUR
                 for T in inst.settlements(lo, min(end, self.t)):
-                    rows.append({"symbol": inst.id, "fundingTime": T * 1000, "fundingRate": _s8(inst.funding_rate(T) or 0.0),
-                                 "markPrice": _s8(inst.mark(T))})
+                    rows.append(
+                        {
+                            "symbol": inst.id,
+                            "fundingTime": T * 1000,
+                            "fundingRate": _s8(inst.funding_rate(T) or 0.0),
+                            "markPrice": _s8(inst.mark(T)),
+                        }
+                    )
             rows.sort(key=lambda r: r["fundingTime"])
             return rows[:limit] if start is not None else rows[-limit:]
 
@@ -629,39 +801,63 @@ class SimState:
                 raise BinanceError(-1117, "Invalid side.")
             if _need(p, "type").upper() != "MARKET":
                 raise BinanceError(-1116, "Invalid orderType.")  # this simulator trades MARKET orders only
-            coid = p.get("newClientOrderId") or f"sim{self._next['trade']:012d}"
+            coid = p.get("newClientOrderId") or uuid.uuid4().hex[:22]  # Binance makes one up too
             if self.reject_duplicate_client_ids and (market, inst.id, coid) in self._by_coid:
                 if market == "spot":
                     raise BinanceError(-2010, "Duplicate order sent.")
                 raise BinanceError(-4116, "ClientOrderId is duplicated.")
             if not inst.has_data(self.t):
                 raise BinanceError(-1013, "Market is closed.")
-            step = inst.spec.qty_step
-            bid, mid, ask = inst.quote(market, self.t)
+            step = inst.step(market)
+            _, mid, _ = inst.quote(market, self.t)
             leg = inst.leg(market)
             if p.get("quantity"):
                 qty = _num(p, "quantity")
             elif market == "spot" and p.get("quoteOrderQty"):
                 quote_qty = _num(p, "quoteOrderQty")
-                qty = math.floor(quote_qty / leg.fill_price(mid, side.lower(), quote_qty) / step + 1e-9) * step
+                qty = (
+                    math.floor(quote_qty / leg.fill_price(mid, side.lower(), quote_qty) / step + 1e-9) * step
+                )
             else:
-                raise BinanceError(-1102, "Mandatory parameter 'quantity' was not sent, was empty/null, or malformed.")
+                raise BinanceError(
+                    -1102, "Mandatory parameter 'quantity' was not sent, was empty/null, or malformed."
+                )
             steps = qty / step
             if qty <= 0 or abs(steps - round(steps)) > 1e-6:
                 if market == "spot":
                     raise BinanceError(-1013, "Filter failure: LOT_SIZE")
-                raise BinanceError(-4003 if qty <= 0 else -1111,
-                                   "Quantity less than or equal to zero." if qty <= 0 else "Precision is over the maximum defined for this asset.")
-            qty = round(round(steps) * step, inst.qdec)
+                raise BinanceError(
+                    -4003 if qty <= 0 else -1111,
+                    "Quantity less than or equal to zero."
+                    if qty <= 0
+                    else "Precision is over the maximum defined for this asset.",
+                )
+            qty = round(round(steps) * step, inst.dec(market))
             reduce_only = market == "perp" and _bool(p.get("reduceOnly"))
             if qty * mid < inst.spec.min_notional_usd and not reduce_only:
                 if market == "spot":
                     raise BinanceError(-1013, "Filter failure: NOTIONAL")
-                raise BinanceError(-4164, f"Order's notional must be no smaller than {inst.spec.min_notional_usd:g} (unless you choose reduce only).")
-            exe = qty if partial is None else round(math.floor(qty * partial / step + 1e-9) * step, inst.qdec)
+                raise BinanceError(
+                    -4164,
+                    f"Order's notional must be no smaller than {inst.spec.min_notional_usd:g}"
+                    " (unless you choose reduce only).",
+                )
+            exe = qty if partial is None else round(math.floor(qty * partial / step + 1e-9) * step, inst.dec(market))
             price = _r8(leg.fill_price(mid, side.lower(), exe * mid))
-            o = Order(market, inst.id, self._take_id(market), coid, side, qty, exe, _r8(exe * price),
-                      "FILLED" if exe == qty else "EXPIRED", self.ms, inst.qdec, reduce_only)
+            o = Order(
+                market=market,
+                symbol=inst.id,
+                order_id=self._take_id(market),
+                client_order_id=coid,
+                side=side,
+                orig_qty=qty,
+                executed_qty=exe,
+                cum_quote=_r8(exe * price),
+                status="FILLED" if exe == qty else "EXPIRED",
+                time_ms=self.ms,
+                qdec=inst.dec(market),
+                reduce_only=reduce_only,
+            )
             if exe > 0:
                 o.trade_id = self._take_id("trade")
                 if market == "spot":
@@ -751,40 +947,80 @@ class SimState:
             elif p.get("origClientOrderId"):
                 o = self._by_coid.get((market, inst.id, p["origClientOrderId"]))
             else:
-                raise BinanceError(-1102, "Param 'origClientOrderId' or 'orderId' must be sent, but both were empty/null!")
+                raise BinanceError(
+                    -1102, "Param 'origClientOrderId' or 'orderId' must be sent, but both were empty/null!"
+                )
             if o is None or o.symbol != inst.id:
                 raise BinanceError(-2013, "Order does not exist.")
             return self.order_wire(o, "QUERY")
 
+    def my_trades(self, market: str, p: dict[str, str]) -> list[dict[str, Any]]:
+        """``/api/v3/myTrades`` and ``/fapi/v1/userTrades``: one trade per executed order, with its
+        commission (futures order responses carry none: this is where a client finds its fees)."""
+        with self.lock:
+            sym = _need(p, "symbol")
+            oid = int(p["orderId"]) if p.get("orderId") else None
+            out = []
+            for o in self.orders:
+                if o.market != market or o.symbol != sym or not o.executed_qty or (oid is not None and o.order_id != oid):
+                    continue
+                row = {
+                    "symbol": o.symbol, "id": o.trade_id, "orderId": o.order_id, "price": _s8(o.avg_price),
+                    "qty": _s8(o.executed_qty), "quoteQty": _s8(o.cum_quote), "commission": _s8(o.commission),
+                    "commissionAsset": o.commission_asset, "time": o.time_ms,
+                }
+                if market == "spot":
+                    row |= {"orderListId": -1, "isBuyer": o.side == "BUY", "isMaker": False, "isBestMatch": True}
+                else:
+                    row |= {"side": o.side, "buyer": o.side == "BUY", "maker": False, "positionSide": "BOTH",
+                            "realizedPnl": "0"}
+                out.append(row)
+            return out
+
     def order_wire(self, o: Order, resp_type: str = "RESULT") -> dict[str, Any]:
-        """Binance's JSON for an order: ``ACK`` / ``RESULT`` / ``FULL`` (spot) from a POST, ``QUERY`` from a GET."""
+        """Binance's JSON for an order: ``ACK`` / ``RESULT`` / ``FULL`` (spot) answer a POST,
+        ``QUERY`` a GET."""
         q = (lambda v: _s8(v)) if o.market == "spot" else (lambda v: f"{v:.{o.qdec}f}")
         if o.market == "spot":
-            d: dict[str, Any] = {"symbol": o.symbol, "orderId": o.order_id, "orderListId": -1, "clientOrderId": o.client_order_id}
+            d: dict[str, Any] = {"symbol": o.symbol, "orderId": o.order_id, "orderListId": -1}
+            d["clientOrderId"] = o.client_order_id
             if resp_type == "ACK":
                 return d | {"transactTime": o.time_ms}
-            d |= {"price": "0.00000000", "origQty": q(o.orig_qty), "executedQty": q(o.executed_qty),
-                  "origQuoteOrderQty": "0.00000000", "cummulativeQuoteQty": _s8(o.cum_quote), "status": o.status,
-                  "timeInForce": "GTC", "type": "MARKET", "side": o.side, "workingTime": o.time_ms,
-                  "selfTradePreventionMode": "EXPIRE_MAKER"}
+            d |= SPOT_ORDER_STATIC | {
+                "origQty": q(o.orig_qty),
+                "executedQty": q(o.executed_qty),
+                "cummulativeQuoteQty": _s8(o.cum_quote),
+                "status": o.status,
+                "side": o.side,
+                "workingTime": o.time_ms,
+            }
             if resp_type == "QUERY":
-                return d | {"stopPrice": "0.00000000", "icebergQty": "0.00000000", "time": o.time_ms,
-                            "updateTime": o.time_ms, "isWorking": True}
+                return d | {
+                    "stopPrice": "0.00000000",
+                    "icebergQty": "0.00000000",
+                    "time": o.time_ms,
+                    "updateTime": o.time_ms,
+                    "isWorking": True,
+                }
             d["transactTime"] = o.time_ms
             if resp_type == "FULL":
-                d["fills"] = [{"price": _s8(o.avg_price), "qty": q(o.executed_qty), "commission": _s8(o.commission),
-                               "commissionAsset": o.commission_asset, "tradeId": o.trade_id}] if o.executed_qty else []
+                fill = {"price": _s8(o.avg_price), "qty": q(o.executed_qty), "commission": _s8(o.commission)}
+                fill |= {"commissionAsset": o.commission_asset, "tradeId": o.trade_id}
+                d["fills"] = [fill] if o.executed_qty else []
             return d
-        ack = resp_type == "ACK"
-        d = {
-            "orderId": o.order_id, "symbol": o.symbol, "status": "NEW" if ack else o.status,
-            "clientOrderId": o.client_order_id, "price": "0.00",
-            "avgPrice": "0.00" if ack or not o.executed_qty else _s8(o.avg_price), "origQty": q(o.orig_qty),
-            "executedQty": q(0.0 if ack else o.executed_qty), "cumQty": q(0.0 if ack else o.executed_qty),
-            "cumQuote": _s8(0.0 if ack else o.cum_quote), "timeInForce": "GTC", "type": "MARKET",
-            "reduceOnly": o.reduce_only, "closePosition": False, "side": o.side, "positionSide": "BOTH",
-            "stopPrice": "0.00", "workingType": "CONTRACT_PRICE", "priceProtect": False, "origType": "MARKET",
-            "priceMatch": "NONE", "selfTradePreventionMode": "EXPIRE_MAKER", "goodTillDate": 0, "updateTime": o.time_ms,
+        ack = resp_type == "ACK"  # Binance's futures ACK: accepted, nothing reported as executed yet
+        exe, cum = (0.0, 0.0) if ack else (o.executed_qty, o.cum_quote)
+        d = {"orderId": o.order_id, "symbol": o.symbol, "status": "NEW" if ack else o.status}
+        d |= PERP_ORDER_STATIC | {
+            "clientOrderId": o.client_order_id,
+            "avgPrice": _s8(cum / exe) if exe else "0.00",
+            "origQty": q(o.orig_qty),
+            "executedQty": q(exe),
+            "cumQty": q(exe),
+            "cumQuote": _s8(cum),
+            "reduceOnly": o.reduce_only,
+            "side": o.side,
+            "updateTime": o.time_ms,
         }
         if resp_type == "QUERY":
             d["time"] = o.time_ms
@@ -795,12 +1031,29 @@ class SimState:
     def spot_account(self) -> dict[str, Any]:
         with self.lock:
             return {
-                "makerCommission": 10, "takerCommission": 10, "buyerCommission": 0, "sellerCommission": 0,
-                "commissionRates": {"maker": "0.00100000", "taker": "0.00100000", "buyer": "0.00000000", "seller": "0.00000000"},
-                "canTrade": True, "canWithdraw": True, "canDeposit": True, "brokered": False,
-                "requireSelfTradePrevention": False, "preventSor": False, "updateTime": self.ms, "accountType": "SPOT",
-                "balances": [{"asset": a, "free": _s8(v), "locked": "0.00000000"} for a, v in self.spot_bal.items()],
-                "permissions": ["SPOT"], "uid": 100000001,
+                "makerCommission": 10,
+                "takerCommission": 10,
+                "buyerCommission": 0,
+                "sellerCommission": 0,
+                "commissionRates": {
+                    "maker": "0.00100000",
+                    "taker": "0.00100000",
+                    "buyer": "0.00000000",
+                    "seller": "0.00000000",
+                },
+                "canTrade": True,
+                "canWithdraw": True,
+                "canDeposit": True,
+                "brokered": False,
+                "requireSelfTradePrevention": False,
+                "preventSor": False,
+                "updateTime": self.ms,
+                "accountType": "SPOT",
+                "balances": [
+                    {"asset": a, "free": _s8(v), "locked": "0.00000000"} for a, v in self.spot_bal.items()
+                ],
+                "permissions": ["SPOT"],
+                "uid": 100000001,
             }
 
     def _pos_metrics(self, pos: Position) -> dict[str, float]:
@@ -813,8 +1066,15 @@ class SimState:
         mm = maintenance_margin(abs(notional), inst.brackets) if pos.amt else 0.0
         wallet = pos.iso_wallet if iso else self.cross_wallet
         liq = liquidation_price(wallet, pos.amt, pos.entry, inst.brackets) if pos.amt else 0.0
-        return {"mark": mark, "notional": notional, "upnl": upnl, "im": abs(notional) / lev, "mm": mm,
-                "liq": 0.0 if math.isnan(liq) else liq, "iso": iso}
+        return {
+            "mark": mark,
+            "notional": notional,
+            "upnl": upnl,
+            "im": abs(notional) / lev,
+            "mm": mm,
+            "liq": 0.0 if math.isnan(liq) else liq,
+            "iso": iso,
+        }
 
     def _available(self) -> float:
         avail = self.cross_wallet
@@ -841,23 +1101,37 @@ class SimState:
     def futures_balance(self) -> list[dict[str, Any]]:
         with self.lock:
             t = self._futures_totals()
-            return [{
-                "accountAlias": "SgsR", "asset": QUOTE, "balance": _s8(t["wallet"]), "crossWalletBalance": _s8(self.cross_wallet),
-                "crossUnPnl": _s8(t["cross_upnl"]), "availableBalance": _s8(t["available"]),
-                "maxWithdrawAmount": _s8(max(0.0, min(t["available"], self.cross_wallet))), "marginAvailable": True,
-                "updateTime": self.ms,
-            }]
+            return [
+                {
+                    "accountAlias": "SgsR",
+                    "asset": QUOTE,
+                    "balance": _s8(t["wallet"]),
+                    "crossWalletBalance": _s8(self.cross_wallet),
+                    "crossUnPnl": _s8(t["cross_upnl"]),
+                    "availableBalance": _s8(t["available"]),
+                    "maxWithdrawAmount": _s8(max(0.0, min(t["available"], self.cross_wallet))),
+                    "marginAvailable": True,
+                    "updateTime": self.ms,
+                }
+            ]
 
     def futures_account(self, version: int = 3) -> dict[str, Any]:
         with self.lock:
             t = self._futures_totals()
             asset = {
-                "asset": QUOTE, "walletBalance": _s8(t["wallet"]), "unrealizedProfit": _s8(t["upnl"]),
-                "marginBalance": _s8(t["wallet"] + t["upnl"]), "maintMargin": _s8(t["mm"]), "initialMargin": _s8(t["im"]),
-                "positionInitialMargin": _s8(t["im"]), "openOrderInitialMargin": "0.00000000",
-                "crossWalletBalance": _s8(self.cross_wallet), "crossUnPnl": _s8(t["cross_upnl"]),
+                "asset": QUOTE,
+                "walletBalance": _s8(t["wallet"]),
+                "unrealizedProfit": _s8(t["upnl"]),
+                "marginBalance": _s8(t["wallet"] + t["upnl"]),
+                "maintMargin": _s8(t["mm"]),
+                "initialMargin": _s8(t["im"]),
+                "positionInitialMargin": _s8(t["im"]),
+                "openOrderInitialMargin": "0.00000000",
+                "crossWalletBalance": _s8(self.cross_wallet),
+                "crossUnPnl": _s8(t["cross_upnl"]),
                 "availableBalance": _s8(t["available"]),
-                "maxWithdrawAmount": _s8(max(0.0, min(t["available"], self.cross_wallet))), "updateTime": self.ms,
+                "maxWithdrawAmount": _s8(max(0.0, min(t["available"], self.cross_wallet))),
+                "updateTime": self.ms,
             }
             if version == 2:
                 asset["marginAvailable"] = True
@@ -868,31 +1142,57 @@ class SimState:
                     continue
                 m = self._pos_metrics(pos)
                 row = {
-                    "symbol": sym, "positionSide": "BOTH", "positionAmt": f"{pos.amt:.{inst.qdec}f}",
-                    "unrealizedProfit": _s8(m["upnl"]), "isolatedMargin": _s8(pos.iso_wallet + m["upnl"] if m["iso"] and pos.amt else 0.0),
-                    "notional": _s8(m["notional"]), "isolatedWallet": _s8(pos.iso_wallet), "initialMargin": _s8(m["im"]),
-                    "maintMargin": _s8(m["mm"]), "updateTime": pos.update_ms,
+                    "symbol": sym,
+                    "positionSide": "BOTH",
+                    "positionAmt": f"{pos.amt:.{inst.qdec}f}",
+                    "unrealizedProfit": _s8(m["upnl"]),
+                    "isolatedMargin": _s8(pos.iso_wallet + m["upnl"] if m["iso"] and pos.amt else 0.0),
+                    "notional": _s8(m["notional"]),
+                    "isolatedWallet": _s8(pos.iso_wallet),
+                    "initialMargin": _s8(m["im"]),
+                    "maintMargin": _s8(m["mm"]),
+                    "updateTime": pos.update_ms,
                 }
                 if version == 2:
-                    row |= {"leverage": str(self._lev(sym)), "isolated": m["iso"], "entryPrice": _s8(pos.entry),
-                            "breakEvenPrice": _s8(pos.entry), "maxNotional": f"{self._max_notional(inst, self._lev(sym)):.0f}",
-                            "positionInitialMargin": _s8(m["im"]), "openOrderInitialMargin": "0",
-                            "bidNotional": "0", "askNotional": "0"}
+                    row |= {
+                        "leverage": str(self._lev(sym)),
+                        "isolated": m["iso"],
+                        "entryPrice": _s8(pos.entry),
+                        "breakEvenPrice": _s8(pos.entry),
+                        "maxNotional": f"{self._max_notional(inst, self._lev(sym)):.0f}",
+                        "positionInitialMargin": _s8(m["im"]),
+                        "openOrderInitialMargin": "0",
+                        "bidNotional": "0",
+                        "askNotional": "0",
+                    }
                 positions.append(row)
             return {
-                "feeTier": 0, "canTrade": True, "canDeposit": True, "canWithdraw": True, "feeBurn": False,
-                "tradeGroupId": -1, "updateTime": 0, "multiAssetsMargin": False,
-                "totalInitialMargin": _s8(t["im"]), "totalMaintMargin": _s8(t["mm"]), "totalWalletBalance": _s8(t["wallet"]),
-                "totalUnrealizedProfit": _s8(t["upnl"]), "totalMarginBalance": _s8(t["wallet"] + t["upnl"]),
-                "totalPositionInitialMargin": _s8(t["im"]), "totalOpenOrderInitialMargin": "0.00000000",
-                "totalCrossWalletBalance": _s8(self.cross_wallet), "totalCrossUnPnl": _s8(t["cross_upnl"]),
+                "feeTier": 0,
+                "canTrade": True,
+                "canDeposit": True,
+                "canWithdraw": True,
+                "feeBurn": False,
+                "tradeGroupId": -1,
+                "updateTime": 0,
+                "multiAssetsMargin": False,
+                "totalInitialMargin": _s8(t["im"]),
+                "totalMaintMargin": _s8(t["mm"]),
+                "totalWalletBalance": _s8(t["wallet"]),
+                "totalUnrealizedProfit": _s8(t["upnl"]),
+                "totalMarginBalance": _s8(t["wallet"] + t["upnl"]),
+                "totalPositionInitialMargin": _s8(t["im"]),
+                "totalOpenOrderInitialMargin": "0.00000000",
+                "totalCrossWalletBalance": _s8(self.cross_wallet),
+                "totalCrossUnPnl": _s8(t["cross_upnl"]),
                 "availableBalance": _s8(t["available"]),
                 "maxWithdrawAmount": _s8(max(0.0, min(t["available"], self.cross_wallet))),
-                "assets": [asset], "positions": positions,
+                "assets": [asset],
+                "positions": positions,
             }
 
     def position_risk(self, version: int = 3, symbol: str | None = None) -> list[dict[str, Any]]:
-        """v3 lists open positions only and has no leverage/marginType (as on Binance); v2 lists every symbol."""
+        """v3 lists open positions only and has no leverage/marginType (as on Binance);
+        v2 lists every symbol."""
         with self.lock:
             syms = [self.inst(symbol).id] if symbol else list(self.instruments)
             rows = []
@@ -902,19 +1202,37 @@ class SimState:
                     continue
                 m = self._pos_metrics(pos)
                 row = {
-                    "symbol": sym, "positionSide": "BOTH", "positionAmt": f"{pos.amt:.{inst.qdec}f}",
-                    "entryPrice": _s8(pos.entry), "breakEvenPrice": _s8(pos.entry), "markPrice": _s8(m["mark"]),
-                    "unRealizedProfit": _s8(m["upnl"]), "liquidationPrice": _s8(m["liq"]),
+                    "symbol": sym,
+                    "positionSide": "BOTH",
+                    "positionAmt": f"{pos.amt:.{inst.qdec}f}",
+                    "entryPrice": _s8(pos.entry),
+                    "breakEvenPrice": _s8(pos.entry),
+                    "markPrice": _s8(m["mark"]),
+                    "unRealizedProfit": _s8(m["upnl"]),
+                    "liquidationPrice": _s8(m["liq"]),
                     "isolatedMargin": _s8(pos.iso_wallet + m["upnl"] if m["iso"] and pos.amt else 0.0),
-                    "notional": _s8(m["notional"]), "marginAsset": QUOTE, "isolatedWallet": _s8(pos.iso_wallet),
+                    "notional": _s8(m["notional"]),
+                    "marginAsset": QUOTE,
+                    "isolatedWallet": _s8(pos.iso_wallet),
                     "updateTime": pos.update_ms,
                 }
                 if version == 3:
-                    row |= {"initialMargin": _s8(m["im"]), "maintMargin": _s8(m["mm"]), "positionInitialMargin": _s8(m["im"]),
-                            "openOrderInitialMargin": "0", "adl": 0, "bidNotional": "0", "askNotional": "0"}
+                    row |= {
+                        "initialMargin": _s8(m["im"]),
+                        "maintMargin": _s8(m["mm"]),
+                        "positionInitialMargin": _s8(m["im"]),
+                        "openOrderInitialMargin": "0",
+                        "adl": 0,
+                        "bidNotional": "0",
+                        "askNotional": "0",
+                    }
                 else:
-                    row |= {"leverage": str(self._lev(sym)), "maxNotionalValue": f"{self._max_notional(inst, self._lev(sym)):.0f}",
-                            "marginType": "isolated" if m["iso"] else "cross", "isAutoAddMargin": "false"}
+                    row |= {
+                        "leverage": str(self._lev(sym)),
+                        "maxNotionalValue": f"{self._max_notional(inst, self._lev(sym)):.0f}",
+                        "marginType": "isolated" if m["iso"] else "cross",
+                        "isAutoAddMargin": "false",
+                    }
                 rows.append(row)
             return rows
 
@@ -925,8 +1243,16 @@ class SimState:
                 rows, floor = [], 0.0
                 for n, b in enumerate(inst.brackets, 1):
                     cap = min(b.notional_cap_usd, 5e9)
-                    rows.append({"bracket": n, "initialLeverage": max(1, int(1 / (2 * b.mmr))), "notionalCap": int(cap),
-                                 "notionalFloor": int(floor), "maintMarginRatio": b.mmr, "cum": b.cum_usd})
+                    rows.append(
+                        {
+                            "bracket": n,
+                            "initialLeverage": max(1, int(1 / (2 * b.mmr))),
+                            "notionalCap": int(cap),
+                            "notionalFloor": int(floor),
+                            "maintMarginRatio": b.mmr,
+                            "cum": b.cum_usd,
+                        }
+                    )
                     floor = cap
                 out.append({"symbol": inst.id, "notionalCoef": 1.0, "brackets": rows})
             return out[0] if symbol else out
@@ -940,7 +1266,11 @@ class SimState:
             if pos and pos.amt and abs(pos.amt) * inst.mark(self.t) > self._max_notional(inst, leverage):
                 raise BinanceError(-2027, "Exceeded the maximum allowable position at current leverage.")
             self.leverage[inst.id] = leverage
-            return {"leverage": leverage, "maxNotionalValue": f"{self._max_notional(inst, leverage):.0f}", "symbol": inst.id}
+            return {
+                "leverage": leverage,
+                "maxNotionalValue": f"{self._max_notional(inst, leverage):.0f}",
+                "symbol": inst.id,
+            }
 
     def change_margin_type(self, symbol: str, margin_type: str) -> dict[str, Any]:
         with self.lock:
@@ -967,18 +1297,31 @@ class SimState:
                 raise BinanceError(-4054, "Cannot add position margin: position is 0.")
             amount = _r8(amount)
             if amount <= 0 or kind not in (1, 2):
-                raise BinanceError(-1102, "Mandatory parameter 'amount' was not sent, was empty/null, or malformed.")
+                raise BinanceError(
+                    -1102, "Mandatory parameter 'amount' was not sent, was empty/null, or malformed."
+                )
             if kind == 1:
                 if self._available() + 1e-9 < amount:
                     raise BinanceError(-4050, "Cross balance insufficient.")
-                self.cross_wallet, pos.iso_wallet = _r8(self.cross_wallet - amount), _r8(pos.iso_wallet + amount)
+                self.cross_wallet, pos.iso_wallet = (
+                    _r8(self.cross_wallet - amount),
+                    _r8(pos.iso_wallet + amount),
+                )
             else:
                 m = self._pos_metrics(pos)
                 if pos.iso_wallet + min(m["upnl"], 0.0) - m["im"] + 1e-9 < amount:
                     raise BinanceError(-4051, "Isolated balance insufficient.")
-                self.cross_wallet, pos.iso_wallet = _r8(self.cross_wallet + amount), _r8(pos.iso_wallet - amount)
+                self.cross_wallet, pos.iso_wallet = (
+                    _r8(self.cross_wallet + amount),
+                    _r8(pos.iso_wallet - amount),
+                )
             pos.update_ms = self.ms
-            return {"amount": amount, "code": 200, "msg": "Successfully modify position margin.", "type": kind}
+            return {
+                "amount": amount,
+                "code": 200,
+                "msg": "Successfully modify position margin.",
+                "type": kind,
+            }
 
     def income_history(self, p: dict[str, str]) -> list[dict[str, Any]]:
         """``/fapi/v1/income``: oldest first; without a time range, the last 7 days."""
@@ -987,10 +1330,13 @@ class SimState:
             start, end = p.get("startTime"), p.get("endTime")
             lo = int(start) if start else (self.ms - 7 * 86_400_000 if not end else 0)
             hi = int(end) if end else 2**62
-            rows = [r for r in self.income
-                    if lo <= r["time"] <= hi
-                    and (not p.get("symbol") or r["symbol"] == p["symbol"])
-                    and (not p.get("incomeType") or r["incomeType"] == p["incomeType"])]
+            rows = [
+                r
+                for r in self.income
+                if lo <= r["time"] <= hi
+                and (not p.get("symbol") or r["symbol"] == p["symbol"])
+                and (not p.get("incomeType") or r["incomeType"] == p["incomeType"])
+            ]
             return rows[:limit]
 
     # ------------------------------------------------------------ test helpers (no Binance equivalent)
@@ -1007,7 +1353,9 @@ class SimState:
     def total_usdt(self) -> float:
         """Spot USDT + futures cross wallet + every isolated wallet."""
         with self.lock:
-            return _r8(self.spot_bal[QUOTE] + self.cross_wallet + sum(p.iso_wallet for p in self.positions.values()))
+            return _r8(
+                self.spot_bal[QUOTE] + self.cross_wallet + sum(p.iso_wallet for p in self.positions.values())
+            )
 
     def count(self, method: str, path: str) -> None:
         with self.lock:
@@ -1039,7 +1387,11 @@ class SimState:
                 "orders": [self.order_wire(o, "QUERY") | {"market": o.market} for o in self.orders],
                 "income": list(self.income),
                 "faults": asdict(self.faults),
-                "requests": {"total": sum(self.requests.values()), "by_path": dict(self.requests), "unknown": list(self.unknown_paths)},
+                "requests": {
+                    "total": sum(self.requests.values()),
+                    "by_path": dict(self.requests),
+                    "unknown": list(self.unknown_paths),
+                },
             }
 
 
@@ -1067,7 +1419,9 @@ def _check_auth(state: SimState, request: Request, params: dict[str, str], query
     if not sig or not state.check_signature(payload, sig):
         raise BinanceError(-1022, "Signature for this request is not valid.")
     if not params.get("timestamp"):
-        raise BinanceError(-1102, "Mandatory parameter 'timestamp' was not sent, was empty/null, or malformed.")
+        raise BinanceError(
+            -1102, "Mandatory parameter 'timestamp' was not sent, was empty/null, or malformed."
+        )
 
 
 def build_app(state: SimState) -> Starlette:
@@ -1095,6 +1449,8 @@ def build_app(state: SimState) -> Starlette:
                     result = await result
             except BinanceError as e:
                 return JSONResponse({"code": e.code, "msg": e.msg}, e.status)
+            except (ValueError, KeyError, TypeError):
+                return JSONResponse({"code": -1100, "msg": "Illegal characters found in a parameter."}, 400)
             return JSONResponse(result)
 
         return endpoint
@@ -1117,48 +1473,73 @@ def build_app(state: SimState) -> Starlette:
 
         return handler
 
+    def api(method: str, path: str, handler: Callable[[dict[str, str]], Any], signed: bool = False) -> Route:
+        return Route(path, exchange(handler, signed), methods=[method])
+
+    def leverage(p: dict[str, str]) -> Any:
+        return state.change_leverage(_need(p, "symbol"), int(_num(p, "leverage")))
+
+    def margin_type(p: dict[str, str]) -> Any:
+        return state.change_margin_type(_need(p, "symbol"), _need(p, "marginType"))
+
+    def position_margin(p: dict[str, str]) -> Any:
+        return state.position_margin(_need(p, "symbol"), _num(p, "amount"), int(_num(p, "type")))
+
     routes = [
         # spot, public
-        Route("/api/v3/ping", exchange(lambda p: {})),
-        Route("/api/v3/time", exchange(lambda p: {"serverTime": state.ms})),
-        Route("/api/v3/exchangeInfo", exchange(lambda p: state.exchange_info("spot"))),
-        Route("/api/v3/depth", exchange(lambda p: state.depth("spot", _need(p, "symbol"), p.get("limit")))),
-        Route("/api/v3/ticker/bookTicker", exchange(lambda p: state.book_ticker("spot", p.get("symbol"), p.get("symbols")))),
-        Route("/api/v3/ticker/24hr", exchange(lambda p: state.ticker_24h("spot", p.get("symbol"), p.get("symbols")))),
+        api("GET", "/api/v3/ping", lambda p: {}),
+        api("GET", "/api/v3/time", lambda p: {"serverTime": state.ms}),
+        api("GET", "/api/v3/exchangeInfo", lambda p: state.exchange_info("spot")),
+        api("GET", "/api/v3/depth", lambda p: state.depth("spot", _need(p, "symbol"), p.get("limit"))),
+        api(
+            "GET",
+            "/api/v3/ticker/bookTicker",
+            lambda p: state.book_ticker("spot", p.get("symbol"), p.get("symbols")),
+        ),
+        api(
+            "GET",
+            "/api/v3/ticker/24hr",
+            lambda p: state.ticker_24h("spot", p.get("symbol"), p.get("symbols")),
+        ),
+        api("GET", "/api/v3/klines", lambda p: state.klines("spot", p)),
         # spot, signed
-        Route("/api/v3/order", exchange(place("spot"), signed=True), methods=["POST"]),
-        Route("/api/v3/order", exchange(lambda p: state.get_order("spot", p), signed=True), methods=["GET"]),
-        Route("/api/v3/openOrders", exchange(lambda p: [], signed=True)),
-        Route("/api/v3/account", exchange(lambda p: state.spot_account(), signed=True)),
+        api("POST", "/api/v3/order", place("spot"), True),
+        api("GET", "/api/v3/order", lambda p: state.get_order("spot", p), True),
+        api("GET", "/api/v3/openOrders", lambda p: [], True),
+        api("GET", "/api/v3/account", lambda p: state.spot_account(), True),
+        api("GET", "/api/v3/myTrades", lambda p: state.my_trades("spot", p), True),
         # margin pair lists: ccxt's load_markets asks for them when it has credentials; no margin here
-        Route("/sapi/v1/margin/allPairs", exchange(lambda p: [], signed=True)),
-        Route("/sapi/v1/margin/isolated/allPairs", exchange(lambda p: [], signed=True)),
+        api("GET", "/sapi/v1/margin/allPairs", lambda p: [], True),
+        api("GET", "/sapi/v1/margin/isolated/allPairs", lambda p: [], True),
         # USD-M futures, public
-        Route("/fapi/v1/ping", exchange(lambda p: {})),
-        Route("/fapi/v1/time", exchange(lambda p: {"serverTime": state.ms})),
-        Route("/fapi/v1/exchangeInfo", exchange(lambda p: state.exchange_info("perp"))),
-        Route("/fapi/v1/depth", exchange(lambda p: state.depth("perp", _need(p, "symbol"), p.get("limit")))),
-        Route("/fapi/v1/ticker/bookTicker", exchange(lambda p: state.book_ticker("perp", p.get("symbol")))),
-        Route("/fapi/v1/ticker/24hr", exchange(lambda p: state.ticker_24h("perp", p.get("symbol")))),
-        Route("/fapi/v1/premiumIndex", exchange(lambda p: state.premium_index(p.get("symbol")))),
-        Route("/fapi/v1/fundingInfo", exchange(lambda p: state.funding_info())),
-        Route("/fapi/v1/fundingRate", exchange(state.funding_rate_history)),
+        api("GET", "/fapi/v1/ping", lambda p: {}),
+        api("GET", "/fapi/v1/time", lambda p: {"serverTime": state.ms}),
+        api("GET", "/fapi/v1/exchangeInfo", lambda p: state.exchange_info("perp")),
+        api("GET", "/fapi/v1/depth", lambda p: state.depth("perp", _need(p, "symbol"), p.get("limit"))),
+        api("GET", "/fapi/v1/ticker/bookTicker", lambda p: state.book_ticker("perp", p.get("symbol"))),
+        api("GET", "/fapi/v1/ticker/24hr", lambda p: state.ticker_24h("perp", p.get("symbol"))),
+        api("GET", "/fapi/v1/premiumIndex", lambda p: state.premium_index(p.get("symbol"))),
+        api("GET", "/fapi/v1/fundingInfo", lambda p: state.funding_info()),
+        api("GET", "/fapi/v1/fundingRate", state.funding_rate_history),
+        api("GET", "/fapi/v1/klines", lambda p: state.klines("perp", p)),
+        api("GET", "/fapi/v1/forceOrders", lambda p: [], True),  # the simulator never liquidates
+        api("GET", "/fapi/v1/userTrades", lambda p: state.my_trades("perp", p), True),
         # USD-M futures, signed
-        Route("/fapi/v1/order", exchange(place("perp"), signed=True), methods=["POST"]),
-        Route("/fapi/v1/order", exchange(lambda p: state.get_order("perp", p), signed=True), methods=["GET"]),
-        Route("/fapi/v1/openOrders", exchange(lambda p: [], signed=True)),
-        Route("/fapi/v2/account", exchange(lambda p: state.futures_account(2), signed=True)),
-        Route("/fapi/v3/account", exchange(lambda p: state.futures_account(3), signed=True)),
-        Route("/fapi/v2/balance", exchange(lambda p: state.futures_balance(), signed=True)),
-        Route("/fapi/v3/balance", exchange(lambda p: state.futures_balance(), signed=True)),
-        Route("/fapi/v2/positionRisk", exchange(lambda p: state.position_risk(2, p.get("symbol")), signed=True)),
-        Route("/fapi/v3/positionRisk", exchange(lambda p: state.position_risk(3, p.get("symbol")), signed=True)),
-        Route("/fapi/v1/leverageBracket", exchange(lambda p: state.leverage_brackets(p.get("symbol")), signed=True)),
-        Route("/fapi/v1/leverage", exchange(lambda p: state.change_leverage(_need(p, "symbol"), int(_num(p, "leverage"))), signed=True), methods=["POST"]),
-        Route("/fapi/v1/marginType", exchange(lambda p: state.change_margin_type(_need(p, "symbol"), _need(p, "marginType")), signed=True), methods=["POST"]),
-        Route("/fapi/v1/positionMargin", exchange(lambda p: state.position_margin(_need(p, "symbol"), _num(p, "amount"), int(_num(p, "type"))), signed=True), methods=["POST"]),
-        Route("/fapi/v1/income", exchange(state.income_history, signed=True)),
-        Route("/fapi/v1/positionSide/dual", exchange(lambda p: {"dualSidePosition": False}, signed=True)),
+        api("POST", "/fapi/v1/order", place("perp"), True),
+        api("GET", "/fapi/v1/order", lambda p: state.get_order("perp", p), True),
+        api("GET", "/fapi/v1/openOrders", lambda p: [], True),
+        api("GET", "/fapi/v2/account", lambda p: state.futures_account(2), True),
+        api("GET", "/fapi/v3/account", lambda p: state.futures_account(3), True),
+        api("GET", "/fapi/v2/balance", lambda p: state.futures_balance(), True),
+        api("GET", "/fapi/v3/balance", lambda p: state.futures_balance(), True),
+        api("GET", "/fapi/v2/positionRisk", lambda p: state.position_risk(2, p.get("symbol")), True),
+        api("GET", "/fapi/v3/positionRisk", lambda p: state.position_risk(3, p.get("symbol")), True),
+        api("GET", "/fapi/v1/leverageBracket", lambda p: state.leverage_brackets(p.get("symbol")), True),
+        api("POST", "/fapi/v1/leverage", leverage, True),
+        api("POST", "/fapi/v1/marginType", margin_type, True),
+        api("POST", "/fapi/v1/positionMargin", position_margin, True),
+        api("GET", "/fapi/v1/income", state.income_history, True),
+        api("GET", "/fapi/v1/positionSide/dual", lambda p: {"dualSidePosition": False}, True),
     ]
 
     async def admin_state(request: Request) -> Response:
@@ -1186,7 +1567,11 @@ def build_app(state: SimState) -> Starlette:
     async def admin_requests(request: Request) -> Response:
         if request.method == "DELETE":
             state.reset_counts()
-        snap = {"total": sum(state.requests.values()), "by_path": dict(state.requests), "unknown": list(state.unknown_paths)}
+        snap = {
+            "total": sum(state.requests.values()),
+            "by_path": dict(state.requests),
+            "unknown": list(state.unknown_paths),
+        }
         return JSONResponse(snap)
 
     async def admin_deposit(request: Request) -> Response:
@@ -1200,7 +1585,9 @@ def build_app(state: SimState) -> Starlette:
     async def not_found(request: Request) -> Response:
         with state.lock:
             state.unknown_paths.append(f"{request.method} {request.url.path}")
-        return JSONResponse({"code": -1000, "msg": f"simulator: no route {request.method} {request.url.path}"}, 404)
+        return JSONResponse(
+            {"code": -1000, "msg": f"simulator: no route {request.method} {request.url.path}"}, 404
+        )
 
     routes += [
         Route("/_sim/state", admin_state),
@@ -1228,7 +1615,9 @@ class _ThreadServer(uvicorn.Server):
 
 
 def _config(app: Starlette) -> uvicorn.Config:
-    return uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=1)
+    return uvicorn.Config(
+        app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=1
+    )
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -1284,15 +1673,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--port", type=int, default=0, help="0 = a free port (printed)")
     ap.add_argument("--api-key", default=os.environ.get("BASIS_SIM_API_KEY", "sim-api-key"))
     ap.add_argument("--secret", default=os.environ.get("BASIS_SIM_SECRET", "sim-secret"))
-    ap.add_argument("--start", default="2024-03-15T00:00:00Z", help="simulated start time (ISO-8601 or epoch s)")
+    ap.add_argument(
+        "--start", default="2024-03-15T00:00:00Z", help="simulated start time (ISO-8601 or epoch s)"
+    )
     ap.add_argument("--spot-usdt", type=float, default=100_000.0)
     ap.add_argument("--futures-usdt", type=float, default=100_000.0)
     ap.add_argument("--extra-symbols", type=int, default=0)
     ap.add_argument("--default-margin-type", choices=[CROSSED, ISOLATED], default=CROSSED)
     args = ap.parse_args(argv)
-    state = SimState(start=args.start, api_key=args.api_key, secret=args.secret, spot_usdt=args.spot_usdt,
-                     futures_usdt=args.futures_usdt, extra_symbols=args.extra_symbols,
-                     default_margin_type=args.default_margin_type)
+    state = SimState(
+        start=args.start,
+        api_key=args.api_key,
+        secret=args.secret,
+        spot_usdt=args.spot_usdt,
+        futures_usdt=args.futures_usdt,
+        extra_symbols=args.extra_symbols,
+        default_margin_type=args.default_margin_type,
+    )
     sock = _bind(args.host, args.port)
     print(json.dumps({"url": f"http://{args.host}:{sock.getsockname()[1]}", "t": state.t}), flush=True)
     uvicorn.Server(_config(build_app(state))).run(sockets=[sock])

@@ -145,6 +145,9 @@ class PaperVenue:
     def close(self) -> None:
         self.db.close()
 
+    def dust_qty(self, symbol: str) -> float:
+        return 1e-9  # the paper venue takes fees in USDT and trades any size: no dust
+
     def _reachable(self) -> None:
         if self.faults.unavailable_always:
             raise VenueUnavailable("HTTP 503 Service Unavailable (injected)")
