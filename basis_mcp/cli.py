@@ -212,7 +212,7 @@ def _serve(args: argparse.Namespace, db: Path) -> int:
                         universe=universe, venue_url=args.venue_url, credentials=creds)
 
     async def preflight() -> str:  # fail fast, with a readable message, before any transport is up
-        desk = await open_desk(ServeOptions(**{**opts.__dict__, "live_loop": False}))
+        desk = await open_desk(opts, start=False)
         try:
             v, t = desk.feed.venue.capitalize(), iso(desk.now())
             return {

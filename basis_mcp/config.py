@@ -176,6 +176,7 @@ class Settings(BaseModel):
     live_confirmation: bool = Field(True, description="live mode: enter/exit need a confirmation token first")
     confirmation_ttl_seconds: float = Field(60.0, ge=5, le=600)
     poll_seconds: float = Field(2.0, ge=0.2, le=60, description="live modes: market tick / watchdog period")
+    venue_timeout_ms: int = Field(10_000, ge=500, le=60_000, description="live modes: per-request timeout to the venue")
 
     @model_validator(mode="before")
     @classmethod

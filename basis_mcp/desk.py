@@ -99,6 +99,7 @@ class Desk(ExecutionMixin, WatchdogMixin):
         self._pending_samples: list[tuple[str, int, float, float, float]] = []
         self._last_sample_ts: dict[str, int | None] = {}
         self._venue_down_since: float | None = None
+        self._events_synced_at: float | None = None
         self._notes: set[str] = set()
         self.feeds: dict[str, Any] = {feed.venue: feed}
 
@@ -188,7 +189,8 @@ class Desk(ExecutionMixin, WatchdogMixin):
         feeds: dict[str, LiveFeed] = {}
         try:
             for v in venues:
-                ex = make_exchange(v, credentials if (v == primary and trading == "live") else None, base_url)
+                ex = make_exchange(v, credentials if (v == primary and trading == "live") else None, base_url,
+                                   timeout_ms=settings.venue_timeout_ms)
                 feeds[v] = LiveFeed(v, ex, clock, universe)
                 await feeds[v].start()
             feed = feeds[primary]
@@ -227,6 +229,7 @@ class Desk(ExecutionMixin, WatchdogMixin):
         async with self.lock:
             try:
                 await self._sync_venue_events()
+                self._events_synced_at = self.now()
                 await self._recover_all()
                 await self._check_ledger()
             except (VenueError, VenueTimeout) as e:
@@ -276,7 +279,9 @@ class Desk(ExecutionMixin, WatchdogMixin):
                 return await self.watchdog_tick() if self._has_book() else []
             now = self.now()
             report = self.venue.on_tick(now)
-            await self._sync_venue_events()
+            if self._venue_events_due(now):
+                await self._sync_venue_events()
+                self._events_synced_at = now
             for sym in self.feed.symbols:
                 try:
                     self._queue_sample(self.feed.snapshot(sym))
@@ -286,6 +291,30 @@ class Desk(ExecutionMixin, WatchdogMixin):
             if self._has_book() or report.funding or report.liquidations:
                 return await self.watchdog_tick()
             return []
+
+    EVENTS_BACKSTOP_S = 300.0
+
+    def _venue_events_due(self, now: float) -> bool:
+        """Funding and liquidation history are heavy reads on a real venue: read them when a
+        settlement time has passed since the last read, and every 5 minutes as a backstop. (The
+        paper venue's are local and read every tick; a vanished perp leg shows in the positions,
+        which the watchdog reads every tick.)"""
+        if not getattr(self.venue, "remote", False):
+            return True
+        last = self._events_synced_at
+        if self.store.one("SELECT 1 FROM positions WHERE closed_at IS NULL OR closed_at >= ? LIMIT 1", (last or 0.0,)) is None:
+            return False  # no position since the last read: the venue cannot have paid or liquidated anything
+        if last is None or now - last >= self.EVENTS_BACKSTOP_S:
+            return True
+        for sym in self.feed.symbols:
+            try:
+                nxt = self.feed.snapshot(sym).next_funding_time
+            except MarketDataUnavailable:
+                continue
+            prev = nxt - self.feed.snapshot(sym).funding_interval_hours * 3600.0
+            if last < prev <= now:
+                return True
+        return False
 
     async def run_live_loop(self, poll_seconds: float) -> None:
         """The watchdog's heartbeat in live modes: ticks whether or not the agent calls tools."""
@@ -1299,7 +1328,8 @@ class Desk(ExecutionMixin, WatchdogMixin):
                 self.store.set_meta("funding_cursor", repr(max(ev.time for ev in events)))
         liq_out: list[dict[str, Any]] = []
         lcursor = float(self.store.get_meta("liquidation_cursor") or 0)
-        for ev in await self.venue.liquidations(lcursor):
+        held = [r["symbol"] for r in self.store.q("SELECT DISTINCT symbol FROM positions WHERE status IN ('opening','open','closing')")]
+        for ev in await self.venue.liquidations(lcursor, held):
             liq_out.append(await self._on_liquidation(ev))
             self.store.set_meta("liquidation_cursor", repr(ev.time))
         return settled, liq_out

@@ -201,12 +201,13 @@ class ExecutionMixin:
         row = self.store.one("SELECT quantity, notional_usd FROM positions WHERE id = ?", (pid,))
         # notional is measured at the reference mid the caps were checked at, scaled to what filled
         ref_price = row["notional_usd"] / row["quantity"] if row["quantity"] else opens["spot"]["mid_price"]
+        hedged = min(spot_q, -perp_q)  # the hedged quantity; spot dust above it is not part of the hedge
         entry_basis = (opens["perp"]["mid_price"] - opens["spot"]["mid_price"]) / opens["spot"]["mid_price"] * 100.0
         with self.store.tx():
             self.store.x(
                 "UPDATE positions SET status = 'open', quantity = ?, notional_usd = ?, entry_spot = ?, entry_perp = ?,"
                 " entry_basis_pct = ?, margin_usd = ?, reserved_usd = 0 WHERE id = ?",
-                (spot_q, spot_q * ref_price, opens["spot"]["price"], opens["perp"]["price"], entry_basis, wallet, pid),
+                (hedged, hedged * ref_price, opens["spot"]["price"], opens["perp"]["price"], entry_basis, wallet, pid),
             )
             row = self.store.one("SELECT * FROM positions WHERE id = ?", (pid,))
             out = EnterTradeOutput(

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import anyio
@@ -40,6 +41,7 @@ ORDER_RATE_LIMIT_RETRIES = 3
 
 
 class LiveVenue:
+    remote = True  # every read is a request to the exchange: the desk reads heavy history sparingly
     def __init__(self, venue: str, exchange: Any, feed: LiveFeed, settings: Settings, clock: Clock):
         self.name = f"live:{venue}"
         self.venue = venue
@@ -49,6 +51,23 @@ class LiveVenue:
         self.clock = clock
         self._configured: dict[str, float] = {}
         self._backoff_s = 0.25
+        self._cache: dict[str, tuple[float, Any]] = {}
+
+    # Account reads are cached briefly and dropped on every order or margin change: one watchdog
+    # tick reads balances and positions once (2 + 1 requests), not once per check.
+    BALANCES_TTL_S = 10.0
+    POSITIONS_TTL_S = 1.0
+
+    async def _cached(self, key: str, ttl: float, fetch) -> Any:
+        hit = self._cache.get(key)
+        if hit is not None and time.monotonic() - hit[0] < ttl:
+            return hit[1]
+        value = await fetch()
+        self._cache[key] = (time.monotonic(), value)
+        return value
+
+    def _invalidate(self) -> None:
+        self._cache.clear()
 
     # ------------------------------------------------------------------ plumbing
 
@@ -97,6 +116,7 @@ class LiveVenue:
     async def set_leverage(self, symbol: str, leverage: float) -> None:
         if self._configured.get(symbol) == leverage:
             return
+        self._invalidate()
         perp = self._unified(symbol, "perp")
         try:
             await self.ex.set_margin_mode("isolated", perp)
@@ -112,6 +132,13 @@ class LiveVenue:
         self._configured[symbol] = leverage
 
     async def place_order(self, req: OrderRequest) -> OrderResult:
+        self._invalidate()
+        try:
+            return await self._place_order(req)
+        finally:
+            self._invalidate()
+
+    async def _place_order(self, req: OrderRequest) -> OrderResult:
         sym = self._unified(req.symbol, req.market)
         params: dict[str, Any] = {"clientOrderId": req.client_order_id}
         if req.market == "perp" and req.reduce_only:
@@ -201,23 +228,29 @@ class LiveVenue:
         snap = self.feed.snapshot(symbol)
         return self._result(await self._with_fees(o, sym), req, snap.spot if market == "spot" else snap.perp)
 
-    async def fetch_perp_position(self, symbol: str) -> PerpPosition | None:
-        perp = self._unified(symbol, "perp")
-        rows = await self._read("fetch positions", self.ex.fetch_positions, [perp])
+    async def _positions(self) -> dict[str, PerpPosition]:
+        rows = await self._read("fetch positions", self.ex.fetch_positions)
+        out: dict[str, PerpPosition] = {}
         for p in rows:
-            if p.get("symbol") != perp:
-                continue
+            m = self.ex.markets.get(p.get("symbol")) or {}
             contracts = float(p.get("contracts") or 0.0)
-            if contracts == 0:
-                return None
+            if not m.get("swap") or m.get("quote") != self.feed.quote or contracts == 0:
+                continue
             signed = contracts if p.get("side") == "long" else -contracts
             info = p.get("info") or {}
             wallet = float(info.get("isolatedWallet") or info.get("isolatedMargin") or p.get("collateral") or 0.0)
-            return PerpPosition(symbol, signed, float(p.get("entryPrice") or 0.0), wallet, float(p.get("leverage") or 0.0))
-        return None
+            out[m["base"]] = PerpPosition(m["base"], signed, float(p.get("entryPrice") or 0.0), wallet,
+                                          float(p.get("leverage") or self._configured.get(m["base"]) or 0.0))
+        return out
+
+    async def fetch_perp_position(self, symbol: str) -> PerpPosition | None:
+        return (await self._cached("positions", self.POSITIONS_TTL_S, self._positions)).get(symbol)
 
     async def fetch_balances(self) -> dict[str, float]:
         """Free spot balances; ``USDT`` is spot USDT plus the futures wallet's available USDT."""
+        return dict(await self._cached("balances", self.BALANCES_TTL_S, self._balances))
+
+    async def _balances(self) -> dict[str, float]:
         spot = await self._read("spot balance", self.ex.fetch_balance)
         fut = await self._read("futures balance", self.ex.fetch_balance, {"type": "future"})
         out = {k: float(v) for k, v in (spot.get("free") or {}).items() if v}
@@ -225,6 +258,7 @@ class LiveVenue:
         return out
 
     async def add_margin(self, symbol: str, amount_usd: float) -> None:
+        self._invalidate()
         try:
             await self.ex.add_margin(self._unified(symbol, "perp"), amount_usd)
         except ccxt.BaseError as e:
@@ -244,13 +278,16 @@ class LiveVenue:
             out.append(FundingEvent(base, t, rate, mark, qty, amount))
         return out
 
-    async def liquidations(self, since: float) -> list[LiquidationEvent]:
-        if not self.ex.has.get("fetchMyLiquidations"):
+    async def liquidations(self, since: float, symbols: list[str] | None = None) -> list[LiquidationEvent]:
+        """Forced closes of the desk's perps (asked per symbol: a fraction of the all-symbol weight)."""
+        if not self.ex.has.get("fetchMyLiquidations") or not symbols:
             return []
-        try:
-            rows = await self.ex.fetch_my_liquidations(None, int(since * 1000) + 1, None, {"type": "swap", "subType": "linear"})
-        except ccxt.BaseError:
-            return []  # position reconciliation on every tick still catches a vanished leg
+        rows: list[dict[str, Any]] = []
+        for sym in symbols:
+            try:
+                rows += await self.ex.fetch_my_liquidations(self._unified(sym, "perp"), int(since * 1000) + 1)
+            except ccxt.BaseError:
+                continue  # position reconciliation on every tick still catches a vanished leg
         out = []
         for r in rows:
             base = self.ex.markets.get(r.get("symbol"), {}).get("base") or ""

@@ -57,12 +57,15 @@ class ServeOptions:
     live_loop: bool = True  # live modes: the background market tick / watchdog
 
 
-async def open_desk(options: ServeOptions) -> Desk:
+async def open_desk(options: ServeOptions, start: bool = True) -> Desk:
+    """Open the desk (and, for live trading, check the API keys); ``start`` also reconciles it."""
     if options.mode == "replay":
         desk = Desk.open_replay(options.settings, options.db_path, options.data_path, options.start, options.faults)
     else:
         desk = await Desk.open_live(options.settings, options.db_path, options.venues, options.mode, options.credentials,
                                     options.venue_url, options.universe, options.faults)
+    if not start:
+        return desk
     try:
         await desk.start()
     except BaseException:

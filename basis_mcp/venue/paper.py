@@ -91,6 +91,7 @@ QTY_EPS = 1e-12
 
 
 class PaperVenue:
+    remote = False
     def __init__(self, path: Path | str, feed: MarketFeed, settings: Settings, clock: Clock, faults: FaultPlan | None = None):
         self.name = f"paper:{feed.venue}"
         self.db = Database(path, PAPER_SCHEMA)
@@ -194,7 +195,7 @@ class PaperVenue:
         rows = self.db.q("SELECT * FROM paper_funding WHERE time > ? ORDER BY time, symbol", (since,))
         return [FundingEvent(r["symbol"], r["time"], r["rate"], r["mark_price"], r["quantity"], r["amount_usd"]) for r in rows]
 
-    async def liquidations(self, since: float) -> list[LiquidationEvent]:
+    async def liquidations(self, since: float, symbols: list[str] | None = None) -> list[LiquidationEvent]:
         rows = self.db.q("SELECT * FROM paper_liquidations WHERE time > ? ORDER BY time", (since,))
         return [LiquidationEvent(r["symbol"], r["time"], r["quantity"], r["price"], r["loss_usd"], r["client_order_id"]) for r in rows]
 
