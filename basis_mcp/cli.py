@@ -12,11 +12,14 @@ import platformdirs
 from basis_mcp import __version__
 
 
-def default_db_path() -> Path:
+def default_db_path(mode: str = "replay", venue: str = "binance") -> Path:
+    """``$BASIS_MCP_DB``, else one database per mode in the user data directory (a replay book
+    and a live book must never share a file)."""
     env = os.environ.get("BASIS_MCP_DB")
     if env:
         return Path(env)
-    return Path(platformdirs.user_data_dir("basis-mcp", appauthor=False)) / "basis-mcp.db"
+    name = "basis-mcp.db" if mode == "replay" else f"basis-mcp-{mode}-{venue}.db"
+    return Path(platformdirs.user_data_dir("basis-mcp", appauthor=False)) / name
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -68,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     db = args.db or default_db_path()
     if args.command == "serve":
+        if args.db is None and args.market == "live":
+            db = default_db_path("live" if args.live else "readonly" if args.readonly else "paper",
+                                 args.venue.split(",")[0].strip().lower())
         return _serve(args, db)
     if args.command == "status":
         return _status(db)
