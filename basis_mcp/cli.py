@@ -68,7 +68,26 @@ def main(argv: list[str] | None = None) -> int:
     _add_common(export)
     export.add_argument("--out", type=Path, default=None, help="file to write (default: stdout)")
 
+    bt = sub.add_parser("backtest", help="backtest the cash-and-carry rules on history (writes JSON and a PNG chart)")
+    bt.add_argument("--symbols", default="BTC,ETH")
+    bt.add_argument("--start", default="2020-01-01")
+    bt.add_argument("--end", default="2026-05-16")
+    bt.add_argument("--data", type=Path, default=None, help="an .npz extract, a freqtrade data dir or a CSV dir (default: shipped)")
+    bt.add_argument("--engine", choices=["vectorized", "reference"], default="vectorized")
+    bt.add_argument("--out", type=Path, default=Path("backtest-results"))
+    bt.add_argument("--no-chart", action="store_true")
+    bt.add_argument("--sweep", action="append", default=[], metavar="NAME=V1,V2,...",
+                    help="sweep a parameter over values (repeatable): every combination is run")
+    from basis_mcp.backtest.params import BacktestParams
+
+    for name, f in BacktestParams.model_fields.items():
+        typ = int if f.annotation is int else float
+        bt.add_argument("--" + name.replace("_", "-"), dest=f"p_{name}", type=typ, default=None,
+                        help=f"{f.description or name} (default {f.default})")
+
     args = parser.parse_args(argv)
+    if args.command == "backtest":
+        return _backtest(args)
     db = args.db or default_db_path()
     if args.command == "serve":
         if args.db is None and args.market == "live":
@@ -82,6 +101,64 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "audit":
         return _audit_verify(db) if args.audit_command == "verify" else _audit_export(db, args.out)
     return 2
+
+
+def _progress_bar(done: float, total: float, message: str) -> None:
+    width = 30
+    filled = int(width * done / total) if total else width
+    end = "\n" if done >= total else ""
+    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {int(done)}/{int(total)} {message[:50]:<50}", end=end,
+          file=sys.stderr, flush=True)
+
+
+def _backtest(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from basis_mcp.backtest.params import BacktestParams
+    from basis_mcp.backtest.runner import load_markets, run, sweep, write_outputs
+    from basis_mcp.history import DataError, load_any
+
+    overrides = {k[2:]: v for k, v in vars(args).items() if k.startswith("p_") and v is not None}
+    try:
+        params = BacktestParams(**overrides)
+        grid: dict[str, list[float]] = {}
+        for spec in args.sweep:
+            name, _, values = spec.partition("=")
+            if name not in BacktestParams.model_fields or not values:
+                raise DataError(f"--sweep {spec!r}: expected NAME=V1,V2 with NAME one of the parameters")
+            grid[name] = [float(v) for v in values.split(",")]
+        histories = load_any(args.data)
+        markets = load_markets(histories, args.symbols.split(","), args.start, args.end, params)
+    except ValidationError as e:
+        print("basis-mcp backtest: " + "; ".join(f"{'.'.join(map(str, er['loc'])) or 'params'}: {er['msg']}" for er in e.errors()),
+              file=sys.stderr)
+        return 2
+    except (DataError, ValueError) as e:
+        print(f"basis-mcp backtest: {e}", file=sys.stderr)
+        return 2
+    if grid:
+        rows = sweep(markets, params, grid, _progress_bar)
+        cols = list(grid) + ["trades", "win_rate_pct", "total_pnl_usd", "apy_pct", "apy_while_invested_pct", "max_drawdown_pct"]
+        print("  ".join(f"{c:>14}" for c in cols))
+        for r in rows:
+            print("  ".join(f"{'' if r[c] is None else r[c]:>14}" for c in cols))
+        return 0
+    result = run(markets, params, args.engine, _progress_bar)
+    paths = write_outputs(result, args.out, chart=not args.no_chart)
+    s = result.summary
+    print(f"{', '.join(result.symbols)}  {result.start[:10]} → {result.end[:10]}  ({args.engine} engine)")
+    print(f"trades {s['trades']}  win rate {s['win_rate_pct']}%  avg hold {s['avg_hold_days']} d  exposure {s['exposure_pct']}%")
+    print(f"basis ${s['basis_pnl_usd']:,.2f}  funding ${s['funding_usd']:,.2f}  fees ${s['fees_usd']:,.2f}  "
+          f"slippage ${s['slippage_usd']:,.2f}  =  P&L ${s['total_pnl_usd']:,.2f}")
+    print(f"return {s['total_return_pct']}% of ${params.capital_usd:,.0f}  APY {s['apy_pct']}%  "
+          f"APY while invested {s['apy_while_invested_pct']}%  Sharpe {s['sharpe']}  max drawdown {s['max_drawdown_pct']}%")
+    print(f"\n{'year':>6} {'trades':>7} {'win%':>7} {'basis $':>10} {'funding $':>10} {'costs $':>10} {'P&L $':>10} {'ret %':>8}")
+    for y in result.by_year:
+        print(f"{y['year']:>6} {y['trades']:>7} {y['win_rate_pct']:>7} {y['basis_pnl_usd']:>10,.2f} {y['funding_usd']:>10,.2f} "
+              f"{y['costs_usd']:>10,.2f} {y['pnl_usd']:>10,.2f} {y['return_pct']:>8.3f}")
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0
 
 
 def _existing_store(db: Path):

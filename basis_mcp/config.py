@@ -169,7 +169,9 @@ class Settings(BaseModel):
     basis_stop_multiple: float = Field(3.0, gt=1, description="watchdog stops out when basis exceeds this multiple of entry")
     zscore_window: int = Field(1080, ge=30, le=100_000)
     zscore_sample_seconds: int = Field(3600, ge=60, le=86_400, description="one basis sample per symbol per bucket")
-    max_stale_seconds_replay: float = Field(3600.0, ge=0, le=86_400, description="replay data is hourly: one bar old is fresh")
+    max_stale_seconds_replay: float = Field(
+        3599.0, ge=0, le=86_400, description="replay data is hourly: a price from this hour is fresh, a missing bar is stale"
+    )
     max_stale_seconds_live: float = Field(5.0, gt=0)
     max_hold_days: float = Field(30.0, gt=0)
     max_advance_hours: float = Field(24.0 * 92, gt=0, le=24.0 * 366)

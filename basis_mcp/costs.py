@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
+
 Market = Literal["spot", "perp"]
 Side = Literal["buy", "sell"]
 
@@ -27,17 +29,20 @@ class LegCosts:
     half_spread_bps: float
     impact_bps_per_sqrt_musd: float
 
-    def slippage_fraction(self, notional_usd: float) -> float:
-        impact = self.impact_bps_per_sqrt_musd * math.sqrt(max(notional_usd, 0.0) / 1e6)
+    def slippage_fraction(self, notional_usd):  # float or array
+        if isinstance(notional_usd, float | int):
+            impact = self.impact_bps_per_sqrt_musd * math.sqrt(max(notional_usd, 0.0) / 1e6)
+        else:
+            impact = self.impact_bps_per_sqrt_musd * np.sqrt(np.maximum(notional_usd, 0.0) / 1e6)
         return (self.half_spread_bps + impact) / 1e4
 
-    def fill_price(self, mid: float, side: Side, notional_usd: float) -> float:
+    def fill_price(self, mid, side: Side, notional_usd):  # floats or arrays
         s = self.slippage_fraction(notional_usd)
         return mid * (1.0 + s) if side == "buy" else mid * (1.0 - s)
 
     def fill_from_touch(self, touch: float, side: Side, notional_usd: float) -> float:
         """Fill against a real best bid/ask: the spread is already in ``touch``, add impact only."""
-        s = self.impact_bps_per_sqrt_musd * math.sqrt(max(notional_usd, 0.0) / 1e6) / 1e4
+        s = self.impact_bps_per_sqrt_musd * np.sqrt(np.maximum(notional_usd, 0.0) / 1e6) / 1e4
         return touch * (1.0 + s) if side == "buy" else touch * (1.0 - s)
 
 

@@ -60,6 +60,7 @@ from basis_mcp.models import (
 )
 from basis_mcp.signals import (
     RollingZScore,
+    entry_expected_net_usd,
     estimate_net_return,
     funding_8h_pct,
     funding_apr_pct,
@@ -457,7 +458,9 @@ class Desk(ExecutionMixin, WatchdogMixin):
         return [s for s in self.feed.symbols if allowed is None or s in allowed]
 
     def orders_last_minute(self) -> int:
-        return int(self.store.one("SELECT COUNT(*) AS n FROM orders WHERE created_wall > ?", (time.time() - 60.0,))["n"])
+        """Orders in the last 60 s of market time (wall time live; simulated time in replay, so a fast
+        replay is judged by the pace of its own market, not by how quickly the machine runs it)."""
+        return int(self.store.one("SELECT COUNT(*) AS n FROM orders WHERE created_at > ?", (self.now() - 60.0,))["n"])
 
     def realised_vol_1h_pct(self, snap: Snapshot) -> float | None:
         if snap.prev_perp is None:
@@ -510,7 +513,7 @@ class Desk(ExecutionMixin, WatchdogMixin):
         return int(t // step * step)
 
     def _warm_history(self) -> None:
-        """First start in replay: backfill one window of samples from the data before now."""
+        """First start in replay: backfill one window of samples (the last ``window`` fresh bars) before now."""
         if not self.clock.simulated:
             return
         now = self.now()
@@ -520,8 +523,10 @@ class Desk(ExecutionMixin, WatchdogMixin):
             have = self.store.one("SELECT COUNT(*) AS n FROM basis_samples WHERE symbol = ? AND ts <= ?", (sym, now))["n"]
             if have >= w:
                 continue
-            times, basis = self.feed.basis_series(sym, now - w * HOUR, now)
+            # the window is the last `w` fresh samples, not the last `w` hours: reach back past any gaps
             h = self.feed.h[sym]
+            times, basis = self.feed.basis_series(sym, h.t0, now)
+            times, basis = times[-w:], basis[-w:]
             for t, b in zip(times.tolist(), basis.tolist(), strict=True):
                 i = h.index_at(t)
                 rows.append((sym, int(t), float(h.spot[i]), float(h.perp[i]), float(b)))
@@ -1072,6 +1077,82 @@ class Desk(ExecutionMixin, WatchdogMixin):
             limits=limits,
         )
 
+    # ================================================================== backtest and charts
+
+    async def backtest(self, inp: Any, ctx: Any) -> Any:
+        """Run the backtest engine in a worker thread, reporting progress per symbol."""
+        from pydantic import ValidationError
+
+        from basis_mcp.backtest.chart import backtest_chart
+        from basis_mcp.backtest.params import BacktestParams
+        from basis_mcp.backtest.runner import load_markets, parse_when, run
+        from basis_mcp.errors import Violation
+        from basis_mcp.history import load_extract
+        from basis_mcp.models import BacktestOutput
+        from basis_mcp.tools.registry import WithImages
+
+        fields = [k for k in BacktestParams.model_fields if k in type(inp).model_fields]
+        try:
+            params = BacktestParams(**{k: getattr(inp, k) for k in fields})
+        except ValidationError as e:
+            raise Rejected(violations=[Violation(".".join(map(str, er["loc"])) or "params", er.get("input"), er["msg"])
+                                       for er in e.errors()]) from None
+        histories = self.feed.h if self.clock.simulated else load_extract()
+        if inp.end is None:
+            end = self.now() if self.clock.simulated else float(max(h.t_end for h in histories.values()))
+        else:
+            end = parse_when("end", inp.end)
+        if self.clock.simulated and end > self.now():
+            raise Rejected("end", inp.end, f"in replay mode a backtest cannot look past the replay clock ({iso(self.now())})")
+        markets = load_markets(histories, inp.symbols, inp.start, end, params)
+
+        async def report(done: float, total: float, msg: str) -> None:
+            await ctx.report_progress(done, total, message=msg)
+
+        def work():
+            res = run(markets, params, "vectorized", lambda d, t, msg: anyio.from_thread.run(report, d, t, msg))
+            return res, (backtest_chart(res) if inp.chart else None)
+
+        res, png = await anyio.to_thread.run_sync(work)
+        data = res.to_json()
+        out = BacktestOutput(
+            symbols=data["symbols"], start=data["start"], end=data["end"], params=data["params"], summary=data["summary"],
+            by_year=data["by_year"], by_symbol=data["by_symbol"], spot_gaps=data["spot_gaps"], trades=data["trades"][:200],
+            trades_total=len(data["trades"]),
+        )
+        return WithImages(out, [png] if png else [])
+
+    async def plot_basis(self, symbol: str, days: float) -> Any:
+        from basis_mcp.backtest.chart import basis_chart
+        from basis_mcp.models import PlotBasisOutput
+        from basis_mcp.tools.registry import WithImages
+
+        sym = self.resolve(symbol)
+        self._flush_samples()
+        t1 = self.now()
+        t0 = t1 - days * 86400.0
+        rows = self.store.q("SELECT ts, basis_pct FROM basis_samples WHERE symbol = ? AND ts > ? AND ts <= ? ORDER BY ts", (sym, t0, t1))
+        if not rows:
+            raise Rejected("symbol", sym, f"no basis samples recorded in the last {days:g} days")
+        times = np.array([r["ts"] for r in rows], dtype=np.float64)
+        basis = np.array([r["basis_pct"] for r in rows])
+        if self.clock.simulated:
+            h = self.feed.h[sym]
+            sel = (h.funding_time > t0) & (h.funding_time <= t1)
+            f_t, f_r = h.funding_time[sel].astype(np.float64), h.funding_rate[sel]
+        else:
+            hist = [(t, r) for t, r, _ in self.feed.settled.get(sym, []) if t0 < t <= t1]
+            f_t, f_r = np.array([t for t, _ in hist]), np.array([r for _, r in hist])
+        window = max(min(self.settings.zscore_window, basis.size // 2), 2)
+        png = await anyio.to_thread.run_sync(lambda: basis_chart(sym, times, basis, f_t, f_r, window))
+        out = PlotBasisOutput(
+            symbol=sym, from_time=iso(times[0]) or "", to_time=iso(times[-1]) or "", samples=int(basis.size),
+            basis_pct_last=round(float(basis[-1]), 8), basis_pct_mean=round(float(basis.mean()), 8),
+            basis_pct_std=round(float(basis.std()), 8), settlements=int(f_r.size),
+            funding_rate_pct_mean=round(float(f_r.mean()) * 100, 8) if f_r.size else None,
+        )
+        return WithImages(out, [png])
+
     # ================================================================== live confirmations
 
     @property
@@ -1157,17 +1238,16 @@ class Desk(ExecutionMixin, WatchdogMixin):
         qty = floor_to_step(notional_usd / snap.spot, spec.qty_step)
         rounded = qty * snap.spot
         costs = spec.costs
-        est = estimate_net_return(
-            notional_usd=max(rounded, 1e-9),
-            spot_price=snap.spot,
-            perp_price=snap.perp,
+        expected_net = entry_expected_net_usd(
+            qty=qty,
+            spot=snap.spot,
+            perp=snap.perp,
+            leverage=lev,
+            costs=costs,
             hold_days=expected_hold_days,
-            exit_basis_pct=0.0,
             funding_rate=self._funding_assumption(sym, snap, None)[0],
             funding_interval_hours=snap.funding_interval_hours,
             seconds_to_next_funding=snap.seconds_to_funding,
-            leverage=lev,
-            entry_exit_cost_usd=costs.round_trip_usd(qty, snap.spot, snap.perp),
         )
         state, reason = self.trading_state()
         dup = self._open_position(sym)
@@ -1190,7 +1270,7 @@ class Desk(ExecutionMixin, WatchdogMixin):
             stale_limit_seconds=self._stale_limit(),
             realised_vol_1h_pct=self.realised_vol_1h_pct(snap),
             vol_limit_pct=self.settings.max_realised_vol_1h_pct,
-            expected_net_usd=est.net_usd,
+            expected_net_usd=expected_net,
             expected_hold_days=expected_hold_days,
             duplicate_position_id=None if dup is None else dup["id"],
             orders_last_minute=self.orders_last_minute(),

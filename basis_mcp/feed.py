@@ -12,7 +12,7 @@ from typing import Protocol
 import numpy as np
 
 from basis_mcp.clock import Clock
-from basis_mcp.history import HOUR, SymbolHistory
+from basis_mcp.history import HOUR, SymbolHistory, funding_schedule, mean_rate
 from basis_mcp.signals import basis_pct
 
 
@@ -141,18 +141,9 @@ class ReplayFeed:
         j = int(self._spot_ffill[symbol][i]) if i >= 0 else -1
         if j < 0:
             raise MarketDataUnavailable(f"{symbol} has no spot price yet at {now:.0f}")
-        k = int(np.searchsorted(h.funding_time, now, side="right"))
-        last_rate = float(h.funding_rate[k - 1]) if k > 0 else None
-        if k < len(h.funding_time):
-            nxt = float(h.funding_time[k])
-            prev = float(h.funding_time[k - 1]) if k > 0 else nxt - 8 * HOUR
-        else:  # past the last settlement in the data: extrapolate the schedule
-            prev = float(h.funding_time[-1])
-            interval = float(h.funding_time[-1] - h.funding_time[-2]) if len(h.funding_time) > 1 else 8 * HOUR
-            nxt = prev + interval * (1 + (now - prev) // interval)
-        interval_h = (nxt - prev) / HOUR if nxt > prev else 8.0
-        if interval_h not in (1.0, 2.0, 4.0, 8.0):  # a gap in the settlement series: fall back to spacing
-            interval_h = 8.0
+        nxt_a, iv_a, last_a = funding_schedule(h.funding_time, h.funding_rate, now)
+        nxt, interval_h = float(nxt_a[0]), float(iv_a[0])
+        last_rate = None if np.isnan(last_a[0]) else float(last_a[0])
         return Snapshot(
             symbol=symbol,
             venue=self.venue,
@@ -194,9 +185,8 @@ class ReplayFeed:
     def mean_funding_rate(self, symbol: str, since: float, until: float) -> float | None:
         """Mean settled rate over (since, until], fraction per interval."""
         h = self.h[symbol]
-        lo = int(np.searchsorted(h.funding_time, since, side="right"))
-        hi = int(np.searchsorted(h.funding_time, until, side="right"))
-        return float(h.funding_rate[lo:hi].mean()) if hi > lo else None
+        m = float(mean_rate(h.funding_time, h.funding_rate, since, until)[0])
+        return None if np.isnan(m) else m
 
     def basis_series(self, symbol: str, t_from: float, t_to: float) -> tuple[np.ndarray, np.ndarray]:
         """(times, basis_pct) at every hour in [t_from, t_to] where both legs have a fresh price."""

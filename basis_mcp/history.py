@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from basis_mcp.clock import parse_time
+
 HOUR = 3600
 EXTRACT_NAME = "binance_1h.npz"
 ATTRIBUTION = (
@@ -101,6 +103,62 @@ def _finish(symbol: str, t0: int, spot, perp, mark, mark_high, mark_low, f_time,
         funding_rate=f_rate,
         mark_is_proxy=proxy,
     )
+
+
+# --------------------------------------------------------------------------- funding schedule
+
+
+def funding_schedule(
+    f_time: np.ndarray, f_rate: np.ndarray, t: np.ndarray | float, k: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """At time(s) ``t``: (next settlement time, interval in hours, last settled rate or NaN).
+
+    The interval is the spacing around the next settlement (1, 2, 4 or 8 h; anything else, a
+    gap in the series, counts as 8 h); past the last settlement the schedule is extrapolated.
+    Vectorised: the replay feed and the backtest read the schedule through this one function.
+    ``k`` (optional) is ``searchsorted(f_time, t, 'right')`` when the caller already has it.
+    """
+    tt = np.atleast_1d(np.asarray(t, dtype=np.float64))
+    ft = f_time.astype(np.float64)
+    n = ft.size
+    if n == 0:
+        nxt = (np.floor(tt / (8 * HOUR)) + 1) * 8 * HOUR
+        return nxt, np.full(tt.size, 8.0), np.full(tt.size, np.nan)
+    if k is None:
+        k = np.searchsorted(ft, tt, side="right")
+    # settlement times extended past the data (the last spacing repeated) so "next" is a plain gather
+    tail = float(ft[-1] - ft[-2]) if n > 1 else 8.0 * HOUR
+    beyond = max(int((tt.max() - ft[-1]) // tail) + 1, 0) + 1
+    ext = np.concatenate((ft, ft[-1] + tail * np.arange(1, beyond + 1)))
+    extra = np.maximum(0, np.floor((tt - ft[-1]) / tail).astype(np.int64))
+    nxt_i = np.where(k < n, k, n + extra)  # past the data: the next extrapolated settlement
+    nxt = ext[nxt_i]
+    prev = np.where(nxt_i > 0, ext[np.maximum(nxt_i - 1, 0)], nxt - 8 * HOUR)
+    iv = (nxt - prev) / HOUR
+    iv = np.where((iv == 1.0) | (iv == 2.0) | (iv == 4.0) | (iv == 8.0), iv, 8.0)
+    last = np.concatenate(([np.nan], f_rate))[k]
+    return nxt, iv, last
+
+
+def mean_rate(
+    f_time: np.ndarray,
+    f_rate: np.ndarray,
+    since: np.ndarray | float,
+    until: np.ndarray | float,
+    lo: np.ndarray | None = None,
+    hi: np.ndarray | None = None,
+) -> np.ndarray:
+    """Mean settled rate over (since, until] (NaN where there is none). Vectorised; ``lo``/``hi``
+    are the settlement counts at ``since``/``until`` when the caller already has them."""
+    cs = np.concatenate(([0.0], np.cumsum(f_rate)))
+    ft = f_time.astype(np.float64)  # search floats in floats: no per-call conversion of the queries
+    if lo is None:
+        lo = np.searchsorted(ft, np.atleast_1d(since).astype(np.float64), side="right")
+    if hi is None:
+        hi = np.searchsorted(ft, np.atleast_1d(until).astype(np.float64), side="right")
+    cnt = hi - lo
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(cnt > 0, (cs[hi] - cs[lo]) / np.maximum(cnt, 1), np.nan)
 
 
 # --------------------------------------------------------------------------- extract
@@ -273,11 +331,82 @@ def load_freqtrade_dir(path: Path | str, symbols: list[str] | None = None, quote
     return out
 
 
+# --------------------------------------------------------------------------- plain CSV
+
+
+def _csv_columns(path: Path, required: tuple[str, ...]) -> dict[str, np.ndarray]:
+    import csv
+
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        raise DataError(f"{path.name}: empty")
+    missing = [c for c in required if c not in rows[0]]
+    if missing:
+        raise DataError(f"{path.name}: missing column(s) {', '.join(missing)} (has {', '.join(rows[0])})")
+    out: dict[str, np.ndarray] = {}
+    for col in rows[0]:
+        vals = []
+        for n, r in enumerate(rows, 2):
+            v = (r.get(col) or "").strip()
+            if col == "time":
+                try:
+                    vals.append(float(v) if v.replace(".", "", 1).isdigit() else parse_time(v))
+                except ValueError:
+                    raise DataError(f"{path.name} line {n}: bad time {v!r}") from None
+            else:
+                try:
+                    vals.append(float(v) if v else np.nan)
+                except ValueError:
+                    raise DataError(f"{path.name} line {n}: {col} is not a number: {v!r}") from None
+        out[col] = np.array(vals)
+    t = out["time"]
+    if np.any(np.diff(t) <= 0):
+        raise DataError(f"{path.name}: times are not strictly increasing")
+    return out
+
+
+def load_csv_dir(path: Path | str, symbols: list[str] | None = None) -> dict[str, SymbolHistory]:
+    """A plain CSV layout: ``{SYM}.csv`` with hourly rows ``time,spot,perp[,mark,mark_high,mark_low]``
+    (``time`` = observation time on the hour, ISO or epoch seconds; an empty spot is a gap) and
+    ``{SYM}_funding.csv`` with ``time,rate`` (rate per settlement as a fraction)."""
+    path = Path(path)
+    if symbols is None:
+        symbols = sorted(p.stem for p in path.glob("*.csv") if not p.stem.endswith("_funding"))
+        if not symbols:
+            raise DataError(f"{path}: no '<SYM>.csv' files")
+    out: dict[str, SymbolHistory] = {}
+    for sym in symbols:
+        prices, funding = path / f"{sym}.csv", path / f"{sym}_funding.csv"
+        for f in (prices, funding):
+            if not f.is_file():
+                raise DataError(f"{sym}: missing {f.name} in {path}")
+        c = _csv_columns(prices, ("time", "spot", "perp"))
+        t = c["time"].astype(np.int64)
+        if np.any(t % HOUR):
+            bad = int(t[np.flatnonzero(t % HOUR)[0]])
+            raise DataError(f"{prices.name}: time {bad} is not on an hour boundary (rows must be hourly observations)")
+        t0, n = int(t[0]), int((t[-1] - t[0]) // HOUR) + 1
+        cols = {k: _on_grid(t0, n, t, c[k]) if k in c else np.full(n, np.nan) for k in ("spot", "perp", "mark", "mark_high", "mark_low")}
+        if np.isnan(cols["perp"]).any():
+            raise DataError(f"{prices.name}: perp prices are missing for {int(np.isnan(cols['perp']).sum())} hours")
+        fc = _csv_columns(funding, ("time", "rate"))
+        out[sym] = _finish(sym, t0, cols["spot"], cols["perp"], cols["mark"], cols["mark_high"], cols["mark_low"],
+                           fc["time"].astype(np.int64), fc["rate"])
+    return out
+
+
 def load_any(path: Path | str | None, symbols: list[str] | None = None) -> dict[str, SymbolHistory]:
-    """The shipped extract (``None``), an ``.npz`` extract, or a freqtrade directory."""
+    """The shipped extract (``None``), an ``.npz`` extract, a freqtrade directory or a CSV directory."""
     if path is None:
         return load_extract(None, symbols)
     p = Path(path)
     if p.is_dir():
-        return load_freqtrade_dir(p, symbols)
+        if any(p.glob("*.feather")):
+            return load_freqtrade_dir(p, symbols)
+        if any(p.glob("*.csv")):
+            return load_csv_dir(p, symbols)
+        raise DataError(f"{p}: neither freqtrade .feather files nor .csv files")
+    if not p.exists():
+        raise DataError(f"data path not found: {p}")
     return load_extract(p, symbols)

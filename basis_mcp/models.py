@@ -127,6 +127,32 @@ class HaltTradingInput(InputModel):
     reason: str = Field(min_length=1, max_length=500, description="Why you are stopping; recorded in the audit log.")
 
 
+DateStr = Annotated[str, StringConstraints(min_length=4, max_length=32), Field(description="UTC date or time, ISO 8601, e.g. 2021-01-01")]
+
+
+class BacktestInput(InputModel):
+    symbols: list[Symbol] = Field(default_factory=lambda: ["BTC", "ETH"], min_length=1, max_length=10)
+    start: DateStr = "2020-01-01"
+    end: DateStr | None = Field(
+        None, description="default: now (replay: the replay clock, which a backtest never looks past; live: the data's end)"
+    )
+    min_basis_pct: FiniteFloat = Field(0.05, ge=-5, le=5, description="enter at or above this basis, percent")
+    min_zscore: FiniteFloat = Field(1.5, ge=-10, le=10, description="enter at or above this basis z-score")
+    exit_basis_pct: FiniteFloat = Field(0.0, ge=-5, le=5, description="exit when basis falls to this, percent (must be below min_basis_pct)")
+    exit_zscore: FiniteFloat = Field(0.0, ge=-10, le=10, description="exit when z falls to this (must be below min_zscore)")
+    max_hold_days: FiniteFloat = Field(30.0, gt=0, le=30)
+    expected_hold_days: FiniteFloat = Field(7.0, ge=1 / 24, le=30, description="hold used for the net-return-after-costs entry check")
+    notional_usd: FiniteFloat = Field(5_000.0, gt=0, le=1e9, description="spot-leg notional per trade")
+    leverage: FiniteFloat = Field(2.0, ge=1, le=5)
+    zscore_window: int = Field(1080, ge=30, le=100_000)
+    chart: bool = Field(True, description="return the chart image (basis with z-bands and entries/exits, equity curve)")
+
+
+class PlotBasisInput(InputModel):
+    symbol: Symbol
+    days: FiniteFloat = Field(30.0, gt=0, le=365, description="how far back from now")
+
+
 class AdvanceTimeInput(InputModel):
     hours: FiniteFloat = Field(gt=0, description="Hours to move the simulated clock forward (fractions allowed).")
 
@@ -425,3 +451,32 @@ class RiskStatusOutput(ToolOutput):
     free_capital_usd: float
     venue_reachable: bool
     limits: list[LimitReading]
+
+
+class BacktestOutput(ToolOutput):
+    symbols: list[str]
+    start: str
+    end: str
+    params: dict[str, Any]
+    summary: dict[str, Any] = Field(
+        description="trades, win_rate_pct, avg_hold_days, basis_pnl_usd, funding_usd, fees_usd, slippage_usd, total_pnl_usd, "
+        "total_return_pct (of capital), apy_pct (simple, of capital), apy_while_invested_pct (P&L per dollar a position ties "
+        "up, per year actually held), sharpe (daily, annualised), max_drawdown_pct, exposure_pct."
+    )
+    by_year: list[dict[str, Any]]
+    by_symbol: dict[str, dict[str, Any]]
+    spot_gaps: dict[str, list[dict[str, Any]]] = Field(description="Missing spot hours in the range (no trade decisions there).")
+    trades: list[dict[str, Any]] = Field(description="The first trades (at most 200); trades_total has the count.")
+    trades_total: int
+
+
+class PlotBasisOutput(ToolOutput):
+    symbol: str
+    from_time: str
+    to_time: str
+    samples: int
+    basis_pct_last: float | None
+    basis_pct_mean: float | None
+    basis_pct_std: float | None
+    settlements: int
+    funding_rate_pct_mean: float | None

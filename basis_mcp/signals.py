@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from basis_mcp.costs import PairCosts
+
 ZSCORE_MIN_SAMPLES = 30
 ZSCORE_STD_FLOOR = 1e-8
 DEFAULT_ZSCORE_WINDOW = 1080
@@ -159,13 +161,11 @@ def _window_sums(v: np.ndarray, window: int) -> np.ndarray:
     nb = -(-n // window)
     padded = np.zeros(nb * window)
     padded[:n] = v
-    blocks = padded.reshape(nb, window)
-    prefix = np.cumsum(blocks, axis=1)
-    totals = prefix[:, -1]
+    prefix = padded.reshape(nb, window).cumsum(axis=1)
     out = prefix.copy()
     # window ending at (b, k) = block b[0..k] + block b-1[k+1..]
-    out[1:, :-1] += totals[:-1, None] - prefix[:-1, :-1]
-    return out.reshape(-1)[:n]
+    out[1:, :-1] += prefix[:-1, -1:] - prefix[:-1, :-1]
+    return out.ravel()[:n]
 
 
 def rolling_zscore(values: np.ndarray, window: int, min_samples: int = ZSCORE_MIN_SAMPLES) -> np.ndarray:
@@ -282,3 +282,33 @@ def estimate_net_return(
         apy_on_notional_pct=apy_notional,
         break_even_hold_days=break_even,
     )
+
+
+def entry_expected_net_usd(
+    *,
+    qty: float,
+    spot: float,
+    perp: float,
+    leverage: float,
+    costs: PairCosts,
+    hold_days: float,
+    funding_rate: float,
+    funding_interval_hours: float,
+    seconds_to_next_funding: float,
+) -> float:
+    """The pre-trade "net expected return > 0" number: basis to 0, funding at ``funding_rate`` over
+    the planned hold, round-trip fees and slippage, for ``qty`` already rounded to the lot step.
+    One function for the desk's guardrail, the backtest and its reference loop."""
+    rounded = qty * spot
+    return estimate_net_return(
+        notional_usd=max(rounded, 1e-9),
+        spot_price=spot,
+        perp_price=perp,
+        hold_days=hold_days,
+        exit_basis_pct=0.0,
+        funding_rate=funding_rate,
+        funding_interval_hours=funding_interval_hours,
+        seconds_to_next_funding=seconds_to_next_funding,
+        leverage=leverage,
+        entry_exit_cost_usd=costs.round_trip_usd(qty, spot, perp),
+    ).net_usd

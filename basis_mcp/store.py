@@ -74,7 +74,7 @@ CREATE TABLE IF NOT EXISTS orders (
     created_wall    REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS orders_position ON orders(position_id);
-CREATE INDEX IF NOT EXISTS orders_wall ON orders(created_wall);
+CREATE INDEX IF NOT EXISTS orders_created ON orders(created_at);
 
 CREATE TABLE IF NOT EXISTS fills (
     id          INTEGER PRIMARY KEY,

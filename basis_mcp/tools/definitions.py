@@ -5,7 +5,7 @@ from __future__ import annotations
 from mcp.server.mcpserver import Context
 
 from basis_mcp import models as m
-from basis_mcp.tools.registry import ToolSpec
+from basis_mcp.tools.registry import ToolSpec, WithImages
 
 UNITS = (
     " Units: *_pct = percent (0.05 means 0.05 %), *_usd = US dollars, times are ISO-8601 UTC."
@@ -57,6 +57,14 @@ async def _risk(desk, inp: m.RiskStatusInput, ctx: Context) -> m.RiskStatusOutpu
 
 async def _halt(desk, inp: m.HaltTradingInput, ctx: Context) -> m.RiskStatusOutput:
     return await desk.halt(inp.reason)
+
+
+async def _backtest(desk, inp: m.BacktestInput, ctx: Context) -> WithImages:
+    return await desk.backtest(inp, ctx)
+
+
+async def _plot(desk, inp: m.PlotBasisInput, ctx: Context) -> WithImages:
+    return await desk.plot_basis(inp.symbol, inp.days)
 
 
 async def _advance(desk, inp: m.AdvanceTimeInput, ctx: Context) -> m.AdvanceTimeOutput:
@@ -264,6 +272,41 @@ TOOLS: list[ToolSpec] = [
         destructive=False,
         idempotent=True,
         modes=("replay", "paper", "live"),
+    ),
+    ToolSpec(
+        name="backtest",
+        title="Backtest the rules on history",
+        description=(
+            "Runs the cash-and-carry rules over the server's historical data (the shipped Binance BTC/ETH/SOL "
+            "history unless the operator loaded other data): entry when basis_pct >= min_basis_pct and z >= "
+            "min_zscore and 1 h vol is below the breaker and the net expected return over expected_hold_days after "
+            "fees and slippage is positive; exits by the server's watchdog rules (basis blow-out past 3x entry, "
+            "funding reversal, basis inverted, max hold) or on convergence (basis <= exit_basis_pct) / z reversion "
+            "(z <= exit_zscore). Costs are the desk's own (taker fees both legs both ways, spread + impact, funding "
+            "per settlement). Returns the summary (P&L split into basis, funding, fees, slippage; win rate; APY; "
+            "Sharpe; drawdown; exposure), per-year rows, trades, and a chart image. Sends progress notifications. "
+            "Read-only." + UNITS
+        ),
+        input_model=m.BacktestInput,
+        output_model=m.BacktestOutput,
+        handler=_backtest,
+        read_only=True,
+        destructive=False,
+        idempotent=True,
+    ),
+    ToolSpec(
+        name="plot_basis",
+        title="Chart recent basis and funding",
+        description=(
+            "A chart (PNG image) of one symbol's recorded basis over the last `days` with its rolling mean and "
+            "±2σ band, and the funding rate at each settlement, plus the numbers behind it. Read-only." + UNITS
+        ),
+        input_model=m.PlotBasisInput,
+        output_model=m.PlotBasisOutput,
+        handler=_plot,
+        read_only=True,
+        destructive=False,
+        idempotent=True,
     ),
     ToolSpec(
         name="advance_time",

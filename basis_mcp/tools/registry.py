@@ -6,7 +6,9 @@ input schema, the validation and the handler's argument all come from one defini
 
 from __future__ import annotations
 
+import base64
 import inspect
+import json
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -14,14 +16,23 @@ from typing import Annotated, Any
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import ToolAnnotations
+from mcp.types import CallToolResult, ImageContent, TextContent, ToolAnnotations
 from pydantic import BaseModel, ValidationError
 
 from basis_mcp.errors import Rejected
+from basis_mcp.history import DataError
 from basis_mcp.models import InputModel, ToolOutput
 from basis_mcp.venue.base import VenueError, VenueTimeout
 
-Handler = Callable[[Any, Any, Context], Awaitable[ToolOutput]]
+Handler = Callable[[Any, Any, Context], Awaitable["ToolOutput | WithImages"]]
+
+
+@dataclass(frozen=True)
+class WithImages:
+    """A handler's result plus PNG images: sent as image content next to the structured output."""
+
+    output: ToolOutput
+    pngs: list[bytes]
 
 
 @dataclass(frozen=True)
@@ -89,7 +100,7 @@ def _make_fn(spec: ToolSpec, get_desk: Callable[[Context], Any]) -> Callable[...
     ]
     params.append(inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context))
 
-    async def tool_fn(**kwargs: Any) -> ToolOutput:
+    async def tool_fn(**kwargs: Any) -> ToolOutput | CallToolResult:
         ctx: Context = kwargs.pop("ctx")
         inp = validate_input(spec, kwargs)
         desk = get_desk(ctx)
@@ -97,8 +108,16 @@ def _make_fn(spec: ToolSpec, get_desk: Callable[[Context], Any]) -> Callable[...
             out = await spec.handler(desk, inp, ctx)
         except Rejected as e:
             raise ToolError(f"{spec.name} {e}") from None
+        except DataError as e:
+            raise ToolError(f"{spec.name}: {e}") from None
         except (VenueError, VenueTimeout) as e:
             raise ToolError(f"{spec.name}: the venue did not answer usefully ({e}); nothing was changed by this call") from None
+        if isinstance(out, WithImages):
+            out.output.alerts = desk.pop_alerts()
+            data = out.output.model_dump(mode="json")
+            content = [TextContent(type="text", text=json.dumps(data))]
+            content += [ImageContent(type="image", data=base64.b64encode(png).decode(), mime_type="image/png") for png in out.pngs]
+            return CallToolResult(content=content, structured_content=data)
         out.alerts = desk.pop_alerts()
         return out
 

@@ -1,0 +1,89 @@
+"""One symbol's history as the engines read it, with the trading range and its costs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from basis_mcp.backtest.params import BacktestParams
+from basis_mcp.clock import iso
+from basis_mcp.config import Settings
+from basis_mcp.costs import LegCosts, PairCosts
+from basis_mcp.history import HOUR, DataError, SymbolHistory
+
+
+@dataclass(frozen=True)
+class Market:
+    """Arrays over the whole history (the z-score and the funding mean need the past); the
+    engines trade only bars ``i0..i1`` (inclusive)."""
+
+    symbol: str
+    t: np.ndarray  # float64 observation times
+    spot: np.ndarray  # NaN where the spot bar is missing
+    perp: np.ndarray
+    mark: np.ndarray
+    mark_high: np.ndarray
+    mark_low: np.ndarray
+    f_time: np.ndarray
+    f_rate: np.ndarray
+    i0: int
+    i1: int
+    costs: PairCosts
+    qty_step: float
+    min_notional_usd: float
+    gaps: list[tuple[str, int]]
+
+    @property
+    def valid(self) -> np.ndarray:
+        return ~np.isnan(self.spot)
+
+    def index_at(self, t: float) -> int:
+        return int((t - self.t[0]) // HOUR)
+
+
+def costs_for(symbol: str, params: BacktestParams, settings: Settings | None = None) -> tuple[PairCosts, float, float]:
+    spec = (settings or Settings()).spec(symbol)
+    c = spec.costs
+    m = params.slippage_multiplier
+
+    def leg(x: LegCosts, fee: float | None) -> LegCosts:
+        return replace(x, taker_fee=x.taker_fee if fee is None else fee, half_spread_bps=x.half_spread_bps * m,
+                       impact_bps_per_sqrt_musd=x.impact_bps_per_sqrt_musd * m)
+
+    return PairCosts(leg(c.spot, params.spot_fee), leg(c.perp, params.perp_fee)), spec.qty_step, spec.min_notional_usd
+
+
+def prepare(h: SymbolHistory, start: float, end: float, params: BacktestParams, settings: Settings | None = None) -> Market:
+    """Slice the trading range [start, end] (observation times, UTC epoch seconds)."""
+    if not (np.isfinite(start) and np.isfinite(end)):
+        raise DataError("start and end must be finite times")  # names both arguments
+    if end <= start:
+        raise DataError(f"empty or inverted date range: start {iso(start)} is not before end {iso(end)}")
+    if end < h.t0 or start > h.t_end:
+        raise DataError(f"start={iso(start)} .. end={iso(end)} is outside the data for {h.symbol} ({iso(h.t0)} .. {iso(h.t_end)})")
+    i0 = max(h.index_at(start), 0)
+    if h.t0 + i0 * HOUR < start:
+        i0 += 1
+    i1 = h.index_at(min(end, h.t_end))
+    if i1 < i0:
+        raise DataError(f"start={iso(start)} .. end={iso(end)}: no hourly bar of {h.symbol} in between")
+    costs, step, min_notional = costs_for(h.symbol, params, settings)
+    gaps = [(iso(t) or "", n) for t, n in h.spot_gaps() if h.t0 + i0 * HOUR <= t <= h.t0 + i1 * HOUR]
+    return Market(
+        symbol=h.symbol,
+        t=h.times.astype(np.float64),
+        spot=h.spot,
+        perp=h.perp,
+        mark=h.mark,
+        mark_high=h.mark_high,
+        mark_low=h.mark_low,
+        f_time=h.funding_time,
+        f_rate=h.funding_rate,
+        i0=i0,
+        i1=i1,
+        costs=costs,
+        qty_step=step,
+        min_notional_usd=min_notional,
+        gaps=gaps,
+    )

@@ -1,0 +1,167 @@
+"""Trades, equity and statistics. Both engines build trades through `close_trade`, which prices
+fills with the desk's cost model and books P&L with the desk's ledger function."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from basis_mcp.backtest.prepare import Market
+from basis_mcp.clock import iso
+from basis_mcp.ledger import pnl
+
+
+@dataclass(frozen=True)
+class Trade:
+    symbol: str
+    entry_index: int
+    exit_index: int
+    entry_time: str
+    exit_time: str
+    quantity: float
+    entry_basis_pct: float
+    exit_basis_pct: float
+    basis_pnl_usd: float
+    funding_usd: float
+    fees_usd: float
+    slippage_usd: float
+    pnl_usd: float
+    settlements: int
+    hold_hours: float
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def fills_for(m: Market, i: int, j: int, qty: float) -> list[dict[str, Any]]:
+    """The four fills of a round trip opened at bar i and closed at bar j, as the paper venue fills them."""
+    out = []
+    for bar, leg, side in ((i, "spot", "buy"), (i, "perp", "sell"), (j, "perp", "buy"), (j, "spot", "sell")):
+        mid = float(m.spot[bar] if leg == "spot" else m.perp[bar])
+        costs = m.costs.leg(leg)  # type: ignore[arg-type]
+        price = costs.fill_price(mid, side, qty * mid)  # type: ignore[arg-type]
+        out.append({"market": leg, "side": side, "quantity": qty, "price": price, "mid_price": mid,
+                    "fee_usd": qty * price * costs.taker_fee})
+    return out
+
+
+def close_trade(m: Market, i: int, j: int, qty: float, funding: list[float], reason: str) -> Trade:
+    p = pnl(fills_for(m, i, j, qty), funding)
+    b_in = (m.perp[i] - m.spot[i]) / m.spot[i] * 100.0
+    b_out = (m.perp[j] - m.spot[j]) / m.spot[j] * 100.0
+    return Trade(
+        symbol=m.symbol,
+        entry_index=i,
+        exit_index=j,
+        entry_time=iso(float(m.t[i])) or "",
+        exit_time=iso(float(m.t[j])) or "",
+        quantity=qty,
+        entry_basis_pct=float(b_in),
+        exit_basis_pct=float(b_out),
+        basis_pnl_usd=p.basis_pnl_usd,
+        funding_usd=p.funding_usd,
+        fees_usd=p.fees_usd,
+        slippage_usd=p.slippage_usd,
+        pnl_usd=p.total_usd,
+        settlements=len(funding),
+        hold_hours=float(m.t[j] - m.t[i]) / 3600.0,
+        reason=reason,
+    )
+
+
+# --------------------------------------------------------------------------- equity and statistics
+
+
+def equity_curve(markets: list[Market], trades: list[Trade], capital: float) -> tuple[np.ndarray, np.ndarray]:
+    """Hourly portfolio equity over the union of the trading ranges: capital + realised P&L +
+    open positions marked at mid (basis change) with funding received so far, net of the
+    entry costs already paid."""
+    t0 = min(m.t[m.i0] for m in markets)
+    t1 = max(m.t[m.i1] for m in markets)
+    times = np.arange(t0, t1 + 1, 3600.0)
+    eq = np.full(times.size, capital, dtype=np.float64)
+    by_symbol = {m.symbol: m for m in markets}
+    for tr in trades:
+        m = by_symbol[tr.symbol]
+        i, j = tr.entry_index, tr.exit_index
+        k0 = int((m.t[i] - t0) // 3600)
+        k1 = int((m.t[j] - t0) // 3600)
+        spot = m.spot[i : j + 1].copy()
+        idx = np.where(np.isnan(spot), 0, np.arange(spot.size))
+        np.maximum.accumulate(idx, out=idx)
+        spot = spot[idx]
+        basis_usd = m.perp[i : j + 1] - spot
+        fills = fills_for(m, i, j, tr.quantity)
+        entry_cost = sum(f["fee_usd"] for f in fills[:2]) + sum(abs(f["price"] - f["mid_price"]) * f["quantity"] for f in fills[:2])
+        ft = m.f_time.astype(np.float64)
+        sel = (ft > m.t[i]) & (ft <= m.t[j])
+        f_cum = np.zeros(j - i + 1)
+        for T, r in zip(ft[sel], m.f_rate[sel], strict=True):
+            f_cum[int((T - m.t[i]) // 3600):] += tr.quantity * m.mark[m.index_at(T)] * r
+        mtm = tr.quantity * (basis_usd[0] - basis_usd) + f_cum - entry_cost
+        mtm[-1] = tr.pnl_usd
+        eq[k0 : k1 + 1] += mtm
+        eq[k1 + 1 :] += tr.pnl_usd
+    return times, eq
+
+
+def stats(
+    trades: list[Trade], times: np.ndarray, equity: np.ndarray, capital: float, markets: list[Market], position_capital_usd: float
+) -> dict[str, Any]:
+    days = max((times[-1] - times[0]) / 86400.0, 1 / 24)
+    total = float(sum(t.pnl_usd for t in trades))
+    daily = equity[:: 24]
+    rets = np.diff(daily) / daily[:-1] if daily.size > 2 else np.array([])
+    sharpe = float(rets.mean() / rets.std() * math.sqrt(365)) if rets.size > 2 and rets.std() > 0 else None
+    peak = np.maximum.accumulate(equity)
+    dd = float(((peak - equity) / peak).max() * 100) if equity.size else 0.0
+    bars = sum(m.i1 - m.i0 + 1 for m in markets)
+    held = sum(int(t.hold_hours) for t in trades)
+    # the carry's own rate: P&L per dollar a position ties up (spot + margin), per year invested
+    invested_years = sum(t.hold_hours for t in trades) / 24 / 365
+    apy_invested = total / position_capital_usd / invested_years * 100 if invested_years > 0 and position_capital_usd > 0 else None
+    wins = [t for t in trades if t.pnl_usd > 0]
+    return {
+        "trades": len(trades),
+        "win_rate_pct": round(100.0 * len(wins) / len(trades), 2) if trades else None,
+        "avg_hold_days": round(float(np.mean([t.hold_hours for t in trades])) / 24, 3) if trades else None,
+        "basis_pnl_usd": round(sum(t.basis_pnl_usd for t in trades), 2),
+        "funding_usd": round(sum(t.funding_usd for t in trades), 2),
+        "fees_usd": round(sum(t.fees_usd for t in trades), 2),
+        "slippage_usd": round(sum(t.slippage_usd for t in trades), 2),
+        "total_pnl_usd": round(total, 2),
+        "total_return_pct": round(total / capital * 100, 4),
+        "apy_pct": round(total / capital * 100 / days * 365, 4),
+        "apy_while_invested_pct": None if apy_invested is None else round(apy_invested, 3),
+        "sharpe": None if sharpe is None else round(sharpe, 3),
+        "max_drawdown_pct": round(dd, 4),
+        "exposure_pct": round(100.0 * held / bars, 3) if bars else 0.0,
+        "days": round(days, 2),
+    }
+
+
+def per_year(trades: list[Trade], capital: float) -> list[dict[str, Any]]:
+    groups: dict[int, list[Trade]] = defaultdict(list)
+    for t in trades:
+        groups[datetime.fromisoformat(t.exit_time.replace("Z", "+00:00")).astimezone(UTC).year].append(t)
+    rows = []
+    for year in sorted(groups):
+        ts = groups[year]
+        rows.append({
+            "year": year,
+            "trades": len(ts),
+            "win_rate_pct": round(100.0 * sum(t.pnl_usd > 0 for t in ts) / len(ts), 2),
+            "avg_hold_days": round(float(np.mean([t.hold_hours for t in ts])) / 24, 3),
+            "basis_pnl_usd": round(sum(t.basis_pnl_usd for t in ts), 2),
+            "funding_usd": round(sum(t.funding_usd for t in ts), 2),
+            "costs_usd": round(sum(t.fees_usd + t.slippage_usd for t in ts), 2),
+            "pnl_usd": round(sum(t.pnl_usd for t in ts), 2),
+            "return_pct": round(sum(t.pnl_usd for t in ts) / capital * 100, 4),
+        })
+    return rows
