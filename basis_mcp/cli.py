@@ -23,7 +23,26 @@ def default_db_path(mode: str = "replay", venue: str = "binance") -> Path:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", type=Path, default=None, help="SQLite database (default: %(default)s → user data dir, or $BASIS_MCP_DB)")
+    """--db, and the flags that pick the default database the same way ``serve`` does, so
+    ``basis-mcp halt --market live --live`` reaches the live book without typing its path."""
+    p.add_argument("--db", type=Path, default=None,
+                   help="SQLite database (default: one per mode and venue in the user data dir, or $BASIS_MCP_DB)")
+    g = p.add_argument_group("which book (when --db is not given)")
+    g.add_argument("--market", choices=["replay", "live"], default="replay",
+                   help="replay: shipped history under a simulated clock (default); live: prices from the venue")
+    g.add_argument("--venue", default="binance", help="venue(s), comma separated; the first one trades (binance, bybit, okx)")
+    g.add_argument("--readonly", action="store_true", help="live data, no trading tools at all")
+    g.add_argument("--live", action="store_true", help="REAL ORDERS with real money; needs API keys")
+
+
+def book_mode(args: argparse.Namespace) -> str:
+    if args.market != "live":
+        return "replay"
+    return "live" if args.live else "readonly" if args.readonly else "paper"
+
+
+def book_db(args: argparse.Namespace) -> Path:
+    return args.db or default_db_path(book_mode(args), args.venue.split(",")[0].strip().lower())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,12 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--start", default=None, help="replay start time, e.g. 2025-06-01 (a new database only; default 2024-03-01)")
     serve.add_argument("--config", type=Path, default=os.environ.get("BASIS_MCP_CONFIG"), help="operator config (TOML)")
     live = serve.add_argument_group("live markets (ccxt)")
-    live.add_argument("--market", choices=["replay", "live"], default="replay",
-                      help="replay: shipped history under a simulated clock (default); live: prices from the venue")
-    live.add_argument("--venue", default="binance", help="venue(s), comma separated; the first one trades (binance, bybit, okx)")
     live.add_argument("--symbols", default=None, help="symbols to watch and trade, e.g. BTC,ETH,SOL (default: the allowlist or BTC,ETH,SOL)")
-    live.add_argument("--readonly", action="store_true", help="live data, no trading tools at all")
-    live.add_argument("--live", action="store_true", help="REAL ORDERS with real money; needs API keys")
     live.add_argument("--key-file", type=Path, default=None, help="JSON or TOML with api_key, secret (and password for OKX)")
     live.add_argument("--venue-url", default=os.environ.get("BASIS_MCP_VENUE_URL"), help=argparse.SUPPRESS)
 
@@ -88,12 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "backtest":
         return _backtest(args)
-    db = args.db or default_db_path()
+    db = book_db(args)
     if args.command == "serve":
-        if args.db is None and args.market == "live":
-            db = default_db_path("live" if args.live else "readonly" if args.readonly else "paper",
-                                 args.venue.split(",")[0].strip().lower())
         return _serve(args, db)
+    if args.command != "audit" or args.audit_command == "verify":
+        print(f"basis-mcp: {book_mode(args)} book, database {db}", file=sys.stderr)
     if args.command == "status":
         return _status(db)
     if args.command in ("resume", "halt"):
@@ -165,7 +178,7 @@ def _existing_store(db: Path):
     from basis_mcp.store import Store
 
     if not db.is_file():
-        print(f"no database at {db}", file=sys.stderr)
+        print(f"no database at {db} (pick the book with --market/--live/--readonly/--venue as for serve, or --db)", file=sys.stderr)
         return None
     return Store(db)
 
@@ -330,7 +343,7 @@ def _status(db: Path) -> int:
     from basis_mcp.clock import iso
 
     if not db.is_file():
-        print(f"no database at {db}", file=sys.stderr)
+        print(f"no database at {db} (pick the book with --market/--live/--readonly/--venue as for serve, or --db)", file=sys.stderr)
         return 1
     d = sqlite_utils.Database(db)
     meta = {r["key"]: r["value"] for r in d.query("SELECT key, value FROM meta")}

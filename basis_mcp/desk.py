@@ -29,10 +29,10 @@ from basis_mcp.clock import Clock, SimClock, iso, parse_time
 from basis_mcp.config import HARD, Settings
 from basis_mcp.errors import Rejected
 from basis_mcp.execution import ExecutionMixin
-from basis_mcp.feed import MarketDataUnavailable, ReplayFeed, Snapshot
+from basis_mcp.feed import MarketDataUnavailable, ReplayFeed, Snapshot, base_asset
 from basis_mcp.guardrails import EntryReadings, TradingState, drawdown, pre_trade_violations
 from basis_mcp.history import HOUR, fingerprint, load_any
-from basis_mcp.ledger import leg_quantities, pnl
+from basis_mcp.ledger import PnL, leg_quantities, pnl
 from basis_mcp.models import (
     AdvanceTimeOutput,
     Alert,
@@ -101,6 +101,7 @@ class Desk(ExecutionMixin, WatchdogMixin):
         self._last_sample_ts: dict[str, int | None] = {}
         self._venue_down_since: float | None = None
         self._events_synced_at: float | None = None
+        self._flat_checked_at = float("-inf")  # monotonic time of the last ledger check on a flat live book
         self._notes: set[str] = set()
         self.feeds: dict[str, Any] = {feed.venue: feed}
 
@@ -291,9 +292,15 @@ class Desk(ExecutionMixin, WatchdogMixin):
             self._flush_samples()
             if self._has_book() or report.funding or report.liquidations:
                 return await self.watchdog_tick()
+            if time.monotonic() - self._flat_checked_at >= self.FLAT_CHECK_S:
+                # a flat book still reconciles now and then: a fill that arrived late, or a leg
+                # opened by hand in the desk's account, must not go unnoticed until the next trade
+                self._flat_checked_at = time.monotonic()
+                return await self.watchdog_tick()
             return []
 
     EVENTS_BACKSTOP_S = 300.0
+    FLAT_CHECK_S = 60.0
 
     def _venue_events_due(self, now: float) -> bool:
         """Funding and liquidation history are heavy reads on a real venue: read them when a
@@ -369,15 +376,10 @@ class Desk(ExecutionMixin, WatchdogMixin):
         return sorted(set(self.feed.symbols) | set(getattr(self.feed, "listed", [])))
 
     def resolve(self, raw: str, field: str = "symbol") -> str:
-        s = raw.strip().upper().split(":")[0].replace("-", "/").replace("_", "/")
-        if "/" in s:
-            base, quote = s.split("/", 1)
-            if quote != "USDT":
-                raise Rejected(field, raw, "only USDT-quoted pairs are traded")
-        elif s.endswith("USDT") and len(s) > 4:
-            base = s[:-4]
-        else:
-            base = s
+        try:
+            base = base_asset(raw)
+        except ValueError as e:
+            raise Rejected(field, raw, str(e)) from None
         if base not in self._known_symbols():
             listed = self.feed.symbols
             raise Rejected(field, raw, f"unknown symbol on {self.feed.venue}; this desk trades {', '.join(listed)}")
@@ -389,7 +391,7 @@ class Desk(ExecutionMixin, WatchdogMixin):
         except MarketDataUnavailable as e:
             raise Rejected(field, symbol, f"no market data at {iso(self.now())}: {e}") from None
 
-    def _stale_limit(self) -> float:  # noqa: D401
+    def _stale_limit(self) -> float:
         return self.settings.max_stale_seconds_replay if self.clock.simulated else self.settings.max_stale_seconds_live
 
     def _check_leverage(self, leverage: float | None) -> float:
@@ -476,7 +478,36 @@ class Desk(ExecutionMixin, WatchdogMixin):
                 perps[sym] = p
         return balances, perps
 
-    async def equity_usd(self) -> float:
+    def _marks(self, row) -> dict[str, float]:
+        """Prices an open position is valued at: spot mid and the perp's mark price (what the venue
+        values the perp at), or the last fill prices when there is no market data."""
+        try:
+            snap = self.feed.snapshot(row["symbol"])
+            return {"spot": snap.spot, "perp": snap.mark}
+        except MarketDataUnavailable:
+            last = {f["market"]: f["price"] for f in self._fills(row["id"])}
+            return {"spot": last.get("spot", 0.0), "perp": last.get("perp", 0.0)}
+
+    def book_pnl(self) -> tuple[float, list[PnL]]:
+        """(realized P&L of finished positions, the mark-to-market P&L of each open one), from the
+        desk's own ledger: fills, fees and funding. This — not the account's total value — is
+        what the drawdown limit is measured on, so assets in the account that the desk does not
+        manage (or deposits and withdrawals) never move it."""
+        realized = float(self.store.one(
+            "SELECT COALESCE(SUM(realized_pnl_usd), 0) AS s FROM positions WHERE status IN ('closed','liquidated','failed')"
+        )["s"])
+        opens = [pnl(self._fills(r["id"]), self._funding_amounts(r["id"]), self._marks(r))
+                 for r in self.store.q("SELECT * FROM positions WHERE status IN ('opening','open','closing') ORDER BY id")]
+        return realized, opens
+
+    def equity_usd(self) -> float:
+        """Capital plus everything the desk has made or lost on it (realized + open mark-to-market)."""
+        realized, opens = self.book_pnl()
+        return self.capital_usd + realized + sum(p.total_usd for p in opens)
+
+    async def account_equity_usd(self) -> float:
+        """Everything in the venue account at mid/mark: USDT, spot coins, isolated margin and
+        unrealised perp P&L. On paper it equals `equity_usd`; live the account may hold more."""
         balances, perps = await self._venue_holdings()
         equity = balances.get("USDT", 0.0)
         for asset, qty in balances.items():
@@ -824,13 +855,9 @@ class Desk(ExecutionMixin, WatchdogMixin):
         )
         return [dict(r) for r in rows]
 
-    def _funding_total(self, position_id: int) -> float:
-        return float(self.store.one("SELECT COALESCE(SUM(amount_usd), 0) AS s FROM funding_payments WHERE position_id = ?", (position_id,))["s"])
-
     def _position_out(self, row) -> PositionOut:
         fills = self._fills(row["id"])
-        funding = [r["amount_usd"] for r in self.store.q("SELECT amount_usd FROM funding_payments WHERE position_id = ?", (row["id"],))]
-        p = pnl(fills, funding)
+        p = pnl(fills, self._funding_amounts(row["id"]))
         return PositionOut(
             position_id=row["id"],
             symbol=row["symbol"],
@@ -920,7 +947,7 @@ class Desk(ExecutionMixin, WatchdogMixin):
         net = (spot_q + perp_q) * snap.spot
         base = max(abs(spot_q), abs(perp_q))
         imb = abs(spot_q + perp_q) / base * 100 if base > 0 else 0.0
-        funding = self._funding_total(row["id"])
+        funding = sum(self._funding_amounts(row["id"]))
         upnl = pnl(fills, [], {"spot": snap.spot, "perp": snap.perp}).price_pnl_usd
         ratio_pct = ratio * 100 if ratio is not None and math.isfinite(ratio) else 0.0
         dist = (lp - snap.mark) / snap.mark * 100 if lp else 0.0
@@ -974,16 +1001,11 @@ class Desk(ExecutionMixin, WatchdogMixin):
 
     async def portfolio(self, include_closed: int = 0) -> PortfolioOutput:
         cash = await self._free_cash()
-        equity = await self.equity_usd()
+        account = await self.account_equity_usd()
+        equity = self.equity_usd()
         open_rows = self.store.q("SELECT * FROM positions WHERE status IN ('opening','open','closing') ORDER BY id")
-        unreal = 0.0
-        for row in open_rows:
-            snap = self.feed.snapshot(row["symbol"])
-            fills = self._fills(row["id"])
-            unreal += pnl(fills, [], {"spot": snap.spot, "perp": snap.perp}).price_pnl_usd
-        realized = float(self.store.one(
-            "SELECT COALESCE(SUM(realized_pnl_usd), 0) AS s FROM positions WHERE status IN ('closed','liquidated','failed')"
-        )["s"])
+        realized, opens = self.book_pnl()
+        unreal = sum(p.price_pnl_usd for p in opens)
         funding = float(self.store.one("SELECT COALESCE(SUM(amount_usd), 0) AS s FROM funding_payments")["s"])
         fees = float(self.store.one("SELECT COALESCE(SUM(fee_usd), 0) AS s FROM fills")["s"])
         in_use = sum(r["notional_usd"] + (r["margin_usd"] or 0.0) for r in open_rows)
@@ -1005,6 +1027,7 @@ class Desk(ExecutionMixin, WatchdogMixin):
             capital_usd=self.capital_usd,
             cash_usd=_r(cash, 8) or 0.0,
             equity_usd=_r(equity, 8) or 0.0,
+            account_equity_usd=_r(account, 8) or 0.0,
             pnl_since_start_usd=_r(equity - self.capital_usd, 8) or 0.0,
             realized_pnl_usd=_r(realized, 8) or 0.0,
             unrealized_pnl_usd=_r(unreal, 8) or 0.0,
@@ -1019,7 +1042,7 @@ class Desk(ExecutionMixin, WatchdogMixin):
     async def risk_status(self) -> RiskStatusOutput:
         """Every limit next to its current reading."""
         state, reason = self.trading_state()
-        equity = await self.equity_usd()
+        equity = self.equity_usd()
         cap = self.capital_usd
         dd = drawdown(equity, cap)
         s = self.settings
@@ -1104,7 +1127,7 @@ class Desk(ExecutionMixin, WatchdogMixin):
             end = parse_when("end", inp.end)
         if self.clock.simulated and end > self.now():
             raise Rejected("end", inp.end, f"in replay mode a backtest cannot look past the replay clock ({iso(self.now())})")
-        markets = load_markets(histories, inp.symbols, inp.start, end, params)
+        markets = load_markets(histories, inp.symbols, inp.start, end, params, self.settings)
 
         async def report(done: float, total: float, msg: str) -> None:
             await ctx.report_progress(done, total, message=msg)
@@ -1214,6 +1237,14 @@ class Desk(ExecutionMixin, WatchdogMixin):
             )
         return result
 
+    def _key_in_flight(self, key: str) -> None:
+        """A key whose trade has started but has no filed outcome yet (a leg's outcome is unknown,
+        or an exit is still being completed) must not start a second trade."""
+        row = self.store.one("SELECT id, status FROM positions WHERE entry_key = ? OR exit_key = ?", (key, key))
+        if row is not None:
+            raise Rejected("idempotency_key", key, f"already used by position {row['id']} ({row['status']}), whose outcome is "
+                           "not settled yet; check portfolio_status, and use a new key for a new trade")
+
     def _remember(self, key: str, tool: str, args: dict[str, Any], result: dict[str, Any]) -> None:
         self.store.x(
             "INSERT INTO idempotency(key, tool, args_hash, result_json, created_at) VALUES (?,?,?,?,?)",
@@ -1222,10 +1253,11 @@ class Desk(ExecutionMixin, WatchdogMixin):
 
     # ================================================================== trading
 
-    @staticmethod
-    def client_order_id(key: str, position_id: int, market: str, purpose: str, attempt: int = 0) -> str:
-        """Deterministic id ≤ 36 chars, Binance-safe: derived from the idempotency key."""
-        h = hashlib.sha256(key.encode()).hexdigest()[:8]
+    def client_order_id(self, key: str, position_id: int, market: str, purpose: str, attempt: int = 0) -> str:
+        """Deterministic id ≤ 36 chars, Binance-safe: derived from the idempotency key and this
+        database's id (so a fresh database reusing position numbers never reuses an id the
+        venue has already seen), numbered by attempt."""
+        h = hashlib.sha256(f"{self.store.get_meta('desk_id')}:{key}".encode()).hexdigest()[:8]
         suffix = f"-{attempt}" if attempt else ""
         return f"bm-{position_id}-{market[0]}{purpose[0]}-{h}{suffix}"
 
@@ -1296,6 +1328,7 @@ class Desk(ExecutionMixin, WatchdogMixin):
             prior = self._idempotent(key, "enter_trade", args)
             if prior is not None:
                 return EnterTradeOutput.model_validate({**prior, "replayed": True})
+            self._key_in_flight(key)
             lev = self.settings.default_leverage if leverage is None else float(leverage)
             if expected_hold_days > self.settings.max_hold_days:
                 raise Rejected("expected_hold_days", expected_hold_days, f"above the max hold of {self.settings.max_hold_days:g} days")
@@ -1329,8 +1362,8 @@ class Desk(ExecutionMixin, WatchdogMixin):
                      readings.capital_required_usd, json.dumps(args)),
                 )
                 pid = int(cur.lastrowid)
-                self._new_order(pid, self.client_order_id(key, pid, "spot", "open"), "open", "spot", "buy", qty, False)
-                self._new_order(pid, self.client_order_id(key, pid, "perp", "open"), "open", "perp", "sell", qty, False)
+                self._new_order(pid, key, "open", "spot", "buy", qty, False)
+                self._new_order(pid, key, "open", "perp", "sell", qty, False)
             self.audit("desk", "entry_intent", {"position_id": pid, "symbol": sym, "quantity": qty, "leverage": lev,
                                                 "basis_pct": round(snap.basis_pct, 6)}, "ok")
             return await self._execute_entry(pid, key, sym, args, lev)
@@ -1343,6 +1376,7 @@ class Desk(ExecutionMixin, WatchdogMixin):
             prior = self._idempotent(key, "exit_trade", args)
             if prior is not None:
                 return ExitTradeOutput.model_validate({**prior, "replayed": True})
+            self._key_in_flight(key)
             row = self.store.one("SELECT * FROM positions WHERE id = ?", (position_id,))
             if row is None:
                 raise Rejected("position_id", position_id, "no such position")
@@ -1367,9 +1401,9 @@ class Desk(ExecutionMixin, WatchdogMixin):
                 self.store.x("UPDATE positions SET status = 'closing', exit_key = ?, close_reason = ? WHERE id = ?",
                              (key, reason, position_id))
                 if perp_q < 0:
-                    self._new_order(position_id, self.client_order_id(key, position_id, "perp", "close"), "close", "perp", "buy", -perp_q, True)
+                    self._new_order(position_id, key, "close", "perp", "buy", -perp_q, True)
                 if spot_q > 0:
-                    self._new_order(position_id, self.client_order_id(key, position_id, "spot", "close"), "close", "spot", "sell", spot_q, True)
+                    self._new_order(position_id, key, "close", "spot", "sell", spot_q, True)
             self.audit("desk", "exit_intent", {"position_id": position_id, "reason": reason}, "ok")
             return await self._execute_exit(position_id, key, reason)
 
@@ -1409,27 +1443,38 @@ class Desk(ExecutionMixin, WatchdogMixin):
         liq_out: list[dict[str, Any]] = []
         lcursor = float(self.store.get_meta("liquidation_cursor") or 0)
         held = [r["symbol"] for r in self.store.q("SELECT DISTINCT symbol FROM positions WHERE status IN ('opening','open','closing')")]
-        for ev in await self.venue.liquidations(lcursor, held):
+        for ev in sorted(await self.venue.liquidations(lcursor, held), key=lambda e: e.time):
             liq_out.append(await self._on_liquidation(ev))
-            self.store.set_meta("liquidation_cursor", repr(ev.time))
         return settled, liq_out
 
+    def _advance_liquidation_cursor(self, t: float) -> None:
+        if t > float(self.store.get_meta("liquidation_cursor") or 0):
+            self.store.set_meta("liquidation_cursor", repr(t))
+
     async def _on_liquidation(self, ev) -> dict[str, Any]:
-        row = self._open_position(ev.symbol)
         info = {"symbol": ev.symbol, "time": iso(ev.time), "quantity": ev.quantity, "price": ev.price, "margin_lost_usd": ev.loss_usd}
+        if self.store.one("SELECT 1 FROM orders WHERE client_order_id = ?", (ev.client_order_id,)) is not None:
+            with self.store.tx():  # already booked (crash after the fill, before the cursor moved): don't book it twice
+                self._advance_liquidation_cursor(ev.time)
+            return {**info, "already_recorded": True}
+        row = self._open_position(ev.symbol)
         if row is None:
+            with self.store.tx():
+                self._advance_liquidation_cursor(ev.time)
             self.alert("critical", "liquidation", f"{ev.symbol} perp liquidated at {ev.price:.2f} with no desk position", info)
             return info
         pid = row["id"]
         info["position_id"] = pid
-        with self.store.tx():
-            oid = self._new_order(pid, ev.client_order_id, "liquidation", "perp", "buy" if ev.quantity < 0 else "sell", abs(ev.quantity), True)
-            self.store.x("UPDATE orders SET status = 'sent' WHERE id = ?", (oid,))
-        liq = OrderResult(ev.client_order_id, ev.client_order_id, ev.symbol, "perp", "buy" if ev.quantity < 0 else "sell",
+        side = "buy" if ev.quantity < 0 else "sell"
+        liq = OrderResult(ev.client_order_id, ev.client_order_id, ev.symbol, "perp", side,
                           "filled", abs(ev.quantity), abs(ev.quantity), ev.price, 0.0, ev.price, ev.time)
-        self._record_fill(oid, liq)
+        # the venue's fill, the position's new state and the cursor land in one transaction: a crash
+        # between them cannot book the liquidation twice or lose it
         with self.store.tx():
+            oid = self._new_order(pid, "", "liquidation", "perp", side, abs(ev.quantity), True, coid=ev.client_order_id)
+            self._record_fill(oid, liq)
             self.store.x("UPDATE positions SET status = 'closing', close_reason = 'perp liquidated' WHERE id = ?", (pid,))
+            self._advance_liquidation_cursor(ev.time)
         spot_q, _ = leg_quantities(self._fills(pid))
         ok = await self._unwind(pid, row["entry_key"] or f"pos{pid}", ev.symbol, "spot", spot_q) if spot_q > 0 else True
         msg = (

@@ -18,12 +18,12 @@ Rules, in the order they protect you:
 
 from __future__ import annotations
 
+import json
 import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from basis_mcp.clock import iso
 from basis_mcp.errors import Rejected
 from basis_mcp.ledger import leg_quantities, pnl
 from basis_mcp.models import EnterTradeOutput, ExitTradeOutput
@@ -43,7 +43,18 @@ class ExecutionMixin:
 
     # ------------------------------------------------------------------ single orders
 
-    def _new_order(self: Desk, position_id: int, coid: str, purpose: str, market: str, side: str, qty: float, reduce_only: bool) -> int:
+    def _new_order(
+        self: Desk, position_id: int, key: str, purpose: str, market: str, side: str, qty: float, reduce_only: bool,
+        coid: str | None = None,
+    ) -> int:
+        """Record an intent. Its client order id is derived from the trade's key and numbered by the
+        orders this position already has for the same leg and purpose, so a retry, a second exit
+        attempt or a recovery can never reuse an id (or collide with one the venue has seen)."""
+        if coid is None:
+            n = self.store.one(
+                "SELECT COUNT(*) AS n FROM orders WHERE position_id = ? AND market = ? AND purpose = ?", (position_id, market, purpose)
+            )["n"]
+            coid = self.client_order_id(key or f"pos{position_id}", position_id, market, purpose, attempt=n)
         now = self.now()
         cur = self.store.x(
             "INSERT INTO orders(client_order_id, position_id, purpose, market, side, quantity, reduce_only, status,"
@@ -68,10 +79,13 @@ class ExecutionMixin:
             res = await self.venue.place_order(req)
         except VenueTimeout:
             self._set_order_status(order_id, "unknown", "timed out; looking it up by client order id")
-            res = await self._lookup(req)
-            if res is None:
+            answered, res = await self._lookup(req)
+            if res is None and answered:
                 self._set_order_status(order_id, "rejected", "timed out and not found at the venue: not executed")
                 return None
+            if res is None:  # the venue did not answer the lookup either: the outcome stays unknown
+                self._venue_down("order lookup failed after a timeout")
+                raise VenueTimeout(f"order {req.client_order_id}: no answer, outcome unknown; the watchdog resolves it") from None
         except VenueUnavailable as e:
             self._set_order_status(order_id, "rejected", f"venue unavailable: {e}")
             self._venue_down(str(e))
@@ -84,17 +98,21 @@ class ExecutionMixin:
         self._record_fill(order_id, res)
         return res
 
-    async def _lookup(self: Desk, req: OrderRequest) -> OrderResult | None:
+    async def _lookup(self: Desk, req: OrderRequest) -> tuple[bool, OrderResult | None]:
+        """(the venue answered, the order if it exists). Only an answer of "no such order" means
+        the order never executed; a lookup that fails says nothing."""
+        answered = False
         for attempt in range(LOOKUP_ATTEMPTS):
             try:
                 res = await self.venue.fetch_order(req.client_order_id, req.symbol, req.market)
+                answered = True
             except (VenueUnavailable, VenueTimeout):
                 res = None
             if res is not None:
-                return res
+                return True, res
             if not self.clock.simulated:
                 await anyio.sleep(0.5 * (attempt + 1))
-        return None
+        return answered, None
 
     def _set_order_status(self: Desk, order_id: int, status: str, reason: str | None) -> None:
         with self.store.tx():
@@ -127,17 +145,16 @@ class ExecutionMixin:
         """
         filled = 0.0
         step = self.settings.spec(symbol).qty_step
-        for attempt in range(MAX_LEG_ATTEMPTS):
+        for _ in range(MAX_LEG_ATTEMPTS):
             remaining = floor_to_step(qty - filled, step) if market == "perp" else round(qty - filled, 12)
             if remaining <= (self._dust(symbol) if market == "spot" else QTY_EPS):
                 break
-            coid = self.client_order_id(key, pid, market, purpose, attempt=attempt + 1)
             with self.store.tx():
-                oid = self._new_order(pid, coid, purpose, market, side, remaining, reduce_only)
+                oid = self._new_order(pid, key, purpose, market, side, remaining, reduce_only)
             try:
                 res = await self._send(oid, symbol)
-            except VenueUnavailable:
-                break
+            except (VenueUnavailable, VenueTimeout):
+                break  # refused before executing, or outcome unknown: never blindly send more
             if res is None or res.filled_qty <= 0:
                 break
             filled += res.filled_qty
@@ -151,35 +168,64 @@ class ExecutionMixin:
         await self.faults.checkpoint("entry.intent_written")
         try:
             await self.venue.set_leverage(sym, lev)
+        except (VenueUnavailable, VenueTimeout) as e:
+            return self._entry_failed(pid, key, args, f"venue did not answer the leverage change ({e or 'timeout'}); nothing executed")
+        except VenueError as e:
+            return self._entry_failed(pid, key, args, f"venue refused leverage {lev:g}x: {e}; nothing executed")
+        try:
             spot = await self._send(spot_oid, sym, step="entry.leg1")
         except VenueUnavailable as e:
             return self._entry_failed(pid, key, args, f"venue unavailable before the first leg: {e}; nothing executed")
-        except VenueError as e:
-            return self._entry_failed(pid, key, args, f"venue refused leverage {lev:g}x: {e}; nothing executed")
+        except VenueTimeout:
+            return self._entry_unknown(pid, "spot")
         await self.faults.checkpoint("entry.leg1_filled")
         if spot is None or spot.filled_qty <= 0:
             return self._entry_failed(pid, key, args, f"spot leg refused by the venue: {self._order_reason(spot_oid)}; nothing executed")
         spec = self.settings.spec(sym)
         perp_qty = floor_to_step(spot.filled_qty, spec.qty_step)
         if perp_qty * spot.mid_price < spec.min_notional_usd:
-            await self._unwind(pid, key, sym, "spot", spot.filled_qty)
-            return self._entry_failed(pid, key, args, "spot leg filled too little to hedge; unwound")
-        if abs(perp_qty - spot.filled_qty) > QTY_EPS or perp_qty != self.store.one("SELECT quantity FROM orders WHERE id = ?", (perp_oid,))["quantity"]:
+            return await self._unwind_and_fail(pid, key, args, sym, spot.filled_qty, "spot leg filled too little to hedge")
+        if perp_qty != self.store.one("SELECT quantity FROM orders WHERE id = ?", (perp_oid,))["quantity"]:
             with self.store.tx():
                 self.store.x("UPDATE orders SET quantity = ? WHERE id = ? AND status = 'intent'", (perp_qty, perp_oid))
         try:
             perp = await self._send(perp_oid, sym, step="entry.leg2")
         except VenueUnavailable:
             perp = None
+        except VenueTimeout:
+            return self._entry_unknown(pid, "perp")
         if perp is None or perp.filled_qty <= 0:
-            why = self._order_reason(perp_oid)
-            ok = await self._unwind(pid, key, sym, "spot", spot.filled_qty)
-            msg = f"perp leg refused by the venue: {why}; " + (
-                "the spot leg was unwound" if ok else "UNWIND OF THE SPOT LEG FAILED: naked long spot, the watchdog will retry"
-            )
-            return self._entry_failed(pid, key, args, msg, keep_open=not ok)
+            why = f"perp leg refused by the venue: {self._order_reason(perp_oid)}"
+            return await self._unwind_and_fail(pid, key, args, sym, spot.filled_qty, why)
         await self.faults.checkpoint("entry.both_filled")
         return await self._settle_entry(pid, key, args, sym)
+
+    async def _unwind_and_fail(self: Desk, pid: int, key: str, args: dict[str, Any], sym: str, spot_qty: float, why: str) -> EnterTradeOutput:
+        """The spot leg filled but cannot be hedged: sell it back at once. If that fails too the
+        position stays 'opening' (the watchdog retries the unwind every tick) and a critical
+        alert says so."""
+        ok = await self._unwind(pid, key, sym, "spot", spot_qty)
+        if ok:
+            return self._entry_failed(pid, key, args, f"{why}; the spot leg was unwound")
+        msg = f"{why}; UNWIND OF THE SPOT LEG FAILED: naked long spot, the watchdog retries every tick"
+        self.alert("critical", "naked_leg", f"position {pid} {sym}: {msg}", {"position_id": pid, "symbol": sym})
+        return self._entry_failed(pid, key, args, msg, keep_open=True)
+
+    def _entry_unknown(self: Desk, pid: int, market: str) -> EnterTradeOutput:
+        """A leg timed out and the venue would not say whether it executed. Nothing more is sent;
+        the position stays 'opening' and the watchdog reconciles it (completes the entry if both
+        legs filled, unwinds a lone leg) as soon as the venue answers. The idempotency key is not
+        consumed, but a retry with it is refused while the position is unresolved."""
+        row = self.store.one("SELECT symbol FROM positions WHERE id = ?", (pid,))
+        msg = (f"{market} leg of position {pid} {row['symbol']} timed out and the venue did not answer the lookup: outcome unknown. "
+               "Nothing more was sent; the watchdog reconciles it (completes or unwinds) when the venue answers. "
+               "Check portfolio_status before retrying.")
+        self.alert("critical", "entry_outcome_unknown", msg, {"position_id": pid, "leg": market})
+        with self.store.tx():
+            self.store.x("UPDATE orders SET status = 'cancelled', reason = 'not sent: an earlier leg is unresolved'"
+                         " WHERE position_id = ? AND status = 'intent'", (pid,))
+        self.audit("desk", "entry_outcome_unknown", {"position_id": pid, "leg": market}, "unknown", msg)
+        raise Rejected("venue", self.venue.name, msg)
 
     async def _settle_entry(self: Desk, pid: int, key: str, args: dict[str, Any], sym: str) -> EnterTradeOutput:
         """Match the legs (trim the larger), then mark the position open and remember the result."""
@@ -197,8 +243,11 @@ class ExecutionMixin:
         fills = self._fills(pid)
         opens = {f["market"]: f for f in fills if f["purpose"] == "open"}
         snap = self.feed.snapshot(sym)
-        lp, ratio, wallet = await self._perp_risk(sym, snap.mark)
-        row = self.store.one("SELECT quantity, notional_usd FROM positions WHERE id = ?", (pid,))
+        row = self.store.one("SELECT quantity, notional_usd, leverage FROM positions WHERE id = ?", (pid,))
+        try:
+            lp, ratio, wallet = await self._perp_risk(sym, snap.mark)
+        except (VenueError, VenueTimeout):  # both legs are on: file the position; the watchdog reads the margin next tick
+            lp, ratio, wallet = None, None, -perp_q * opens["perp"]["price"] / (row["leverage"] or 1.0)
         # notional is measured at the reference mid the caps were checked at, scaled to what filled
         ref_price = row["notional_usd"] / row["quantity"] if row["quantity"] else opens["spot"]["mid_price"]
         hedged = min(spot_q, -perp_q)  # the hedged quantity; spot dust above it is not part of the hedge
@@ -223,16 +272,24 @@ class ExecutionMixin:
             self.alert("warning", "small_position", f"position {pid} is below the venue minimum after trimming", {"position_id": pid})
         return out
 
-    def _entry_failed(self: Desk, pid: int, key: str, args: dict[str, Any], msg: str, keep_open: bool = False) -> EnterTradeOutput:
+    def _fail_position(self: Desk, pid: int, key: str, args: dict[str, Any], reason: str, outcome: str, keep_open: bool = False) -> None:
+        """File an entry that did not become a position: the position is 'failed' (its realized P&L
+        is what the attempt cost) unless a leg is still on (``keep_open``: it stays 'opening' for
+        the watchdog), leftover intents are cancelled, and the key's outcome is remembered."""
         with self.store.tx():
+            self.store.x("UPDATE orders SET status = 'cancelled', reason = 'not sent: the entry failed'"
+                         " WHERE position_id = ? AND status = 'intent'", (pid,))
             if not keep_open:
                 self.store.x(
                     "UPDATE positions SET status = 'failed', closed_at = ?, close_reason = ?, realized_pnl_usd = ?, reserved_usd = 0"
                     " WHERE id = ?",
-                    (self.now(), msg, pnl(self._fills(pid), self._funding_amounts(pid)).total_usd, pid),
+                    (self.now(), reason, pnl(self._fills(pid), self._funding_amounts(pid)).total_usd, pid),
                 )
             if key and self.store.one("SELECT 1 FROM idempotency WHERE key = ?", (key,)) is None:
-                self._remember(key, "enter_trade", args, {"error": msg})
+                self._remember(key, "enter_trade", args, {"error": outcome})
+
+    def _entry_failed(self: Desk, pid: int, key: str, args: dict[str, Any], msg: str, keep_open: bool = False) -> EnterTradeOutput:
+        self._fail_position(pid, key, args, msg, msg, keep_open)
         self.audit("desk", "entry_failed", {"position_id": pid}, "failed", msg)
         raise Rejected("venue", self.venue.name, msg)
 
@@ -245,45 +302,60 @@ class ExecutionMixin:
     # ------------------------------------------------------------------ exit
 
     async def _execute_exit(self: Desk, pid: int, key: str, reason: str, emergency: bool = False) -> ExitTradeOutput:
-        """Close both legs of a position marked 'closing': perp first (reduce-only), then spot."""
+        """Close both legs of a position marked 'closing': perp first (reduce-only), then spot.
+
+        Spot is sold only down to what still hedges an open short: if the perp buy-back is
+        refused or fills partly, the hedged remainder stays on, the position stays 'closing'
+        and the watchdog retries every tick. An exit never turns a hedge into a naked leg.
+        """
         row = self.store.one("SELECT * FROM positions WHERE id = ?", (pid,))
         sym = row["symbol"]
         await self.faults.checkpoint("exit.intent_written")
         spot_q, perp_q = leg_quantities(self._fills(pid))
         intents = {r["market"]: r["id"] for r in self.store.q(
             "SELECT id, market FROM orders WHERE position_id = ? AND purpose = 'close' AND status = 'intent'", (pid,))}
+        unknown = False
         if perp_q < -QTY_EPS and "perp" in intents:
             try:
                 res = await self._send(intents.pop("perp"), sym, step="exit.leg1")
             except VenueUnavailable:
                 res = None
-            if (res is None or res.filled_qty <= 0) and not emergency:
+            except VenueTimeout:
+                res, unknown = None, True
+            if res is None and not emergency and not unknown:
                 why = self._order_reason(self._last_order(pid, "perp", "close"))
                 self._reopen_after_failed_exit(pid)
                 raise Rejected("venue", self.venue.name, f"perp close refused: {why}; position {pid} is still open and hedged")
         await self.faults.checkpoint("exit.leg1_filled")
         spot_q, perp_q = leg_quantities(self._fills(pid))
-        if perp_q < -QTY_EPS:  # partial or missing buy-back: retry the remainder
+        if perp_q < -QTY_EPS and not unknown:  # partial or missing buy-back: retry the remainder
             await self._fill_leg(pid, key, sym, "perp", "buy", -perp_q, "close", True)
-        spot_q, perp_q = leg_quantities(self._fills(pid))
         dust = self._dust(sym)
-        if spot_q > dust and "spot" in intents:
+
+        def to_sell() -> float:
+            s_q, p_q = leg_quantities(self._fills(pid))
+            return s_q - max(-p_q, 0.0)  # spot still hedging an open short stays
+
+        if not unknown and to_sell() > dust and "spot" in intents:
             with self.store.tx():
-                self.store.x("UPDATE orders SET quantity = ? WHERE id = ? AND status = 'intent'", (spot_q, intents["spot"]))
+                self.store.x("UPDATE orders SET quantity = ? WHERE id = ? AND status = 'intent'", (to_sell(), intents["spot"]))
             try:
                 await self._send(intents.pop("spot"), sym, step="exit.leg2")
-            except VenueUnavailable:
+            except (VenueUnavailable, VenueTimeout):
                 pass
         await self.faults.checkpoint("exit.both_filled")
-        spot_q, perp_q = leg_quantities(self._fills(pid))
-        if spot_q > dust:
-            await self._fill_leg(pid, key, sym, "spot", "sell", spot_q, "close", True)
-        for oid in intents.values():  # an intent we no longer need (its leg was already flat)
-            self._set_order_status(oid, "cancelled", "leg already flat")
+        if not unknown and to_sell() > dust:
+            await self._fill_leg(pid, key, sym, "spot", "sell", to_sell(), "close", True)
+        with self.store.tx():
+            for oid in intents.values():  # an intent not sent (its leg was already flat, or is still hedging)
+                self.store.x("UPDATE orders SET status = 'cancelled', reason = 'not sent' WHERE id = ? AND status = 'intent'", (oid,))
         spot_q, perp_q = leg_quantities(self._fills(pid))
         if spot_q > dust or spot_q < -QTY_EPS or abs(perp_q) > QTY_EPS:
-            msg = (f"position {pid} {sym}: exit incomplete, {spot_q:g} spot and {perp_q:g} perp remain; "
-                   "the watchdog retries every tick")
+            with self.store.tx():
+                self.store.x("UPDATE positions SET quantity = ? WHERE id = ?", (max(min(spot_q, -perp_q), 0.0), pid))
+            state = ("the perp buy-back timed out and its outcome is unknown" if unknown else
+                     f"{spot_q:g} spot and {perp_q:g} perp remain" + (" (still hedged)" if abs(spot_q + perp_q) <= max(dust, QTY_EPS) else ""))
+            msg = f"position {pid} {sym}: exit incomplete, {state}; the position stays 'closing' and the watchdog retries every tick"
             self.alert("critical", "exit_incomplete", msg, {"position_id": pid, "spot_quantity": spot_q, "perp_quantity": perp_q})
             raise Rejected("venue", self.venue.name, msg)
         return self._finalize_close(pid, "closed", reason, key)
@@ -361,11 +433,8 @@ class ExecutionMixin:
         if row["status"] == "opening":
             args = self._entry_args(row)
             if spot_q <= dust and abs(perp_q) <= QTY_EPS:
-                with self.store.tx():
-                    self.store.x("UPDATE positions SET status = 'failed', closed_at = ?, close_reason = ?, realized_pnl_usd = 0,"
-                                 " reserved_usd = 0 WHERE id = ?", (self.now(), "interrupted before any leg executed", pid))
-                    if key and self.store.one("SELECT 1 FROM idempotency WHERE key = ?", (key,)) is None:
-                        self._remember(key, "enter_trade", args, {"error": "interrupted before any leg executed; nothing traded"})
+                self._fail_position(pid, key, args, "interrupted before any leg executed",
+                                    "interrupted before any leg executed; nothing traded")
                 return "entry abandoned: nothing had executed"
             hedge = min(spot_q, -perp_q)
             if hedge > QTY_EPS and hedge * self.feed.snapshot(sym).spot >= spec.min_notional_usd:
@@ -377,21 +446,16 @@ class ExecutionMixin:
             if perp_q < -QTY_EPS:
                 ok &= await self._unwind(pid, key, sym, "perp", -perp_q)
             if ok:
-                with self.store.tx():
-                    self.store.x("UPDATE positions SET status = 'failed', closed_at = ?, close_reason = ?, realized_pnl_usd = ?,"
-                                 " reserved_usd = 0 WHERE id = ?",
-                                 (self.now(), "one leg filled, the other did not: unwound on recovery",
-                                  pnl(self._fills(pid), self._funding_amounts(pid)).total_usd, pid))
-                    if key and self.store.one("SELECT 1 FROM idempotency WHERE key = ?", (key,)) is None:
-                        self._remember(key, "enter_trade", args, {"error": "interrupted with one leg filled; that leg was unwound"})
+                self._fail_position(pid, key, args, "one leg filled, the other did not: unwound on recovery",
+                                    "interrupted with one leg filled; that leg was unwound")
                 return "naked leg unwound"
             raise RecoveryFailed(f"position {pid}: could not unwind a naked {sym} leg")
         if row["status"] == "closing":
             with self.store.tx():  # fresh intents for whatever is still open, then the normal exit path
                 if perp_q < -QTY_EPS:
-                    self._new_order(pid, self.client_order_id(row["exit_key"] or f"x{pid}", pid, "perp", "close", attempt=9), "close", "perp", "buy", -perp_q, True)
+                    self._new_order(pid, row["exit_key"] or "", "close", "perp", "buy", -perp_q, True)
                 if spot_q > dust:
-                    self._new_order(pid, self.client_order_id(row["exit_key"] or f"x{pid}", pid, "spot", "close", attempt=9), "close", "spot", "sell", spot_q, True)
+                    self._new_order(pid, row["exit_key"] or "", "close", "spot", "sell", spot_q, True)
             try:
                 await self._execute_exit(pid, row["exit_key"] or "", row["close_reason"] or "exit completed on recovery", emergency=True)
             except Rejected as e:
@@ -400,15 +464,10 @@ class ExecutionMixin:
         return "nothing to do"
 
     def _entry_args(self: Desk, row) -> dict[str, Any]:
+        """The arguments the entry was requested with (to file its idempotent outcome after a crash)."""
         raw = self.store.one("SELECT args_json FROM positions WHERE id = ?", (row["id"],))["args_json"]
-        import json
-
         return json.loads(raw) if raw else {}
 
 
 class RecoveryFailed(Exception):
     pass
-
-
-def describe_fill(f: dict[str, Any]) -> str:
-    return f"{f['side']} {f['quantity']:g} {f['market']} @ {f['price']:.2f} ({iso(f['ts'])})"

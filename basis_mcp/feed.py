@@ -16,6 +16,19 @@ from basis_mcp.history import HOUR, SymbolHistory, funding_schedule, mean_rate
 from basis_mcp.signals import basis_pct
 
 
+def base_asset(raw: str) -> str:
+    """The base coin of a symbol written any common way: ``BTC``, ``btc``, ``BTCUSDT``,
+    ``BTC/USDT``, ``BTC-USDT``, ``BTC_USDT``, ``BTC/USDT:USDT``. Raises ``ValueError`` for a
+    pair not quoted in USDT."""
+    s = raw.strip().upper().split(":")[0].replace("-", "/").replace("_", "/")
+    if "/" in s:
+        base, quote = s.split("/", 1)
+        if quote != "USDT":
+            raise ValueError("only USDT-quoted pairs are traded")
+        return base
+    return s[:-4] if s.endswith("USDT") and len(s) > 4 else s
+
+
 class MarketDataUnavailable(LookupError):
     """No usable price for a symbol at this time (before its data starts, or a gap)."""
 

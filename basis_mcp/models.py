@@ -394,7 +394,14 @@ class PortfolioOutput(ToolOutput):
     market_time: str
     capital_usd: float = Field(description="Starting capital the limits are measured against.")
     cash_usd: float = Field(description="Free USDT at the venue.")
-    equity_usd: float = Field(description="Cash + spot holdings at mid + isolated margin + unrealised perp P&L.")
+    equity_usd: float = Field(
+        description="The desk's book: capital + realized P&L + open positions marked to market (spot at mid, perp at "
+        "mark, funding and fees included). Drawdown is measured on this."
+    )
+    account_equity_usd: float = Field(
+        description="Everything in the venue account: USDT + spot coins at mid + isolated margin + unrealised perp P&L. "
+        "Equals equity_usd on paper; live it includes assets the desk does not manage."
+    )
     pnl_since_start_usd: float
     realized_pnl_usd: float
     unrealized_pnl_usd: float
@@ -445,9 +452,9 @@ class RiskStatusOutput(ToolOutput):
     )
     trading_state_reason: str
     market_time: str
-    equity_usd: float
+    equity_usd: float = Field(description="Capital + the desk's realized P&L + open positions marked to market.")
     capital_usd: float
-    drawdown_pct: float
+    drawdown_pct: float = Field(description="(capital − equity_usd) / capital, in percent; 0 when in profit.")
     free_capital_usd: float
     venue_reachable: bool
     limits: list[LimitReading]

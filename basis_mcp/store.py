@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -236,6 +237,8 @@ class Store(Database):
         with self.tx():
             if self.get_meta("schema_version") is None:
                 self.set_meta("schema_version", str(SCHEMA_VERSION))
+            if self.get_meta("desk_id") is None:  # scopes client order ids to this database (see Desk.client_order_id)
+                self.set_meta("desk_id", secrets.token_hex(4))
 
     def get_meta(self, key: str) -> str | None:
         row = self.one("SELECT value FROM meta WHERE key = ?", (key,))

@@ -8,7 +8,9 @@ its rule and numbers and raised as an alert for the agent's next response.
 
 from __future__ import annotations
 
+import json
 import math
+import sqlite3
 from typing import TYPE_CHECKING, Any
 
 from basis_mcp import margin as mm
@@ -81,7 +83,7 @@ class WatchdogMixin:
             return actions
         await self._recover_all()
         close_all = self.store.get_meta("close_all_when_reachable") is not None
-        equity = await self.equity_usd()
+        equity = self.equity_usd()
         dd = drawdown(equity, self.capital_usd)
         if dd > self.settings.max_drawdown and self.trading_state()[0] == "ACTIVE":
             self.set_trading_state("REDUCING", f"drawdown {dd * 100:.2f}% of capital > {self.settings.max_drawdown * 100:g}% limit",
@@ -111,12 +113,23 @@ class WatchdogMixin:
         return actions
 
     async def _recover_all(self: Desk) -> None:
+        """Reconcile every position caught mid-entry or mid-exit. A venue that does not answer is
+        not a failure to reconcile (the next tick retries, and the unreachable-venue rule takes
+        over after 10 minutes); anything else that stops a reconciliation puts the desk in
+        REDUCING with the reason."""
         for row in self.store.q("SELECT * FROM positions WHERE status IN ('opening','closing') ORDER BY id"):
             try:
                 what = await self._recover_position(row)
-            except (RecoveryFailed, VenueError, VenueTimeout) as e:
+            except (VenueUnavailable, VenueTimeout) as e:
+                self._venue_down(str(e) or type(e).__name__)
+                self._note_once(f"unreconciled:{row['id']}", "critical", "reconcile_pending",
+                                f"position {row['id']} {row['symbol']} is {row['status']} and the venue does not answer ({e}): "
+                                "the watchdog retries every tick", {"position_id": row["id"]})
+                continue
+            except (RecoveryFailed, VenueError, sqlite3.Error) as e:
                 self.set_trading_state("REDUCING", f"could not reconcile position {row['id']}: {e}", {"position_id": row["id"]})
                 continue
+            self._clear_note(f"unreconciled:{row['id']}")
             self.alert("warning", "recovered", f"position {row['id']} {row['symbol']} was caught mid-{'entry' if row['status'] == 'opening' else 'exit'}: {what}",
                        {"position_id": row["id"], "was": row["status"]})
 
@@ -173,7 +186,7 @@ class WatchdogMixin:
             if amount >= 1.0:
                 try:
                     await self.venue.add_margin(sym, amount)
-                except VenueError as e:
+                except (VenueError, VenueTimeout) as e:
                     amount = 0.0
                     data["error"] = str(e)
             if amount >= act.amount_usd - 0.01:
@@ -202,9 +215,9 @@ class WatchdogMixin:
             self.store.x("UPDATE positions SET status = 'closing', close_reason = ? WHERE id = ? AND status = 'open'",
                          (f"watchdog: {rule}", pid))
             if perp_q < -QTY_EPS:
-                self._new_order(pid, self.client_order_id(key, pid, "perp", "close"), "close", "perp", "buy", -perp_q, True)
+                self._new_order(pid, key, "close", "perp", "buy", -perp_q, True)
             if spot_q > self._dust(sym):
-                self._new_order(pid, self.client_order_id(key, pid, "spot", "close"), "close", "spot", "sell", spot_q, True)
+                self._new_order(pid, key, "close", "spot", "sell", spot_q, True)
         try:
             out = await self._execute_exit(pid, "", f"watchdog: {rule}", emergency=True)
             realized = out.realized.total_usd
@@ -232,18 +245,20 @@ class WatchdogMixin:
 
     # ------------------------------------------------------------------ ledger vs venue
 
-    def ledger_discrepancies(self: Desk, balances: dict[str, float], perps: dict[str, Any]) -> list[str]:
-        """Differences between what the desk recorded and what the venue holds."""
-        out: list[str] = []
+    def _desk_holdings(self: Desk) -> tuple[dict[str, float], dict[str, float]]:
+        """(spot held, signed perp) per symbol, summed over every fill the desk recorded."""
         desk_spot: dict[str, float] = {}
         desk_perp: dict[str, float] = {}
         for r in self.store.q("SELECT f.market, f.side, f.quantity, p.symbol FROM fills f JOIN positions p ON p.id = f.position_id"):
             q = r["quantity"] if r["side"] == "buy" else -r["quantity"]
-            (desk_spot if r["market"] == "spot" else desk_perp).setdefault(r["symbol"], 0.0)
-            if r["market"] == "spot":
-                desk_spot[r["symbol"]] += q
-            else:
-                desk_perp[r["symbol"]] += q
+            book = desk_spot if r["market"] == "spot" else desk_perp
+            book[r["symbol"]] = book.get(r["symbol"], 0.0) + q
+        return desk_spot, desk_perp
+
+    def ledger_discrepancies(self: Desk, balances: dict[str, float], perps: dict[str, Any]) -> list[str]:
+        """Differences between what the desk recorded and what the venue holds."""
+        out: list[str] = []
+        desk_spot, desk_perp = self._desk_holdings()
         exact = self.mode != "live"  # a live account may hold other spot coins; the desk's must be there
         for sym in set(desk_spot) | ({a for a in balances if a != "USDT"} if exact else set()):
             venue_q = balances.get(sym, 0.0)
@@ -257,10 +272,45 @@ class WatchdogMixin:
         return out
 
     async def _check_ledger(self: Desk) -> None:
-        """Fail closed when the desk's records and the venue disagree (paper venue: exact)."""
-        problems = self.ledger_discrepancies(*(await self._venue_holdings()))
+        """Fail closed when the desk's records and the venue disagree (paper venue: exact).
+        Skipped while an order's outcome is still unknown: the books cannot agree until the venue
+        says what happened to it, and `_recover_all` is already chasing that."""
+        if self.store.one("SELECT 1 FROM orders WHERE status IN ('sent','unknown') LIMIT 1") is not None:
+            return
+        balances, perps = await self._venue_holdings()
+        problems = self.ledger_discrepancies(balances, perps)
+        if self.mode == "live":
+            self._check_spot_baseline(balances)
         cash_gap = 0.0 if self.mode == "live" else await self.cash_discrepancy_usd()  # live fees may be paid in BNB
         if abs(cash_gap) > LEDGER_TOLERANCE_USD:
             problems.append(f"cash: venue USDT + margin differs from the ledger by ${cash_gap:,.4f}")
         if problems and self.trading_state()[0] == "ACTIVE":
             self.set_trading_state("REDUCING", "ledger does not reconcile with the venue: " + "; ".join(problems), {"problems": problems})
+
+    def _check_spot_baseline(self: Desk, balances: dict[str, float]) -> None:
+        """A live account may hold coins of its own. The first reconciliation records them
+        (venue balance − what the desk's fills account for) as the baseline; afterwards the venue
+        must hold baseline + the desk's coins. Less means coins moved outside the desk (a manual
+        sale, a withdrawal): a warning, not REDUCING — the owner may trade their own coins — and
+        the reason to give the desk an account (or sub-account) of its own."""
+        desk_spot, _ = self._desk_holdings()
+        raw = self.store.get_meta("spot_baseline_json")
+        if raw is None:
+            baseline = {sym: max(balances.get(sym, 0.0) - desk_spot.get(sym, 0.0), 0.0) for sym in self.feed.symbols}
+            with self.store.tx():
+                self.store.set_meta("spot_baseline_json", json.dumps(baseline))
+            self.audit("watchdog", "spot_baseline", baseline, "ok", "coins in the account the desk does not manage")
+            return
+        baseline = json.loads(raw)
+        for sym in self.feed.symbols:
+            want = baseline.get(sym, 0.0) + desk_spot.get(sym, 0.0)
+            have = balances.get(sym, 0.0)
+            tag = f"baseline:{sym}"
+            if have + max(self._dust(sym), 1e-8) < want:
+                self._note_once(tag, "warning", "spot_moved_outside_desk",
+                                f"{sym} spot at the venue is {have:g}, below the {baseline.get(sym, 0.0):g} the account held "
+                                f"before the desk + the desk's {desk_spot.get(sym, 0.0):g}: coins were sold or moved outside "
+                                "the desk", {"symbol": sym, "venue_quantity": have, "baseline_quantity": baseline.get(sym, 0.0),
+                                             "desk_quantity": desk_spot.get(sym, 0.0)})
+            else:
+                self._clear_note(tag)

@@ -108,3 +108,28 @@ async def test_halt_is_one_way_for_the_agent_and_the_operator_resumes_a_running_
     rows = db_rows(db, "SELECT * FROM audit WHERE kind = 'operator'")
     assert rows and rows[0]["name"] == "set_state_active"
     assert cli("audit", "verify", "--db", str(db)).returncode == 0  # two writers, one intact chain
+
+
+def test_operator_commands_find_each_books_default_database(tmp_path: Path) -> None:
+    import os
+
+    from basis_mcp.store import Store
+
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path)}
+    env.pop("BASIS_MCP_DB", None)
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "basis_mcp", *args], capture_output=True, text=True, cwd=REPO, timeout=60, env=env)
+
+    r = run("halt", "--market", "live", "--live")
+    assert r.returncode == 1 and "live book" in r.stderr and "basis-mcp-live-binance.db" in r.stderr and "--market" in r.stderr
+    live_db = Path(r.stderr.split("database ", 1)[1].splitlines()[0])
+    Store(live_db).close()  # as a live server would have left it
+    r = run("halt", "--market", "live", "--live", "--reason", "stop the live book")
+    assert r.returncode == 0 and "ACTIVE → HALTED" in r.stdout
+    assert db_rows(live_db, "SELECT value FROM meta WHERE key = 'trading_state'")[0]["value"] == "HALTED"
+    # the replay book and the paper-on-live book are other files, untouched
+    r = run("status", "--market", "live")
+    assert r.returncode == 1 and "paper book" in r.stderr and "basis-mcp-paper-binance.db" in r.stderr
+    r = run("status")
+    assert "replay book" in r.stderr and "basis-mcp.db" in r.stderr

@@ -198,11 +198,17 @@ def test_nonsensical_parameters_are_refused(kwargs: dict, match: str) -> None:
         (["BTC"], "2014-01-01", "2015-01-01", "outside the data"),
         (["BTC"], "not-a-date", "2022-01-01", "bad date"),
         ([], "2021-01-01", "2022-01-01", "no symbols"),
+        (["BTC/EUR"], "2021-01-01", "2022-01-01", "USDT-quoted"),
     ],
 )
 def test_bad_ranges_and_symbols_are_clear_errors(histories, symbols, start, end, match) -> None:
     with pytest.raises(DataError, match=match):
         load_markets(histories, symbols, start, end, BacktestParams())
+
+
+def test_symbols_are_accepted_the_way_traders_write_them(histories) -> None:
+    markets = load_markets(histories, ["btcusdt", "ETH/USDT", "BTC-USDT", "ETH/USDT:USDT"], "2021-01-01", "2021-02-01", BacktestParams())
+    assert [m.symbol for m in markets] == ["BTC", "ETH"]
 
 
 def test_freqtrade_and_csv_layouts_load_and_bad_directories_are_named(tmp_path: Path) -> None:
@@ -291,6 +297,8 @@ async def test_backtest_tool_reports_progress_and_returns_the_chart(make_server)
         r = await client.call_tool("backtest", {"symbols": ["BTC"], "start": "2021-01-01", "end": "2021-06-01",
                                                 "min_zscore": 1.0, "exit_zscore": 2.0})
         assert r.is_error and "exit_zscore" in r.content[0].text
+        r = await client.call_tool("backtest", {"symbols": ["BTCUSDT"], "start": "2021-01-01", "end": "2021-03-01"})
+        assert not r.is_error and r.structured_content["symbols"] == ["BTC"]
         r = await client.call_tool("backtest", {"symbols": ["XRP"], "start": "2021-01-01", "end": "2021-06-01"})
         assert r.is_error and "symbols" in r.content[0].text and "XRP" in r.content[0].text
         r = await client.call_tool("plot_basis", {"symbol": "ETH", "days": 14})

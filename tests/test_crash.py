@@ -84,14 +84,20 @@ def check_invariants(db: Path) -> None:
     # ... and nothing is in the ledger that the venue did not execute
     assert {f["client_order_id"] for f in fills} == {v["client_order_id"] for v in venue_orders}
 
-    # no duplicate order: each leg of each trade went to the venue at most once
+    # no duplicate order: each entry leg went to the venue at most once, and no position's leg ever
+    # overshot (a close, unwind or retry never sold more spot than was held or bought back more perp
+    # than was short) — a resent order would do one or the other
     legs: dict[tuple, int] = {}
-    for v in venue_orders:
+    held: dict[tuple, float] = {}
+    for v in sorted(venue_orders, key=lambda v: v["seq"]):
         o = desk_orders[v["client_order_id"]]
-        k = (o["position_id"], o["market"], o["purpose"])
-        legs[k] = legs.get(k, 0) + 1
-    for (pid, market, purpose), n in legs.items():
-        assert n == 1, f"position {pid}: {n} venue orders for {market} {purpose}"
+        if o["purpose"] == "open":
+            k = (o["position_id"], o["market"])
+            legs[k] = legs.get(k, 0) + 1
+            assert legs[k] == 1, f"position {k[0]}: {legs[k]} venue orders for the {k[1]} entry leg"
+        k = (o["position_id"], o["market"])
+        held[k] = held.get(k, 0.0) + (v["filled_qty"] if v["side"] == "buy" else -v["filled_qty"])
+        assert (held[k] >= -1e-12) if o["market"] == "spot" else (held[k] <= 1e-12), f"position {k[0]} {k[1]} overshot: {held[k]}"
 
     # no naked leg: per position the legs match; the venue holds exactly the desk's open positions
     for p in db_rows(db, "SELECT * FROM positions"):

@@ -64,6 +64,12 @@ async def drive_full_trade(client: Client, db: Path, symbol: str = "BTC", key: s
     assert d["recommended_action"] == "hold"
     assert d["funding_received_usd"] == pytest.approx(sum(f["amount_usd"] for f in mine), abs=1e-8)
 
+    # the desk's book (ledger) and the paper account agree while the position is open
+    book = await call(client, "portfolio_status", {})
+    assert book["equity_usd"] == pytest.approx(book["account_equity_usd"], abs=0.01)
+    assert book["pnl_since_start_usd"] == pytest.approx(book["realized_pnl_usd"] + book["unrealized_pnl_usd"]
+                                                        + book["funding_received_usd"] - book["fees_paid_usd"], abs=0.01)
+
     s2f = await call(client, "seconds_to_funding", {"symbol": symbol})
     assert 0 < s2f["seconds_to_funding"] <= 8 * 3600
     assert s2f["expected_payment_usd"] is not None

@@ -117,3 +117,92 @@ async def test_refused_spot_close_is_retried_by_the_watchdog(make_server, db: Pa
         assert any(a["rule"] == "recovered" for a in adv["alerts"])
     assert db_rows(db, "SELECT status FROM positions")[0]["status"] == "closed"
     check_invariants(db)
+
+
+async def test_timeout_with_failed_lookups_leaves_the_outcome_unknown_until_the_venue_answers(
+    make_server, db: Path, data: Path
+) -> None:
+    # the perp leg executes but its answer is lost, and every lookup of it fails too: the desk must
+    # neither call it "not executed" (and unwind the spot into a naked short) nor send anything more
+    faults = FaultPlan(timeout_after_execute_nth={2}, lookups_fail=3)
+    async with Client(make_server(start=START, data_path=data, faults=faults)) as client:
+        text = await call_error(client, "enter_trade", ENTRY)
+        assert "outcome unknown" in text and "watchdog reconciles" in text
+        assert faults.orders_seen == 2  # nothing sent after the unknown leg
+        assert db_rows(db, "SELECT status FROM positions")[0]["status"] == "opening"
+        assert db_rows(db, "SELECT status FROM orders WHERE market = 'perp'")[0]["status"] == "unknown"
+        # the same key cannot start a second trade while the first is unresolved
+        again = await call_error(client, "enter_trade", ENTRY)
+        assert "idempotency_key" in again and "opening" in again
+        adv = await call(client, "advance_time", {"hours": 1})  # the venue answers now: both legs had filled
+        assert any(a["rule"] == "recovered" and "entry completed" in a["message"] for a in adv["alerts"])
+        pos = (await call(client, "portfolio_status", {}))["open_positions"]
+        assert [p["status"] for p in pos] == ["open"]
+        risk = await call(client, "risk_status", {})
+        assert risk["trading_state"] == "ACTIVE", risk["trading_state_reason"]
+        # and the key now replays the entry the watchdog completed
+        replay = await call(client, "enter_trade", ENTRY)
+        assert replay["replayed"] and replay["position"]["position_id"] == pos[0]["position_id"]
+    assert faults.orders_seen == 2
+    check_invariants(db)
+
+
+async def test_venue_down_during_reconciliation_does_not_reduce_the_desk(make_server, db: Path, data: Path) -> None:
+    faults = FaultPlan(timeout_after_execute_nth={2}, lookups_fail=50)
+    async with Client(make_server(start=START, data_path=data, faults=faults)) as client:
+        await call_error(client, "enter_trade", ENTRY)
+        adv = await call(client, "advance_time", {"hours": 1})
+        assert any(a["rule"] == "reconcile_pending" for a in adv["alerts"])
+        risk = await call(client, "risk_status", {})
+        assert risk["trading_state"] == "ACTIVE", risk["trading_state_reason"]  # a venue that does not answer is not a broken ledger
+        faults.lookups_fail = 0
+        await call(client, "advance_time", {"hours": 1})
+        assert [p["status"] for p in (await call(client, "portfolio_status", {}))["open_positions"]] == ["open"]
+    check_invariants(db)
+
+
+async def test_timeout_of_an_order_that_never_arrived_is_found_missing_and_unwound(make_server, db: Path, data: Path) -> None:
+    faults = FaultPlan(timeout_before_execute_nth={2})
+    async with Client(make_server(start=START, data_path=data, faults=faults)) as client:
+        text = await call_error(client, "enter_trade", ENTRY)
+        assert "not found at the venue" in text and "spot leg was unwound" in text
+    assert db_rows(db, "SELECT status FROM positions")[0]["status"] == "failed"
+    check_invariants(db)
+
+
+async def test_partial_buy_back_then_refusals_keep_the_remainder_hedged(make_server, db: Path, data: Path) -> None:
+    faults = FaultPlan()
+    async with Client(make_server(start=START, data_path=data, faults=faults)) as client:
+        pid = (await call(client, "enter_trade", ENTRY))["position"]["position_id"]
+        n = faults.orders_seen
+        # the buy-back fills 40 % and its retry is refused: only 40 % of the spot may be sold
+        faults.partial_nth = {n + 1: 0.4}
+        faults.reject_nth = {n + 2}
+        text = await call_error(client, "exit_trade", {"position_id": pid, "idempotency_key": "x-1"})
+        assert "exit incomplete" in text and "still hedged" in text
+        d = (await call(client, "check_delta", {"position_id": pid}))["positions"][0]
+        assert d["spot_quantity"] == pytest.approx(-d["perp_quantity"]) and d["spot_quantity"] == pytest.approx(0.04 * 0.6)
+        assert db_rows(db, "SELECT status FROM positions")[0]["status"] == "closing"
+        sold = db_rows(db, "SELECT SUM(filled_qty) AS q FROM paper_orders WHERE market = 'spot' AND side = 'sell'")[0]["q"]
+        assert sold == pytest.approx(0.04 * 0.4)
+        again = await call_error(client, "exit_trade", {"position_id": pid, "idempotency_key": "x-1"})
+        assert "closing" in again
+        await call(client, "advance_time", {"hours": 1})  # the watchdog finishes the exit
+    assert db_rows(db, "SELECT status FROM positions")[0]["status"] == "closed"
+    coids = [r["client_order_id"] for r in db_rows(db, "SELECT client_order_id FROM orders")]
+    assert len(coids) == len(set(coids))
+    check_invariants(db)
+
+
+async def test_repeated_refusals_never_reuse_a_client_order_id(make_server, db: Path, data: Path) -> None:
+    faults = FaultPlan()
+    async with Client(make_server(start=START, data_path=data, faults=faults)) as client:
+        pid = (await call(client, "enter_trade", ENTRY))["position"]["position_id"]
+        for i in range(3):  # three refused exits, each a new attempt on the same position
+            faults.reject_nth = {faults.orders_seen + 1}
+            await call_error(client, "exit_trade", {"position_id": pid, "idempotency_key": f"x-{i}"})
+        out = await call(client, "exit_trade", {"position_id": pid, "idempotency_key": "x-ok"})
+        assert out["position"]["status"] == "closed"
+    coids = [r["client_order_id"] for r in db_rows(db, "SELECT client_order_id FROM orders WHERE position_id = ?", (pid,))]
+    assert len(coids) == len(set(coids)) and len(coids) >= 2 + 3 * 2 + 2
+    check_invariants(db)

@@ -9,6 +9,7 @@ naked leg remains, tells the agent in the next response, the ledger reconciles, 
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -95,3 +96,28 @@ async def test_drawdown_beyond_15pct_moves_the_desk_to_reducing(make_server, db:
         assert "trading_state='REDUCING'" in text and "exits only" in text
     audit = db_rows(db, "SELECT * FROM audit WHERE kind = 'alert' AND name = 'state_reducing'")
     assert audit and "drawdown" in audit[0]["detail"]
+
+
+async def test_a_liquidation_read_again_after_a_crash_is_booked_once(make_server, db: Path, tmp_path: Path) -> None:
+    m = scripted.Market()
+    m.spike(m.at("2024-01-01T06:00:00Z"), high=210_000.0)
+    data = scripted.write(tmp_path, BTC=m)
+    settings = Settings(capital_usd=9_000, max_leverage=3.0, default_leverage=1.0, max_position_notional_usd=4_000,
+                        tier_single_position={"anchor": 0.25}, tier_allocation={"anchor": 0.5})
+    async with Client(make_server(settings=settings, start="2024-01-01T01:00:00Z", data_path=data)) as client:
+        await call(client, "enter_trade", {"symbol": "BTC", "notional_usd": 2000, "idempotency_key": "rl-1", "leverage": 1})
+        adv = await call(client, "advance_time", {"hours": 6})
+        assert len(adv["liquidations"]) == 1
+    before = db_rows(db, "SELECT COUNT(*) AS n FROM fills")[0]["n"]
+    # as if the process died after booking the liquidation but before its cursor was stored
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("DELETE FROM meta WHERE key = 'liquidation_cursor'")
+    conn.close()
+    async with Client(make_server(settings=settings, data_path=data)) as client:
+        adv = await call(client, "advance_time", {"hours": 1})  # start-up re-read the venue's liquidation feed
+        assert not [a for a in adv["alerts"] if a["rule"] == "liquidation"]
+    assert db_rows(db, "SELECT COUNT(*) AS n FROM alerts WHERE rule = 'liquidation'")[0]["n"] == 1
+    assert db_rows(db, "SELECT COUNT(*) AS n FROM fills")[0]["n"] == before
+    assert [r["status"] for r in db_rows(db, "SELECT status FROM positions")] == ["liquidated"]
+    assert float(db_rows(db, "SELECT value FROM meta WHERE key = 'liquidation_cursor'")[0]["value"]) > 0

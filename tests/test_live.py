@@ -191,6 +191,30 @@ async def test_operator_can_turn_confirmation_off_and_the_watchdog_never_needs_i
         assert len(sim.state.orders) == 4
 
 
+async def test_coins_of_the_owner_are_a_baseline_and_a_sale_outside_the_desk_is_reported(db: Path, sim) -> None:
+    sim.state.spot_bal["BTC"] = 0.5  # the owner's own coins, there before the desk started
+    async with Client(server(db, sim, "live", live_confirmation=False)) as client:
+        pos = (await call(client, "enter_trade", ENTRY))["position"]
+        risk = await call(client, "risk_status", {})
+        assert risk["trading_state"] == "ACTIVE", risk["trading_state_reason"]
+        book = await call(client, "portfolio_status", {})
+        # the desk's equity is its own book; the account also holds the owner's 0.5 BTC
+        assert book["account_equity_usd"] - book["equity_usd"] > 0.45 * pos["entry_spot_price"]
+        assert risk["drawdown_pct"] < 1.0
+        sim.state.spot_bal["BTC"] -= 0.3  # someone sells coins in the account by hand
+        seen: list[dict] = []
+
+        async def alerted() -> bool:
+            seen.extend((await call(client, "risk_status", {}))["alerts"])
+            return any(a["rule"] == "spot_moved_outside_desk" for a in seen)
+
+        with anyio.fail_after(40):  # balances are cached 10 s between reads of a real venue
+            while not await alerted():
+                await anyio.sleep(0.2)
+        # the desk's own coins are still there (0.2 + its 0.04): a warning, not a broken ledger
+        assert (await call(client, "risk_status", {}))["trading_state"] == "ACTIVE"
+
+
 async def test_rate_limit_is_retried_and_a_5xx_order_is_looked_up_not_resent(db: Path, sim) -> None:
     async with Client(server(db, sim, "live", live_confirmation=False, venue_timeout_ms=2000)) as client:
         sim.state.faults.rate_limit_next = 1  # the spot order gets a 429 first

@@ -20,6 +20,8 @@ from basis_mcp.backtest.prepare import Market, prepare
 from basis_mcp.backtest.reference import run_reference
 from basis_mcp.backtest.results import Trade, equity_curve, per_year, stats
 from basis_mcp.clock import iso, parse_time
+from basis_mcp.config import Settings
+from basis_mcp.feed import base_asset
 from basis_mcp.history import DataError, SymbolHistory, load_any
 
 Progress = Callable[[float, float, str], None]
@@ -70,10 +72,22 @@ def parse_when(name: str, v: str | float) -> float:
 
 
 def load_markets(
-    histories: dict[str, SymbolHistory], symbols: Iterable[str], start: str | float, end: str | float, params: BacktestParams
+    histories: dict[str, SymbolHistory], symbols: Iterable[str], start: str | float, end: str | float, params: BacktestParams,
+    settings: Settings | None = None,
 ) -> list[Market]:
-    """Validated markets for the requested symbols and range (`DataError` names the problem)."""
-    syms = [s.strip().upper() for s in symbols if s.strip()]
+    """Validated markets for the requested symbols and range (`DataError` names the problem).
+    Symbols may be written BTC, BTCUSDT, BTC/USDT…; ``settings`` supplies the desk's
+    per-symbol fees, steps and minimums (the defaults otherwise)."""
+    syms: list[str] = []
+    for raw in symbols:
+        if not raw.strip():
+            continue
+        try:
+            sym = base_asset(raw)
+        except ValueError as e:
+            raise DataError(f"symbols: {raw!r}: {e}") from None
+        if sym not in syms:
+            syms.append(sym)
     if not syms:
         raise DataError("symbols: no symbols given")
     unknown = [s for s in syms if s not in histories]
@@ -81,7 +95,7 @@ def load_markets(
         raise DataError(f"symbols: unknown symbol(s) {', '.join(unknown)}; the data has {', '.join(sorted(histories))}")
 
     t0, t1 = parse_when("start", start), parse_when("end", end)
-    return [prepare(histories[s], t0, t1, params) for s in syms]
+    return [prepare(histories[s], t0, t1, params, settings) for s in syms]
 
 
 def run(
@@ -160,9 +174,7 @@ def run_from_data(
     engine: str = "vectorized",
     progress: Progress | None = None,
 ) -> BacktestResult:
-    syms = [s.strip().upper() for s in symbols if s.strip()]
-    histories = load_any(data)
-    return run(load_markets(histories, syms, start, end, params), params, engine, progress)
+    return run(load_markets(load_any(data), symbols, start, end, params), params, engine, progress)
 
 
 def write_outputs(result: BacktestResult, out_dir: Path, chart: bool = True) -> dict[str, Path]:

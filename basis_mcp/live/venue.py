@@ -201,15 +201,18 @@ class LiveVenue:
             else:  # paid in another asset (e.g. BNB): value it at the taker rate instead
                 leg = self.settings.spec(req.symbol).costs.leg(req.market)
                 fee += filled * avg * leg.taker_fee
-        if req.side == "buy" and base_fee:
-            filled -= base_fee
+        # status from what the venue filled of what it was asked (gross; a spot buy was grossed up
+        # by its fee), before the base-coin fee comes off the quantity the desk records
         status = o.get("status")
+        asked = float(o.get("amount") or req.quantity)
         if filled <= 0:
             st = "rejected" if status in ("canceled", "rejected", "expired") else "new"
-        elif filled + 1e-12 < req.quantity:
+        elif filled + 1e-12 < asked and status != "closed":
             st = "partially_filled"
         else:
             st = "filled"
+        if req.side == "buy" and base_fee:
+            filled -= base_fee
         ts = (o.get("timestamp") or 0) / 1000.0 or self.clock.now()
         return OrderResult(req.client_order_id, str(o.get("id")), req.symbol, req.market, req.side, st, req.quantity,
                            filled, avg, fee, mid, ts, None if st != "rejected" else f"venue status {status}")
@@ -294,7 +297,7 @@ class LiveVenue:
             qty = float(r.get("contracts") or 0.0)
             out.append(LiquidationEvent(base, r["timestamp"] / 1000.0, -qty if r.get("side") == "buy" else qty,
                                         float(r.get("price") or 0.0), 0.0, str((r.get("info") or {}).get("clientOrderId") or r.get("id"))))
-        return out
+        return sorted(out, key=lambda e: e.time)  # per-symbol answers interleave: oldest first, the cursor is the last
 
     def on_tick(self, t: float) -> TickReport:
         return TickReport(t, [], [])  # the real venue settles funding and liquidates on its own

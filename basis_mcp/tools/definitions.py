@@ -228,8 +228,8 @@ TOOLS: list[ToolSpec] = [
         name="portfolio_status",
         title="Portfolio and positions",
         description=(
-            "The book: capital, free cash, equity (cash + spot at mid + isolated margin + unrealised perp P&L), "
-            "P&L since start, realised and unrealised P&L, funding received, fees paid, capital in use, tier usage "
+            "The book: capital, free cash, equity (capital + realised P&L + open positions marked to market; the "
+            "drawdown limit is measured on it), the whole venue account's value, P&L since start, realised and unrealised P&L, funding received, fees paid, capital in use, tier usage "
             "against the allocation limits, every open position with fills, and optionally the last N closed "
             "positions. Read-only." + UNITS
         ),

@@ -111,7 +111,9 @@ def _make_fn(spec: ToolSpec, get_desk: Callable[[Context], Any]) -> Callable[...
         except DataError as e:
             raise ToolError(f"{spec.name}: {e}") from None
         except (VenueError, VenueTimeout) as e:
-            raise ToolError(f"{spec.name}: the venue did not answer usefully ({e}); nothing was changed by this call") from None
+            # trading paths catch venue errors themselves and say what executed; this is a read that failed
+            raise ToolError(f"{spec.name}: the venue did not answer usefully ({e or type(e).__name__}); "
+                            "retry shortly, and check portfolio_status for the book's state") from None
         if isinstance(out, WithImages):
             out.output.alerts = desk.pop_alerts()
             data = out.output.model_dump(mode="json")

@@ -24,6 +24,8 @@ class FaultPlan:
     reject_nth: set[int] = field(default_factory=set)
     partial_nth: dict[int, float] = field(default_factory=dict)  # order number -> filled fraction
     timeout_after_execute_nth: set[int] = field(default_factory=set)
+    timeout_before_execute_nth: set[int] = field(default_factory=set)  # no answer, and the order never arrived
+    lookups_fail: int = 0  # this many order lookups (fetch_order) answer 503 before they work again
     unavailable_nth: set[int] = field(default_factory=set)  # 5xx before executing
     rate_limited_nth: set[int] = field(default_factory=set)  # 429 before executing
     unavailable_always: bool = False
@@ -43,6 +45,8 @@ class FaultPlan:
             reject_nth=set(d.get("reject_nth", [])),
             partial_nth={int(k): float(v) for k, v in d.get("partial_nth", {}).items()},
             timeout_after_execute_nth=set(d.get("timeout_after_execute_nth", [])),
+            timeout_before_execute_nth=set(d.get("timeout_before_execute_nth", [])),
+            lookups_fail=int(d.get("lookups_fail", 0)),
             unavailable_nth=set(d.get("unavailable_nth", [])),
             rate_limited_nth=set(d.get("rate_limited_nth", [])),
             unavailable_always=bool(d.get("unavailable_always", False)),

@@ -174,6 +174,9 @@ class PaperVenue:
 
     async def fetch_order(self, client_order_id: str, symbol: str, market: Market) -> OrderResult | None:
         self._reachable()
+        if self.faults.lookups_fail > 0:
+            self.faults.lookups_fail -= 1
+            raise VenueUnavailable("HTTP 503 Service Unavailable (injected, order lookup)")
         r = self.db.one("SELECT * FROM paper_orders WHERE client_order_id = ?", (client_order_id,))
         return None if r is None else self._result(r)
 
@@ -209,6 +212,8 @@ class PaperVenue:
             raise VenueUnavailable(f"HTTP 429 Too Many Requests (injected, order #{n})", code="rate_limited")
         if n in f.reject_nth:
             raise VenueError(f"order rejected by the venue (injected, order #{n})", code="rejected")
+        if n in f.timeout_before_execute_nth:
+            raise VenueTimeout(f"no answer within the timeout (injected, order #{n}); the order never arrived")
         res = self._execute(req, f.partial_nth.get(n, 1.0))
         await f.checkpoint(f"venue.executed.{n}")
         if n in f.timeout_after_execute_nth:
