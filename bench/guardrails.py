@@ -17,8 +17,9 @@ next entry is not a duplicate. Medians over REPS repetitions after WARMUP.
 
 An entry sends 2 orders and an exit 2 more, so 200 round trips in a minute would trip the
 orders-per-minute limit (120/min at most) by design. Between repetitions, outside every
-timed region, the bench moves its own finished orders' wall-clock stamps back two minutes
-in the temporary database; the rate check still runs its query on every entry.
+timed region, the bench moves its own finished orders' stamps (market time: the replay clock
+stands still here) back two minutes in the temporary database; the rate check still runs its
+query on every entry.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ async def run(db: Path) -> None:
                 raise SystemExit(f"exit {i} left the position {closed.position.status}")
 
             with desk.store.tx():  # untimed: keep the 60-s order window below the rate limit
-                desk.store.x("UPDATE orders SET created_wall = created_wall - 120 WHERE created_wall > ?", (time.time() - 60.0,))
+                desk.store.x("UPDATE orders SET created_at = created_at - 120 WHERE created_at > ?", (desk.now() - 60.0,))
 
             if i >= WARMUP:
                 readings_t.append(t1 - t0)
@@ -92,7 +93,7 @@ async def run(db: Path) -> None:
                 enter_t.append(t4 - t3)
                 exit_t.append(t6 - t5)
         state, reason = desk.trading_state()
-        equity = await desk.equity_usd()
+        equity = desk.equity_usd()
     finally:
         desk.close()
 

@@ -78,13 +78,18 @@ async def test_wick_liquidates_the_short_spot_is_unwound_and_drawdown_reduces(ma
     assert "liquidated" in out.stdout and "BTC" in out.stdout and f"{realized:,.2f}" in out.stdout
 
 
-async def test_drawdown_beyond_15pct_moves_the_desk_to_reducing(make_server, db: Path, tmp_path: Path) -> None:
+def _big_wick(tmp_path: Path) -> tuple[Path, Settings]:
+    """A wick past a 1x short's liquidation price (~2x entry) at 06:00, and a $9 000 account:
+    $2 000 notional at 1x loses its $2 000 margin → 22 % drawdown."""
     m = scripted.Market()
-    m.spike(m.at("2024-01-01T06:00:00Z"), high=210_000.0)  # past the 1x short's liquidation price (~2x entry)
-    data = scripted.write(tmp_path, BTC=m)
-    # $2 000 notional at 1x leverage on $9 000: the wick costs the $2 000 margin → 22 % drawdown
+    m.spike(m.at("2024-01-01T06:00:00Z"), high=210_000.0)
     settings = Settings(capital_usd=9_000, max_leverage=3.0, default_leverage=1.0, max_position_notional_usd=4_000,
                         tier_single_position={"anchor": 0.25}, tier_allocation={"anchor": 0.5})
+    return scripted.write(tmp_path, BTC=m), settings
+
+
+async def test_drawdown_beyond_15pct_moves_the_desk_to_reducing(make_server, db: Path, tmp_path: Path) -> None:
+    data, settings = _big_wick(tmp_path)
     async with Client(make_server(settings=settings, start="2024-01-01T01:00:00Z", data_path=data)) as client:
         await call(client, "enter_trade", {"symbol": "BTC", "notional_usd": 2000, "idempotency_key": "dd-1", "leverage": 1})
         adv = await call(client, "advance_time", {"hours": 6})
@@ -99,11 +104,7 @@ async def test_drawdown_beyond_15pct_moves_the_desk_to_reducing(make_server, db:
 
 
 async def test_a_liquidation_read_again_after_a_crash_is_booked_once(make_server, db: Path, tmp_path: Path) -> None:
-    m = scripted.Market()
-    m.spike(m.at("2024-01-01T06:00:00Z"), high=210_000.0)
-    data = scripted.write(tmp_path, BTC=m)
-    settings = Settings(capital_usd=9_000, max_leverage=3.0, default_leverage=1.0, max_position_notional_usd=4_000,
-                        tier_single_position={"anchor": 0.25}, tier_allocation={"anchor": 0.5})
+    data, settings = _big_wick(tmp_path)
     async with Client(make_server(settings=settings, start="2024-01-01T01:00:00Z", data_path=data)) as client:
         await call(client, "enter_trade", {"symbol": "BTC", "notional_usd": 2000, "idempotency_key": "rl-1", "leverage": 1})
         adv = await call(client, "advance_time", {"hours": 6})
