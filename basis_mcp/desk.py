@@ -103,6 +103,7 @@ class Desk(ExecutionMixin, WatchdogMixin):
         self._events_synced_at: float | None = None
         self._flat_checked_at = float("-inf")  # monotonic time of the last ledger check on a flat live book
         self._notes: set[str] = set()
+        self._retry: dict[int, tuple[int, float]] = {}  # position → (failed reconciliations, next attempt at market time)
         self.feeds: dict[str, Any] = {feed.venue: feed}
 
     # ================================================================== construction
@@ -1242,8 +1243,10 @@ class Desk(ExecutionMixin, WatchdogMixin):
         or an exit is still being completed) must not start a second trade."""
         row = self.store.one("SELECT id, status FROM positions WHERE entry_key = ? OR exit_key = ?", (key, key))
         if row is not None:
-            raise Rejected("idempotency_key", key, f"already used by position {row['id']} ({row['status']}), whose outcome is "
-                           "not settled yet; check portfolio_status, and use a new key for a new trade")
+            pending = row["status"] in OPEN_STATES
+            raise Rejected("idempotency_key", key, f"already used by position {row['id']} ({row['status']})"
+                           + (", whose outcome is not settled yet; check portfolio_status" if pending else "")
+                           + "; use a new key for a new trade")
 
     def _remember(self, key: str, tool: str, args: dict[str, Any], result: dict[str, Any]) -> None:
         self.store.x(
@@ -1382,6 +1385,9 @@ class Desk(ExecutionMixin, WatchdogMixin):
                 raise Rejected("position_id", position_id, "no such position")
             if row["status"] != "open":
                 raise Rejected("position_id", position_id, f"position is {row['status']}; only open positions can be exited")
+            if self._unresolved_orders(position_id):
+                raise Rejected("position_id", position_id, "an order of this position timed out and the venue has not said yet "
+                               "whether it executed; the watchdog is looking it up: try again shortly")
             sym = row["symbol"]
             await self.ensure_fresh()
             self.snapshot(sym)  # market must be available
@@ -1476,7 +1482,10 @@ class Desk(ExecutionMixin, WatchdogMixin):
             self.store.x("UPDATE positions SET status = 'closing', close_reason = 'perp liquidated' WHERE id = ?", (pid,))
             self._advance_liquidation_cursor(ev.time)
         spot_q, _ = leg_quantities(self._fills(pid))
-        ok = await self._unwind(pid, row["entry_key"] or f"pos{pid}", ev.symbol, "spot", spot_q) if spot_q > 0 else True
+        try:
+            ok = await self._unwind(pid, row["entry_key"] or f"pos{pid}", ev.symbol, "spot", spot_q) if spot_q > 0 else True
+        except (VenueError, VenueTimeout):
+            ok = False  # the position stays 'closing': the watchdog finishes selling the spot
         msg = (
             f"position {pid} {ev.symbol}: perp leg LIQUIDATED at {ev.price:.2f} (isolated margin ${ev.loss_usd:,.2f} lost); "
             + ("spot leg sold at once" if ok else "SPOT UNWIND FAILED: naked long spot, the watchdog retries")

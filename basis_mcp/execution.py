@@ -106,7 +106,7 @@ class ExecutionMixin:
             try:
                 res = await self.venue.fetch_order(req.client_order_id, req.symbol, req.market)
                 answered = True
-            except (VenueUnavailable, VenueTimeout):
+            except (VenueError, VenueTimeout):  # an error is not an answer: only "no such order" is
                 res = None
             if res is not None:
                 return True, res
@@ -141,7 +141,10 @@ class ExecutionMixin:
     ) -> float:
         """Trade ``qty`` on one leg, retrying the unfilled remainder with new derived client ids.
 
-        Returns the quantity filled. Stops at the first refusal (nothing more will fill).
+        Returns the quantity filled; stops at the first refusal (nothing more will fill).
+        ``VenueUnavailable`` (nothing executed; the venue is down) and ``VenueTimeout`` (an
+        order's outcome is unknown: nothing more may be sent until it is resolved) propagate, so
+        every caller decides what they mean for its position.
         """
         filled = 0.0
         step = self.settings.spec(symbol).qty_step
@@ -151,10 +154,7 @@ class ExecutionMixin:
                 break
             with self.store.tx():
                 oid = self._new_order(pid, key, purpose, market, side, remaining, reduce_only)
-            try:
-                res = await self._send(oid, symbol)
-            except (VenueUnavailable, VenueTimeout):
-                break  # refused before executing, or outcome unknown: never blindly send more
+            res = await self._send(oid, symbol)
             if res is None or res.filled_qty <= 0:
                 break
             filled += res.filled_qty
@@ -198,13 +198,21 @@ class ExecutionMixin:
             why = f"perp leg refused by the venue: {self._order_reason(perp_oid)}"
             return await self._unwind_and_fail(pid, key, args, sym, spot.filled_qty, why)
         await self.faults.checkpoint("entry.both_filled")
-        return await self._settle_entry(pid, key, args, sym)
+        try:
+            return await self._settle_entry(pid, key, args, sym)
+        except VenueTimeout:
+            return self._entry_unknown(pid, "trim")
 
     async def _unwind_and_fail(self: Desk, pid: int, key: str, args: dict[str, Any], sym: str, spot_qty: float, why: str) -> EnterTradeOutput:
         """The spot leg filled but cannot be hedged: sell it back at once. If that fails too the
         position stays 'opening' (the watchdog retries the unwind every tick) and a critical
         alert says so."""
-        ok = await self._unwind(pid, key, sym, "spot", spot_qty)
+        try:
+            ok = await self._unwind(pid, key, sym, "spot", spot_qty)
+        except VenueUnavailable:
+            ok = False
+        except VenueTimeout:
+            return self._entry_unknown(pid, "spot unwind")
         if ok:
             return self._entry_failed(pid, key, args, f"{why}; the spot leg was unwound")
         msg = f"{why}; UNWIND OF THE SPOT LEG FAILED: naked long spot, the watchdog retries every tick"
@@ -217,7 +225,7 @@ class ExecutionMixin:
         legs filled, unwinds a lone leg) as soon as the venue answers. The idempotency key is not
         consumed, but a retry with it is refused while the position is unresolved."""
         row = self.store.one("SELECT symbol FROM positions WHERE id = ?", (pid,))
-        msg = (f"{market} leg of position {pid} {row['symbol']} timed out and the venue did not answer the lookup: outcome unknown. "
+        msg = (f"{market} order of position {pid} {row['symbol']} timed out and the venue did not answer the lookup: outcome unknown. "
                "Nothing more was sent; the watchdog reconciles it (completes or unwinds) when the venue answers. "
                "Check portfolio_status before retrying.")
         self.alert("critical", "entry_outcome_unknown", msg, {"position_id": pid, "leg": market})
@@ -232,10 +240,13 @@ class ExecutionMixin:
         spot_q, perp_q = leg_quantities(self._fills(pid))
         spec = self.settings.spec(sym)
         dust = self._dust(sym)
-        if spot_q + perp_q > dust:
-            await self._fill_leg(pid, key, sym, "spot", "sell", spot_q + perp_q, "rebalance", True)
-        elif -perp_q - spot_q > QTY_EPS:
-            await self._fill_leg(pid, key, sym, "perp", "buy", -perp_q - spot_q, "rebalance", True)
+        try:  # a trim the venue refuses leaves the legs apart: the alert below says so, the watchdog rebalances
+            if spot_q + perp_q > dust:
+                await self._fill_leg(pid, key, sym, "spot", "sell", spot_q + perp_q, "rebalance", True)
+            elif -perp_q - spot_q > QTY_EPS:
+                await self._fill_leg(pid, key, sym, "perp", "buy", -perp_q - spot_q, "rebalance", True)
+        except VenueUnavailable:
+            pass
         spot_q, perp_q = leg_quantities(self._fills(pid))
         if spot_q + perp_q > dust or -(spot_q + perp_q) > QTY_EPS:
             self.alert("critical", "naked_leg", f"position {pid}: legs still differ after trimming ({spot_q} vs {perp_q})",
@@ -306,7 +317,9 @@ class ExecutionMixin:
 
         Spot is sold only down to what still hedges an open short: if the perp buy-back is
         refused or fills partly, the hedged remainder stays on, the position stays 'closing'
-        and the watchdog retries every tick. An exit never turns a hedge into a naked leg.
+        and the watchdog retries. An order whose outcome is unknown (timeout, failed lookup)
+        stops every further send until the watchdog has looked it up; a venue that is down
+        stops them too. An exit never turns a hedge into a naked leg.
         """
         row = self.store.one("SELECT * FROM positions WHERE id = ?", (pid,))
         sym = row["symbol"]
@@ -314,50 +327,56 @@ class ExecutionMixin:
         spot_q, perp_q = leg_quantities(self._fills(pid))
         intents = {r["market"]: r["id"] for r in self.store.q(
             "SELECT id, market FROM orders WHERE position_id = ? AND purpose = 'close' AND status = 'intent'", (pid,))}
-        unknown = False
-        if perp_q < -QTY_EPS and "perp" in intents:
-            try:
-                res = await self._send(intents.pop("perp"), sym, step="exit.leg1")
-            except VenueUnavailable:
-                res = None
-            except VenueTimeout:
-                res, unknown = None, True
-            if res is None and not emergency and not unknown:
-                why = self._order_reason(self._last_order(pid, "perp", "close"))
-                self._reopen_after_failed_exit(pid)
-                raise Rejected("venue", self.venue.name, f"perp close refused: {why}; position {pid} is still open and hedged")
-        await self.faults.checkpoint("exit.leg1_filled")
-        spot_q, perp_q = leg_quantities(self._fills(pid))
-        if perp_q < -QTY_EPS and not unknown:  # partial or missing buy-back: retry the remainder
-            await self._fill_leg(pid, key, sym, "perp", "buy", -perp_q, "close", True)
         dust = self._dust(sym)
 
         def to_sell() -> float:
             s_q, p_q = leg_quantities(self._fills(pid))
             return s_q - max(-p_q, 0.0)  # spot still hedging an open short stays
 
-        if not unknown and to_sell() > dust and "spot" in intents:
-            with self.store.tx():
-                self.store.x("UPDATE orders SET quantity = ? WHERE id = ? AND status = 'intent'", (to_sell(), intents["spot"]))
-            try:
+        trouble: str | None = None
+        try:
+            if perp_q < -QTY_EPS and "perp" in intents:
+                try:
+                    res = await self._send(intents.pop("perp"), sym, step="exit.leg1")
+                except VenueUnavailable:
+                    if emergency:
+                        raise
+                    res = None
+                if res is None and not emergency:  # refused before anything executed: the position stays as it was
+                    why = self._order_reason(self._last_order(pid, "perp", "close"))
+                    self._reopen_after_failed_exit(pid)
+                    raise Rejected("venue", self.venue.name, f"perp close refused: {why}; position {pid} is still open and hedged")
+            await self.faults.checkpoint("exit.leg1_filled")
+            spot_q, perp_q = leg_quantities(self._fills(pid))
+            if perp_q < -QTY_EPS:  # partial or missing buy-back: retry the remainder
+                await self._fill_leg(pid, key, sym, "perp", "buy", -perp_q, "close", True)
+            if to_sell() > dust and "spot" in intents:
+                with self.store.tx():
+                    self.store.x("UPDATE orders SET quantity = ? WHERE id = ? AND status = 'intent'", (to_sell(), intents["spot"]))
                 await self._send(intents.pop("spot"), sym, step="exit.leg2")
-            except (VenueUnavailable, VenueTimeout):
-                pass
-        await self.faults.checkpoint("exit.both_filled")
-        if not unknown and to_sell() > dust:
-            await self._fill_leg(pid, key, sym, "spot", "sell", to_sell(), "close", True)
+            await self.faults.checkpoint("exit.both_filled")
+            if to_sell() > dust:
+                await self._fill_leg(pid, key, sym, "spot", "sell", to_sell(), "close", True)
+        except VenueTimeout:
+            trouble = "an order timed out and its outcome is unknown until the venue answers a lookup"
+        except VenueUnavailable as e:
+            trouble = f"the venue is unavailable ({e})"
         with self.store.tx():
-            for oid in intents.values():  # an intent not sent (its leg was already flat, or is still hedging)
+            for oid in intents.values():  # an intent not sent (its leg was already flat, still hedging, or sends stopped)
                 self.store.x("UPDATE orders SET status = 'cancelled', reason = 'not sent' WHERE id = ? AND status = 'intent'", (oid,))
         spot_q, perp_q = leg_quantities(self._fills(pid))
         if spot_q > dust or spot_q < -QTY_EPS or abs(perp_q) > QTY_EPS:
             with self.store.tx():
                 self.store.x("UPDATE positions SET quantity = ? WHERE id = ?", (max(min(spot_q, -perp_q), 0.0), pid))
-            state = ("the perp buy-back timed out and its outcome is unknown" if unknown else
-                     f"{spot_q:g} spot and {perp_q:g} perp remain" + (" (still hedged)" if abs(spot_q + perp_q) <= max(dust, QTY_EPS) else ""))
-            msg = f"position {pid} {sym}: exit incomplete, {state}; the position stays 'closing' and the watchdog retries every tick"
-            self.alert("critical", "exit_incomplete", msg, {"position_id": pid, "spot_quantity": spot_q, "perp_quantity": perp_q})
-            raise Rejected("venue", self.venue.name, msg)
+            hedged = abs(spot_q + perp_q) <= max(dust, QTY_EPS)
+            state = f"{spot_q:g} spot and {perp_q:g} perp remain" + (" (still hedged)" if hedged else "")
+            msg = (f"position {pid} {sym}: exit incomplete, {state}" + (f"; {trouble}" if trouble else "")
+                   + "; the position stays 'closing' and the watchdog retries")
+            # once per position until it closes: the agent reads it once, the watchdog keeps retrying quietly
+            self._note_once(f"exit_incomplete:{pid}", "critical", "exit_incomplete", msg,
+                            {"position_id": pid, "spot_quantity": spot_q, "perp_quantity": perp_q})
+            raise ExitIncomplete(self.venue.name, msg, venue_trouble=trouble is not None)
+        self._clear_note(f"exit_incomplete:{pid}")
         return self._finalize_close(pid, "closed", reason, key)
 
     def _dust(self: Desk, symbol: str) -> float:
@@ -458,7 +477,9 @@ class ExecutionMixin:
                     self._new_order(pid, row["exit_key"] or "", "close", "spot", "sell", spot_q, True)
             try:
                 await self._execute_exit(pid, row["exit_key"] or "", row["close_reason"] or "exit completed on recovery", emergency=True)
-            except Rejected as e:
+            except ExitIncomplete as e:
+                if e.venue_trouble:
+                    raise VenueUnavailable(str(e)) from None
                 raise RecoveryFailed(str(e)) from None
             return "interrupted exit completed"
         return "nothing to do"
@@ -471,3 +492,12 @@ class ExecutionMixin:
 
 class RecoveryFailed(Exception):
     pass
+
+
+class ExitIncomplete(Rejected):
+    """An exit that left something on. ``venue_trouble``: it stopped because the venue was down
+    or an order's outcome is unknown (the watchdog retries; not a reason for REDUCING)."""
+
+    def __init__(self, venue: str, message: str, venue_trouble: bool):
+        super().__init__("venue", venue, message)
+        self.venue_trouble = venue_trouble

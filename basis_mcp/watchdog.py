@@ -89,7 +89,16 @@ class WatchdogMixin:
             self.set_trading_state("REDUCING", f"drawdown {dd * 100:.2f}% of capital > {self.settings.max_drawdown * 100:g}% limit",
                                    {"equity_usd": round(equity, 2), "capital_usd": self.capital_usd})
         lim = self.watchdog_limits()
-        for row in self.store.q("SELECT * FROM positions WHERE status = 'open' ORDER BY id"):
+        for row in self.store.q("SELECT * FROM positions WHERE status IN ('open','closing') ORDER BY id"):
+            if self._unresolved_orders(row["id"]):
+                continue  # its fills are not known yet: acting on them could trade twice; _recover_all chases it
+            if row["status"] == "closing":
+                # an exit the watchdog is finishing may hold a hedged remainder for a while: keep its margin safe
+                readings = await self._position_readings(row)
+                for act in watchdog_actions(readings, lim) if readings is not None else []:
+                    if act.kind == "add_margin":
+                        actions.append(await self._apply(row, act, readings))
+                continue
             if close_all:
                 msg = "venue was unreachable > 10 min: closing now that it answers"
                 data = {"position_id": row["id"], "symbol": row["symbol"], "rule": "venue_was_unreachable",
@@ -112,24 +121,47 @@ class WatchdogMixin:
         await self._check_ledger()
         return actions
 
+    def _unresolved_orders(self: Desk, pid: int) -> bool:
+        return self.store.one("SELECT 1 FROM orders WHERE position_id = ? AND status IN ('sent','unknown') LIMIT 1",
+                              (pid,)) is not None
+
+    RETRY_BASE_S = 10.0
+    RETRY_MAX_S = 300.0
+
     async def _recover_all(self: Desk) -> None:
-        """Reconcile every position caught mid-entry or mid-exit. A venue that does not answer is
-        not a failure to reconcile (the next tick retries, and the unreachable-venue rule takes
-        over after 10 minutes); anything else that stops a reconciliation puts the desk in
-        REDUCING with the reason."""
+        """Reconcile every position caught mid-entry or mid-exit, and look up every order whose
+        outcome is unknown whatever its position's state. A venue that does not answer is not a
+        failure to reconcile (it is retried, and the unreachable-venue rule takes over after 10
+        minutes); anything else that stops a reconciliation puts the desk in REDUCING with the
+        reason. A position that keeps failing is retried with a growing pause (10 s doubling to
+        5 min of market time), so a venue that keeps refusing is not sent an order every tick."""
+        for row in self.store.q("SELECT * FROM positions WHERE status = 'open' ORDER BY id"):
+            if self._unresolved_orders(row["id"]):
+                try:
+                    await self._resolve_orders(row["id"], row["symbol"])
+                except (VenueError, VenueTimeout) as e:
+                    self._venue_down(str(e) or type(e).__name__)
+        now = self.now()
         for row in self.store.q("SELECT * FROM positions WHERE status IN ('opening','closing') ORDER BY id"):
+            pid = row["id"]
+            failures, next_at = self._retry.get(pid, (0, 0.0))
+            if now < next_at:
+                continue
             try:
                 what = await self._recover_position(row)
             except (VenueUnavailable, VenueTimeout) as e:
                 self._venue_down(str(e) or type(e).__name__)
-                self._note_once(f"unreconciled:{row['id']}", "critical", "reconcile_pending",
-                                f"position {row['id']} {row['symbol']} is {row['status']} and the venue does not answer ({e}): "
-                                "the watchdog retries every tick", {"position_id": row["id"]})
+                self._note_once(f"unreconciled:{pid}", "critical", "reconcile_pending",
+                                f"position {pid} {row['symbol']} is {row['status']} and is waiting for the venue ({e}): "
+                                "the watchdog retries", {"position_id": pid})
+                self._retry[pid] = (failures + 1, now + min(self.RETRY_BASE_S * 2 ** failures, self.RETRY_MAX_S))
                 continue
             except (RecoveryFailed, VenueError, sqlite3.Error) as e:
-                self.set_trading_state("REDUCING", f"could not reconcile position {row['id']}: {e}", {"position_id": row["id"]})
+                self.set_trading_state("REDUCING", f"could not reconcile position {pid}: {e}", {"position_id": pid})
+                self._retry[pid] = (failures + 1, now + min(self.RETRY_BASE_S * 2 ** failures, self.RETRY_MAX_S))
                 continue
-            self._clear_note(f"unreconciled:{row['id']}")
+            self._retry.pop(pid, None)
+            self._clear_note(f"unreconciled:{pid}")
             self.alert("warning", "recovered", f"position {row['id']} {row['symbol']} was caught mid-{'entry' if row['status'] == 'opening' else 'exit'}: {what}",
                        {"position_id": row["id"], "was": row["status"]})
 
@@ -192,14 +224,23 @@ class WatchdogMixin:
             if amount >= act.amount_usd - 0.01:
                 self.alert("warning", act.rule, f"position {pid} {sym}: {act.message}", {**data, "added_usd": round(amount, 2)})
                 return {**data, "action": "add_margin", "added_usd": amount}
+            if row["status"] == "closing":  # already being closed: say so, the exit retries on its own
+                self._note_once(f"margin:{pid}", "critical", act.rule,
+                                f"position {pid} {sym} (closing): {act.message}; could add only ${amount:,.2f}", data)
+                return {**data, "action": "add_margin_failed", "added_usd": amount}
             # not enough free capital: reduce instead (close; half-measures leave the same ratio)
             return await self._watchdog_close(row, act.rule, f"{act.message}; not enough free capital (${free:,.2f}): closing", data)
         # rebalance: trim the larger leg to the smaller one
         key = f"wd{pid}-{int(self.now())}"
-        if r.spot_quantity > -r.perp_quantity:
-            await self._fill_leg(pid, key, sym, "spot", "sell", r.spot_quantity + r.perp_quantity, "rebalance", True)
-        else:
-            await self._fill_leg(pid, key, sym, "perp", "buy", -r.perp_quantity - r.spot_quantity, "rebalance", True)
+        try:
+            if r.spot_quantity > -r.perp_quantity:
+                await self._fill_leg(pid, key, sym, "spot", "sell", r.spot_quantity + r.perp_quantity, "rebalance", True)
+            else:
+                await self._fill_leg(pid, key, sym, "perp", "buy", -r.perp_quantity - r.spot_quantity, "rebalance", True)
+        except (VenueUnavailable, VenueTimeout) as e:  # unknown outcome: looked up next tick before anything else is sent
+            self.alert("warning", act.rule, f"position {pid} {sym}: rebalance did not complete ({e}); retried next tick",
+                       {**data, "error": str(e)})
+            return {**data, "action": "rebalance_failed", "error": str(e)}
         spot_q, perp_q = leg_quantities(self._fills(pid))
         with self.store.tx():
             self.store.x("UPDATE positions SET quantity = ? WHERE id = ?", (min(spot_q, -perp_q), pid))

@@ -206,3 +206,53 @@ async def test_repeated_refusals_never_reuse_a_client_order_id(make_server, db: 
     coids = [r["client_order_id"] for r in db_rows(db, "SELECT client_order_id FROM orders WHERE position_id = ?", (pid,))]
     assert len(coids) == len(set(coids)) and len(coids) >= 2 + 3 * 2 + 2
     check_invariants(db)
+
+
+async def test_a_trim_with_unknown_outcome_is_looked_up_before_anything_else_is_sent(make_server, db: Path, data: Path) -> None:
+    # the perp leg fills 75 %, the trim of the extra spot executes but its answer and lookups are lost
+    faults = FaultPlan(partial_nth={2: 0.75}, timeout_after_execute_nth={3}, lookups_fail=3)
+    async with Client(make_server(start=START, data_path=data, faults=faults)) as client:
+        text = await call_error(client, "enter_trade", ENTRY)
+        assert "outcome unknown" in text
+        await call(client, "advance_time", {"hours": 3})
+        open_ = (await call(client, "portfolio_status", {}))["open_positions"]
+        assert [p["quantity"] for p in open_] == [pytest.approx(0.03)]
+    assert faults.orders_seen == 3  # the trim was found executed, never sent again
+    check_invariants(db)
+
+
+async def test_a_spot_sale_with_unknown_outcome_is_never_sent_twice(make_server, db: Path, data: Path) -> None:
+    faults = FaultPlan()
+    async with Client(make_server(start=START, data_path=data, faults=faults)) as client:
+        pid = (await call(client, "enter_trade", ENTRY))["position"]["position_id"]
+        n = faults.orders_seen
+        faults.timeout_after_execute_nth = {n + 2}  # the spot sale executes, the answer is lost...
+        faults.lookups_fail = 3  # ...and so are the lookups
+        text = await call_error(client, "exit_trade", {"position_id": pid, "idempotency_key": "x-1"})
+        assert "exit incomplete" in text and "outcome is unknown" in text
+        assert faults.orders_seen == n + 2
+        await call(client, "advance_time", {"hours": 1})
+    assert faults.orders_seen == n + 2
+    assert db_rows(db, "SELECT status FROM positions")[0]["status"] == "closed"
+    check_invariants(db)
+
+
+async def test_an_outage_while_the_watchdog_finishes_an_exit_is_waited_out_not_reduced(make_server, db: Path, data: Path) -> None:
+    faults = FaultPlan()
+    async with Client(make_server(start=START, data_path=data, faults=faults)) as client:
+        pid = (await call(client, "enter_trade", ENTRY))["position"]["position_id"]
+        n = faults.orders_seen
+        faults.partial_nth = {n + 1: 0.5}
+        faults.reject_nth = {n + 2}
+        await call_error(client, "exit_trade", {"position_id": pid, "idempotency_key": "x-1"})  # half left, hedged
+        m = faults.orders_seen
+        faults.unavailable_nth = set(range(m + 1, m + 4))  # the venue answers 503 to the next orders
+        alerts = []
+        for _ in range(3):
+            alerts += (await call(client, "advance_time", {"hours": 1}))["alerts"]
+            risk = await call(client, "risk_status", {})
+            assert risk["trading_state"] == "ACTIVE", risk["trading_state_reason"]
+        assert sum(a["rule"] == "exit_incomplete" for a in alerts) <= 1  # said once, retried quietly
+        await call(client, "advance_time", {"hours": 1})
+    assert db_rows(db, "SELECT status FROM positions")[0]["status"] == "closed"
+    check_invariants(db)
