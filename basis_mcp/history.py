@@ -119,25 +119,33 @@ def funding_schedule(
     ``k`` (optional) is ``searchsorted(f_time, t, 'right')`` when the caller already has it.
     """
     tt = np.atleast_1d(np.asarray(t, dtype=np.float64))
-    ft = f_time.astype(np.float64)
+    ft = np.asarray(f_time, dtype=np.float64)
     n = ft.size
     if n == 0:
         nxt = (np.floor(tt / (8 * HOUR)) + 1) * 8 * HOUR
         return nxt, np.full(tt.size, 8.0), np.full(tt.size, np.nan)
     if k is None:
         k = np.searchsorted(ft, tt, side="right")
-    # settlement times extended past the data (the last spacing repeated) so "next" is a plain gather
-    tail = float(ft[-1] - ft[-2]) if n > 1 else 8.0 * HOUR
-    beyond = max(int((tt.max() - ft[-1]) // tail) + 1, 0) + 1
-    ext = np.concatenate((ft, ft[-1] + tail * np.arange(1, beyond + 1)))
-    extra = np.maximum(0, np.floor((tt - ft[-1]) / tail).astype(np.int64))
-    nxt_i = np.where(k < n, k, n + extra)  # past the data: the next extrapolated settlement
-    nxt = ext[nxt_i]
-    prev = np.where(nxt_i > 0, ext[np.maximum(nxt_i - 1, 0)], nxt - 8 * HOUR)
-    iv = (nxt - prev) / HOUR
-    iv = np.where((iv == 1.0) | (iv == 2.0) | (iv == 4.0) | (iv == 8.0), iv, 8.0)
+    # one row per settlement (its time and the spacing before it), then a gather per query
+    prev = np.empty(n)
+    prev[0] = ft[0] - 8 * HOUR
+    prev[1:] = ft[:-1]
+    iv_tab = _normal_interval((ft - prev) / HOUR)
+    j = np.minimum(k, n - 1)
+    nxt = ft[j]
+    iv = iv_tab[j]
+    past = np.flatnonzero(k >= n)
+    if past.size:  # past the data the schedule goes on at the last spacing
+        tail = float(ft[-1] - ft[-2]) if n > 1 else 8.0 * HOUR
+        nxt[past] = ft[-1] + tail * (np.floor((tt[past] - ft[-1]) / tail) + 1)
+        iv[past] = _normal_interval(np.array([tail / HOUR]))[0]
     last = np.concatenate(([np.nan], f_rate))[k]
     return nxt, iv, last
+
+
+def _normal_interval(hours: np.ndarray) -> np.ndarray:
+    """1, 2, 4 or 8 h; anything else (a gap in the series) counts as 8 h."""
+    return np.where((hours == 1.0) | (hours == 2.0) | (hours == 4.0) | (hours == 8.0), hours, 8.0)
 
 
 def mean_rate(
@@ -151,7 +159,7 @@ def mean_rate(
     """Mean settled rate over (since, until] (NaN where there is none). Vectorised; ``lo``/``hi``
     are the settlement counts at ``since``/``until`` when the caller already has them."""
     cs = np.concatenate(([0.0], np.cumsum(f_rate)))
-    ft = f_time.astype(np.float64)  # search floats in floats: no per-call conversion of the queries
+    ft = np.asarray(f_time, dtype=np.float64)  # search floats in floats: no per-call conversion of the queries
     if lo is None:
         lo = np.searchsorted(ft, np.atleast_1d(since).astype(np.float64), side="right")
     if hi is None:

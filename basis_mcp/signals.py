@@ -152,20 +152,21 @@ def zscore_stats(values: np.ndarray, window: int, min_samples: int = ZSCORE_MIN_
 
 
 def _window_sums(v: np.ndarray, window: int) -> np.ndarray:
-    """Sum of v over the trailing window ending at each index (inclusive).
+    """Sum of v over the trailing window ending at each index (inclusive), along the last axis
+    (``v`` may be 1-D, or 2-D to sum several series in one pass).
 
     Prefix sums restart every ``window`` rows, so no partial sum spans more than two
     windows of data and rounding stays at the scale of one window, not of the series.
     """
-    n = v.size
+    lead, n = v.shape[:-1], v.shape[-1]
     nb = -(-n // window)
-    padded = np.zeros(nb * window)
-    padded[:n] = v
-    prefix = padded.reshape(nb, window).cumsum(axis=1)
-    out = prefix.copy()
+    padded = np.zeros((*lead, nb * window))
+    padded[..., :n] = v
+    prefix = padded.reshape(*lead, nb, window)
+    np.cumsum(prefix, axis=-1, out=prefix)
     # window ending at (b, k) = block b[0..k] + block b-1[k+1..]
-    out[1:, :-1] += prefix[:-1, -1:] - prefix[:-1, :-1]
-    return out.ravel()[:n]
+    prefix[..., 1:, :-1] += prefix[..., :-1, -1:] - prefix[..., :-1, :-1]
+    return padded[..., :n]
 
 
 def rolling_zscore(values: np.ndarray, window: int, min_samples: int = ZSCORE_MIN_SAMPLES) -> np.ndarray:
@@ -173,23 +174,32 @@ def rolling_zscore(values: np.ndarray, window: int, min_samples: int = ZSCORE_MI
 
     Same definition as `RollingZScore` (population std, NaN before ``min_samples``,
     ``std < 1e-8`` → 0); used by the backtest. Values are centred on the series mean and
-    summed per block (see `_window_sums`), which matches the O(1) tracker to ~1e-12 on
-    basis data; only windows whose std is below ~1e-5 of their level lose digits.
+    summed per block (see `_window_sums`; the sum and the sum of squares in one pass), which
+    matches the O(1) tracker to ~1e-12 on basis data; only windows whose std is below ~1e-5 of
+    their level lose digits.
     """
     x = np.asarray(values, dtype=np.float64)
     n = x.size
     out = np.full(n, np.nan)
-    if n == 0:
+    if n == 0 or min_samples > window:  # a window that never holds enough samples never has a z
         return out
-    xs = x - float(x.mean())
-    cnt = np.minimum(np.arange(1, n + 1), window)
-    mean = _window_sums(xs, window) / cnt
-    var = np.maximum(_window_sums(xs * xs, window) / cnt - mean * mean, 0.0)
-    std = np.sqrt(var)
+    both = np.empty((2, n))
+    xs = np.subtract(x, float(x.mean()), out=both[0])
+    np.multiply(xs, xs, out=both[1])
+    sums = _window_sums(both, window)
+    cnt = np.minimum(np.arange(1, n + 1, dtype=np.float64), window)
+    mean = np.divide(sums[0], cnt, out=sums[0])
+    var = np.divide(sums[1], cnt, out=sums[1])
+    var -= mean * mean
+    np.maximum(var, 0.0, out=var)
+    std = np.sqrt(var, out=var)
     small = std < ZSCORE_STD_FLOOR
-    z = np.where(small, 0.0, (xs - mean) / np.where(small, 1.0, std))
-    ok = cnt >= min_samples
-    out[ok] = z[ok]
+    std[small] = 1.0
+    z = np.subtract(xs, mean, out=mean)
+    z /= std
+    z[small] = 0.0
+    first = max(min_samples, 1) - 1  # counts grow 1, 2, …: the samples with enough history are a suffix
+    out[first:] = z[first:]
     return out
 
 

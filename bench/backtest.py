@@ -11,7 +11,8 @@ Two workloads, both timed here:
   engine is for: the reference loop must replay every row for every set, while the vectorised
   engine computes each symbol's per-bar features (z-score, volatility, funding schedule) once
   and runs only its per-trade event search and batch accounting per set.
-The last line reports the sweep; the single-run ratio is printed just above it.
+The last line reports the single run (the issue's measure, goal >= 100x); the sweep's ratio is
+printed just above it.
 """
 
 from __future__ import annotations
@@ -69,10 +70,10 @@ def main() -> None:
 
     v1, r1 = best(vec_one, 30), best(ref_one, 3)
     vs, rs = best(vec_sweep, 10), best(ref_sweep, 1)
-    print(f"one run:   reference {r1 * 1000:8.1f} ms   vectorised {v1 * 1000:7.2f} ms   ({r1 / v1:.0f}x)")
-    print(f"8-set sweep: reference {rs * 1000:8.1f} ms   vectorised {vs * 1000:7.2f} ms")
-    print(f"backtest: {rs / vs:.0f}x faster vectorised engine than the per-row loop, 8-set parameter sweep on full BTC+ETH "
-          f"(single run: {r1 / v1:.0f}x)")
+    print(f"8-set sweep: reference {rs * 1000:8.1f} ms   vectorised {vs * 1000:7.2f} ms   ({rs / vs:.0f}x)")
+    print(f"one run:     reference {r1 * 1000:8.1f} ms   vectorised {v1 * 1000:7.2f} ms")
+    print(f"backtest: {r1 / v1:.0f}x faster vectorised engine than the per-row loop, one run of the default rules on full "
+          f"BTC+ETH (8-set sweep: {rs / vs:.0f}x)")
 
 
 if __name__ == "__main__":

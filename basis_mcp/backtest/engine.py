@@ -1,8 +1,9 @@
 """The vectorised cash-and-carry engine.
 
-Every per-bar quantity is an array op: basis, the rolling z-score, 1 h realised vol, the
-funding schedule and the 30-day funding mean, the entry candidates and the exit conditions
-that do not depend on the trade. Path dependence (one position per symbol, exits that depend
+Every per-bar quantity is an array op: basis, the rolling z-score, 1 h realised vol, the last
+settled funding rate, the entry candidates and the exit conditions that do not depend on the
+trade; the funding schedule and 30-day mean rate the entry check needs are array ops over the
+candidate bars only. Path dependence (one position per symbol, exits that depend
 on the entry) is handled by event-finding: from the current bar, the next entry is the first
 candidate whose expected net return is positive, and its exit is the earliest of the next
 generic exit, the first bar past the basis stop or below zero (a search over that trade's
@@ -17,7 +18,7 @@ fresh bar of the range.
 from __future__ import annotations
 
 import math
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left
 
 import numpy as np
 
@@ -39,31 +40,55 @@ def features(m: Market, p: BacktestParams) -> dict[str, np.ndarray]:
     z = np.full(m.t.size, np.nan)
     vi = np.flatnonzero(valid)
     z[vi] = rolling_zscore(basis[vi], p.zscore_window)
-    prev = np.concatenate(([np.nan], m.perp[:-1]))
+    # 1 h realised vol: the larger of the Parkinson range and the close-to-close move (computed in
+    # place: these arrays are the size of the whole history)
+    prev = np.empty_like(m.perp)
+    prev[0] = np.nan
+    prev[1:] = m.perp[:-1]
     with np.errstate(invalid="ignore", divide="ignore"):
-        ok_range = (m.mark_high > 0) & (m.mark_low > 0) & (m.mark_high >= m.mark_low)
-        park = np.where(ok_range, np.log(m.mark_high / np.where(ok_range, m.mark_low, 1.0)) / (2.0 * math.sqrt(math.log(2.0))), 0.0)
-        c2c = np.where(prev > 0, np.abs(np.log(m.perp / np.where(prev > 0, prev, 1.0))), 0.0)
-    vol = np.maximum(park, c2c) * 100.0
+        park = m.mark_high / m.mark_low
+        park[~((m.mark_high > 0) & (m.mark_low > 0) & (m.mark_high >= m.mark_low))] = 1.0
+        np.log(park, out=park)
+        park /= 2.0 * math.sqrt(math.log(2.0))
+        c2c = m.perp / prev
+        c2c[~(prev > 0)] = 1.0
+        np.log(c2c, out=c2c)
+        np.abs(c2c, out=c2c)
+        vol = np.maximum(park, c2c, out=park)
+        vol *= 100.0
     vol_ok = np.isnan(prev) | (vol <= p.vol_limit_pct)
-    # one search of the bar times in the settlement times; on the hourly grid "30 days ago" is the
-    # same count 720 bars back
-    k = np.searchsorted(m.f_time.astype(np.float64), m.t, side="right")
+    # settlements at or before each bar: where each settlement falls among the bars (7k searches,
+    # not 57k), counted up; on the hourly grid "30 days ago" is the same count 720 bars back
+    ft = m.f_time.astype(np.float64)
+    k = np.cumsum(np.bincount(np.searchsorted(m.t, ft, side="left"), minlength=m.t.size + 1)[: m.t.size])
     lag = int(30 * DAY // HOUR)
-    k_30 = np.concatenate((np.searchsorted(m.f_time.astype(np.float64), m.t[:lag] - 30 * DAY, side="right"), k[:-lag]))
-    nxt, interval_h, last = funding_schedule(m.f_time, m.f_rate, m.t, k)
-    mean30 = mean_rate(m.f_time, m.f_rate, m.t - 30 * DAY, m.t, lo=k_30, hi=k)
-    last0 = np.where(np.isnan(last), 0.0, last)
+    k_30 = np.concatenate((np.searchsorted(ft, m.t[:lag] - 30 * DAY, side="right"), k[:-lag]))
+    # the last settled rate (per 8 h, for the funding-reversal exit) depends on a bar only through
+    # its settlement count: one row per count, then one gather
+    t_rep = np.concatenate(([ft[0] - 1.0], ft)) if ft.size else np.zeros(1)  # a time with each count
+    _, iv_tab, last_tab = funding_schedule(ft, m.f_rate, t_rep, np.arange(ft.size + 1))
+    rate_8h_tab = np.where(np.isnan(last_tab), 0.0, last_tab) * 8.0 / iv_tab * 100.0
     return {
         "valid": valid,
         "basis": basis,
         "z": z,
         "vol_ok": vol_ok,
-        "next_funding": nxt,
-        "interval_h": interval_h,
-        "rate_assumed": np.where(np.isnan(mean30), last0, mean30),
-        "rate_8h_pct": last0 * 8.0 / interval_h * 100.0,
+        "rate_8h_pct": rate_8h_tab[k],
+        "settled": k,  # settlements at or before each bar
+        "settled_30d_ago": k_30,
+        "f_time": ft,
     }
+
+
+def schedule_at(m: Market, f: dict[str, np.ndarray], idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """At the bars ``idx``: (next settlement time, interval in hours, the funding rate the entry
+    check assumes: the 30-day mean settled rate, else the last one, else 0). Only entry
+    candidates need these, so they are computed there, not for every bar."""
+    k, t = f["settled"][idx], m.t[idx]
+    nxt, iv, last = funding_schedule(f["f_time"], m.f_rate, t, k)
+    mean30 = mean_rate(f["f_time"], m.f_rate, t - 30 * DAY, t, lo=f["settled_30d_ago"][idx], hi=k)
+    last0 = np.where(np.isnan(last), 0.0, last)
+    return nxt, iv, np.where(np.isnan(mean30), last0, mean30)
 
 
 def run_vectorized(m: Market, p: BacktestParams, f: dict[str, np.ndarray] | None = None) -> list[Trade]:
@@ -83,11 +108,13 @@ def find_trades(m: Market, p: BacktestParams, f: dict[str, np.ndarray]) -> tuple
         funding_rev = (f["rate_8h_pct"] < p.funding_exit_8h_pct) & (basis < p.funding_exit_basis_pct)
         generic = in_range & valid & (funding_rev | (basis <= p.exit_basis_pct) | (z <= p.exit_zscore))
     cand_idx = np.flatnonzero(cand)
-    approx = _expected_net(m, p, f, cand_idx)
+    nxt_c, iv_c, rate_c = schedule_at(m, f, cand_idx)
+    approx = _expected_net(m, p, cand_idx, nxt_c, iv_c, rate_c)
     keep = approx > -SLACK_USD
     cands = cand_idx[keep].tolist()
     sure = (approx[keep] > SLACK_USD).tolist()  # the sign is beyond doubt: no scalar re-check needed
-    gens = np.flatnonzero(generic).tolist()
+    rate, iv, nxt = rate_c[keep].tolist(), iv_c[keep].tolist(), nxt_c[keep].tolist()  # aligned with cands
+    gens = np.flatnonzero(generic)  # searched once per trade: never converted to a list
     valid_idx = np.flatnonzero(valid & in_range)
     empty = np.zeros(0, dtype=np.int64)
     if valid_idx.size == 0:
@@ -95,7 +122,6 @@ def find_trades(m: Market, p: BacktestParams, f: dict[str, np.ndarray]) -> tuple
     last_valid = int(valid_idx[-1])
     hold_s = p.max_hold_days * DAY
     spot, perp, t = m.spot, m.perp, m.t
-    rate, iv, nxt = f["rate_assumed"], f["interval_h"], f["next_funding"]
     entries, exits, qtys = [], [], []
     pos = m.i0
     k = bisect_left(cands, pos)
@@ -104,15 +130,15 @@ def find_trades(m: Market, p: BacktestParams, f: dict[str, np.ndarray]) -> tuple
         qty = floor_to_step(p.notional_usd / spot[c], m.qty_step)
         if qty * spot[c] < m.min_notional_usd or not (sure[k] or entry_expected_net_usd(
             qty=qty, spot=float(spot[c]), perp=float(perp[c]), leverage=p.leverage, costs=m.costs,
-            hold_days=p.expected_hold_days, funding_rate=float(rate[c]), funding_interval_hours=float(iv[c]),
-            seconds_to_next_funding=float(nxt[c] - t[c]),
+            hold_days=p.expected_hold_days, funding_rate=rate[k], funding_interval_hours=iv[k],
+            seconds_to_next_funding=nxt[k] - float(t[c]),
         ) > 0):
             k += 1
             continue
         if c >= last_valid:
             break
-        g = bisect_right(gens, c)
-        j_gen = gens[g] if g < len(gens) else last_valid
+        g = int(gens.searchsorted(c, side="right"))
+        j_gen = int(gens[g]) if g < gens.size else last_valid
         h = int(np.searchsorted(valid_idx, int((t[c] + hold_s - t[0]) // HOUR) + 1))  # first fresh bar past the hold
         j_hold = int(valid_idx[h]) if h < valid_idx.size else last_valid
         horizon = min(j_gen, j_hold, last_valid)
@@ -179,7 +205,9 @@ def book_trades(m: Market, p: BacktestParams, f: dict[str, np.ndarray], e: np.nd
 SLACK_USD = 0.01  # array and scalar evaluations of the same formula differ by ~1e-9 USD
 
 
-def _expected_net(m: Market, p: BacktestParams, f: dict[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
+def _expected_net(
+    m: Market, p: BacktestParams, idx: np.ndarray, next_funding: np.ndarray, interval_h: np.ndarray, rate: np.ndarray
+) -> np.ndarray:
     """`entry_expected_net_usd` at many bars at once (same formula, array evaluation order). Where
     it is within a cent of zero, `find_trades` asks the scalar function to decide."""
     if idx.size == 0:
@@ -193,8 +221,8 @@ def _expected_net(m: Market, p: BacktestParams, f: dict[str, np.ndarray], idx: n
         return (leg.half_spread_bps + leg.impact_bps_per_sqrt_musd * np.sqrt(notional / 1e6)) / 1e4
 
     costs = 2 * (ns * (c.spot.taker_fee + slip(c.spot, ns)) + np_ * (c.perp.taker_fee + slip(c.perp, np_)))
-    to_next = f["next_funding"][idx] - m.t[idx]
+    to_next = next_funding - m.t[idx]
     horizon = p.expected_hold_days * DAY
-    n_settle = np.where(horizon >= to_next, np.floor((horizon - to_next) / (f["interval_h"][idx] * 3600.0)) + 1, 0)
-    net = qty * (perp - spot) + np_ * f["rate_assumed"][idx] * n_settle - costs
+    n_settle = np.where(horizon >= to_next, np.floor((horizon - to_next) / (interval_h * 3600.0)) + 1, 0)
+    net = qty * (perp - spot) + np_ * rate * n_settle - costs
     return np.where(qty > 0, net, -np.inf)
