@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,15 @@ ENTRY = {"symbol": "BTC", "notional_usd": 4000, "idempotency_key": "f-1"}
 @pytest.fixture
 def data(tmp_path: Path) -> Path:
     return scripted.write(tmp_path, BTC=scripted.Market())
+
+
+@contextlib.asynccontextmanager
+async def opened(make_server, data: Path) -> AsyncIterator[tuple[Client, FaultPlan, int]]:
+    """A client on a fault-switchable paper venue with one BTC position open (faults off so far)."""
+    faults = FaultPlan()
+    async with Client(make_server(start=START, data_path=data, faults=faults)) as client:
+        pid = (await call(client, "enter_trade", ENTRY))["position"]["position_id"]
+        yield client, faults, pid
 
 
 async def test_rejected_second_leg_unwinds_the_first(make_server, db: Path, data: Path) -> None:
@@ -91,9 +102,7 @@ async def test_5xx_on_the_second_leg_unwinds_the_first(make_server, db: Path, da
 
 
 async def test_refused_perp_close_leaves_the_position_open_and_hedged(make_server, db: Path, data: Path) -> None:
-    faults = FaultPlan()
-    async with Client(make_server(start=START, data_path=data, faults=faults)) as client:
-        pid = (await call(client, "enter_trade", ENTRY))["position"]["position_id"]
+    async with opened(make_server, data) as (client, faults, pid):
         faults.reject_nth = {faults.orders_seen + 1}
         text = await call_error(client, "exit_trade", {"position_id": pid, "idempotency_key": "x-1"})
         assert "still open and hedged" in text
@@ -105,9 +114,7 @@ async def test_refused_perp_close_leaves_the_position_open_and_hedged(make_serve
 
 
 async def test_refused_spot_close_is_retried_by_the_watchdog(make_server, db: Path, data: Path) -> None:
-    faults = FaultPlan()
-    async with Client(make_server(start=START, data_path=data, faults=faults)) as client:
-        pid = (await call(client, "enter_trade", ENTRY))["position"]["position_id"]
+    async with opened(make_server, data) as (client, faults, pid):
         n = faults.orders_seen
         faults.reject_nth = {n + 2, n + 3}  # the spot sale and its immediate retry are refused
         text = await call_error(client, "exit_trade", {"position_id": pid, "idempotency_key": "x-1"})
@@ -171,9 +178,7 @@ async def test_timeout_of_an_order_that_never_arrived_is_found_missing_and_unwou
 
 
 async def test_partial_buy_back_then_refusals_keep_the_remainder_hedged(make_server, db: Path, data: Path) -> None:
-    faults = FaultPlan()
-    async with Client(make_server(start=START, data_path=data, faults=faults)) as client:
-        pid = (await call(client, "enter_trade", ENTRY))["position"]["position_id"]
+    async with opened(make_server, data) as (client, faults, pid):
         n = faults.orders_seen
         # the buy-back fills 40 % and its retry is refused: only 40 % of the spot may be sold
         faults.partial_nth = {n + 1: 0.4}
@@ -195,9 +200,7 @@ async def test_partial_buy_back_then_refusals_keep_the_remainder_hedged(make_ser
 
 
 async def test_repeated_refusals_never_reuse_a_client_order_id(make_server, db: Path, data: Path) -> None:
-    faults = FaultPlan()
-    async with Client(make_server(start=START, data_path=data, faults=faults)) as client:
-        pid = (await call(client, "enter_trade", ENTRY))["position"]["position_id"]
+    async with opened(make_server, data) as (client, faults, pid):
         for i in range(3):  # three refused exits, each a new attempt on the same position
             faults.reject_nth = {faults.orders_seen + 1}
             await call_error(client, "exit_trade", {"position_id": pid, "idempotency_key": f"x-{i}"})
@@ -222,9 +225,7 @@ async def test_a_trim_with_unknown_outcome_is_looked_up_before_anything_else_is_
 
 
 async def test_a_spot_sale_with_unknown_outcome_is_never_sent_twice(make_server, db: Path, data: Path) -> None:
-    faults = FaultPlan()
-    async with Client(make_server(start=START, data_path=data, faults=faults)) as client:
-        pid = (await call(client, "enter_trade", ENTRY))["position"]["position_id"]
+    async with opened(make_server, data) as (client, faults, pid):
         n = faults.orders_seen
         faults.timeout_after_execute_nth = {n + 2}  # the spot sale executes, the answer is lost...
         faults.lookups_fail = 3  # ...and so are the lookups
@@ -238,9 +239,7 @@ async def test_a_spot_sale_with_unknown_outcome_is_never_sent_twice(make_server,
 
 
 async def test_an_outage_while_the_watchdog_finishes_an_exit_is_waited_out_not_reduced(make_server, db: Path, data: Path) -> None:
-    faults = FaultPlan()
-    async with Client(make_server(start=START, data_path=data, faults=faults)) as client:
-        pid = (await call(client, "enter_trade", ENTRY))["position"]["position_id"]
+    async with opened(make_server, data) as (client, faults, pid):
         n = faults.orders_seen
         faults.partial_nth = {n + 1: 0.5}
         faults.reject_nth = {n + 2}
