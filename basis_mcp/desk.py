@@ -103,6 +103,7 @@ class Desk(ExecutionMixin, WatchdogMixin):
         self._events_synced_at: float | None = None
         self._flat_checked_at = float("-inf")  # monotonic time of the last ledger check on a flat live book
         self._notes: set[str] = set()
+        self._desk_id = store.get_meta("desk_id")  # fixed for the database's life: read once, not per order
         self._retry: dict[int, tuple[int, float]] = {}  # position → (failed reconciliations, next attempt at market time)
         self.feeds: dict[str, Any] = {feed.venue: feed}
 
@@ -1260,7 +1261,7 @@ class Desk(ExecutionMixin, WatchdogMixin):
         """Deterministic id ≤ 36 chars, Binance-safe: derived from the idempotency key and this
         database's id (so a fresh database reusing position numbers never reuses an id the
         venue has already seen), numbered by attempt."""
-        h = hashlib.sha256(f"{self.store.get_meta('desk_id')}:{key}".encode()).hexdigest()[:8]
+        h = hashlib.sha256(f"{self._desk_id}:{key}".encode()).hexdigest()[:8]
         suffix = f"-{attempt}" if attempt else ""
         return f"bm-{position_id}-{market[0]}{purpose[0]}-{h}{suffix}"
 

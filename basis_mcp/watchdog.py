@@ -296,10 +296,12 @@ class WatchdogMixin:
             book[r["symbol"]] = book.get(r["symbol"], 0.0) + q
         return desk_spot, desk_perp
 
-    def ledger_discrepancies(self: Desk, balances: dict[str, float], perps: dict[str, Any]) -> list[str]:
-        """Differences between what the desk recorded and what the venue holds."""
+    def ledger_discrepancies(
+        self: Desk, balances: dict[str, float], perps: dict[str, Any], holdings: tuple[dict[str, float], dict[str, float]]
+    ) -> list[str]:
+        """Differences between what the desk recorded (``holdings``, from `_desk_holdings`) and what the venue holds."""
         out: list[str] = []
-        desk_spot, desk_perp = self._desk_holdings()
+        desk_spot, desk_perp = holdings
         exact = self.mode != "live"  # a live account may hold other spot coins; the desk's must be there
         for sym in set(desk_spot) | ({a for a in balances if a != "USDT"} if exact else set()):
             venue_q = balances.get(sym, 0.0)
@@ -319,22 +321,22 @@ class WatchdogMixin:
         if self.store.one("SELECT 1 FROM orders WHERE status IN ('sent','unknown') LIMIT 1") is not None:
             return
         balances, perps = await self._venue_holdings()
-        problems = self.ledger_discrepancies(balances, perps)
+        holdings = self._desk_holdings()  # one pass over the fills for both checks
+        problems = self.ledger_discrepancies(balances, perps, holdings)
         if self.mode == "live":
-            self._check_spot_baseline(balances)
+            self._check_spot_baseline(balances, holdings[0])
         cash_gap = 0.0 if self.mode == "live" else await self.cash_discrepancy_usd()  # live fees may be paid in BNB
         if abs(cash_gap) > LEDGER_TOLERANCE_USD:
             problems.append(f"cash: venue USDT + margin differs from the ledger by ${cash_gap:,.4f}")
         if problems and self.trading_state()[0] == "ACTIVE":
             self.set_trading_state("REDUCING", "ledger does not reconcile with the venue: " + "; ".join(problems), {"problems": problems})
 
-    def _check_spot_baseline(self: Desk, balances: dict[str, float]) -> None:
+    def _check_spot_baseline(self: Desk, balances: dict[str, float], desk_spot: dict[str, float]) -> None:
         """A live account may hold coins of its own. The first reconciliation records them
         (venue balance − what the desk's fills account for) as the baseline; afterwards the venue
         must hold baseline + the desk's coins. Less means coins moved outside the desk (a manual
         sale, a withdrawal): a warning, not REDUCING — the owner may trade their own coins — and
         the reason to give the desk an account (or sub-account) of its own."""
-        desk_spot, _ = self._desk_holdings()
         raw = self.store.get_meta("spot_baseline_json")
         if raw is None:
             baseline = {sym: max(balances.get(sym, 0.0) - desk_spot.get(sym, 0.0), 0.0) for sym in self.feed.symbols}
