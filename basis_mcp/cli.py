@@ -33,6 +33,17 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--venue", default="binance", help="venue(s), comma separated; the first one trades (binance, bybit, okx)")
     g.add_argument("--readonly", action="store_true", help="live data, no trading tools at all")
     g.add_argument("--live", action="store_true", help="REAL ORDERS with real money; needs API keys")
+    a = p.add_argument_group("audit log (see README: Audit log)")
+    a.add_argument("--audit-key", type=Path, default=None,
+                   help="the book's audit key file (default: $BASIS_MCP_AUDIT_KEY, else <db>.audit-key beside the database)")
+    a.add_argument("--audit-journal", type=Path, default=None,
+                   help="the audit checkpoint journal (default: $BASIS_MCP_AUDIT_JOURNAL, else <db>.audit-journal)")
+
+
+def audit_paths(args: argparse.Namespace, db: Path):
+    from basis_mcp.audit import AuditPaths
+
+    return AuditPaths.for_db(db, getattr(args, "audit_key", None), getattr(args, "audit_journal", None))
 
 
 def book_mode(args: argparse.Namespace) -> str:
@@ -107,12 +118,13 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args, db)
     if args.command != "audit" or args.audit_command == "verify":
         print(f"basis-mcp: {book_mode(args)} book, database {db}", file=sys.stderr)
+    paths = audit_paths(args, db)
     if args.command == "status":
         return _status(db)
     if args.command in ("resume", "halt"):
-        return _set_state(db, "ACTIVE" if args.command == "resume" else "HALTED", args.reason)
+        return _set_state(db, paths, "ACTIVE" if args.command == "resume" else "HALTED", args.reason)
     if args.command == "audit":
-        return _audit_verify(db) if args.audit_command == "verify" else _audit_export(db, args.out)
+        return _audit_verify(db, paths) if args.audit_command == "verify" else _audit_export(db, args.out)
     return 2
 
 
@@ -174,19 +186,31 @@ def _backtest(args: argparse.Namespace) -> int:
     return 0
 
 
-def _existing_store(db: Path):
-    from basis_mcp.store import Store
+def _existing_store(db: Path, paths=None):
+    from basis_mcp.audit import AuditKeyError
+    from basis_mcp.store import DatabaseBusy, SchemaTooNew, Store
 
     if not db.is_file():
         print(f"no database at {db} (pick the book with --market/--live/--readonly/--venue as for serve, or --db)", file=sys.stderr)
         return None
-    return Store(db)
+    try:
+        return Store(db, paths)
+    except (SchemaTooNew, AuditKeyError, DatabaseBusy) as e:
+        print(f"basis-mcp: {e}", file=sys.stderr)
+        return None
 
 
-def _set_state(db: Path, state: str, reason: str) -> int:
+def _set_state(db: Path, paths, state: str, reason: str) -> int:
     import time
 
-    store = _existing_store(db)
+    from basis_mcp.models import _plain_text
+
+    try:
+        _plain_text(reason)
+    except ValueError as e:
+        print(f"basis-mcp: --reason: {e}", file=sys.stderr)
+        return 2
+    store = _existing_store(db, paths)
     if store is None:
         return 1
     before = store.get_meta("trading_state") or "ACTIVE"
@@ -206,34 +230,38 @@ def _set_state(db: Path, state: str, reason: str) -> int:
     return 0
 
 
-def _audit_verify(db: Path) -> int:
-    from basis_mcp.store import verify_audit
+def _audit_verify(db: Path, paths) -> int:
+    """Read-only: never creates, migrates or repairs anything."""
+    from basis_mcp.audit import verify
 
-    store = _existing_store(db)
-    if store is None:
+    if not db.is_file():
+        print(f"no database at {db} (pick the book with --market/--live/--readonly/--venue as for serve, or --db)", file=sys.stderr)
         return 1
-    ok, msg = verify_audit(store.conn)
-    store.close()
-    print(("OK: " if ok else "TAMPERED: ") + msg)
-    return 0 if ok else 1
+    print(f"audit key {paths.key}, journal {paths.journal}", file=sys.stderr)
+    verdict = verify(db, paths)
+    print(verdict.text())
+    return 0 if verdict.ok else 1
 
 
 def _audit_export(db: Path, out: Path | None) -> int:
     import json
+    import sqlite3
 
-    store = _existing_store(db)
-    if store is None:
+    if not db.is_file():
+        print(f"no database at {db}", file=sys.stderr)
         return 1
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
     fh = open(out, "w", encoding="utf-8") if out else sys.stdout  # noqa: SIM115
     try:
-        for r in store.conn.execute("SELECT * FROM audit ORDER BY id"):
+        for r in conn.execute("SELECT * FROM audit ORDER BY id"):
             row = dict(r)
             row["args"] = json.loads(row.pop("args_json"))
             fh.write(json.dumps(row, sort_keys=True) + "\n")
     finally:
         if out:
             fh.close()
-        store.close()
+        conn.close()
     return 0
 
 
@@ -268,12 +296,16 @@ def load_credentials(venue: str, key_file: Path | None, env: dict[str, str] | No
 def _serve(args: argparse.Namespace, db: Path) -> int:
     import anyio
 
+    from basis_mcp.audit import AuditKeyError
     from basis_mcp.clock import iso
     from basis_mcp.config import ConfigError, load_settings
     from basis_mcp.errors import Rejected
     from basis_mcp.history import DataError
+    from basis_mcp.lease import BookLease, BookLeaseHeld
     from basis_mcp.server.app import ServeOptions, build_server, open_desk
-    from basis_mcp.server.http import run_http
+    from basis_mcp.server.http import TOKEN_ENV, UnsafeHttp, check_http_safety, run_http
+    from basis_mcp.server.stdio import run_stdio
+    from basis_mcp.store import DatabaseBusy, SchemaTooNew
     from basis_mcp.venue.base import VenueError, VenueTimeout
 
     try:
@@ -292,6 +324,13 @@ def _serve(args: argparse.Namespace, db: Path) -> int:
             print("basis-mcp: --live and --readonly exclude each other", file=sys.stderr)
             return 2
         mode = "live" if args.live else "readonly" if args.readonly else "paper"
+    token = os.environ.get(TOKEN_ENV) or None
+    if args.transport == "http":
+        try:
+            check_http_safety(args.host, token, mode)
+        except UnsafeHttp as e:
+            print(f"basis-mcp: refusing to start: {e}", file=sys.stderr)
+            return 2
     creds = None
     if mode == "live":
         try:
@@ -305,7 +344,13 @@ def _serve(args: argparse.Namespace, db: Path) -> int:
             return 2
     universe = [x.strip().upper() for x in args.symbols.split(",")] if args.symbols else None
     opts = ServeOptions(settings=settings, db_path=db, data_path=args.data, start=args.start, mode=mode, venues=venues,
-                        universe=universe, venue_url=args.venue_url, credentials=creds)
+                        universe=universe, venue_url=args.venue_url, credentials=creds, audit_paths=audit_paths(args, db))
+    try:  # one server per book, for this process's whole life (the kernel drops it if the process dies)
+        lease = BookLease.acquire(db, transport=args.transport if args.transport == "stdio" else
+                                  f"http://{args.host}:{args.port}/mcp")
+    except BookLeaseHeld as e:
+        print(f"basis-mcp: cannot start: {e}", file=sys.stderr)
+        return 3
 
     async def preflight() -> str:  # fail fast, with a readable message, before any transport is up
         desk = await open_desk(opts, start=False)
@@ -321,20 +366,32 @@ def _serve(args: argparse.Namespace, db: Path) -> int:
             await desk.aclose()
 
     try:
-        what = anyio.run(preflight)
-    except (Rejected, DataError, VenueError, VenueTimeout, ValueError) as e:
-        print(f"basis-mcp: cannot start: {e}", file=sys.stderr)
-        return 2
-    print(f"basis-mcp {__version__}: {what}, database {db}", file=sys.stderr)
-    server = build_server(opts)
-    try:
-        if args.transport == "stdio":
-            server.run("stdio")
-        else:
-            run_http(server, args.host, args.port)
-    except KeyboardInterrupt:
-        pass
-    return 0
+        try:
+            what = anyio.run(preflight)
+        except (Rejected, DataError, VenueError, VenueTimeout, ValueError, SchemaTooNew, AuditKeyError, DatabaseBusy) as e:
+            print(f"basis-mcp: cannot start: {e}", file=sys.stderr)
+            return 2
+        print(f"basis-mcp {__version__}: {what}, database {db}", file=sys.stderr)
+        key = opts.audit_paths.key if opts.audit_paths else None
+        if key is not None and mode == "live":
+            from basis_mcp.audit import key_is_private
+
+            if not key_is_private(key):
+                print(f"basis-mcp: WARNING: the audit key {key} is readable by other users (chmod 600 it)", file=sys.stderr)
+        server = build_server(opts)
+        try:
+            if args.transport == "stdio":
+                anyio.run(run_stdio, server)
+            else:
+                auth = (f"a bearer token is required (header 'Authorization: Bearer <${TOKEN_ENV}>')" if token
+                        else f"NO token required (loopback only; set {TOKEN_ENV} to require one)")
+                print(f"basis-mcp: serving MCP at http://{args.host}:{args.port}/mcp; {auth}", file=sys.stderr)
+                run_http(server, args.host, args.port, token)
+        except KeyboardInterrupt:
+            pass
+        return 0
+    finally:
+        lease.release()
 
 
 def _status(db: Path) -> int:

@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import numpy as np
 
 from basis_mcp import margin as mm
+from basis_mcp.audit import AuditPaths
 from basis_mcp.clock import Clock, SimClock, iso, parse_time
 from basis_mcp.config import HARD, Settings
 from basis_mcp.errors import Rejected
@@ -32,6 +34,7 @@ from basis_mcp.execution import ExecutionMixin
 from basis_mcp.feed import MarketDataUnavailable, ReplayFeed, Snapshot, base_asset
 from basis_mcp.guardrails import EntryReadings, TradingState, drawdown, pre_trade_violations
 from basis_mcp.history import HOUR, fingerprint, load_any
+from basis_mcp.lease import BookLease
 from basis_mcp.ledger import PnL, leg_quantities, pnl
 from basis_mcp.models import (
     AdvanceTimeOutput,
@@ -58,6 +61,7 @@ from basis_mcp.models import (
     Unavailable,
     ZScoreOutput,
 )
+from basis_mcp.redact import scrub, scrub_value
 from basis_mcp.signals import (
     RollingZScore,
     entry_expected_net_usd,
@@ -106,6 +110,7 @@ class Desk(ExecutionMixin, WatchdogMixin):
         self._desk_id = store.get_meta("desk_id")  # fixed for the database's life: read once, not per order
         self._retry: dict[int, tuple[int, float]] = {}  # position → (failed reconciliations, next attempt at market time)
         self.feeds: dict[str, Any] = {feed.venue: feed}
+        self.lease: BookLease | None = None
 
     # ================================================================== construction
 
@@ -117,27 +122,42 @@ class Desk(ExecutionMixin, WatchdogMixin):
         data_path: Path | str | None = None,
         start: str | None = None,
         faults: FaultPlan | None = None,
+        audit_paths: AuditPaths | None = None,
     ) -> Desk:
         """Paper trading on historical data under a simulated clock (the embedded default)."""
         histories = load_any(data_path)
-        store = Store(db_path)
+        lease = BookLease.acquire(db_path, desk=True)
+        try:
+            return cls._open_replay(settings, db_path, histories, data_path, start, faults, lease, audit_paths)
+        except BaseException:
+            lease.release()
+            raise
+
+    @classmethod
+    def _open_replay(cls, settings: Settings, db_path: Path | str, histories: Any, data_path: Path | str | None,
+                     start: str | None, faults: FaultPlan | None, lease: BookLease, audit_paths: AuditPaths | None) -> Desk:
+        store = Store(db_path, audit_paths)
         fp = fingerprint(histories)
-        mode = store.get_meta("mode")
-        if mode is not None and mode != "replay":
-            raise Rejected("db", str(db_path), f"this database belongs to a '{mode}' desk, not a replay desk")
-        stored_fp = store.get_meta("data_fingerprint")
-        if stored_fp is not None and stored_fp != fp:
-            raise Rejected("data", str(data_path or "shipped"), "this database was built on different market data; use another --db")
-        clock = SimClock(0.0)
-        feed = ReplayFeed(histories, clock)
-        saved = store.get_meta("replay_time")
-        if saved is not None:
-            t = float(saved)
-        else:
-            t = parse_time(start or DEFAULT_REPLAY_START)
-            t = math.floor(t / HOUR) * HOUR
-            if not feed.start <= t <= feed.end:
-                raise Rejected("start", start, f"outside the data ({iso(feed.start)} .. {iso(feed.end)})")
+        try:
+            mode = store.get_meta("mode")
+            if mode is not None and mode != "replay":
+                raise Rejected("db", str(db_path), f"this database belongs to a '{mode}' desk, not a replay desk")
+            stored_fp = store.get_meta("data_fingerprint")
+            if stored_fp is not None and stored_fp != fp:
+                raise Rejected("data", str(data_path or "shipped"), "this database was built on different market data; use another --db")
+            clock = SimClock(0.0)
+            feed = ReplayFeed(histories, clock)
+            saved = store.get_meta("replay_time")
+            if saved is not None:
+                t = float(saved)
+            else:
+                t = parse_time(start or DEFAULT_REPLAY_START)
+                t = math.floor(t / HOUR) * HOUR
+                if not feed.start <= t <= feed.end:
+                    raise Rejected("start", start, f"outside the data ({iso(feed.start)} .. {iso(feed.end)})")
+        except BaseException:
+            store.close()
+            raise
         clock.set(t)
         with store.tx():
             store.set_meta("mode", "replay")
@@ -149,7 +169,9 @@ class Desk(ExecutionMixin, WatchdogMixin):
         if faults.stall_market_data:
             feed.frozen_at = t
         venue = PaperVenue(db_path, feed, settings, clock, faults)
-        return cls(settings, store, feed, venue, clock, "replay", faults)
+        desk = cls(settings, store, feed, venue, clock, "replay", faults)
+        desk.lease = lease
+        return desk
 
     @classmethod
     async def open_live(
@@ -162,6 +184,7 @@ class Desk(ExecutionMixin, WatchdogMixin):
         base_url: str | None = None,
         universe: list[str] | None = None,
         faults: FaultPlan | None = None,
+        audit_paths: AuditPaths | None = None,
     ) -> Desk:
         """Live market data from ``venues`` (the first one trades).
 
@@ -183,9 +206,16 @@ class Desk(ExecutionMixin, WatchdogMixin):
                 register_secret(secret)
         primary = venues[0]
         mode_tag = f"{trading}:{primary}"
-        store = Store(db_path)
+        lease = BookLease.acquire(db_path, desk=True)
+        try:
+            store = Store(db_path, audit_paths)
+        except BaseException:
+            lease.release()
+            raise
         stored = store.get_meta("mode")
         if stored is not None and stored != mode_tag:
+            store.close()
+            lease.release()
             raise Rejected("db", str(db_path), f"this database belongs to a '{stored}' desk, not '{mode_tag}'; use another --db")
         clock = VenueClock()
         faults = faults or FaultPlan.from_env()
@@ -207,6 +237,7 @@ class Desk(ExecutionMixin, WatchdogMixin):
             for f in feeds.values():
                 await f.close()
             store.close()
+            lease.release()
             raise
         with store.tx():
             store.set_meta("mode", mode_tag)
@@ -214,6 +245,7 @@ class Desk(ExecutionMixin, WatchdogMixin):
                 store.set_meta("capital_usd", repr(settings.capital_usd))
         desk = cls(settings, store, feed, venue, clock, trading, faults)  # type: ignore[arg-type]
         desk.feeds = feeds
+        desk.lease = lease
         return desk
 
     async def start(self) -> None:
@@ -232,20 +264,31 @@ class Desk(ExecutionMixin, WatchdogMixin):
             self._load_tracker(sym)
         async with self.lock:
             try:
-                await self._sync_venue_events()
-                self._events_synced_at = self.now()
-                await self._recover_all()
-                await self._check_ledger()
+                with self.store.patient():
+                    await self._sync_venue_events()
+                    self._events_synced_at = self.now()
+                    await self._recover_all()
+                    await self._check_ledger()
             except (VenueError, VenueTimeout) as e:
                 self.set_trading_state("REDUCING", f"could not reconcile with the venue at start-up: {e}", {})
+        problem = self.store.audit_problem()
+        if problem:
+            self.alert("critical", "audit_tampered", f"audit log check at start-up failed: {problem}. Run `basis-mcp audit "
+                       "verify` for the full report; trading continues, the operator should investigate.", {"problem": problem})
         state, reason = self.trading_state()
         self.audit("system", "desk_start", {"mode": self.mode, "market_time": iso(self.clock.now()), "state": state,
                                              "reason": reason}, "ok")
 
     def close(self) -> None:
-        self._flush_samples()
-        self.venue.close()
-        self.store.close()
+        try:
+            try:
+                self._flush_samples()
+            finally:
+                self.venue.close()
+                self.store.close()
+        finally:
+            if self.lease is not None:
+                self.lease.release()
 
     async def aclose(self) -> None:
         for f in self.feeds.values():
@@ -276,30 +319,34 @@ class Desk(ExecutionMixin, WatchdogMixin):
     async def live_tick(self) -> list[dict[str, Any]]:
         """One live market tick: refresh, settle (paper), copy venue events, sample, watchdog."""
         async with self.lock:
+            with self.store.patient():
+                return await self._live_tick()
+
+    async def _live_tick(self) -> list[dict[str, Any]]:
+        try:
+            await self.feed.refresh()
+        except (VenueError, VenueTimeout) as e:
+            self._venue_down(str(e))
+            return await self.watchdog_tick() if self._has_book() else []
+        now = self.now()
+        report = self.venue.on_tick(now)
+        if self._venue_events_due(now):
+            await self._sync_venue_events()
+            self._events_synced_at = now
+        for sym in self.feed.symbols:
             try:
-                await self.feed.refresh()
-            except (VenueError, VenueTimeout) as e:
-                self._venue_down(str(e))
-                return await self.watchdog_tick() if self._has_book() else []
-            now = self.now()
-            report = self.venue.on_tick(now)
-            if self._venue_events_due(now):
-                await self._sync_venue_events()
-                self._events_synced_at = now
-            for sym in self.feed.symbols:
-                try:
-                    self._queue_sample(self.feed.snapshot(sym))
-                except MarketDataUnavailable:
-                    continue
-            self._flush_samples()
-            if self._has_book() or report.funding or report.liquidations:
-                return await self.watchdog_tick()
-            if time.monotonic() - self._flat_checked_at >= self.FLAT_CHECK_S:
-                # a flat book still reconciles now and then: a fill that arrived late, or a leg
-                # opened by hand in the desk's account, must not go unnoticed until the next trade
-                self._flat_checked_at = time.monotonic()
-                return await self.watchdog_tick()
-            return []
+                self._queue_sample(self.feed.snapshot(sym))
+            except MarketDataUnavailable:
+                continue
+        self._flush_samples()
+        if self._has_book() or report.funding or report.liquidations:
+            return await self.watchdog_tick()
+        if time.monotonic() - self._flat_checked_at >= self.FLAT_CHECK_S:
+            # a flat book still reconciles now and then: a fill that arrived late, or a leg
+            # opened by hand in the desk's account, must not go unnoticed until the next trade
+            self._flat_checked_at = time.monotonic()
+            return await self.watchdog_tick()
+        return []
 
     EVENTS_BACKSTOP_S = 300.0
     FLAT_CHECK_S = 60.0
@@ -348,7 +395,8 @@ class Desk(ExecutionMixin, WatchdogMixin):
         self.store.append_audit(ts=time.time(), market_ts=self.now(), kind=kind, name=name, args=args, outcome=outcome, detail=detail)
 
     def alert(self, severity: str, rule: str, message: str, data: dict[str, Any] | None = None) -> None:
-        data = data or {}
+        data = scrub_value(data or {})
+        message = scrub(message)
         with self.store.tx():
             self.store.x(
                 "INSERT INTO alerts(ts, market_ts, severity, rule, message, data_json) VALUES (?,?,?,?,?,?)",
@@ -1200,7 +1248,7 @@ class Desk(ExecutionMixin, WatchdogMixin):
         """Check a token against these exact arguments and spend it (inside the caller's transaction)."""
         h = hashlib.sha256(token.encode()).hexdigest()
         row = self.store.one("SELECT * FROM confirmations WHERE token_hash = ?", (h,))
-        shown = token[:6] + "…"
+        shown = "***"  # a credential: never echoed, not even in part
         if row is None:
             raise Rejected("confirmation_token", shown, "unknown token: call without a token first to get one; nothing was sent")
         if row["used_at"] is not None:
@@ -1368,9 +1416,10 @@ class Desk(ExecutionMixin, WatchdogMixin):
                 pid = int(cur.lastrowid)
                 self._new_order(pid, key, "open", "spot", "buy", qty, False)
                 self._new_order(pid, key, "open", "perp", "sell", qty, False)
-            self.audit("desk", "entry_intent", {"position_id": pid, "symbol": sym, "quantity": qty, "leverage": lev,
-                                                "basis_pct": round(snap.basis_pct, 6)}, "ok")
-            return await self._execute_entry(pid, key, sym, args, lev)
+            with self.store.patient():  # intents are committed: from here on every write must land
+                self.audit("desk", "entry_intent", {"position_id": pid, "symbol": sym, "quantity": qty, "leverage": lev,
+                                                    "basis_pct": round(snap.basis_pct, 6)}, "ok")
+                return await self._execute_entry(pid, key, sym, args, lev)
 
     async def exit(self, position_id: int, key: str, reason: str = "agent", confirmation_token: str | None = None) -> ExitTradeOutput:
         if self.mode == "readonly":
@@ -1411,8 +1460,9 @@ class Desk(ExecutionMixin, WatchdogMixin):
                     self._new_order(position_id, key, "close", "perp", "buy", -perp_q, True)
                 if spot_q > 0:
                     self._new_order(position_id, key, "close", "spot", "sell", spot_q, True)
-            self.audit("desk", "exit_intent", {"position_id": position_id, "reason": reason}, "ok")
-            return await self._execute_exit(position_id, key, reason)
+            with self.store.patient():
+                self.audit("desk", "exit_intent", {"position_id": position_id, "reason": reason}, "ok")
+                return await self._execute_exit(position_id, key, reason)
 
     async def halt(self, reason: str) -> RiskStatusOutput:
         async with self.lock:
@@ -1516,21 +1566,25 @@ class Desk(ExecutionMixin, WatchdogMixin):
             funding: list[FundingSettlementOut] = []
             liqs: list[dict[str, Any]] = []
             actions: list[dict[str, Any]] = []
-            for n, t in enumerate(ticks, 1):
-                self.clock.set(t)
-                f, lq, acts = await self._tick(t)
-                funding += f
-                liqs += lq
-                actions += acts
-                if n % 168 == 0:
-                    self._flush_samples({"replay_time": repr(t)})
-                if progress is not None and (n % 24 == 0 or n == len(ticks)):
-                    await progress(n, len(ticks), f"replayed to {iso(t)}")
-            self.clock.set(target)
-            if target != (ticks[-1] if ticks else t0) and self._has_book():
-                actions += await self.watchdog_tick()  # between bars too: settlement-aware exits see the real clock
-            self._flush_samples({"replay_time": repr(target)})
-            self.audit("desk", "advance_time", {"from": iso(t0), "to": iso(target), "ticks": len(ticks)}, "ok")
+            with self.store.patient():
+                for n, t in enumerate(ticks, 1):
+                    self.clock.set(t)
+                    f, lq, acts = await self._tick(t)
+                    funding += f
+                    liqs += lq
+                    actions += acts
+                    if n % 168 == 0:
+                        self._flush_samples({"replay_time": repr(t)})
+                    if progress is not None and (n % 24 == 0 or n == len(ticks)):
+                        await progress(n, len(ticks), f"replayed to {iso(t)}")
+                    # long replays yield after every bar, so other calls (risk_status, portfolio_status)
+                    # are served within about one tick's time instead of after the whole replay
+                    await anyio.lowlevel.checkpoint()
+                self.clock.set(target)
+                if target != (ticks[-1] if ticks else t0) and self._has_book():
+                    actions += await self.watchdog_tick()  # between bars too: settlement-aware exits see the real clock
+                self._flush_samples({"replay_time": repr(target)})
+                self.audit("desk", "advance_time", {"from": iso(t0), "to": iso(target), "ticks": len(ticks)}, "ok")
             return AdvanceTimeOutput(
                 from_time=iso(t0) or "",
                 to_time=iso(target) or "",

@@ -16,10 +16,14 @@ class Violation:
         return f"{self.field}={_fmt(self.value)}: {self.rule}"
 
 
+class Verbatim(str):
+    """A value already rendered the way the client sent it."""
+
+
 def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:g}"
-    s = repr(v)
+    if isinstance(v, Verbatim):
+        return str(v)
+    s = repr(v)  # floats keep every digit: 5.0000001 is not 5
     return s if len(s) <= 80 else s[:77] + "..."
 
 

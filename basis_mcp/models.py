@@ -12,13 +12,37 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 # ----------------------------------------------------------------------------- inputs
+#
+# Inputs are strict: numbers must be JSON numbers (a string, even "5000", and a boolean are
+# refused, never coerced), identifiers are plain ASCII with no spaces, and free text may not
+# carry control characters or invisible format characters (bidi overrides, zero-width marks).
+
+
+def _whole_number(v: object) -> object:
+    """JSON has one number type: accept 3.0 for a whole-number field, nothing else."""
+    return int(v) if isinstance(v, float) and v.is_integer() and abs(v) < 2**63 else v
+
+
+def _plain_text(v: str) -> str:
+    import unicodedata
+
+    for i, ch in enumerate(v):
+        cat = unicodedata.category(ch)
+        if cat in ("Cc", "Cf", "Cs", "Co", "Cn") or ch in ("\u2028", "\u2029"):
+            raise ValueError(f"no control or invisible formatting characters allowed (found U+{ord(ch):04X} at "
+                             f"position {i}); send plain text")
+    return v
+
+
+WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
+PlainText = Annotated[str, AfterValidator(_plain_text)]
 
 Symbol = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=32),
+    StringConstraints(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9][A-Za-z0-9/:_.\-]*$"),
     Field(description="Base asset, e.g. 'BTC' (also accepted: 'BTCUSDT', 'BTC/USDT', 'BTC/USDT:USDT')."),
 ]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
@@ -44,21 +68,21 @@ ConfirmationToken = Annotated[
 
 
 class InputModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ScanBasisInput(InputModel):
     symbols: list[Symbol] | None = Field(
         None, max_length=50, description="Symbols to scan; omit or null for every symbol the desk trades."
     )
-    venues: list[Annotated[str, StringConstraints(min_length=1, max_length=20)]] | None = Field(
+    venues: list[Annotated[str, StringConstraints(min_length=1, max_length=20, pattern=r"^[A-Za-z0-9_\-]+$")]] | None = Field(
         None, max_length=5, description="Live data: venues to include (default: all the server was started with)."
     )
 
 
 class ComputeZScoreInput(InputModel):
     symbol: Symbol
-    window: int = Field(
+    window: WholeNumber = Field(
         1080,
         ge=30,
         le=100_000,
@@ -102,13 +126,13 @@ class EnterTradeInput(InputModel):
 
 
 class ExitTradeInput(InputModel):
-    position_id: int = Field(ge=1, le=2**53, description="Id of an OPEN position (from enter_trade or portfolio_status).")
+    position_id: WholeNumber = Field(ge=1, le=2**53, description="Id of an OPEN position (from enter_trade or portfolio_status).")
     idempotency_key: IdempotencyKey
     confirmation_token: ConfirmationToken = None
 
 
 class CheckDeltaInput(InputModel):
-    position_id: int | None = Field(None, ge=1, le=2**53, description="One position; omit for every open position.")
+    position_id: WholeNumber | None = Field(None, ge=1, le=2**53, description="One position; omit for every open position.")
 
 
 class SecondsToFundingInput(InputModel):
@@ -116,7 +140,7 @@ class SecondsToFundingInput(InputModel):
 
 
 class PortfolioStatusInput(InputModel):
-    include_closed: int = Field(0, ge=0, le=500, description="Also list this many most recently closed positions.")
+    include_closed: WholeNumber = Field(0, ge=0, le=500, description="Also list this many most recently closed positions.")
 
 
 class RiskStatusInput(InputModel):
@@ -124,10 +148,10 @@ class RiskStatusInput(InputModel):
 
 
 class HaltTradingInput(InputModel):
-    reason: str = Field(min_length=1, max_length=500, description="Why you are stopping; recorded in the audit log.")
+    reason: PlainText = Field(min_length=1, max_length=500, description="Why you are stopping; recorded in the audit log (plain text).")
 
 
-DateStr = Annotated[str, StringConstraints(min_length=4, max_length=32), Field(description="UTC date or time, ISO 8601, e.g. 2021-01-01")]
+DateStr = Annotated[str, StringConstraints(min_length=4, max_length=32, pattern=r"^[0-9][0-9T:+.\-Z ]*$"), Field(description="UTC date or time, ISO 8601, e.g. 2021-01-01")]
 
 
 class BacktestInput(InputModel):
@@ -144,7 +168,7 @@ class BacktestInput(InputModel):
     expected_hold_days: FiniteFloat = Field(7.0, ge=1 / 24, le=30, description="hold used for the net-return-after-costs entry check")
     notional_usd: FiniteFloat = Field(5_000.0, gt=0, le=1e9, description="spot-leg notional per trade")
     leverage: FiniteFloat = Field(2.0, ge=1, le=5)
-    zscore_window: int = Field(1080, ge=30, le=100_000)
+    zscore_window: WholeNumber = Field(1080, ge=30, le=100_000)
     chart: bool = Field(True, description="return the chart image (basis with z-bands and entries/exits, equity curve)")
 
 

@@ -11,22 +11,30 @@ transactions: it plays the exchange, whose state the desk must reconcile against
 
 from __future__ import annotations
 
-import hashlib
 import json
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+from basis_mcp import audit
+from basis_mcp.redact import bound_args, scrub
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL,
+    applied_at REAL NOT NULL
 );
 
 CREATE TABLE IF NOT EXISTS positions (
@@ -155,42 +163,71 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 """
 
-GENESIS_HASH = "0" * 64
+class DatabaseBusy(Exception):
+    """Another process holds the book's database longer than a call may wait. Nothing was written."""
 
 
-def audit_hash(prev_hash: str, row: dict[str, Any]) -> str:
-    body = json.dumps(row, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256((prev_hash + body).encode()).hexdigest()
+class SchemaTooNew(Exception):
+    """The database was written by a newer basis-mcp than this one."""
 
 
-AUDIT_FIELDS = ("id", "ts", "market_ts", "kind", "name", "args_json", "outcome", "detail", "duration_ms")
+BUSY_QUICK_MS = 3_000  # a call's first write: fail fast, with nothing done, if another process holds the file
+BUSY_PATIENT_MS = 120_000  # once orders are in flight, a write waits (an unrecorded fill is worse than a slow one)
 
 
-def connect(path: Path | str) -> sqlite3.Connection:
-    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30.0)
+def _is_busy(e: BaseException) -> bool:
+    return isinstance(e, sqlite3.OperationalError) and ("locked" in str(e) or "busy" in str(e))
+
+
+def connect(path: Path | str, busy_ms: int = BUSY_QUICK_MS) -> sqlite3.Connection:
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=busy_ms / 1000)
     conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout={busy_ms}")
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA busy_timeout=30000")
     return conn
 
 
 class Database:
-    """One SQLite connection with a re-entrant transaction helper."""
+    """One SQLite connection with a re-entrant transaction helper.
 
-    def __init__(self, path: Path | str, schema: str):
+    Busy handling: by default a write waits at most `BUSY_QUICK_MS` for another process
+    (an operator command, a backup) and then raises `DatabaseBusy` with nothing written.
+    Inside `patient()` (orders in flight) it waits `BUSY_PATIENT_MS`.
+    """
+
+    def __init__(self, path: Path | str, schema: str | None, busy_ms: int = BUSY_QUICK_MS):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = connect(self.path)
+        self.busy_ms = busy_ms
+        self.conn = connect(self.path, busy_ms)
         self._lock = threading.RLock()
         self._depth = 0
-        self.conn.executescript(schema)
+        self._patient = 0
+        self._after_commit: list[Callable[[], None]] = []
+        if schema:
+            self.conn.executescript(schema)
 
     def close(self) -> None:
         self.conn.close()
 
     # ------------------------------------------------------------------ transactions
+
+    @contextmanager
+    def patient(self) -> Iterator[None]:
+        """Writes inside wait up to `BUSY_PATIENT_MS` for a lock held by another process."""
+        with self._lock:
+            self._patient += 1
+            if self._patient == 1:
+                self.conn.execute(f"PRAGMA busy_timeout={BUSY_PATIENT_MS}")
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._patient -= 1
+                if self._patient == 0:
+                    self.conn.execute(f"PRAGMA busy_timeout={self.busy_ms}")
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
@@ -203,17 +240,38 @@ class Database:
                 finally:
                     self._depth -= 1
                 return
-            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as e:
+                if _is_busy(e) and not self._patient:
+                    raise DatabaseBusy(f"the book's database {self.path} is locked by another process") from None
+                raise
             self._depth = 1
             try:
                 yield self.conn
             except BaseException:
                 self._depth = 0
+                self._after_commit.clear()
                 self.conn.execute("ROLLBACK")
                 raise
             else:
                 self._depth = 0
-                self.conn.execute("COMMIT")
+                try:
+                    self.conn.execute("COMMIT")
+                except sqlite3.OperationalError as e:
+                    self._after_commit.clear()
+                    if self.conn.in_transaction:
+                        self.conn.execute("ROLLBACK")
+                    if _is_busy(e) and not self._patient:
+                        raise DatabaseBusy(f"the book's database {self.path} is locked by another process") from None
+                    raise
+                hooks, self._after_commit = self._after_commit, []
+                for hook in hooks:
+                    hook()
+
+    def after_commit(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` once the current transaction commits (dropped if it rolls back)."""
+        self._after_commit.append(hook)
 
     def q(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -225,20 +283,96 @@ class Database:
 
     def x(self, sql: str, params: tuple | dict = ()) -> sqlite3.Cursor:
         with self._lock:
-            return self.conn.execute(sql, params)
+            try:
+                return self.conn.execute(sql, params)
+            except sqlite3.OperationalError as e:
+                if _is_busy(e) and not self._depth and not self._patient:
+                    raise DatabaseBusy(f"the book's database {self.path} is locked by another process") from None
+                raise
 
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    apply: Callable[[Store], None]
+
+
+def _v2_keyed_audit(store: Store) -> None:
+    """v1 → v2: the audit chain is keyed from here on, anchored on the v1 head."""
+    anchored = audit.anchor_legacy_chain(store.conn, store.audit_key)
+    if anchored is not None:
+        store._checkpoint(*anchored)
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(2, "audit chain keyed with HMAC-SHA256 and anchored in a journal outside the database", _v2_keyed_audit),
+)
+SCHEMA_VERSION = MIGRATIONS[-1].version
 
 
 class Store(Database):
-    """The desk's own state (see module docstring)."""
+    """The desk's own state (see module docstring).
 
-    def __init__(self, path: Path | str):
-        super().__init__(path, SCHEMA)
+    Opening a store creates a new book at `SCHEMA_VERSION`, or upgrades an older one by
+    running each pending migration in its own transaction, recorded in ``schema_migrations``.
+    A book newer than this code is refused (`SchemaTooNew`) before anything is written.
+    """
+
+    def __init__(self, path: Path | str, audit_paths: audit.AuditPaths | None = None):
+        _refuse_newer(Path(path))  # before anything touches the file (even switching it to WAL)
+        super().__init__(path, None)
+        self.audit_paths = audit_paths or audit.AuditPaths.for_db(self.path)
+        self.audit_key = audit.load_key(self.audit_paths.key, create=True)
+        self.journal = audit.Journal(self.audit_paths.journal, self.audit_key)
+        self._migrate()
         with self.tx():
-            if self.get_meta("schema_version") is None:
-                self.set_meta("schema_version", str(SCHEMA_VERSION))
             if self.get_meta("desk_id") is None:  # scopes client order ids to this database (see Desk.client_order_id)
                 self.set_meta("desk_id", secrets.token_hex(4))
+
+    # ------------------------------------------------------------------ schema versions
+
+    def schema_version(self) -> int | None:
+        has_meta = self.one("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'")
+        if has_meta is None:
+            return None
+        v = self.get_meta("schema_version")
+        return None if v is None else int(v)
+
+    def _migrate(self) -> None:
+        version = self.schema_version()
+        if version is not None and version > SCHEMA_VERSION:
+            raise SchemaTooNew(f"{self.path} is a schema-v{version} book, written by a newer basis-mcp; this version "
+                               f"knows up to v{SCHEMA_VERSION}: upgrade basis-mcp (nothing was changed)")
+        if version is None:  # a new book: the current schema at once
+            with self.tx():
+                for stmt in _statements(SCHEMA):
+                    self.conn.execute(stmt)
+                self.set_meta("schema_version", str(SCHEMA_VERSION))
+                self.x("INSERT OR REPLACE INTO schema_migrations(version, name, applied_at) VALUES (?,?,?)",
+                       (SCHEMA_VERSION, f"new book at schema v{SCHEMA_VERSION}", time.time()))
+            return
+        for m in MIGRATIONS:
+            if m.version <= version:
+                continue
+            with self.tx():  # one transaction per migration: it lands whole or not at all
+                for stmt in _statements(SCHEMA):  # new tables of later versions (IF NOT EXISTS)
+                    self.conn.execute(stmt)
+                m.apply(self)
+                self.set_meta("schema_version", str(m.version))
+                self.x("INSERT INTO schema_migrations(version, name, applied_at) VALUES (?,?,?)", (m.version, m.name, time.time()))
+        with self.tx():
+            for stmt in _statements(SCHEMA):
+                self.conn.execute(stmt)
+
+    def migrations(self) -> list[sqlite3.Row]:
+        return self.q("SELECT * FROM schema_migrations ORDER BY version")
+
+    def close(self) -> None:
+        try:
+            self.journal.close()
+        finally:
+            super().close()
 
     def get_meta(self, key: str) -> str | None:
         row = self.one("SELECT value FROM meta WHERE key = ?", (key,))
@@ -248,6 +382,17 @@ class Store(Database):
         self.x("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
 
     # ------------------------------------------------------------------ audit
+
+    def _checkpoint(self, n: int, head: str) -> None:
+        """After the commit, write the new head to the journal (only the last head of a transaction)."""
+        pending = getattr(self, "_pending_head", None)
+        self._pending_head = (n, head)
+        if pending is None:
+            def flush() -> None:
+                n_, h_ = self._pending_head
+                self._pending_head = None
+                self.journal.append(n_, h_)
+            self.after_commit(flush)
 
     def append_audit(
         self,
@@ -260,53 +405,39 @@ class Store(Database):
         outcome: str,
         detail: str | None = None,
         duration_ms: float | None = None,
+        args_size: int | None = None,
     ) -> int:
-        """Append one hash-chained audit row. Each row's hash covers its content and the previous hash."""
-        args_json = json.dumps(args, sort_keys=True, default=str)
+        """Append one keyed audit row (credentials masked, secrets scrubbed, size bounded: see
+        `redact.bound_args`; ``args_size`` is the size of the arguments as received); its
+        checkpoint goes to the journal when the transaction commits."""
+        args_json = json.dumps(bound_args(args, args_size), sort_keys=True, default=str)
+        detail = None if detail is None else scrub(detail, 4000)
         with self.tx():
-            last = self.one("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1")
-            prev = last["hash"] if last else GENESIS_HASH
-            new_id = (last["id"] + 1) if last else 1
-            row = {
-                "id": new_id,
-                "ts": ts,
-                "market_ts": market_ts,
-                "kind": kind,
-                "name": name,
-                "args_json": args_json,
-                "outcome": outcome,
-                "detail": detail,
-                "duration_ms": duration_ms,
-            }
-            h = audit_hash(prev, row)
-            self.x(
-                "INSERT INTO audit(id, ts, market_ts, kind, name, args_json, outcome, detail, duration_ms, prev_hash, hash)"
-                " VALUES (:id, :ts, :market_ts, :kind, :name, :args_json, :outcome, :detail, :duration_ms, :prev, :hash)",
-                {**row, "prev": prev, "hash": h},
-            )
-            self.set_meta("audit_head", f"{new_id}:{h}")
+            new_id, h = audit.append_row(self.conn, self.audit_key, ts=ts, market_ts=market_ts, kind=kind, name=name[:100],
+                                         args_json=args_json, outcome=outcome, detail=detail, duration_ms=duration_ms)
+            self._checkpoint(new_id, h)
             return new_id
 
+    def audit_problem(self) -> str | None:
+        """O(1) start-up check that the chain still reaches the journal's newest checkpoint."""
+        return audit.quick_check(self.conn, self.audit_key, self.audit_paths.journal)
 
-def verify_audit(conn: sqlite3.Connection) -> tuple[bool, str]:
-    """Walk the audit chain; report the first row that was edited, inserted or removed."""
-    prev = GENESIS_HASH
-    expected_id = 1
-    n = 0
-    for r in conn.execute("SELECT * FROM audit ORDER BY id"):
-        row = {k: r[k] for k in AUDIT_FIELDS}
-        if r["id"] != expected_id:
-            return False, f"row id {r['id']} follows {expected_id - 1}: a row was deleted or inserted"
-        if r["prev_hash"] != prev:
-            return False, f"row {r['id']}: prev_hash does not match row {r['id'] - 1}'s hash (row removed or reordered)"
-        if audit_hash(prev, row) != r["hash"]:
-            return False, f"row {r['id']}: content does not match its hash (row edited)"
-        prev = r["hash"]
-        expected_id += 1
-        n += 1
-    head = conn.execute("SELECT value FROM meta WHERE key = 'audit_head'").fetchone()
-    if head is not None and head[0] != f"{n}:{prev}":
-        return False, f"chain ends at row {n} but the recorded head is row {head[0].split(':')[0]}: rows were removed from the end"
-    if head is None and n:
-        return False, "audit rows exist but the recorded head is missing"
-    return True, f"{n} audit rows, chain intact"
+
+def _refuse_newer(path: Path) -> None:
+    if not path.exists():
+        return
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return  # not a book yet (or unreadable): the normal open reports it
+    if row is not None and str(row[0]).isdigit() and int(row[0]) > SCHEMA_VERSION:
+        raise SchemaTooNew(f"{path} is a schema-v{row[0]} book, written by a newer basis-mcp; this version knows up to "
+                           f"v{SCHEMA_VERSION}: upgrade basis-mcp (nothing was changed)")
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]

@@ -33,15 +33,19 @@ async def test_every_tool_call_is_audited_with_outcome_and_duration(make_server,
     await _some_activity(make_server)
     rows = db_rows(db, "SELECT * FROM audit WHERE kind = 'tool' ORDER BY id")
     assert [(r["name"], r["outcome"]) for r in rows] == [
-        ("scan_basis", "ok"), ("enter_trade", "rejected"), ("enter_trade", "ok"), ("enter_trade", "rejected"), ("advance_time", "ok"),
+        ("scan_basis", "started"), ("scan_basis", "ok"), ("enter_trade", "rejected"), ("enter_trade", "started"),
+        ("enter_trade", "ok"), ("enter_trade", "rejected"), ("advance_time", "started"), ("advance_time", "ok"),
     ]
-    assert all(r["duration_ms"] is not None and r["duration_ms"] >= 0 and r["ts"] > 0 and r["market_ts"] > 0 for r in rows)
-    assert json.loads(rows[2]["args_json"]) == {"symbol": "BTC", "notional_usd": 3000, "idempotency_key": "a1"}
-    assert "notional_usd=-1" in rows[1]["detail"]
+    assert all(r["ts"] > 0 and r["market_ts"] > 0 for r in rows)
+    ends = [r for r in rows if r["outcome"] == "ok"]
+    assert all(r["duration_ms"] is not None and r["duration_ms"] >= 0 for r in ends)
+    assert json.loads(rows[3]["args_json"]) == {"symbol": "BTC", "notional_usd": 3000, "idempotency_key": "a1"}
+    assert json.loads(rows[4]["args_json"]) == {"call": rows[3]["id"]}
+    assert "notional_usd=-1" in rows[2]["detail"]
     # a secret-looking argument is refused and never stored
     everything = "\n".join(str(tuple(r)) for r in db_rows(db, "SELECT * FROM audit"))
     assert "hunter2-SECRET" not in everything
-    assert json.loads(rows[3]["args_json"])["api_secret"] == "***"
+    assert json.loads(rows[5]["args_json"])["api_secret"] == "***"
     # the desk's own decisions are in the same chain
     kinds = {r["kind"] for r in db_rows(db, "SELECT kind FROM audit")}
     assert {"tool", "desk", "system"} <= kinds
@@ -52,6 +56,7 @@ async def test_audit_verify_detects_edit_insert_and_delete(make_server, db: Path
     ok = cli("audit", "verify", "--db", str(db))
     assert ok.returncode == 0 and ok.stdout.startswith("OK")
     n = db_rows(db, "SELECT COUNT(*) AS n FROM audit")[0]["n"]
+    key, journal = Path(str(db) + ".audit-key"), Path(str(db) + ".audit-journal")
 
     def tampered(sql: str, params: tuple = ()) -> str:
         copy = tmp_path / f"t{abs(hash(sql))}.db"
@@ -62,14 +67,14 @@ async def test_audit_verify_detects_edit_insert_and_delete(make_server, db: Path
         dst.execute(sql, params)
         dst.commit()
         dst.close()
-        r = cli("audit", "verify", "--db", str(copy))
+        r = cli("audit", "verify", "--db", str(copy), "--audit-key", str(key), "--audit-journal", str(journal))
         assert r.returncode == 1, r.stdout
         return r.stdout
 
     assert "edited" in tampered("UPDATE audit SET outcome = outcome || '!' WHERE id = 2")
     assert "edited" in tampered("UPDATE audit SET args_json = '{}' WHERE id = 3")
     assert "deleted or inserted" in tampered("DELETE FROM audit WHERE id = 2")
-    assert "removed from the end" in tampered(f"DELETE FROM audit WHERE id = {n}")
+    assert "cut from the end" in tampered(f"DELETE FROM audit WHERE id = {n}")
     out = tampered(
         "INSERT INTO audit(id, ts, market_ts, kind, name, args_json, outcome, detail, duration_ms, prev_hash, hash)"
         " SELECT 100000, ts, market_ts, kind, name, args_json, outcome, detail, duration_ms, hash, hash FROM audit WHERE id = ?", (n,)

@@ -427,12 +427,15 @@ async def test_loosening_limits_through_arguments_is_refused_and_audited(make_se
             assert trading_rows(db) == rows_before == (0, 0), f"{tool}({args}) left positions/orders behind"
 
             audit = db_rows(
-                db, "SELECT outcome, args_json, detail FROM audit WHERE kind = 'tool' AND name = ? ORDER BY id DESC LIMIT 1",
+                db, "SELECT id, outcome, args_json, detail FROM audit WHERE kind = 'tool' AND name = ? ORDER BY id DESC LIMIT 1",
                 (tool,),
             )
             assert audit, f"{tool}({args}) was not audited"
             assert audit[0]["outcome"] in ("rejected", "error"), audit[0]["outcome"]
             logged = json.loads(audit[0]["args_json"])
+            if audit[0]["outcome"] == "error":  # it ran and failed: the arguments are on its start row
+                assert logged.get("call"), logged
+                logged = json.loads(db_rows(db, "SELECT args_json FROM audit WHERE id = ?", (logged["call"],))[0]["args_json"])
             assert logged.get(offending) == args[offending], f"audit args {logged} lack {offending}={args[offending]}"
             assert offending in (audit[0]["detail"] or ""), audit[0]["detail"]
 

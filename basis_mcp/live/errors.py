@@ -1,32 +1,24 @@
 """Map ccxt exceptions to the desk's venue errors, with nothing secret in the message.
 
 ccxt messages can carry request URLs (with signatures) and response bodies. Everything the
-agent or the audit log sees goes through `scrub`: query strings are dropped, and any
-registered secret (API key, secret, passphrase) is replaced by ``***``.
+agent or the audit log sees goes through `basis_mcp.redact.scrub`: query strings are dropped,
+and any registered secret (API key, secret, passphrase), in any common encoding, is replaced
+by ``***``.
 """
 
 from __future__ import annotations
 
-import re
-
 import ccxt
 
+from basis_mcp.redact import register_secret
+from basis_mcp.redact import scrub as _scrub
 from basis_mcp.venue.base import VenueError, VenueTimeout, VenueUnavailable
 
-_SECRETS: set[str] = set()
-_QUERY = re.compile(r"(https?://[^\s?\"']+)\?[^\s\"']*")
-
-
-def register_secret(value: str | None) -> None:
-    if value and len(value) >= 4:
-        _SECRETS.add(value)
+__all__ = ["register_secret", "scrub", "venue_error"]
 
 
 def scrub(text: str) -> str:
-    out = _QUERY.sub(r"\1?…", text)
-    for s in sorted(_SECRETS, key=len, reverse=True):
-        out = out.replace(s, "***")
-    return out[:600]
+    return _scrub(text, 600)
 
 
 def venue_error(e: BaseException, venue: str, what: str) -> Exception:

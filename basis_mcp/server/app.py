@@ -17,11 +17,14 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, TextContent
 
 from basis_mcp import __version__
+from basis_mcp.audit import AuditPaths
 from basis_mcp.config import Settings
 from basis_mcp.desk import Desk
 from basis_mcp.prompts import register_prompts
+from basis_mcp.redact import MAX_REQUEST_ARGS_BYTES, bound_text, looks_like_credential
+from basis_mcp.store import DatabaseBusy
 from basis_mcp.tools.definitions import TOOLS
-from basis_mcp.tools.registry import ToolSpec, register, validate_input
+from basis_mcp.tools.registry import BUSY_TEXT, RAW_ARGS, ToolSpec, register, validate_input
 from basis_mcp.venue.faults import FaultPlan
 
 log = logging.getLogger("basis_mcp")
@@ -36,7 +39,6 @@ seconds_to_funding and portfolio_status, and exit_trade when the edge is gone. R
 every limit; halt_trading is your kill switch (only the operator resumes). Units: *_pct is percent, *_usd is dollars. The prompt
 `basis_trading_loop` explains the loop and every field in detail."""
 
-SECRET_HINTS = ("secret", "password", "api_key", "apikey", "private_key", "passphrase")
 
 
 @dataclass
@@ -55,15 +57,17 @@ class ServeOptions:
     credentials: Any = None  # live.exchanges.Credentials; never logged
     faults: FaultPlan | None = None  # tests: a fault plan they can flip while the server runs
     live_loop: bool = True  # live modes: the background market tick / watchdog
+    audit_paths: AuditPaths | None = None  # audit key and journal (default: beside the database)
 
 
 async def open_desk(options: ServeOptions, start: bool = True) -> Desk:
     """Open the desk (and, for live trading, check the API keys); ``start`` also reconciles it."""
     if options.mode == "replay":
-        desk = Desk.open_replay(options.settings, options.db_path, options.data_path, options.start, options.faults)
+        desk = Desk.open_replay(options.settings, options.db_path, options.data_path, options.start, options.faults,
+                                options.audit_paths)
     else:
         desk = await Desk.open_live(options.settings, options.db_path, options.venues, options.mode, options.credentials,
-                                    options.venue_url, options.universe, options.faults)
+                                    options.venue_url, options.universe, options.faults, options.audit_paths)
     if not start:
         return desk
     try:
@@ -84,44 +88,123 @@ def _desk(ctx: Context) -> Desk:
     return ctx.request_context.lifespan_context.desk
 
 
-def _redact(args: Any) -> Any:
-    if isinstance(args, dict):
-        return {
-            k: ("***" if any(h in str(k).lower() for h in SECRET_HINTS) else _redact(v)) for k, v in list(args.items())[:50]
-        }
-    if isinstance(args, list):
-        return [_redact(v) for v in args[:50]]
-    if isinstance(args, str) and len(args) > 500:
-        return args[:500] + "…"
-    return args
+def _error_result(text: str) -> CallToolResult:
+    return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)
+
+
+def _largest(args: Any) -> str:
+    """', the largest being <name> (N bytes)' for an oversized argument object, name bounded and masked."""
+    if not isinstance(args, dict) or not args:
+        return ""
+    sizes = {k: len(json.dumps(v, default=str)) + len(str(k)) for k, v in args.items()}
+    name = max(sizes, key=sizes.__getitem__)
+    shown = "***" if looks_like_credential(name) else bound_text(name, 40)
+    return f"; the largest is argument {shown!r} ({sizes[name]:,} bytes)"
+
+
+class CallAuditor:
+    """Writes the audit rows of tool calls: a ``started`` row before the call runs and an outcome
+    row (``ok``/``error``, pointing at the start row) when it ends, so a call killed mid-way still
+    leaves its trace; a call refused before it runs (bad arguments, too large, malformed) gets one
+    ``rejected`` row. The desk's store is attached when the lifespan opens it."""
+
+    def __init__(self) -> None:
+        self.desk: Desk | None = None
+
+    def _store(self):
+        return None if self.desk is None else self.desk.store
+
+    def _market_ts(self) -> float | None:
+        try:
+            return None if self.desk is None else self.desk.now()
+        except Exception:  # noqa: BLE001 - an audit row never fails on the clock
+            return None
+
+    def rejected(self, name: str, args: Any, detail: str, size: int | None = None, kind: str = "tool") -> None:
+        store = self._store()
+        if store is None:
+            return
+        try:
+            with store.patient():
+                store.append_audit(ts=time.time(), market_ts=self._market_ts(), kind=kind, name=bound_text(name, 100),
+                                   args=args if isinstance(args, dict) else {"_raw": args}, args_size=size,
+                                   outcome="rejected", detail=detail)
+        except Exception:  # the audit must never turn a refusal into a crash
+            log.exception("audit write failed")
+
+    def started(self, name: str, args: Any) -> int | None:
+        """The start row; raises DatabaseBusy (nothing done) if the book is locked by another process."""
+        store = self._store()
+        if store is None:
+            return None
+        return store.append_audit(ts=time.time(), market_ts=self._market_ts(), kind="tool", name=name,
+                                  args=args if isinstance(args, dict) else {"_raw": args}, outcome="started")
+
+    def ended(self, call_id: int | None, name: str, outcome: str, detail: str | None, t0: float) -> None:
+        store = self._store()
+        if store is None:
+            return
+        try:
+            with store.patient():  # the call has done its work: its outcome must be recorded
+                store.append_audit(ts=time.time(), market_ts=self._market_ts(), kind="tool", name=name,
+                                   args={"call": call_id}, outcome=outcome, detail=detail[:4000] if detail else None,
+                                   duration_ms=(time.perf_counter() - t0) * 1000.0)
+        except Exception:
+            log.exception("audit write failed")
 
 
 class AuditMiddleware:
-    """Sees every tools/call: validates arguments strictly, then audits the call and its outcome."""
+    """Sees every tools/call: refuses malformed, oversized and invalid calls (audited as rejected),
+    validates arguments strictly, then audits the call's start and its outcome."""
 
-    def __init__(self, specs: dict[str, ToolSpec]):
+    def __init__(self, specs: dict[str, ToolSpec], auditor: CallAuditor):
         self.specs = specs
+        self.auditor = auditor
 
     async def __call__(self, ctx: Any, call_next: Any) -> Any:
         if ctx.method != "tools/call":
             return await call_next(ctx)
-        params = ctx.params or {}
-        name = str(params.get("name", ""))
-        args = params.get("arguments")
-        state: AppState | None = getattr(ctx, "lifespan_context", None)
+        params = ctx.params
         t0 = time.perf_counter()
+        if not isinstance(params, dict) or not isinstance(params.get("name"), str) or not params.get("name"):
+            got = params.get("name") if isinstance(params, dict) else None
+            self.auditor.rejected("(no tool name)" if got is None else str(got)[:100],
+                                  {"_params": params if isinstance(params, dict) else repr(params)[:500]},
+                                  "malformed tools/call: params.name must be a non-empty string")
+            return await call_next(ctx)  # the SDK answers with its protocol error
+        name = params["name"]
+        args = params.get("arguments")
+        try:
+            size = len(json.dumps(args, default=str))
+        except (TypeError, ValueError):
+            size = 0
+        shown_name = bound_text(name, 64)
+        if size > MAX_REQUEST_ARGS_BYTES:
+            text = (f"{shown_name}: the arguments are {size:,} bytes of JSON; at most {MAX_REQUEST_ARGS_BYTES:,} are "
+                    f"accepted{_largest(args)}. Nothing was done.")
+            self.auditor.rejected(name, args, text, size)
+            return _error_result(text)
         spec = self.specs.get(name)
-        if spec is not None:
-            try:
-                validate_input(spec, args)
-            except ToolError as e:
-                self._audit(state, name, args, "rejected", str(e), t0)
-                return CallToolResult(content=[TextContent(type="text", text=str(e))], is_error=True)
+        if spec is None:
+            self.auditor.rejected(name, args, f"unknown tool {shown_name!r}")
+            return await call_next(ctx)  # the SDK answers 'unknown tool'
+        try:
+            validate_input(spec, args)
+        except ToolError as e:
+            self.auditor.rejected(name, args, str(e))
+            return _error_result(str(e))
+        try:
+            call_id = self.auditor.started(name, args)
+        except DatabaseBusy:
+            return _error_result(BUSY_TEXT.format(tool=name))
+        token = RAW_ARGS.set(args if isinstance(args, dict) else {})
         try:
             result = await call_next(ctx)
         except BaseException as e:
-            self._audit(state, name, args, "error", type(e).__name__, t0)
+            self.auditor.ended(call_id, name, "error", type(e).__name__, t0)
             raise
+        finally:
+            RAW_ARGS.reset(token)
         if isinstance(result, dict):
             is_error = bool(result.get("isError"))
             content = result.get("content") or []
@@ -130,33 +213,17 @@ class AuditMiddleware:
             is_error = bool(getattr(result, "is_error", False))
             content = getattr(result, "content", None) or []
             text = getattr(content[0], "text", None) if content else None
-        self._audit(state, name, args, "error" if is_error else "ok", text if is_error else None, t0)
+        self.auditor.ended(call_id, name, "error" if is_error else "ok", text if is_error else None, t0)
         return result
 
-    @staticmethod
-    def _audit(state: AppState | None, name: str, args: Any, outcome: str, detail: str | None, t0: float) -> None:
-        if state is None or not isinstance(state, AppState):
-            return
-        try:
-            desk = state.desk
-            desk.store.append_audit(
-                ts=time.time(),
-                market_ts=desk.now(),
-                kind="tool",
-                name=name[:100],
-                args=_redact(args if isinstance(args, dict) else {"_raw": args}),
-                outcome=outcome,
-                detail=detail[:4000] if detail else None,
-                duration_ms=(time.perf_counter() - t0) * 1000.0,
-            )
-        except Exception:  # the audit must never turn a good answer into a crash
-            log.exception("audit write failed")
 
+def build_server(options: ServeOptions, auditor: CallAuditor | None = None) -> MCPServer:
+    auditor = auditor or CallAuditor()
 
-def build_server(options: ServeOptions) -> MCPServer:
     @asynccontextmanager
     async def lifespan(app: MCPServer) -> AsyncIterator[AppState]:
         desk = await open_desk(options)
+        auditor.desk = desk
         try:
             if options.mode != "replay" and options.live_loop:
                 async with anyio.create_task_group() as tg:
@@ -168,6 +235,7 @@ def build_server(options: ServeOptions) -> MCPServer:
             else:
                 yield AppState(desk=desk, options=options)
         finally:
+            auditor.desk = None
             await desk.aclose()
 
     server: MCPServer = MCPServer(
@@ -179,7 +247,8 @@ def build_server(options: ServeOptions) -> MCPServer:
         log_level="WARNING",
     )
     specs = register(server, TOOLS, options.mode, _desk)
-    server.middleware.append(AuditMiddleware(specs))
+    server.middleware.append(AuditMiddleware(specs, auditor))
+    server.auditor = auditor  # type: ignore[attr-defined]  # the transports audit malformed messages through it
     register_prompts(server)
 
     @server.resource("basis://limits", name="limits", title="Risk limits", mime_type="application/json",

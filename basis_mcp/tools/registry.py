@@ -7,9 +7,10 @@ input schema, the validation and the handler's argument all come from one defini
 from __future__ import annotations
 
 import base64
+import contextvars
 import inspect
 import json
-import math
+import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -19,10 +20,16 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, ImageContent, TextContent, ToolAnnotations
 from pydantic import BaseModel, ValidationError
 
-from basis_mcp.errors import Rejected
+from basis_mcp.errors import Rejected, Verbatim, Violation
 from basis_mcp.history import DataError
 from basis_mcp.models import InputModel, ToolOutput
+from basis_mcp.redact import MASK, bound_text, looks_like_credential, scrub
+from basis_mcp.store import DatabaseBusy
 from basis_mcp.venue.base import VenueError, VenueTimeout
+
+BUSY_TEXT = ("{tool}: the book's database is locked by another process right now (an operator command, a backup or a "
+             "database browser holding a write lock); nothing was done. Retry in a few seconds (a trade: with the same "
+             "idempotency_key).")
 
 Handler = Callable[[Any, Any, Context], Awaitable["ToolOutput | WithImages"]]
 
@@ -50,21 +57,33 @@ class ToolSpec:
     modes: tuple[str, ...] = ("replay", "paper", "live", "readonly")
 
 
-def _fmt_value(v: Any) -> str:
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)
-    s = repr(v)
-    return s if len(s) <= 60 else s[:57] + "..."
+RAW_ARGS: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("basis_mcp_raw_args", default=None)
+
+
+def as_sent(v: Any, limit: int = 80) -> str:
+    """A value the way the client sent it (JSON), control and non-ASCII characters escaped."""
+    try:
+        s = json.dumps(v, ensure_ascii=True, allow_nan=True)
+    except (TypeError, ValueError):
+        s = repr(v)
+    return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
 def format_validation_error(tool: str, model: type[BaseModel], err: ValidationError) -> str:
-    """One line per problem, naming the argument, the value and the rule."""
+    """One line per problem, naming the argument, the value as sent (masked if the name looks like a
+    credential) and the rule."""
     allowed = ", ".join(model.model_fields)
     lines = []
     for e in err.errors(include_url=False):
         loc = ".".join(str(p) for p in e["loc"]) or "arguments"
+        if any(looks_like_credential(p) for p in e["loc"] if isinstance(p, str)):
+            shown = MASK
+        else:
+            shown = as_sent(e.get("input"))
         kind = e["type"]
         if kind == "extra_forbidden":
+            if looks_like_credential(loc):
+                loc = bound_text(loc, 40)
             lines.append(
                 f"unknown argument {loc!r}: {tool} accepts only [{allowed}]. Risk limits and configuration are "
                 "set by the operator and cannot be changed through a tool."
@@ -72,8 +91,47 @@ def format_validation_error(tool: str, model: type[BaseModel], err: ValidationEr
         elif kind == "missing":
             lines.append(f"missing required argument {loc!r}")
         else:
-            lines.append(f"invalid argument {loc}={_fmt_value(e.get('input'))}: {e['msg']}")
+            lines.append(f"invalid argument {loc}={shown}: {_rule(e)}")
     return f"{tool}: " + "; ".join(lines)
+
+
+def _rule(e: Any) -> str:
+    kind, msg = e["type"], e["msg"]
+    if kind in ("float_type", "int_type", "bool_type", "float_parsing", "int_parsing", "int_from_float"):
+        want = {"float_type": "a JSON number", "float_parsing": "a JSON number", "int_type": "a whole JSON number",
+                "int_parsing": "a whole JSON number", "int_from_float": "a whole JSON number", "bool_type": "true or false"}[kind]
+        return f"must be {want}, not {_json_type(e.get('input'))} ({msg})"
+    return msg
+
+
+def _json_type(v: Any) -> str:
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, str):
+        return "a string"
+    if v is None:
+        return "null"
+    if isinstance(v, float):
+        return "a fraction"
+    if isinstance(v, list):
+        return "an array"
+    if isinstance(v, dict):
+        return "an object"
+    return type(v).__name__
+
+
+def violation_text(tool: str, e: Rejected) -> str:
+    """A desk refusal, with each field's value quoted as the client sent it."""
+    raw = RAW_ARGS.get() or {}
+    vs = []
+    for v in e.violations:
+        if looks_like_credential(v.field):
+            vs.append(Violation(v.field, MASK, v.rule))
+        elif v.field in raw:
+            vs.append(Violation(v.field, Verbatim(as_sent(raw[v.field])), v.rule))
+        else:
+            vs.append(v)
+    return scrub(f"{tool} {Rejected(violations=vs)}")
 
 
 def validate_input(spec: ToolSpec, arguments: Any) -> InputModel:
@@ -107,12 +165,20 @@ def _make_fn(spec: ToolSpec, get_desk: Callable[[Context], Any]) -> Callable[...
         try:
             out = await spec.handler(desk, inp, ctx)
         except Rejected as e:
-            raise ToolError(f"{spec.name} {e}") from None
+            raise ToolError(violation_text(spec.name, e)) from None
+        except DatabaseBusy:
+            raise ToolError(BUSY_TEXT.format(tool=spec.name)) from None
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) and "busy" not in str(e):
+                raise
+            raise ToolError(f"{spec.name}: the book's database stayed locked by another process for minutes while this "
+                            "call was changing the book; what was sent to the venue is in the orders table and the "
+                            "watchdog reconciles it. Check portfolio_status before retrying.") from None
         except DataError as e:
-            raise ToolError(f"{spec.name}: {e}") from None
+            raise ToolError(f"{spec.name}: {scrub(str(e))}") from None
         except (VenueError, VenueTimeout) as e:
             # trading paths catch venue errors themselves and say what executed; this is a read that failed
-            raise ToolError(f"{spec.name}: the venue did not answer usefully ({e or type(e).__name__}); "
+            raise ToolError(f"{spec.name}: the venue did not answer usefully ({scrub(str(e)) or type(e).__name__}); "
                             "retry shortly, and check portfolio_status for the book's state") from None
         if isinstance(out, WithImages):
             out.output.alerts = desk.pop_alerts()

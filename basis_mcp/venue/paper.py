@@ -23,7 +23,7 @@ from basis_mcp.clock import Clock
 from basis_mcp.config import Settings
 from basis_mcp.costs import Market
 from basis_mcp.feed import MarketDataUnavailable, MarketFeed
-from basis_mcp.store import Database
+from basis_mcp.store import BUSY_PATIENT_MS, Database
 from basis_mcp.venue.base import (
     FundingEvent,
     LiquidationEvent,
@@ -94,7 +94,7 @@ class PaperVenue:
     remote = False
     def __init__(self, path: Path | str, feed: MarketFeed, settings: Settings, clock: Clock, faults: FaultPlan | None = None):
         self.name = f"paper:{feed.venue}"
-        self.db = Database(path, PAPER_SCHEMA)
+        self.db = Database(path, PAPER_SCHEMA, busy_ms=BUSY_PATIENT_MS)  # the exchange never gives up on a lock
         self.faults = faults or FaultPlan()
         self.feed = feed
         self.settings = settings
