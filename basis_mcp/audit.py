@@ -4,10 +4,11 @@ in a journal outside it too, so no rewrite of the database alone goes unnoticed.
 - Each row's ``hash`` is ``HMAC-SHA256(key, prev_hash ‖ canonical JSON of the row)``.
   Without the key nobody can recompute the chain after editing, inserting or deleting a row.
 - The key is a file (``<db>.audit-key`` by default, or ``--audit-key`` /
-  ``$BASIS_MCP_AUDIT_KEY``), 32 random bytes created with owner-only permissions on the
-  book's first start.
+  ``$BASIS_MCP_AUDIT_KEY_FILE``), 32 random bytes created with owner-only permissions on the
+  book's first start, and never again: a book that already has keyed rows and no key file
+  is refused, never silently given a new key.
 - After every commit that added audit rows, a checkpoint line goes to the journal
-  (``<db>.audit-journal`` by default, or ``--audit-journal`` / ``$BASIS_MCP_AUDIT_JOURNAL``):
+  (``<db>.audit-journal`` by default, or ``--audit-journal`` / ``$BASIS_MCP_AUDIT_JOURNAL_FILE``):
   an append-only file of ``{"n": rows, "head": hash of row n, "at": time, "mac": …}``
   lines. Cutting the chain's tail (with or without rewriting anything in the database),
   emptying or dropping the table, all leave the journal pointing at rows that are gone.
@@ -38,8 +39,8 @@ from typing import Any
 
 GENESIS_HASH = "0" * 64
 FIELDS = ("id", "ts", "market_ts", "kind", "name", "args_json", "outcome", "detail", "duration_ms")
-KEY_ENV = "BASIS_MCP_AUDIT_KEY"
-JOURNAL_ENV = "BASIS_MCP_AUDIT_JOURNAL"
+KEY_ENV = "BASIS_MCP_AUDIT_KEY_FILE"
+JOURNAL_ENV = "BASIS_MCP_AUDIT_JOURNAL_FILE"
 FSYNC_EVERY = 32
 
 
@@ -55,10 +56,17 @@ class AuditPaths:
     @classmethod
     def for_db(cls, db: Path | str, key: Path | str | None = None, journal: Path | str | None = None,
                env: dict[str, str] | None = None) -> AuditPaths:
+        """Explicit paths, else the environment, else beside the database's real path (a symlinked
+        or relative --db reaches the same key and journal)."""
         env = dict(os.environ) if env is None else env
-        db = Path(db)
-        k = key or env.get(KEY_ENV) or db.with_name(db.name + ".audit-key")
-        j = journal or env.get(JOURNAL_ENV) or db.with_name(db.name + ".audit-journal")
+        real = Path(os.path.realpath(db))
+        k = key or env.get(KEY_ENV) or real.with_name(real.name + ".audit-key")
+        j = journal or env.get(JOURNAL_ENV) or real.with_name(real.name + ".audit-journal")
+        for name, value in (("audit key", k), ("audit journal", j)):
+            text = str(value)
+            if len(text) >= 32 and all(c in "0123456789abcdefABCDEF" for c in text) and not Path(text).exists():
+                raise AuditKeyError(f"the {name} setting holds 64 hex characters, not a file path: give the path of the "
+                                    "file that holds the key, never the key itself")
         return cls(Path(k), Path(j))
 
 
@@ -116,19 +124,35 @@ def _checkpoint_mac(key: bytes, n: int, head: str, at: str) -> str:
     return hmac.new(key, f"basis-mcp-audit-checkpoint:{n}:{head}:{at}".encode(), hashlib.sha256).hexdigest()
 
 
+_os_write = os.write  # (tests swap it for a full disk)
+
+
+class JournalError(OSError):
+    """A checkpoint could not be written (disk full, permissions): the database write stands."""
+
+
 class Journal:
-    """Append-only checkpoint lines, one write per line, safe for several writing processes."""
+    """Append-only checkpoint lines, one write per line, safe for several writing processes.
+
+    A short write (a full disk) leaves a torn line; the next append starts on a fresh line, and
+    `verify` reads torn lines as unreadable, not as tampering."""
 
     def __init__(self, path: Path, key: bytes):
         self.path = path
         self.key = key
         self._fd: int | None = None
         self._since_sync = 0
+        self._needs_newline = False
 
     def _open(self) -> int:
         if self._fd is None:
+            if self.path.exists() and not self.path.is_file():
+                raise OSError(21, f"{self.path} is not a regular file")
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            size = os.fstat(self._fd).st_size
+            if size:
+                self._needs_newline = os.pread(self._fd, 1, size - 1) != b"\n"
         return self._fd
 
     def append(self, n: int, head: str) -> None:
@@ -136,21 +160,35 @@ class Journal:
         at = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1e6) % 1_000_000:06d}Z"
         line = json.dumps({"n": n, "head": head, "at": at, "mac": _checkpoint_mac(self.key, n, head, at)},
                           separators=(",", ":")) + "\n"
-        fd = self._open()
-        os.write(fd, line.encode())  # O_APPEND: one write of a short line lands whole, after every other writer's
+        try:
+            fd = self._open()
+            data = (b"\n" if self._needs_newline else b"") + line.encode()
+            written = _os_write(fd, data)  # O_APPEND: one write of a short line lands whole, after every other writer's
+        except OSError as e:
+            self._needs_newline = True
+            raise JournalError(e.errno, f"cannot write the audit journal {self.path}: {e.strerror}") from None
+        if written != len(data):
+            self._needs_newline = True
+            raise JournalError(28, f"short write to the audit journal {self.path} ({written} of {len(data)} bytes)")
+        self._needs_newline = False
         self._since_sync += 1
         if self._since_sync >= FSYNC_EVERY:
             self.sync()
 
     def sync(self) -> None:
         if self._fd is not None:
-            os.fsync(self._fd)
+            try:
+                os.fsync(self._fd)
+            except OSError:
+                pass
             self._since_sync = 0
 
     def close(self) -> None:
         if self._fd is not None:
             try:
                 os.fsync(self._fd)
+            except OSError:
+                pass
             finally:
                 os.close(self._fd)
                 self._fd = None
@@ -217,13 +255,20 @@ class Verdict:
 
 def quick_check(conn: sqlite3.Connection, key: bytes, journal: Path) -> str | None:
     """At start-up: does the chain still reach the journal's newest checkpoint? (O(1); `verify` is the full check.)"""
+    rows = conn.execute("SELECT COUNT(*) FROM audit").fetchone()[0]
+    if journal.exists() and not journal.is_file():
+        return f"the audit journal {journal} is not a regular file"
     try:
         with open(journal, "rb") as fh:
             fh.seek(0, os.SEEK_END)
             fh.seek(max(fh.tell() - 4096, 0))
             tail = fh.read().decode(errors="replace").splitlines()
     except FileNotFoundError:
-        return None
+        return f"the audit journal {journal} is missing but the book has {rows} audit rows" if rows else None
+    except OSError as e:
+        return f"cannot read the audit journal {journal}: {e.strerror}"
+    if rows and not any(line.strip().startswith("{") for line in tail):
+        return f"the audit journal {journal} has no checkpoints but the book has {rows} audit rows"
     for line in reversed(tail):
         try:
             c = json.loads(line)
@@ -244,6 +289,9 @@ def quick_check(conn: sqlite3.Connection, key: bytes, journal: Path) -> str | No
 def _read_journal(path: Path, key: bytes, v: Verdict) -> list[tuple[int, int, str]]:
     """[(line number, n, head)] of the journal's valid checkpoints; bad lines are problems."""
     out = []
+    if path.exists() and not path.is_file():
+        v.problems.append(f"the audit journal {path} is not a regular file")
+        return out
     try:
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     except FileNotFoundError:
@@ -253,6 +301,7 @@ def _read_journal(path: Path, key: bytes, v: Verdict) -> list[tuple[int, int, st
     except OSError as e:
         v.problems.append(f"cannot read the audit journal {path}: {e.strerror}")
         return out
+    unreadable = []
     for i, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -260,15 +309,15 @@ def _read_journal(path: Path, key: bytes, v: Verdict) -> list[tuple[int, int, st
             c = json.loads(line)
             n, head, at, mac = int(c["n"]), str(c["head"]), str(c["at"]), str(c["mac"])
         except (ValueError, KeyError, TypeError):
-            if i == len(lines):
-                v.notes.append(f"journal line {i} is incomplete (a crash while writing it); ignored")
-                continue
-            v.problems.append(f"journal line {i} is not a checkpoint: the journal was edited")
+            unreadable.append(i)  # a torn write (crash, full disk) vouches for nothing, and cannot hide anything
             continue
         if not hmac.compare_digest(mac, _checkpoint_mac(key, n, head, at)):
             v.problems.append(f"journal line {i} (row {n}) does not carry a valid MAC: forged, edited, or another key")
             continue
         out.append((i, n, head))
+    if unreadable:
+        v.notes.append(f"{len(unreadable)} unreadable journal line(s) ({', '.join(map(str, unreadable[:5]))}): torn writes, "
+                       "ignored (they vouch for nothing)")
     return out
 
 
@@ -276,13 +325,15 @@ def verify(db: Path, paths: AuditPaths) -> Verdict:
     """Check the chain in ``db`` with the key and the journal in ``paths``. Opens the database read-only."""
     v = Verdict(ok=False)
     try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        conn = sqlite3.connect(Path(db).resolve().as_uri() + "?mode=ro", uri=True)
         version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     except sqlite3.Error as e:
         v.problems.append(f"cannot open {db}: {e}")
         return v
     try:
-        if version is not None and version[0] == "1" and not paths.journal.exists():
+        # only a book that has never been opened by this version (no key, no journal) is checked the old, unkeyed way;
+        # with a key or a journal in reach, an unkeyed chain is a rewritten one
+        if version is not None and version[0] == "1" and not paths.journal.exists() and not paths.key.exists():
             ok, msg, n = _walk_legacy(conn)  # a v1 book this version has not opened yet: the old, unkeyed check
             v.ok, v.rows = ok, n
             (v.notes if ok else v.problems).append(msg)
@@ -351,8 +402,12 @@ def _verify(conn: sqlite3.Connection, key: bytes, paths: AuditPaths, v: Verdict)
             v.notes.append(f"rows 1..{legacy} are the book's schema-v1 chain (unkeyed), anchored by keyed row {legacy + 1}")
     if not v.problems and n == 0:
         v.problems.append("the audit table is empty: a book that has ever been served has at least its start row")
+    walked = not v.problems  # after a break in the chain, the rows past it prove nothing either way
     checkpoints = _read_journal(paths.journal, key, v)
-    if checkpoints:
+    if n and paths.journal.exists() and not checkpoints and walked:
+        v.problems.append(f"the audit journal {paths.journal} holds no valid checkpoint for a chain of {n} rows: "
+                          "the journal was emptied or replaced")
+    if checkpoints and walked:
         last_line, last_n, _ = max(checkpoints, key=lambda c: c[1])
         for line, cn, head in checkpoints:
             if cn > n:

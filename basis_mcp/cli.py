@@ -35,9 +35,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--live", action="store_true", help="REAL ORDERS with real money; needs API keys")
     a = p.add_argument_group("audit log (see README: Audit log)")
     a.add_argument("--audit-key", type=Path, default=None,
-                   help="the book's audit key file (default: $BASIS_MCP_AUDIT_KEY, else <db>.audit-key beside the database)")
+                   help="the book's audit key file (default: $BASIS_MCP_AUDIT_KEY_FILE, else <db>.audit-key beside the database)")
     a.add_argument("--audit-journal", type=Path, default=None,
-                   help="the audit checkpoint journal (default: $BASIS_MCP_AUDIT_JOURNAL, else <db>.audit-journal)")
+                   help="the audit checkpoint journal (default: $BASIS_MCP_AUDIT_JOURNAL_FILE, else <db>.audit-journal)")
 
 
 def audit_paths(args: argparse.Namespace, db: Path):
@@ -103,9 +103,22 @@ def main(argv: list[str] | None = None) -> int:
     bt.add_argument("--no-chart", action="store_true")
     bt.add_argument("--sweep", action="append", default=[], metavar="NAME=V1,V2,...",
                     help="sweep a parameter over values (repeatable): every combination is run")
+    import typing
+
     from basis_mcp.backtest.params import BacktestParams
 
+    bt.add_argument("--fill-delay", dest="p_fill_delay_seconds", default=None, metavar="DURATION",
+                    help="fill this long after the signal, at the first fresh bar at or after it: 0 (the signal's own "
+                         "close), 5m, 1h (default: 1h, one hourly bar; see README)")
+    bt.add_argument("--config", type=Path, default=os.environ.get("BASIS_MCP_CONFIG"),
+                    help="operator config (TOML): per-symbol costs, and the caps --sizing desk applies")
     for name, f in BacktestParams.model_fields.items():
+        if name == "fill_delay_seconds":
+            continue
+        if typing.get_origin(f.annotation) is typing.Literal:
+            bt.add_argument("--" + name.replace("_", "-"), dest=f"p_{name}", choices=typing.get_args(f.annotation),
+                            default=None, help=f"{f.description or name} (default {f.default})")
+            continue
         typ = int if f.annotation is int else float
         bt.add_argument("--" + name.replace("_", "-"), dest=f"p_{name}", type=typ, default=None,
                         help=f"{f.description or name} (default {f.default})")
@@ -141,10 +154,12 @@ def _backtest(args: argparse.Namespace) -> int:
 
     from basis_mcp.backtest.params import BacktestParams
     from basis_mcp.backtest.runner import load_markets, run, sweep, write_outputs
+    from basis_mcp.config import ConfigError, load_settings
     from basis_mcp.history import DataError, load_any
 
     overrides = {k[2:]: v for k, v in vars(args).items() if k.startswith("p_") and v is not None}
     try:
+        settings = load_settings(args.config)
         params = BacktestParams(**overrides)
         grid: dict[str, list[float]] = {}
         for spec in args.sweep:
@@ -152,13 +167,13 @@ def _backtest(args: argparse.Namespace) -> int:
             if name not in BacktestParams.model_fields or not values:
                 raise DataError(f"--sweep {spec!r}: expected NAME=V1,V2 with NAME one of the parameters")
             grid[name] = [float(v) for v in values.split(",")]
+        symbols = [s for s in args.symbols.split(",") if s.strip()]
         histories = load_any(args.data)
-        markets = load_markets(histories, args.symbols.split(","), args.start, args.end, params)
+        markets = load_markets(histories, symbols, args.start, args.end, params, settings)
     except ValidationError as e:
-        print("basis-mcp backtest: " + "; ".join(f"{'.'.join(map(str, er['loc'])) or 'params'}: {er['msg']}" for er in e.errors()),
-              file=sys.stderr)
+        print("basis-mcp backtest: " + "; ".join(f"{_flag(er['loc'])}: {er['msg']}" for er in e.errors()), file=sys.stderr)
         return 2
-    except (DataError, ValueError) as e:
+    except (DataError, ValueError, ConfigError) as e:
         print(f"basis-mcp backtest: {e}", file=sys.stderr)
         return 2
     if grid:
@@ -168,22 +183,51 @@ def _backtest(args: argparse.Namespace) -> int:
         for r in rows:
             print("  ".join(f"{'' if r[c] is None else r[c]:>14}" for c in cols))
         return 0
-    result = run(markets, params, args.engine, _progress_bar)
+    try:
+        result = run(markets, params, args.engine, _progress_bar, settings=settings)
+    except DataError as e:
+        print(f"basis-mcp backtest: {e}", file=sys.stderr)
+        return 2
     paths = write_outputs(result, args.out, chart=not args.no_chart)
     s = result.summary
-    print(f"{', '.join(result.symbols)}  {result.start[:10]} → {result.end[:10]}  ({args.engine} engine)")
+    delay = params.fill_delay_seconds
+    print(f"{', '.join(result.symbols)}  {result.start[:10]} → {result.end[:10]}  playbook {params.playbook}, "
+          f"{params.sizing} sizing, fills {'at the signal bar' if delay == 0 else f'{delay / 3600:g} h after the signal'} "
+          f"({args.engine} engine)")
     print(f"trades {s['trades']}  win rate {s['win_rate_pct']}%  avg hold {s['avg_hold_days']} d  exposure {s['exposure_pct']}%")
     print(f"basis ${s['basis_pnl_usd']:,.2f}  funding ${s['funding_usd']:,.2f}  fees ${s['fees_usd']:,.2f}  "
           f"slippage ${s['slippage_usd']:,.2f}  =  P&L ${s['total_pnl_usd']:,.2f}")
     print(f"return {s['total_return_pct']}% of ${params.capital_usd:,.0f}  APY {s['apy_pct']}%  "
           f"APY while invested {s['apy_while_invested_pct']}%  Sharpe {s['sharpe']}  max drawdown {s['max_drawdown_pct']}%")
-    print(f"\n{'year':>6} {'trades':>7} {'win%':>7} {'basis $':>10} {'funding $':>10} {'costs $':>10} {'P&L $':>10} {'ret %':>8}")
+    print("exits: " + ", ".join(f"{k} {v}" for k, v in s["exit_reasons"].items()) + f"  (emergency {s['emergency_exit_pct']}%)")
+    sens = result.sensitivity
+    if sens:
+        kept = sens["one_bar_kept_pct"]
+        print(f"fill-delay sensitivity: P&L ${sens['pnl_fill_at_signal_usd']:,.2f} filled at the signal bar, "
+              f"${sens['pnl_fill_one_bar_later_usd']:,.2f} one bar later" + (f" ({kept}% kept)" if kept is not None else ""))
+    if result.always_on:
+        a = result.always_on
+        print(f"always-on carry (same run): P&L ${a['total_pnl_usd']:,.2f}, APY {a['apy_pct']}% of capital")
+        for sym in result.symbols:
+            b = result.by_symbol[sym]
+            print(f"  {sym}: this playbook ${b['total_pnl_usd']:,.2f} vs always-on ${b['always_on_pnl_usd']:,.2f} "
+                  f"({b['vs_always_on_dollars_pct']}%); at constant notional ${b['pnl_at_constant_notional_usd']:,.2f} vs "
+                  f"${b['always_on_pnl_at_constant_notional_usd']:,.2f} ({b['vs_always_on_pct']}%)")
+    print(f"\n{'year':>6} {'closed':>7} {'funding $':>10} {'costs $':>10} {'P&L $':>10} {'ret %':>8} {'always-on $':>12}")
     for y in result.by_year:
-        print(f"{y['year']:>6} {y['trades']:>7} {y['win_rate_pct']:>7} {y['basis_pnl_usd']:>10,.2f} {y['funding_usd']:>10,.2f} "
-              f"{y['costs_usd']:>10,.2f} {y['pnl_usd']:>10,.2f} {y['return_pct']:>8.3f}")
+        print(f"{y['year']:>6} {y['trades_closed']:>7} {y['funding_usd']:>10,.2f} {y['costs_usd']:>10,.2f} "
+              f"{y['pnl_usd']:>10,.2f} {y['return_pct']:>8.3f} {y.get('always_on_pnl_usd', 0.0):>12,.2f}")
+    stale = {k: v for k, v in result.stale.items() if v}
+    if stale:
+        print("stale candles treated as gaps: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in stale.items()))
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0
+
+
+def _flag(loc: tuple) -> str:
+    name = ".".join(map(str, loc)) or "params"
+    return "--fill-delay" if name == "fill_delay_seconds" else "--" + name.replace("_", "-")
 
 
 def _existing_store(db: Path, paths=None):

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from basis_mcp.costs import LegCosts, PairCosts
 from basis_mcp.margin import Bracket, brackets
+from basis_mcp.playbooks import ExitRules
 
 Tier = Literal["anchor", "mid", "speculative"]
 
@@ -31,7 +32,8 @@ class HardLimits:
     max_drawdown: float = 0.15
     max_realised_vol_1h: float = 0.05
     max_orders_per_minute: int = 120
-    max_hold_days: float = 30.0
+    max_hold_days: float = 30.0  # the convergence playbook
+    max_hold_days_carry: float = 365.0  # the carry playbook: long holds are its point (margin is watched every tick)
     max_stale_seconds_live: float = 10.0
 
     def allocation(self, tier: str) -> float:
@@ -131,6 +133,26 @@ DEFAULT_SPECS: dict[str, SymbolSpec] = {
 }
 
 
+# A symbol nobody described: costs wider than any listed one (thin books are the rule there),
+# the lot step from the venue or, failing that, from its price (`lot_step_for_price`).
+CONSERVATIVE_SPEC = SymbolSpec(
+    spot_half_spread_bps=5.0,
+    perp_half_spread_bps=4.0,
+    spot_impact_bps_per_sqrt_musd=60.0,
+    perp_impact_bps_per_sqrt_musd=45.0,
+    min_notional_usd=5.0,
+    mmr_brackets=[(5_000, 0.01), (25_000, 0.025), (100_000, 0.05), (250_000, 0.10), (1_000_000, 0.125), (math.inf, 0.50)],
+)
+
+
+def lot_step_for_price(price: float) -> float:
+    """A conservative lot step for a coin at ``price``: a power of ten worth $1–$10 (venues' own
+    steps are finer; rounding to a coarser one never sends an order the venue would refuse)."""
+    if not (price > 0 and math.isfinite(price)):
+        return 1.0
+    return float(10.0 ** math.floor(math.log10(10.0 / price)))
+
+
 # field -> (hard ceiling, "max" = value must be <= ceiling | "min" = value must be >= ceiling)
 TIGHTEN_ONLY: dict[str, tuple[float, str]] = {
     "max_leverage": (HARD.max_leverage, "max"),
@@ -143,6 +165,8 @@ TIGHTEN_ONLY: dict[str, tuple[float, str]] = {
     "margin_close_ratio": (1.30, "min"),
     "max_imbalance_pct": (2.0, "max"),
     "basis_stop_multiple": (3.0, "max"),
+    "carry_max_hold_days": (HARD.max_hold_days_carry, "max"),
+    "liquidation_distance_add_pct": (5.0, "min"),
 }
 
 
@@ -166,6 +190,8 @@ class Settings(BaseModel):
     margin_add_ratio: float = Field(1.50, description="watchdog adds margin below this margin ratio")
     margin_close_ratio: float = Field(1.30, description="watchdog closes both legs below this margin ratio")
     max_imbalance_pct: float = Field(2.0, gt=0, description="watchdog rebalances above this leg imbalance")
+    liquidation_distance_add_pct: float = Field(15.0, ge=1, le=90, description="watchdog adds margin when the short's liquidation price is closer than this, percent above the mark")
+    liquidation_distance_target_pct: float = Field(25.0, ge=1, le=95, description="... enough to put it this far above the mark")
     basis_stop_multiple: float = Field(3.0, gt=1, description="watchdog stops out when basis exceeds this multiple of entry")
     zscore_window: int = Field(1080, ge=30, le=100_000)
     zscore_sample_seconds: int = Field(3600, ge=60, le=86_400, description="one basis sample per symbol per bucket")
@@ -173,7 +199,21 @@ class Settings(BaseModel):
         3599.0, ge=0, le=86_400, description="replay data is hourly: a price from this hour is fresh, a missing bar is stale"
     )
     max_stale_seconds_live: float = Field(5.0, gt=0)
-    max_hold_days: float = Field(30.0, gt=0)
+    max_hold_days: float = Field(30.0, gt=0, description="convergence playbook: planned exit after this many days")
+    # the server's basis and funding exits, per playbook (see basis_mcp.playbooks)
+    basis_stop_floor_pct: float = Field(0.05, ge=0, le=5, description="basis stop floor, percent")
+    basis_stop_sigmas: float = Field(2.0, ge=0, le=20, description="basis stop floor in the symbol's own basis std")
+    basis_smoothing_hours: float = Field(8.0, ge=1, le=72, description="the basis the server's exits read is averaged over this window")
+    flip_sigmas: float = Field(1.0, ge=0, le=20, description="convergence: basis inverted once its average is below -this × std")
+    funding_exit_8h_pct: float = Field(-0.005, ge=-1, le=1, description="convergence: funding-reversal level, percent per 8 h")
+    funding_exit_basis_pct: float = Field(0.15, ge=-5, le=5, description="convergence: ... with less basis than this left")
+    funding_exit_hours: float = Field(24.0, ge=1, le=720, description="convergence: funding averaged over this window")
+    carry_lookback_days: float = Field(7.0, ge=1, le=90, description="carry: funding averaged over this many days")
+    carry_entry_8h_pct: float = Field(0.005, ge=-1, le=1, description="carry: enter at or above this mean funding per 8 h, percent")
+    carry_exit_8h_pct: float = Field(-0.005, ge=-1, le=1, description="carry: leave below this mean funding per 8 h, percent")
+    carry_cost_cover: float = Field(2.0, ge=0, le=100, description="carry: expected funding over the hold must pay the round trip this many times")
+    carry_max_hold_days: float = Field(365.0, gt=0, description="carry playbook: planned exit (a re-size) after this many days")
+    fill_delay_seconds: float = Field(0.0, ge=0, le=86_400, description="replay: paper fills land at the first fresh bar this long after the order")
     max_advance_hours: float = Field(24.0 * 92, gt=0, le=24.0 * 366)
     live_confirmation: bool = Field(True, description="live mode: enter/exit need a confirmation token first")
     confirmation_ttl_seconds: float = Field(60.0, ge=5, le=600)
@@ -219,7 +259,24 @@ class Settings(BaseModel):
             raise ValueError(f"default_leverage {self.default_leverage:g} is above max_leverage {self.max_leverage:g}")
         if self.margin_close_ratio >= self.margin_add_ratio:
             raise ValueError("margin_close_ratio must be below margin_add_ratio")
+        if self.liquidation_distance_target_pct <= self.liquidation_distance_add_pct:
+            raise ValueError("liquidation_distance_target_pct must be above liquidation_distance_add_pct")
+        if self.carry_exit_8h_pct >= self.carry_entry_8h_pct:
+            raise ValueError(f"carry_exit_8h_pct {self.carry_exit_8h_pct:g} must be below carry_entry_8h_pct "
+                             f"{self.carry_entry_8h_pct:g} (the gap stops the carry from churning)")
         return self
+
+    @property
+    def exit_rules(self) -> ExitRules:
+        return ExitRules(
+            basis_stop_multiple=self.basis_stop_multiple, basis_stop_floor_pct=self.basis_stop_floor_pct,
+            basis_stop_sigmas=self.basis_stop_sigmas, basis_smoothing_hours=self.basis_smoothing_hours,
+            flip_sigmas=self.flip_sigmas, funding_exit_8h_pct=self.funding_exit_8h_pct,
+            funding_exit_basis_pct=self.funding_exit_basis_pct, funding_exit_hours=self.funding_exit_hours,
+            carry_lookback_days=self.carry_lookback_days, carry_entry_8h_pct=self.carry_entry_8h_pct,
+            carry_exit_8h_pct=self.carry_exit_8h_pct, carry_cost_cover=self.carry_cost_cover,
+            max_hold_days=self.max_hold_days, carry_max_hold_days=self.carry_max_hold_days,
+        )
 
     # ---------------------------------------------------------------- lookups
 
@@ -233,7 +290,21 @@ class Settings(BaseModel):
         return "speculative"
 
     def spec(self, symbol: str) -> SymbolSpec:
-        return self.symbols.get(symbol) or DEFAULT_SPECS.get(symbol) or SymbolSpec()
+        return self.symbols.get(symbol) or DEFAULT_SPECS.get(symbol) or CONSERVATIVE_SPEC
+
+    def has_spec(self, symbol: str) -> bool:
+        return symbol in self.symbols or symbol in DEFAULT_SPECS
+
+    def with_unknown_symbols(self, hints: dict[str, tuple[float | None, float | None]]) -> Settings:
+        """Settings where every symbol in ``hints`` without a spec gets the conservative one, with
+        the lot step from ``(venue_step, price)``: the venue's own if known, else from the price."""
+        extra = {}
+        for sym, (venue_step, price) in hints.items():
+            if self.has_spec(sym):
+                continue
+            step = venue_step if venue_step and venue_step > 0 else lot_step_for_price(price or 0.0)
+            extra[sym] = CONSERVATIVE_SPEC.model_copy(update={"qty_step": step})
+        return self if not extra else self.model_copy(update={"symbols": {**self.symbols, **extra}})
 
 
 ENV_PREFIX = "BASIS_MCP_"

@@ -61,14 +61,17 @@ from basis_mcp.models import (
     Unavailable,
     ZScoreOutput,
 )
+from basis_mcp.playbooks import PLAYBOOKS, Signals, carry_entry_check, expected_carry_usd, stop_level_pct
 from basis_mcp.redact import scrub, scrub_value
 from basis_mcp.signals import (
+    ZSCORE_MIN_SAMPLES,
     RollingZScore,
     entry_expected_net_usd,
     estimate_net_return,
     funding_8h_pct,
     funding_apr_pct,
     realised_vol_1h_pct,
+    settlements_in,
     zscore_stats,
 )
 from basis_mcp.sizing import Cap, entry_capital_usd, floor_to_step, size_position
@@ -79,12 +82,37 @@ from basis_mcp.venue.paper import PaperVenue
 from basis_mcp.watchdog import WatchdogMixin
 
 DEFAULT_REPLAY_START = "2024-03-01T00:00:00Z"
+# earlier versions of the shipped extract a replay book may have been built on, and what changed since
+SHIPPED_EXTRACT_PREDECESSORS = {
+    "901c07d8101b4736": "zero-volume flat candles left by exchange outages (BTC 5, ETH 3) are now gaps, not prices",
+}
+FUND_DIGITS = 12  # funding means are rounded like the backtest's (basis_mcp.backtest.engine.FUND_DIGITS)
 OPEN_STATES = ("opening", "open", "closing")
 ProgressFn = Callable[[float, float, str], Awaitable[None]]
 
 
 def _r(x: float | None, nd: int = 10) -> float | None:
     return None if x is None else round(float(x), nd)
+
+
+def _venue_lot_hints(feed: Any) -> dict[str, tuple[float | None, float | None]]:
+    """(lot step, price) per symbol from a live feed's markets: the coarser of the spot and perp steps."""
+    hints: dict[str, tuple[float | None, float | None]] = {}
+    ex = getattr(feed, "ex", None)
+    markets = getattr(ex, "markets", None) or {}
+    decimal_places = getattr(ex, "precisionMode", None) == 2  # ccxt.DECIMAL_PLACES; otherwise TICK_SIZE: a step
+    for sym in feed.symbols:
+        steps = []
+        for name in (feed.spot_symbol(sym), feed.perp_symbol(sym)):
+            amount = ((markets.get(name) or {}).get("precision") or {}).get("amount")
+            if isinstance(amount, int | float) and amount > 0:
+                steps.append(10.0 ** -float(amount) if decimal_places else float(amount))
+        try:
+            price = feed.snapshot(sym).spot
+        except MarketDataUnavailable:
+            price = None
+        hints[sym] = (max(steps) if steps else None, price)
+    return hints
 
 
 class Desk(ExecutionMixin, WatchdogMixin):
@@ -143,8 +171,12 @@ class Desk(ExecutionMixin, WatchdogMixin):
             if mode is not None and mode != "replay":
                 raise Rejected("db", str(db_path), f"this database belongs to a '{mode}' desk, not a replay desk")
             stored_fp = store.get_meta("data_fingerprint")
+            upgraded_from = None
             if stored_fp is not None and stored_fp != fp:
-                raise Rejected("data", str(data_path or "shipped"), "this database was built on different market data; use another --db")
+                if data_path is None and stored_fp in SHIPPED_EXTRACT_PREDECESSORS:
+                    upgraded_from = stored_fp  # the same shipped history, only cleaned: the book carries on
+                else:
+                    raise Rejected("data", str(data_path or "shipped"), "this database was built on different market data; use another --db")
             clock = SimClock(0.0)
             feed = ReplayFeed(histories, clock)
             saved = store.get_meta("replay_time")
@@ -168,9 +200,15 @@ class Desk(ExecutionMixin, WatchdogMixin):
         faults = faults or FaultPlan.from_env()
         if faults.stall_market_data:
             feed.frozen_at = t
+        settings = settings.with_unknown_symbols({
+            sym: (None, float(h.spot[np.flatnonzero(~np.isnan(h.spot))[0]]) if (~np.isnan(h.spot)).any() else None)
+            for sym, h in histories.items()})
         venue = PaperVenue(db_path, feed, settings, clock, faults)
         desk = cls(settings, store, feed, venue, clock, "replay", faults)
         desk.lease = lease
+        if upgraded_from is not None:
+            desk.alert("info", "data_upgraded", f"the shipped history changed under this book: "
+                       f"{SHIPPED_EXTRACT_PREDECESSORS[upgraded_from]}", {"from": upgraded_from, "to": fp})
         return desk
 
     @classmethod
@@ -228,6 +266,7 @@ class Desk(ExecutionMixin, WatchdogMixin):
                 feeds[v] = LiveFeed(v, ex, clock, universe)
                 await feeds[v].start()
             feed = feeds[primary]
+            settings = settings.with_unknown_symbols(_venue_lot_hints(feed))
             if trading == "live":
                 venue: Any = LiveVenue(primary, feed.ex, feed, settings, clock)
                 await venue.verify_credentials()
@@ -405,6 +444,12 @@ class Desk(ExecutionMixin, WatchdogMixin):
             self.audit("alert", rule, data, severity, message)
 
     def pop_alerts(self) -> list[Alert]:
+        failed = self.store.journal_failed
+        if failed and "journal_failed" not in self._notes:
+            self._notes.add("journal_failed")
+            self.alert("critical", "audit_journal_failed", f"{failed}: audit rows are still written to the database, but "
+                       "without checkpoints outside it until this is fixed (free the disk, fix the permissions)",
+                       {"journal": str(self.store.audit_paths.journal)})
         with self.store.tx():
             rows = self.store.q("SELECT * FROM alerts WHERE delivered = 0 ORDER BY id")
             if rows:
@@ -766,14 +811,51 @@ class Desk(ExecutionMixin, WatchdogMixin):
             sample_interval_seconds=self.settings.zscore_sample_seconds,
         )
 
-    def _funding_assumption(self, sym: str, snap: Snapshot, override_8h_pct: float | None) -> tuple[float, str]:
-        """(rate per interval as a fraction, source)."""
+    def _funding_assumption(self, sym: str, snap: Snapshot, override_8h_pct: float | None,
+                            playbook: str = "convergence") -> tuple[float, str]:
+        """(rate per interval as a fraction, source). carry: the carry lookback mean the entry rule reads."""
         if override_8h_pct is not None:
             return override_8h_pct / 100.0 * snap.funding_interval_hours / 8.0, "given"
+        if playbook == "carry":
+            fc = self.signals(sym, snap).funding_carry_8h_pct
+            days = self.settings.carry_lookback_days
+            if fc is not None:
+                return fc / 100.0 / 8.0 * snap.funding_interval_hours, f"mean_settled_{days:g}d"
         mean = self.feed.mean_funding_rate(sym, self.now() - 30 * 86400, self.now())
         if mean is not None:
             return mean, "mean_settled_30d"
         return snap.funding_rate, snap.funding_rate_source
+
+    def signals(self, sym: str, snap: Snapshot) -> Signals:
+        """What the playbook rules read now: the basis averaged over the funding window (fresh
+        samples only), its std over the z-score window, and the funding means (per 8 h, percent)."""
+        r = self.settings.exit_rules
+        now = self.now()
+        row = self.store.one("SELECT AVG(basis_pct) AS a, COUNT(*) AS n FROM basis_samples WHERE symbol = ? AND ts > ? AND ts <= ?",
+                             (sym, now - r.basis_smoothing_hours * 3600.0, now))
+        tr = self.z.get(sym)
+        std = tr.std if tr is not None and tr.n >= ZSCORE_MIN_SAMPLES else None
+        iv = snap.funding_interval_hours
+
+        def mean_8h(span_s: float) -> float | None:
+            m = self.feed.mean_funding_rate(sym, now - span_s, now)
+            return None if m is None else float(np.round(m * 8.0 / iv * 100.0, FUND_DIGITS))
+
+        return Signals(basis_pct=snap.basis_pct, basis_smooth_pct=row["a"] if row and row["n"] else None, basis_std_pct=std,
+                       funding_recent_8h_pct=mean_8h(r.funding_exit_hours * 3600.0),
+                       funding_carry_8h_pct=mean_8h(r.carry_lookback_days * 86400.0))
+
+    def carry_refusal(self, sym: str, snap: Snapshot, qty: float, hold_days: float) -> str | None:
+        """Why the carry entry rule refuses ``qty`` of ``sym`` now (None: it may enter)."""
+        r = self.settings.exit_rules
+        fc = self.signals(sym, snap).funding_carry_8h_pct
+        rate = 0.0 if fc is None else fc / 100.0 / 8.0 * snap.funding_interval_hours
+        n = settlements_in(snap.seconds_to_funding, snap.funding_interval_hours, hold_days * 86400.0)
+        fees, slip = self.settings.spec(sym).costs.round_trip_usd(qty, snap.spot, snap.perp)
+        return carry_entry_check(fc, expected_carry_usd(qty, snap.perp, rate, n), fees + slip, r)
+
+    def hold_limit(self, playbook: str) -> float:
+        return self.settings.carry_max_hold_days if playbook == "carry" else self.settings.max_hold_days
 
     async def estimate_net_apy(
         self,
@@ -784,6 +866,7 @@ class Desk(ExecutionMixin, WatchdogMixin):
         funding_rate_8h_pct: float | None,
         exit_basis_pct: float,
         basis_pct: float | None,
+        playbook: str = "convergence",
     ) -> NetApyEstimate:
         sym = self.resolve(symbol)
         lev = self._check_leverage(leverage)
@@ -792,7 +875,7 @@ class Desk(ExecutionMixin, WatchdogMixin):
         entry_basis = snap.basis_pct if basis_pct is None else basis_pct
         spot = snap.spot
         perp = spot * (1 + entry_basis / 100.0)
-        rate, source = self._funding_assumption(sym, snap, funding_rate_8h_pct)
+        rate, source = self._funding_assumption(sym, snap, funding_rate_8h_pct, playbook)
         q = notional_usd / spot
         costs = self.settings.spec(sym).costs
         fees, slip = costs.round_trip_usd(q, spot, perp)
@@ -818,8 +901,24 @@ class Desk(ExecutionMixin, WatchdogMixin):
             leverage=lev,
             entry_exit_cost_usd=(fees, slip),
         )
+        if playbook == "carry":
+            why = self.carry_refusal(sym, snap, q, hold_days)
+            cr = self.settings.exit_rules
+            note = (f"carry: enters when the last {cr.carry_lookback_days:g} days of funding averaged ≥ "
+                    f"{cr.carry_entry_8h_pct:g}%/8h and the funding expected over the hold pays the round trip "
+                    f"{cr.carry_cost_cover:g}x; the server exits when that average falls below {cr.carry_exit_8h_pct:g}%/8h "
+                    f"(max hold {cr.carry_max_hold_days:g} d). " + ("Passes now." if why is None else f"Refused now: {why}."))
+            entry_ok = why is None
+        else:
+            entry_ok = est.net_usd > 0
+            note = ("convergence: enters when the expected net over the hold is > 0 (basis converging to exit_basis_pct, "
+                    f"funding, costs); max hold {self.settings.max_hold_days:g} d. "
+                    + ("Passes now." if entry_ok else "Refused now: the expected net is not positive."))
         return NetApyEstimate(
             symbol=sym,
+            playbook=playbook,
+            playbook_entry_ok=entry_ok,
+            playbook_note=note,
             notional_usd=notional_usd,
             quantity=q,
             hold_days=hold_days,
@@ -864,7 +963,8 @@ class Desk(ExecutionMixin, WatchdogMixin):
             ),
         ]
 
-    async def size(self, symbol: str, leverage: float | None, target_notional_usd: float | None) -> SizePositionOutput:
+    async def size(self, symbol: str, leverage: float | None, target_notional_usd: float | None,
+                   playbook: str = "convergence") -> SizePositionOutput:
         sym = self.resolve(symbol)
         lev = self._check_leverage(leverage)
         snap = self.snapshot(sym)
@@ -883,6 +983,8 @@ class Desk(ExecutionMixin, WatchdogMixin):
         )
         return SizePositionOutput(
             symbol=sym,
+            playbook=playbook,
+            max_hold_days=self.hold_limit(playbook),
             tier=self.settings.tier_of(sym),
             leverage=lev,
             recommended_notional_usd=_r(res.notional_usd, 6) or 0.0,
@@ -912,6 +1014,7 @@ class Desk(ExecutionMixin, WatchdogMixin):
             position_id=row["id"],
             symbol=row["symbol"],
             strategy=row["strategy"],
+            playbook=row["playbook"],
             status=row["status"],
             quantity=row["quantity"],
             leverage=row["leverage"],
@@ -1157,7 +1260,7 @@ class Desk(ExecutionMixin, WatchdogMixin):
         from pydantic import ValidationError
 
         from basis_mcp.backtest.chart import backtest_chart
-        from basis_mcp.backtest.params import BacktestParams
+        from basis_mcp.backtest.params import BacktestParams, parse_duration
         from basis_mcp.backtest.runner import load_markets, parse_when, run
         from basis_mcp.errors import Violation
         from basis_mcp.history import load_extract
@@ -1166,7 +1269,11 @@ class Desk(ExecutionMixin, WatchdogMixin):
 
         fields = [k for k in BacktestParams.model_fields if k in type(inp).model_fields]
         try:
-            params = BacktestParams(**{k: getattr(inp, k) for k in fields})
+            delay = parse_duration(inp.fill_delay, "fill_delay")
+        except ValueError as e:
+            raise Rejected("fill_delay", inp.fill_delay, str(e).split(": ", 1)[-1]) from None
+        try:
+            params = BacktestParams(**{k: getattr(inp, k) for k in fields}, fill_delay_seconds=delay)
         except ValidationError as e:
             raise Rejected(violations=[Violation(".".join(map(str, er["loc"])) or "params", er.get("input"), er["msg"])
                                        for er in e.errors()]) from None
@@ -1183,7 +1290,8 @@ class Desk(ExecutionMixin, WatchdogMixin):
             await ctx.report_progress(done, total, message=msg)
 
         def work():
-            res = run(markets, params, "vectorized", lambda d, t, msg: anyio.from_thread.run(report, d, t, msg))
+            res = run(markets, params, "vectorized", lambda d, t, msg: anyio.from_thread.run(report, d, t, msg),
+                      settings=self.settings)
             return res, (backtest_chart(res) if inp.chart else None)
 
         res, png = await anyio.to_thread.run_sync(work)
@@ -1191,7 +1299,8 @@ class Desk(ExecutionMixin, WatchdogMixin):
         out = BacktestOutput(
             symbols=data["symbols"], start=data["start"], end=data["end"], params=data["params"], summary=data["summary"],
             by_year=data["by_year"], by_symbol=data["by_symbol"], spot_gaps=data["spot_gaps"], trades=data["trades"][:200],
-            trades_total=len(data["trades"]),
+            trades_total=len(data["trades"]), fill_delay_sensitivity=data["fill_delay_sensitivity"],
+            always_on_carry=data["always_on_carry"], stale_bars=data["stale_bars"],
         )
         return WithImages(out, [png] if png else [])
 
@@ -1314,7 +1423,7 @@ class Desk(ExecutionMixin, WatchdogMixin):
         return f"bm-{position_id}-{market[0]}{purpose[0]}-{h}{suffix}"
 
     async def entry_readings(
-        self, sym: str, notional_usd: float, lev: float, expected_hold_days: float
+        self, sym: str, notional_usd: float, lev: float, expected_hold_days: float, playbook: str = "convergence"
     ) -> tuple[EntryReadings, Snapshot, float]:
         """Everything the pre-trade rules look at, measured now. Returns (readings, snapshot, quantity)."""
         snap = self.snapshot(sym)
@@ -1364,30 +1473,51 @@ class Desk(ExecutionMixin, WatchdogMixin):
             rounded_notional_usd=rounded,
             venue_reachable=self.venue_down_seconds() == 0.0,
             venue_down_seconds=self.venue_down_seconds(),
+            playbook=playbook,
+            carry_refusal=self.carry_refusal(sym, snap, qty, expected_hold_days) if playbook == "carry" else None,
+            stop_now=self._stop_fires_at_entry(sym, snap),
         )
         return r, snap, qty
 
+    def _stop_fires_at_entry(self, sym: str, snap: Snapshot) -> str | None:
+        """An entry the basis stop would close at once (the smoothed basis already beyond it) is refused."""
+        sig = self.signals(sym, snap)
+        if sig.basis_smooth_pct is None:
+            return None
+        stop = stop_level_pct(snap.basis_pct, sig.basis_std_pct, self.settings.exit_rules)
+        if sig.basis_smooth_pct > stop:
+            return (f"the basis averaged over {self.settings.basis_smoothing_hours:g} h ({sig.basis_smooth_pct:.4f}%) is "
+                    f"already beyond the stop this entry would get ({stop:.4f}%)")
+        return None
+
     async def enter(
-        self, symbol: str, notional_usd: float, leverage: float | None, key: str, strategy: str, expected_hold_days: float = 7.0,
-        confirmation_token: str | None = None,
+        self, symbol: str, notional_usd: float, leverage: float | None, key: str, strategy: str,
+        expected_hold_days: float | None = None, confirmation_token: str | None = None, playbook: str = "convergence",
     ) -> EnterTradeOutput:
         if self.mode == "readonly":
             raise Rejected("mode", "readonly", "this server was started read-only: no trading")
+        if playbook not in PLAYBOOKS:
+            raise Rejected("playbook", playbook, f"unknown playbook; one of {', '.join(PLAYBOOKS)}")
         sym = self.resolve(symbol)
+        if expected_hold_days is None:
+            expected_hold_days = 90.0 if playbook == "carry" else 7.0
         args = {"symbol": sym, "notional_usd": notional_usd, "leverage": leverage, "strategy": strategy,
                 "expected_hold_days": expected_hold_days}
+        if playbook != "convergence":  # (keeps the idempotency hash of convergence entries as it always was)
+            args["playbook"] = playbook
         async with self.lock:
             prior = self._idempotent(key, "enter_trade", args)
             if prior is not None:
                 return EnterTradeOutput.model_validate({**prior, "replayed": True})
             self._key_in_flight(key)
             lev = self.settings.default_leverage if leverage is None else float(leverage)
-            if expected_hold_days > self.settings.max_hold_days:
-                raise Rejected("expected_hold_days", expected_hold_days, f"above the max hold of {self.settings.max_hold_days:g} days")
+            if expected_hold_days > self.hold_limit(playbook):
+                raise Rejected("expected_hold_days", expected_hold_days,
+                               f"above the {playbook} playbook's max hold of {self.hold_limit(playbook):g} days")
             if self.mode == "live" and lev != int(lev):
                 raise Rejected("leverage", leverage, f"{self.feed.venue} takes whole-number leverage")
             await self.ensure_fresh()
-            readings, snap, qty = await self.entry_readings(sym, notional_usd, lev, expected_hold_days)
+            readings, snap, qty = await self.entry_readings(sym, notional_usd, lev, expected_hold_days, playbook)
             violations = pre_trade_violations(readings)
             if violations:
                 self.audit("guardrail", "entry_rejected", {"symbol": sym, "notional_usd": notional_usd, "leverage": lev,
@@ -1408,9 +1538,9 @@ class Desk(ExecutionMixin, WatchdogMixin):
                 if self.confirmations_required:
                     self._consume_confirmation(confirmation_token or "", "enter_trade", signed)
                 cur = self.store.x(
-                    "INSERT INTO positions(symbol, strategy, venue, status, quantity, leverage, notional_usd, opened_at, entry_key,"
-                    " reserved_usd, args_json) VALUES (?,?,?,'opening',?,?,?,?,?,?,?)",
-                    (sym, strategy, self.venue.name, qty, lev, readings.rounded_notional_usd, now, key,
+                    "INSERT INTO positions(symbol, strategy, playbook, venue, status, quantity, leverage, notional_usd, opened_at,"
+                    " entry_key, reserved_usd, args_json) VALUES (?,?,?,?,'opening',?,?,?,?,?,?,?)",
+                    (sym, strategy, playbook, self.venue.name, qty, lev, readings.rounded_notional_usd, now, key,
                      readings.capital_required_usd, json.dumps(args)),
                 )
                 pid = int(cur.lastrowid)

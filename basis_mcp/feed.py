@@ -118,10 +118,12 @@ class ReplayFeed:
         self.clock = clock
         self.frozen_at: float | None = None  # fault injection: prices stop updating at this time
         self._spot_ffill: dict[str, np.ndarray] = {}
-        for sym, hist in histories.items():
-            idx = np.where(np.isnan(hist.spot), -1, np.arange(hist.n))
-            np.maximum.accumulate(idx, out=idx)
-            self._spot_ffill[sym] = idx
+        self._perp_ffill: dict[str, np.ndarray] = {}
+        for sym, hist in histories.items():  # a missing or stale bar shows the last fresh price, with its age
+            for arr, into in ((hist.spot, self._spot_ffill), (hist.perp, self._perp_ffill)):
+                idx = np.where(np.isnan(arr), -1, np.arange(hist.n))
+                np.maximum.accumulate(idx, out=idx)
+                into[sym] = idx
 
     @property
     def symbols(self) -> list[str]:
@@ -154,6 +156,9 @@ class ReplayFeed:
         j = int(self._spot_ffill[symbol][i]) if i >= 0 else -1
         if j < 0:
             raise MarketDataUnavailable(f"{symbol} has no spot price yet at {now:.0f}")
+        jp = int(self._perp_ffill[symbol][i])
+        if jp < 0:
+            raise MarketDataUnavailable(f"{symbol} has no perp price yet at {now:.0f}")
         nxt_a, iv_a, last_a = funding_schedule(h.funding_time, h.funding_rate, now)
         nxt, interval_h = float(nxt_a[0]), float(iv_a[0])
         last_rate = None if np.isnan(last_a[0]) else float(last_a[0])
@@ -162,20 +167,27 @@ class ReplayFeed:
             venue=self.venue,
             now=now,
             spot=float(h.spot[j]),
-            perp=float(h.perp[i]),
+            perp=float(h.perp[jp]),
             mark=float(h.mark[i]),
             mark_high=float(h.mark_high[i]),
             mark_low=float(h.mark_low[i]),
             spot_time=float(h.t0 + j * HOUR),
-            perp_time=float(h.t0 + i * HOUR),
+            perp_time=float(h.t0 + jp * HOUR),
             funding_rate=last_rate if last_rate is not None else 0.0,
             funding_rate_source="last_settled" if last_rate is not None else "none_yet",
             last_settled_rate=last_rate,
             funding_interval_hours=interval_h,
             next_funding_time=nxt,
             mark_is_proxy=bool(h.mark_is_proxy[i]),
-            prev_perp=float(h.perp[i - 1]) if i > 0 else None,
+            prev_perp=float(h.perp[int(self._perp_ffill[symbol][i - 1])]) if i > 0 and self._perp_ffill[symbol][i - 1] >= 0 else None,
         )
+
+    def first_fresh_at_or_after(self, symbol: str, t: float) -> float | None:
+        """The first observation time ≥ ``t`` where both legs traded (None: past the data)."""
+        h = self.h[symbol]
+        i = max(int(np.ceil((t - h.t0) / HOUR)), 0)
+        ok = np.flatnonzero(~(np.isnan(h.spot[i:]) | np.isnan(h.perp[i:])))
+        return float(h.t0 + (i + int(ok[0])) * HOUR) if ok.size else None
 
     def settlements_between(self, t_from: float, t_to: float) -> list[Settlement]:
         """Settlements with t_from < time ≤ t_to, across symbols, in time order."""
@@ -212,6 +224,6 @@ class ReplayFeed:
             return np.empty(0, dtype=np.int64), np.empty(0)
         spot = h.spot[i0 : i1 + 1]
         perp = h.perp[i0 : i1 + 1]
-        ok = ~np.isnan(spot)
+        ok = ~(np.isnan(spot) | np.isnan(perp))
         times = h.t0 + HOUR * np.arange(i0, i1 + 1, dtype=np.int64)
         return times[ok], ((perp[ok] - spot[ok]) / spot[ok] * 100.0)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from basis_mcp.errors import Violation
+from basis_mcp.playbooks import ExitRules, Signals, exit_signal
 
 TradingState = Literal["ACTIVE", "REDUCING", "HALTED"]
 
@@ -46,6 +47,9 @@ class EntryReadings:
     rounded_notional_usd: float
     venue_reachable: bool = True
     venue_down_seconds: float = 0.0
+    playbook: str = "convergence"
+    carry_refusal: str | None = None  # carry: why the carry entry rule says no (None: it may enter)
+    stop_now: str | None = None  # the basis stop would fire at once
 
 
 def pre_trade_violations(r: EntryReadings) -> list[Violation]:
@@ -88,7 +92,12 @@ def pre_trade_violations(r: EntryReadings) -> list[Violation]:
                 f"circuit breaker: symbol {r.symbol} moved more than {r.vol_limit_pct:g} %/h in the last hour, entries paused",
             )
         )
-    if r.expected_net_usd <= 0:
+    if r.stop_now:
+        v.append(Violation("basis_pct", "smoothed", r.stop_now))
+    if r.playbook == "carry":
+        if r.carry_refusal:
+            v.append(Violation("playbook", "carry", f"carry entry rule: {r.carry_refusal}"))
+    elif r.expected_net_usd <= 0:
         v.append(
             Violation(
                 "expected_net_usd",
@@ -115,14 +124,12 @@ class WatchdogLimits:
     margin_add_ratio: float = 1.50
     margin_close_ratio: float = 1.30
     margin_target_ratio: float = 2.00
-    basis_stop_multiple: float = 3.0
-    basis_stop_floor_pct: float = 0.05
-    funding_exit_8h_pct: float = -0.005
-    funding_exit_basis_pct: float = 0.15
     max_imbalance_pct: float = 2.0
-    max_hold_days: float = 30.0
+    liquidation_distance_add_pct: float = 15.0  # add margin when the liquidation price is closer than this to the mark
+    liquidation_distance_target_pct: float = 25.0  # ... to put it this far away again
     settlement_wait_seconds: float = 1800.0
     settlement_wait_min_usd: float = 5.0
+    rules: ExitRules = field(default_factory=ExitRules)  # the basis, funding and hold rules (see `playbooks`)
 
 
 @dataclass(frozen=True)
@@ -131,8 +138,7 @@ class PositionReadings:
     symbol: str
     status: str
     entry_basis_pct: float
-    basis_pct: float
-    funding_rate_8h_pct: float
+    signals: Signals
     margin_ratio: float | None  # margin balance / maintenance margin (fraction)
     spot_quantity: float
     perp_quantity: float  # signed
@@ -140,6 +146,9 @@ class PositionReadings:
     seconds_to_funding: float
     next_funding_usd: float  # + received by this position at the next settlement
     margin_needed_usd: float  # to bring the ratio back to the target
+    playbook: str = "convergence"
+    liquidation_distance_pct: float | None = None  # (liquidation price − mark) / mark × 100 for the short
+    margin_for_distance_usd: float = 0.0  # to put the liquidation price back at the target distance
 
 
 @dataclass(frozen=True)
@@ -155,42 +164,41 @@ class Action:
 def watchdog_actions(p: PositionReadings, lim: WatchdogLimits) -> list[Action]:
     """What the watchdog must do for one open position, most urgent first.
 
-    Emergency exits (margin < 130 %, basis blow-out) never wait. Planned exits (max hold,
-    funding reversal, basis inverted) are returned with ``emergency=False``; the caller
-    defers them while a settlement worth > $5 to this position is < 30 min away.
+    Margin < 130 % closes at once; margin < 150 % adds margin; a leg imbalance is trimmed. The
+    basis, funding and hold rules are the playbook's (`playbooks.exit_signal`): the emergency
+    basis blow-out never waits; planned exits (funding reversal, persistent sign flip, carry
+    funding exit, max hold) are returned with ``emergency=False`` and the caller defers them
+    while a settlement worth > $5 to this position is < 30 min away.
     """
     acts: list[Action] = []
-    nums = {"basis_pct": round(p.basis_pct, 6), "entry_basis_pct": round(p.entry_basis_pct, 6)}
     if p.margin_ratio is not None and p.margin_ratio < lim.margin_close_ratio:
         acts.append(Action("close", "margin_ratio_below_130", True,
                            f"margin ratio {p.margin_ratio * 100:.1f}% < {lim.margin_close_ratio * 100:.0f}%: closing both legs",
                            {"margin_ratio_pct": round(p.margin_ratio * 100, 2)}))
-    stop = lim.basis_stop_multiple * max(p.entry_basis_pct, lim.basis_stop_floor_pct)
-    if p.basis_pct > stop:
-        acts.append(Action("close", "basis_blowout", True,
-                           f"basis {p.basis_pct:.4f}% widened beyond {lim.basis_stop_multiple:g}x entry ({stop:.4f}%): stop",
-                           {**nums, "stop_level_pct": round(stop, 6)}))
+    sig = exit_signal(p.playbook, p.entry_basis_pct, p.held_seconds, p.signals, lim.rules)
+    if sig is not None and sig.emergency:
+        acts.append(Action("close", sig.rule, True, sig.message, sig.numbers))
+    if (p.liquidation_distance_pct is not None and p.liquidation_distance_pct < lim.liquidation_distance_add_pct
+            and p.margin_for_distance_usd > 0 and not (p.margin_ratio is not None and p.margin_ratio < lim.margin_add_ratio)):
+        acts.append(Action("add_margin", "liquidation_distance", True,
+                           f"liquidation price only {p.liquidation_distance_pct:.1f}% above the mark (< "
+                           f"{lim.liquidation_distance_add_pct:g}%): adding ${p.margin_for_distance_usd:,.2f} margin to move it "
+                           f"{lim.liquidation_distance_target_pct:g}% away",
+                           {"liquidation_distance_pct": round(p.liquidation_distance_pct, 3)}, amount_usd=p.margin_for_distance_usd))
     if p.margin_ratio is not None and lim.margin_close_ratio <= p.margin_ratio < lim.margin_add_ratio:
         acts.append(Action("add_margin", "margin_ratio_below_150", True,
-                           f"margin ratio {p.margin_ratio * 100:.1f}% < {lim.margin_add_ratio * 100:.0f}%: adding ${p.margin_needed_usd:,.2f} margin",
-                           {"margin_ratio_pct": round(p.margin_ratio * 100, 2)}, amount_usd=p.margin_needed_usd))
+                           f"margin ratio {p.margin_ratio * 100:.1f}% < {lim.margin_add_ratio * 100:.0f}%: adding "
+                           f"${max(p.margin_needed_usd, p.margin_for_distance_usd):,.2f} margin",
+                           {"margin_ratio_pct": round(p.margin_ratio * 100, 2)},
+                           amount_usd=max(p.margin_needed_usd, p.margin_for_distance_usd)))
     base = max(abs(p.spot_quantity), abs(p.perp_quantity))
     imbalance = abs(p.spot_quantity + p.perp_quantity) / base * 100 if base > 0 else 0.0
     if imbalance > lim.max_imbalance_pct:
         acts.append(Action("rebalance", "delta_imbalance", True,
                            f"legs differ by {imbalance:.2f}% of quantity (> {lim.max_imbalance_pct:g}%): trimming the larger leg",
                            {"imbalance_pct": round(imbalance, 4), "spot_quantity": p.spot_quantity, "perp_quantity": p.perp_quantity}))
-    if p.funding_rate_8h_pct < lim.funding_exit_8h_pct and p.basis_pct < lim.funding_exit_basis_pct:
-        acts.append(Action("close", "funding_reversal", False,
-                           f"funding {p.funding_rate_8h_pct:.4f}%/8h < {lim.funding_exit_8h_pct}% with only {p.basis_pct:.4f}% basis left",
-                           {**nums, "funding_rate_8h_pct": round(p.funding_rate_8h_pct, 6)}))
-    if p.entry_basis_pct > 0 and p.basis_pct < 0:
-        acts.append(Action("close", "basis_inverted", False,
-                           f"basis flipped sign ({p.entry_basis_pct:.4f}% → {p.basis_pct:.4f}%): the carry is over", nums))
-    if p.held_seconds > lim.max_hold_days * 86400:
-        acts.append(Action("close", "max_hold", False,
-                           f"held {p.held_seconds / 86400:.1f} days > max hold {lim.max_hold_days:g} days",
-                           {"held_days": round(p.held_seconds / 86400, 3)}))
+    if sig is not None and not sig.emergency:
+        acts.append(Action("close", sig.rule, False, sig.message, sig.numbers))
     return acts
 
 

@@ -50,6 +50,11 @@ class SymbolHistory:
     funding_time: np.ndarray
     funding_rate: np.ndarray
     mark_is_proxy: np.ndarray = field(repr=False)
+    stale: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]  # bars removed as stale (see `stale_candles`)
+
+    def __post_init__(self) -> None:
+        if self.stale is None:
+            object.__setattr__(self, "stale", np.zeros(int(self.perp.shape[0]), dtype=bool))
 
     @property
     def n(self) -> int:
@@ -68,6 +73,10 @@ class SymbolHistory:
         """Index of the last observation at or before ``t`` (-1 if before the data)."""
         return int(min((t - self.t0) // HOUR, self.n - 1)) if t >= self.t0 else -1
 
+    def stale_times(self) -> list[int]:
+        """Observation times of the candles removed as stale (zero volume, flat)."""
+        return [self.t0 + int(i) * HOUR for i in np.flatnonzero(self.stale)] if self.stale is not None else []
+
     def spot_gaps(self) -> list[tuple[int, int]]:
         """(first_missing_time, hours_missing) for every run of missing spot hours."""
         missing = np.isnan(self.spot)
@@ -79,13 +88,30 @@ class SymbolHistory:
         return [(self.t0 + int(s) * HOUR, int(e - s)) for s, e in zip(starts, ends, strict=True)]
 
 
-def _finish(symbol: str, t0: int, spot, perp, mark, mark_high, mark_low, f_time, f_rate) -> SymbolHistory:
+def stale_candles(o: np.ndarray, h: np.ndarray, lo: np.ndarray, c: np.ndarray, volume: np.ndarray) -> np.ndarray:
+    """Candles an exchange outage left behind: nothing traded and open = high = low = close.
+    They are the last price carried forward, not a market: no signal, fill or sample may use them."""
+    with np.errstate(invalid="ignore"):
+        return (volume == 0) & (o == h) & (h == lo) & (lo == c)
+
+
+def _ffill(a: np.ndarray) -> np.ndarray:
+    idx = np.where(np.isnan(a), 0, np.arange(a.size))
+    np.maximum.accumulate(idx, out=idx)
+    return a[idx]
+
+
+def _finish(symbol: str, t0: int, spot, perp, mark, mark_high, mark_low, f_time, f_rate, stale=None) -> SymbolHistory:
     perp = np.asarray(perp, dtype=np.float64)
     if perp.size == 0 or np.isnan(perp).all():
         raise DataError(f"{symbol}: no perpetual prices")
     mark = np.asarray(mark, dtype=np.float64)
     proxy = np.isnan(mark)
     mark = np.where(proxy, perp, mark)
+    if np.isnan(mark).any():  # a stale or missing perp bar where no mark exists: margin uses the last mark
+        mark = _ffill(mark)
+        first = int(np.flatnonzero(~np.isnan(mark))[0])
+        mark[:first] = mark[first]
     mark_high = np.where(np.isnan(mark_high), mark, mark_high)
     mark_low = np.where(np.isnan(mark_low), mark, mark_low)
     order = np.argsort(f_time, kind="stable")
@@ -102,6 +128,7 @@ def _finish(symbol: str, t0: int, spot, perp, mark, mark_high, mark_low, f_time,
         funding_time=f_time,
         funding_rate=f_rate,
         mark_is_proxy=proxy,
+        stale=np.zeros(perp.size, dtype=bool) if stale is None else np.asarray(stale, dtype=bool),
     )
 
 
@@ -205,7 +232,14 @@ def load_extract(path: Path | str | None = None, symbols: list[str] | None = Non
                 series["mark_low"],
                 z[p + "funding_time"],
                 z[p + "funding_rate_e8"].astype(np.float64) / 1e8,
+                _mask(int(series["perp"].size), z[p + "stale"]) if p + "stale" in z.files else None,
             )
+    return out
+
+
+def _mask(n: int, idx: np.ndarray) -> np.ndarray:
+    out = np.zeros(n, dtype=bool)
+    out[np.asarray(idx, dtype=np.int64)] = True
     return out
 
 
@@ -241,6 +275,7 @@ def save_extract(histories: dict[str, SymbolHistory], path: Path | str) -> None:
         ml = np.where(h.mark_is_proxy, np.nan, h.mark_low)
         for k, v, s in (("spot", h.spot, 1e2), ("perp", h.perp, 1e2), ("mark", mark, 1e8), ("mark_high", mh, 1e8), ("mark_low", ml, 1e8)):
             arrays[p + k], arrays[p + k + "_nan"] = _encode(v, s)
+        arrays[p + "stale"] = np.flatnonzero(h.stale).astype(np.int32)
         arrays[p + "funding_time"] = h.funding_time.astype(np.int64)
         arrays[p + "funding_rate_e8"] = np.rint(h.funding_rate * 1e8).astype(np.int32)
     np.savez_compressed(path, **arrays)
@@ -313,8 +348,16 @@ def load_freqtrade_dir(path: Path | str, symbols: list[str] | None = None, quote
         if (t0 % HOUR) or (t1 % HOUR):
             raise DataError(f"{sym}: perp candles are not on hour boundaries")
         n = (t1 - t0) // HOUR + 1
-        perp = _on_grid(t0, n, obs_p, pc["close"])
-        spot = _on_grid(t0, n, st + HOUR, sc["close"])
+        stale = np.zeros(n, dtype=bool)
+        legs = []
+        for times_, c_ in ((obs_p, pc), (st + HOUR, sc)):
+            close = c_["close"]
+            if "volume" in c_:  # outage candles are gaps, not prices
+                dead = stale_candles(c_["open"], c_["high"], c_["low"], close, c_["volume"])
+                close = np.where(dead, np.nan, close)
+                stale |= _on_grid(t0, n, times_, dead.astype(np.float64)) == 1.0
+            legs.append(_on_grid(t0, n, times_, close))
+        perp, spot = legs
         mark = mark_high = mark_low = np.full(n, np.nan)
         mark_file = path / f"{sym}_{quote}_{quote}-1h-mark.feather"
         if mark_file.is_file():
@@ -335,7 +378,7 @@ def load_freqtrade_dir(path: Path | str, symbols: list[str] | None = None, quote
         fr_arr = np.array([f_times[k] for k in ft_arr.tolist()], dtype=np.float64)
         # keep settlements inside the tradable span
         keep = (ft_arr >= t0) & (ft_arr <= t1)
-        out[sym] = _finish(sym, t0, spot, perp, mark, mark_high, mark_low, ft_arr[keep], fr_arr[keep])
+        out[sym] = _finish(sym, t0, spot, perp, mark, mark_high, mark_low, ft_arr[keep], fr_arr[keep], stale)
     return out
 
 

@@ -1,10 +1,13 @@
 """One writer per book: an exclusive, crash-safe lease on the book's database.
 
-A server takes an OS file lock (``flock`` on POSIX, ``msvcrt.locking`` on Windows) on
-``<db>.lease`` before it opens the book, and holds it until the process ends. The kernel
+A server takes an OS file lock before it opens the book and holds it until the process
+ends. On Linux the lock (``flock``) is on the database file itself, so every path that
+reaches the same file — a symlink, a hard link, ``..`` — meets it, and deleting a sidecar
+cannot lift it (``flock`` and SQLite's own ``fcntl`` locks do not interact on Linux);
+elsewhere it is on ``<real path of db>.lease`` (``msvcrt.locking`` on Windows). The kernel
 drops the lock when the process dies, however it dies, so a crash never leaves a stale
-lease behind (unlike a PID file). The holder writes who it is into the file (pid, since
-when, transport, command line) so a second server can name it when it refuses to start.
+lease behind (unlike a PID file). The holder writes who it is into ``<real path>.lease``
+(pid, since when, transport, command line) so a second server can name it when it refuses.
 
 Operator commands (`status`, `halt`, `resume`, `audit`) do not take the lease: they work
 beside a running server through SQLite's own locking, in short transactions.
@@ -88,6 +91,28 @@ class _Held:
     fd: int
     count: int
     desk_open: bool = False
+    info_path: Path | None = None
+
+
+def _write_info(path: Path, info: dict[str, Any]) -> None:
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, (json.dumps(info) + "\n").encode())
+        finally:
+            os.close(fd)
+    except OSError:  # the details are for the refusal message; the lock is what counts
+        pass
+
+
+def _close_quietly(fd: int) -> None:
+    """Close a descriptor of the database file (on Linux the lock lives on it). Closing any
+    descriptor of a file drops this process's fcntl locks on it, so this happens only when the
+    lease is not taken or when the desk's own SQLite connections are already closed."""
+    try:
+        os.close(fd)
+    except OSError:
+        pass
 
 
 _held: dict[str, _Held] = {}
@@ -109,28 +134,31 @@ class BookLease:
         and a book has at most one open desk per process."""
         db = Path(db)
         db.parent.mkdir(parents=True, exist_ok=True)
-        path = lease_path(db)
-        key = str(path.resolve())
+        real = Path(os.path.realpath(db))
+        info_path = lease_path(real)
+        on_db = sys.platform.startswith("linux")
+        target = real if on_db else info_path
         with _guard:
+            if not target.exists():
+                os.close(os.open(target, os.O_RDWR | os.O_CREAT, 0o644))  # a new file: nobody has it open yet
+            st = os.stat(target)
+            key = f"{st.st_dev}:{st.st_ino}"  # one identity for every path to the same file
             held = _held.get(key)
-            if held is None:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            if held is None:  # (never open a second descriptor of a file this process holds: see _close_quietly)
+                fd = os.open(target, os.O_RDWR, 0o644)
                 if not _lock(fd):
-                    os.close(fd)
-                    raise BookLeaseHeld(db, read_holder(path))
+                    _close_quietly(fd)
+                    raise BookLeaseHeld(db, read_holder(info_path))
                 info = {"pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                         "transport": transport, "hostname": _hostname(), "command": " ".join(sys.argv)[:300],
-                        "database": str(db.resolve())}
-                data = (json.dumps(info) + "\n").encode()
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, data, 0)
-                os.fsync(fd)
-                held = _held[key] = _Held(fd, 0)
+                        "database": str(real)}
+                _write_info(info_path, info)
+                held = _held[key] = _Held(fd, 0, info_path=info_path)
             if desk:
                 if held.desk_open:
                     if held.count == 0:  # pragma: no cover - defensive
                         _held.pop(key, None)
-                    raise BookLeaseHeld(db, {**(read_holder(path) or {}), "transport": "another desk in this process"})
+                    raise BookLeaseHeld(db, {**(read_holder(info_path) or {}), "transport": "another desk in this process"})
                 held.desk_open = True
             held.count += 1
         return cls(db, key, desk)
@@ -148,10 +176,12 @@ class BookLease:
             held.count -= 1
             if held.count <= 0:
                 _held.pop(self._key, None)
-                try:
-                    os.ftruncate(held.fd, 0)
-                finally:
-                    os.close(held.fd)  # closing the descriptor drops the lock
+                if held.info_path is not None:
+                    try:
+                        os.truncate(held.info_path, 0)
+                    except OSError:
+                        pass
+                _close_quietly(held.fd)  # closing the descriptor drops the lock
 
     def __enter__(self) -> BookLease:
         return self

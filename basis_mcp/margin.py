@@ -83,3 +83,13 @@ def bankruptcy_price(wallet_balance: float, qty_signed: float, entry_price: floa
     """Price at which the margin balance is exactly zero."""
     q = abs(qty_signed)
     return entry_price + wallet_balance / q if qty_signed < 0 else entry_price - wallet_balance / q
+
+
+def wallet_for_liquidation_price(target_lp: float, qty_signed: float, entry_price: float, table: list[Bracket]) -> float:
+    """The isolated wallet balance that puts the liquidation price at ``target_lp`` (inverse of
+    `liquidation_price`, bracket chosen at Q·LP). Short: WB = LP·Q·(1 + MMR) − cum − Q·EP."""
+    q = abs(qty_signed)
+    b = bracket_for(q * target_lp, table)
+    if qty_signed < 0:
+        return target_lp * q * (1.0 + b.mmr) - b.cum_usd - q * entry_price
+    return q * entry_price - b.cum_usd - target_lp * q * (1.0 - b.mmr)

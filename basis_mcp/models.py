@@ -26,12 +26,25 @@ def _whole_number(v: object) -> object:
     return int(v) if isinstance(v, float) and v.is_integer() and abs(v) < 2**63 else v
 
 
+# Characters that render as nothing (Unicode's default-ignorable code points, fillers, the blank braille cell)
+_INVISIBLE = (
+    (0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160), (0x17B4, 0x17B5), (0x180B, 0x180F),
+    (0x200B, 0x200F), (0x202A, 0x202E), (0x2060, 0x206F), (0x2800, 0x2800), (0x3164, 0x3164), (0xFE00, 0xFE0F),
+    (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0), (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF),
+)
+
+
+def _invisible(ch: str) -> bool:
+    o = ord(ch)
+    return any(lo <= o <= hi for lo, hi in _INVISIBLE)
+
+
 def _plain_text(v: str) -> str:
     import unicodedata
 
     for i, ch in enumerate(v):
         cat = unicodedata.category(ch)
-        if cat in ("Cc", "Cf", "Cs", "Co", "Cn") or ch in ("\u2028", "\u2029"):
+        if cat in ("Cc", "Cf", "Cs", "Co", "Cn") or ch in ("\u2028", "\u2029") or _invisible(ch):
             raise ValueError(f"no control or invisible formatting characters allowed (found U+{ord(ch):04X} at "
                              f"position {i}); send plain text")
     return v
@@ -67,6 +80,15 @@ ConfirmationToken = Annotated[
 ]
 
 
+PlaybookName = Annotated[
+    Literal["convergence", "carry"],
+    Field(description="convergence: the z-score trade (enter on a rich basis, exit when it converges; short holds, "
+          "max 30 days; the basis is the profit). carry: hold for funding (enter when the last 7 days of funding averaged "
+          "≥ 0.005 %/8h and the funding expected over the hold pays the round trip twice; the server closes it when the "
+          "7-day average falls below −0.005 %/8h; long holds up to 365 days; funding is the profit)."),
+]
+
+
 class InputModel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -92,14 +114,16 @@ class ComputeZScoreInput(InputModel):
 
 class EstimateNetApyInput(InputModel):
     symbol: Symbol
+    playbook: PlaybookName = "convergence"
     notional_usd: FiniteFloat = Field(gt=0, le=1e9, description="Spot-leg notional in USD (both legs are this size).")
-    hold_days: FiniteFloat = Field(ge=1 / 24, le=365, description="Expected holding period in days (at least one hour = 0.0417).")
+    hold_days: FiniteFloat = Field(ge=1 / 24, le=365, description="Expected holding period in days (at least one hour = 0.0417); carry holds run to months.")
     leverage: FiniteFloat | None = Field(None, ge=1, description="Perp leverage for the capital estimate; default: the desk's default.")
     funding_rate_8h_pct: FiniteFloat | None = Field(
         None,
         ge=-5,
         le=5,
-        description="Assumed funding per 8 h in percent (0.01 = 0.01 %). Default: the mean settled rate of the last 30 days.",
+        description="Assumed funding per 8 h in percent (0.01 = 0.01 %). Default: the mean settled rate of the last 30 days "
+        "(convergence) or of the carry lookback, 7 days (carry).",
     )
     exit_basis_pct: FiniteFloat = Field(0.0, ge=-10, le=10, description="Basis you expect at exit, percent; default 0 (full convergence).")
     basis_pct: FiniteFloat | None = Field(None, ge=-20, le=20, description="Entry basis in percent; default: the current basis.")
@@ -107,6 +131,7 @@ class EstimateNetApyInput(InputModel):
 
 class SizePositionInput(InputModel):
     symbol: Symbol
+    playbook: PlaybookName = "convergence"
     leverage: FiniteFloat | None = Field(None, ge=1, description="Perp leverage; default: the desk's default. Must not exceed the desk's cap.")
     target_notional_usd: FiniteFloat | None = Field(None, gt=0, le=1e12, description="Notional you would like; the answer is capped by every limit.")
 
@@ -119,8 +144,12 @@ class EnterTradeInput(InputModel):
     strategy: Literal["cash_and_carry"] = Field(
         "cash_and_carry", description="cash_and_carry = buy spot and short the perpetual in equal base quantity."
     )
-    expected_hold_days: FiniteFloat = Field(
-        7.0, ge=1 / 24, le=30, description="Your planned hold in days; the entry is refused unless the expected net return over it is > 0."
+    playbook: PlaybookName = "convergence"
+    expected_hold_days: FiniteFloat | None = Field(
+        None, ge=1 / 24, le=365,
+        description="Your planned hold in days (default 7 for convergence, at most its 30-day max hold; 90 for carry, at most "
+        "365). convergence: refused unless the expected net return over it is > 0. carry: refused unless the funding expected "
+        "over it pays the round trip twice.",
     )
     confirmation_token: ConfirmationToken = None
 
@@ -155,20 +184,32 @@ DateStr = Annotated[str, StringConstraints(min_length=4, max_length=32, pattern=
 
 
 class BacktestInput(InputModel):
-    symbols: list[Symbol] = Field(default_factory=lambda: ["BTC", "ETH"], min_length=1, max_length=10)
-    start: DateStr = "2020-01-01"
+    symbols: list[Symbol] = Field(default_factory=lambda: ["BTC", "ETH"], min_length=1, max_length=10,
+                                  description="symbols to backtest (base assets), at most 10")
+    playbook: PlaybookName = "convergence"
+    fill_delay: Annotated[str, StringConstraints(max_length=16, pattern=r"^[0-9][0-9.]*\s*(s|m|min|h|d)?$")] = Field(
+        "1h", description="fills land at the first fresh bar this long after the signal: '0' = at the signal's own close, "
+        "'1h' (default) = the next hourly bar. The result always reports P&L for both.")
+    sizing: Literal["fixed", "desk"] = Field(
+        "fixed", description="fixed: notional_usd per position; desk: size_position's caps (tiers, single-position cap, "
+        "free capital), notional_usd as the target")
+    start: DateStr = Field("2020-01-01", description="first day of the range (UTC)")
     end: DateStr | None = Field(
         None, description="default: now (replay: the replay clock, which a backtest never looks past; live: the data's end)"
     )
-    min_basis_pct: FiniteFloat = Field(0.05, ge=-5, le=5, description="enter at or above this basis, percent")
-    min_zscore: FiniteFloat = Field(1.5, ge=-10, le=10, description="enter at or above this basis z-score")
-    exit_basis_pct: FiniteFloat = Field(0.0, ge=-5, le=5, description="exit when basis falls to this, percent (must be below min_basis_pct)")
-    exit_zscore: FiniteFloat = Field(0.0, ge=-10, le=10, description="exit when z falls to this (must be below min_zscore)")
-    max_hold_days: FiniteFloat = Field(30.0, gt=0, le=30)
-    expected_hold_days: FiniteFloat = Field(7.0, ge=1 / 24, le=30, description="hold used for the net-return-after-costs entry check")
-    notional_usd: FiniteFloat = Field(5_000.0, gt=0, le=1e9, description="spot-leg notional per trade")
-    leverage: FiniteFloat = Field(2.0, ge=1, le=5)
-    zscore_window: WholeNumber = Field(1080, ge=30, le=100_000)
+    min_basis_pct: FiniteFloat = Field(0.05, ge=-5, le=5, description="convergence: enter at or above this basis, percent")
+    min_zscore: FiniteFloat = Field(1.5, ge=-10, le=10, description="convergence: enter at or above this basis z-score")
+    exit_basis_pct: FiniteFloat = Field(0.0, ge=-5, le=5, description="convergence: exit when basis falls to this, percent (below min_basis_pct)")
+    exit_zscore: FiniteFloat = Field(0.0, ge=-10, le=10, description="convergence: exit when z falls to this (below min_zscore)")
+    max_hold_days: FiniteFloat = Field(30.0, gt=0, le=30, description="convergence: max hold in days")
+    expected_hold_days: FiniteFloat = Field(7.0, ge=1 / 24, le=30, description="convergence: hold used for the net-return-after-costs entry check")
+    carry_entry_8h_pct: FiniteFloat = Field(0.005, ge=-1, le=1, description="carry: enter when the 7-day mean funding is at least this, percent per 8 h")
+    carry_exit_8h_pct: FiniteFloat = Field(-0.005, ge=-1, le=1, description="carry: exit when the 7-day mean funding falls below this (below the entry level)")
+    carry_lookback_days: FiniteFloat = Field(7.0, ge=1, le=90, description="carry: days of funding the mean covers")
+    carry_max_hold_days: FiniteFloat = Field(365.0, gt=0, le=365, description="carry: max hold in days (then re-sized)")
+    notional_usd: FiniteFloat = Field(5_000.0, gt=0, le=1e9, description="spot-leg notional per trade (the target with sizing=desk)")
+    leverage: FiniteFloat = Field(2.0, ge=1, le=5, description="perp leverage")
+    zscore_window: WholeNumber = Field(1080, ge=30, le=100_000, description="z-score window in hourly samples")
     chart: bool = Field(True, description="return the chart image (basis with z-bands and entries/exits, equity curve)")
 
 
@@ -256,6 +297,9 @@ class ZScoreOutput(ToolOutput):
 
 class NetApyEstimate(ToolOutput):
     symbol: str
+    playbook: str = Field(description="The playbook this estimate is for.")
+    playbook_entry_ok: bool = Field(description="Would the playbook's entry rule let this trade in now (see playbook_note)?")
+    playbook_note: str = Field(description="The playbook's entry rule, and why it passes or not.")
     notional_usd: float
     quantity: float
     hold_days: float
@@ -287,6 +331,8 @@ class CapOut(BaseModel):
 
 class SizePositionOutput(ToolOutput):
     symbol: str
+    playbook: str
+    max_hold_days: float = Field(description="The playbook's max hold: the server plans the exit after it.")
     tier: str
     leverage: float
     recommended_notional_usd: float = Field(description="Largest spot-leg notional every cap allows, rounded down to the lot step.")
@@ -324,6 +370,7 @@ class PositionOut(BaseModel):
     position_id: int
     symbol: str
     strategy: str
+    playbook: str = Field(description="convergence or carry: which exit rules the server applies to it.")
     status: str = Field(description="opening | open | closing | closed | liquidated | failed")
     quantity: float = Field(description="Base quantity per leg.")
     leverage: float
@@ -492,11 +539,20 @@ class BacktestOutput(ToolOutput):
     summary: dict[str, Any] = Field(
         description="trades, win_rate_pct, avg_hold_days, basis_pnl_usd, funding_usd, fees_usd, slippage_usd, total_pnl_usd, "
         "total_return_pct (of capital), apy_pct (simple, of capital), apy_while_invested_pct (P&L per dollar a position ties "
-        "up, per year actually held), sharpe (daily, annualised), max_drawdown_pct, exposure_pct."
+        "up, per year actually held), sharpe (daily, annualised), max_drawdown_pct, exposure_pct, exit_reasons (count per "
+        "rule) and emergency_exit_pct."
     )
-    by_year: list[dict[str, Any]]
-    by_symbol: dict[str, dict[str, Any]]
+    fill_delay_sensitivity: dict[str, Any] = Field(
+        description="pnl_fill_at_signal_usd (fills at the signal's own close) and pnl_fill_one_bar_later_usd, side by side.")
+    always_on_carry: dict[str, Any] = Field(
+        description="The benchmark computed in the same run: long spot / short perp all the time, re-sized yearly.")
+    by_year: list[dict[str, Any]] = Field(description="Per calendar year: P&L marked to market (pnl_usd) beside always-on carry.")
+    by_symbol: dict[str, dict[str, Any]] = Field(
+        description="Per symbol: the summary, plus vs_always_on_pct (P&L at constant notional over always-on's) and "
+        "vs_always_on_dollars_pct (raw dollars; moves with the price drift of fixed quantities).")
     spot_gaps: dict[str, list[dict[str, Any]]] = Field(description="Missing spot hours in the range (no trade decisions there).")
+    stale_bars: dict[str, list[str]] = Field(default_factory=dict,
+                                             description="Zero-volume flat candles removed as gaps (no signal, fill or sample).")
     trades: list[dict[str, Any]] = Field(description="The first trades (at most 200); trades_total has the count.")
     trades_total: int
 

@@ -19,8 +19,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import re
 import threading
+import unicodedata
 import urllib.parse
 from typing import Any
 
@@ -28,33 +30,51 @@ MASK = "***"
 
 # Substrings of a normalised name (lower case, letters and digits only) that mark a credential.
 _CREDENTIAL_PARTS = (
-    "token", "secret", "passw", "passwd", "pwd", "passphrase", "auth", "credential", "private", "apikey",
-    "accesskey", "signature", "cookie", "session", "bearer", "mnemonic", "seedphrase", "otp", "jwt",
+    "token", "secret", "passw", "passwd", "pwd", "passphrase", "passcode", "auth", "credential", "creds", "private",
+    "apikey", "accesskey", "accesscode", "signature", "cookie", "session", "bearer", "mnemonic", "seed", "recovery",
+    "otp", "jwt", "hmac", "mfa", "2fa", "totp", "pincode", "xprv", "privkey", "wif",
 )
-# Names that are whole words of a credential on their own, or as the last word ("key", "api_key", "privKey").
-_CREDENTIAL_WORDS = ("key", "keys", "pass", "pin", "sig", "seed", "cert")
+# Whole words of a name that mark a credential on their own ("key", "api_key", "privKey", "pin_code", "pw").
+_CREDENTIAL_WORDS = frozenset({"key", "keys", "pass", "pin", "sig", "cert", "pw", "priv", "code", "phrase"})
 # This server's own argument names that contain a credential word but are not secrets.
 NOT_SECRET = frozenset({"idempotencykey"})
 
 _SPLIT = re.compile(r"[^A-Za-z0-9]+|(?<=[a-z0-9])(?=[A-Z])")
+# letters that look like Latin ones (Cyrillic, Greek): "tоken" with a Cyrillic о is still a token
+_CONFUSABLES = str.maketrans({
+    "а": "a", "е": "e", "о": "o", "р": "p", "с": "c", "у": "y", "к": "k", "х": "x", "і": "i", "ј": "j", "ѕ": "s",
+    "ԁ": "d", "һ": "h", "т": "t", "м": "m", "н": "h", "в": "b", "ԛ": "q", "ԝ": "w", "α": "a", "ο": "o", "ρ": "p",
+    "τ": "t", "κ": "k", "ν": "v", "ι": "i", "ε": "e", "υ": "u", "χ": "x",
+})
 
 
 def _normalise(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
+def _fold(text: str) -> str:
+    return unicodedata.normalize("NFKC", text).translate(_CONFUSABLES)
+
+
 def looks_like_credential(name: Any) -> bool:
-    """True if a field called ``name`` probably holds a credential (case and separator insensitive)."""
-    text = str(name)
+    """True if a field called ``name`` probably holds a credential (case, separator and look-alike
+    insensitive). A name with letters outside plain ASCII is treated as one: this server's own
+    argument names are ASCII, and a disguised name is the point of a disguise."""
+    raw = str(name)
+    if len(raw) > 320:  # no credential name is this long: judge its ends (a 20 MB name must not cost seconds)
+        raw = raw[:256] + "_" + raw[-64:]
+    if not raw.isascii():
+        return True
+    text = _fold(raw)
     norm = _normalise(text)
     if not norm or norm in NOT_SECRET:
         return False
     if any(p in norm for p in _CREDENTIAL_PARTS):
         return True
-    words = [w.lower() for w in _SPLIT.split(text) if w]
-    if words and (words[-1] in _CREDENTIAL_WORDS or any(w in ("key", "keys") for w in words)):
+    words = {w.lower() for w in _SPLIT.split(text) if w}
+    if words & _CREDENTIAL_WORDS and not (words == {"code"} or words == {"phrase"}):
         return True
-    return norm in _CREDENTIAL_WORDS or any(norm.endswith(w) for w in ("key", "keys"))
+    return norm.endswith(("key", "keys"))
 
 
 def mask_credentials(value: Any, _depth: int = 0) -> Any:
@@ -64,7 +84,12 @@ def mask_credentials(value: Any, _depth: int = 0) -> Any:
     if isinstance(value, dict):
         return {k: (MASK if looks_like_credential(k) else mask_credentials(v, _depth + 1)) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [mask_credentials(v, _depth + 1) for v in value]
+        out = [mask_credentials(v, _depth + 1) for v in value]
+        for i in range(len(out) - 1):  # name/value pairs written as lists: ["Authorization", "Bearer …"]
+            if isinstance(value[i], str) and len(value[i]) <= 64 and looks_like_credential(value[i]) \
+                    and isinstance(value[i + 1], str | int | float) and not isinstance(value[i + 1], bool):
+                out[i + 1] = MASK
+        return out
     return value
 
 
@@ -73,7 +98,6 @@ def mask_credentials(value: Any, _depth: int = 0) -> Any:
 _lock = threading.Lock()
 _secrets: set[str] = set()
 _pattern: re.Pattern[str] | None = None
-_QUERY = re.compile(r"(https?://[^\s?\"'\\]+)\?[^\s\"'\\]*")
 
 
 def _base64_cores(raw: bytes) -> set[str]:
@@ -94,14 +118,31 @@ def _base64_cores(raw: bytes) -> set[str]:
 
 def _encodings(secret: str) -> set[str]:
     raw = secret.encode()
+    pct_all = "".join(f"%{b:02X}" for b in raw)
     forms = {secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret),
-             urllib.parse.quote(urllib.parse.quote(secret, safe=""), safe=""),
+             urllib.parse.quote(urllib.parse.quote(secret, safe=""), safe=""), pct_all,
              json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1],
-             json.dumps(secret)[1:-1].replace("/", "\\/"),
-             "".join(f"\\u{ord(c):04x}" for c in secret),
-             raw.hex()}
-    forms |= _base64_cores(raw)
-    return {f for f in forms if len(f) >= 4}
+             json.dumps(secret)[1:-1].replace("/", "\\/"), json.dumps(json.dumps(secret))[1:-1],
+             "".join(f"\\u{ord(c):04x}" for c in secret), "".join(f"\\x{b:02x}" for b in raw),
+             raw.hex(), ":".join(f"{b:02x}" for b in raw), " ".join(f"{b:02x}" for b in raw),
+             secret.encode("utf-16-be").hex(), base64.b32encode(raw).decode().rstrip("="), base64.b85encode(raw).decode()}
+    b64 = _base64_cores(raw)
+    forms |= b64
+    for core in list(b64):  # base64 of base64 (a token inside a basic-auth header inside a log line)
+        forms |= _base64_cores(core.encode())
+    # a venue echoing only part of it: long prefixes and suffixes
+    part = max(12, (len(secret) * 2) // 3)
+    if len(secret) > part:
+        forms |= {secret[:part], secret[-part:]}
+    return {f for f in forms if len(f) >= 6 or f == secret}
+
+
+_SEP = r"(?:\s|\\[nrt]|[\u200b-\u200d\u2060\ufeff])*"  # whitespace, escaped newlines, zero-width characters
+
+
+def _tolerant(form: str) -> str:
+    """A pattern for ``form`` that also matches it wrapped or split by whitespace or zero-width characters."""
+    return _SEP.join(re.escape(c) for c in form)
 
 
 def register_secret(value: str | None) -> None:
@@ -114,13 +155,36 @@ def register_secret(value: str | None) -> None:
             return
         _secrets.add(value)
         forms = set().union(*(_encodings(s) for s in _secrets))
-        alternation = "|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True))
+        alternation = "|".join(_tolerant(f) for f in sorted(forms, key=len, reverse=True))
         _pattern = re.compile(alternation, re.IGNORECASE)
 
 
+_ANY_QUERY = re.compile(r"(\b[a-z][a-z0-9+.\-]*://[^\s?\"'\\]+)\?[^\s\"'\\]*", re.IGNORECASE)
+_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.\-]*://)[^\s/:@\"']+:[^\s/@\"']+@", re.IGNORECASE)
+_AUTH_SCHEME = re.compile(r"\b(bearer|basic|token|digest)(\s+)[A-Za-z0-9._~+/=\-]{6,}", re.IGNORECASE)
+_INLINE = re.compile(  # name=value and "name": "value" (bounded runs: linear time on any input)
+    r"""(?<![\w\-])(?P<name>(?P<word>[\w\-]{2,64})\s{0,8}=\s{0,8})(?P<q>["']?)(?P<v>[^"'\s,;&}\]]{3,512})(?P=q)"""
+    r"""|(?P<name2>["'](?P<word2>[\w\-]{2,64})["']\s{0,8}:\s{0,8})(?P<q2>["'])(?P<v2>[^"']{3,512})(?P=q2)""")
+_INLINE_WORD = re.compile(r"key|token|secret|passw|pwd|passphrase|passcode|signature|auth|credential|cookie|session|private|"
+                          r"mnemonic|seed", re.IGNORECASE)
+
+
+def _inline(m: re.Match[str]) -> str:
+    pair = ("name", "word", "q") if m.group("name") is not None else ("name2", "word2", "q2")
+    name, word, q = (m.group(g) for g in pair)
+    if _INLINE_WORD.search(word) and _normalise(word) not in NOT_SECRET:
+        return name + q + MASK + q
+    return m.group(0)
+
+
 def scrub(text: str, limit: int | None = None) -> str:
-    """``text`` with URL query strings dropped and every registered secret, in any common encoding, masked."""
-    out = _QUERY.sub(r"\1?…", text)
+    """``text`` with URL query strings and user:password@ parts dropped (any scheme), inline
+    ``name=value`` / ``"name": "value"`` credentials and ``Bearer …`` masked, and every registered
+    secret, in any common encoding, masked."""
+    out = _ANY_QUERY.sub(r"\1?…", text)
+    out = _USERINFO.sub(r"\1***:***@", out)
+    out = _AUTH_SCHEME.sub(r"\1\2" + MASK, out)
+    out = _INLINE.sub(_inline, out)
     pat = _pattern
     if pat is not None:
         out = pat.sub(MASK, out)
@@ -180,18 +244,29 @@ def _bound(value: Any, depth: int, cut: list[bool]) -> Any:
     return value
 
 
+def _finite(value: Any) -> Any:
+    """NaN and infinities as strings, so a stored row is standard JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
 def bound_args(args: Any, size: int | None = None) -> dict[str, Any]:
     """What the audit stores for a call's arguments: credentials masked, secrets scrubbed, names,
     strings, lists and depth bounded, the whole at most `MAX_STORED_BYTES`. If anything was cut,
     ``_args_sha256`` and ``_args_bytes`` describe the original (credentials masked before hashing,
     so the hash cannot be used to test guesses of a secret)."""
-    masked = scrub_value(mask_credentials(args if isinstance(args, dict) else {"_raw": args}))
+    masked = mask_credentials(args if isinstance(args, dict) else {"_raw": args})
     cut = [False]
-    stored = _bound(masked, 0, cut)
-    text = canonical_json(stored)
-    if len(text.encode()) > MAX_STORED_BYTES:
+    stored = _finite(scrub_value(_bound(masked, 0, cut)))  # bound first: scrubbing 20 MB would take seconds
+    text = json.dumps(stored, sort_keys=True, default=str)  # as the audit stores it (ASCII: characters = bytes)
+    if len(text) > MAX_STORED_BYTES:
         cut[0] = True
-        stored = {"_partial": text[: MAX_STORED_BYTES // 2] + "…"}
+        stored = {"_partial": text[: MAX_STORED_BYTES // 2] + "..."}
     if cut[0] or (size is not None and size > MAX_REQUEST_ARGS_BYTES):
         full = canonical_json(masked).encode()
         stored["_args_sha256"] = hashlib.sha256(full).hexdigest()
@@ -200,5 +275,8 @@ def bound_args(args: Any, size: int | None = None) -> dict[str, Any]:
 
 
 def bound_text(text: Any, limit: int = 200) -> str:
-    s = scrub(str(text))
-    return s if len(s) <= limit else s[:limit] + f"…({len(s)} chars, sha256 {hashlib.sha256(s.encode()).hexdigest()[:16]})"
+    raw = str(text)
+    s = scrub(raw[: limit * 4])
+    if len(raw) > limit * 4:
+        s += "…"
+    return s if len(s) <= limit else s[:limit] + f"…({len(raw)} chars, sha256 {hashlib.sha256(raw.encode()).hexdigest()[:16]})"

@@ -178,11 +178,18 @@ def rolling_zscore(values: np.ndarray, window: int, min_samples: int = ZSCORE_MI
     matches the O(1) tracker to ~1e-12 on basis data; only windows whose std is below ~1e-5 of
     their level lose digits.
     """
+    return rolling_zscore_std(values, window, min_samples)[0]
+
+
+def rolling_zscore_std(values: np.ndarray, window: int, min_samples: int = ZSCORE_MIN_SAMPLES) -> tuple[np.ndarray, np.ndarray]:
+    """(z-score, population std) of every sample against the trailing ``window``; both NaN before
+    ``min_samples`` (see `rolling_zscore`)."""
     x = np.asarray(values, dtype=np.float64)
     n = x.size
     out = np.full(n, np.nan)
+    sd_out = np.full(n, np.nan)
     if n == 0 or min_samples > window:  # a window that never holds enough samples never has a z
-        return out
+        return out, sd_out
     both = np.empty((2, n))
     xs = np.subtract(x, float(x.mean()), out=both[0])
     np.multiply(xs, xs, out=both[1])
@@ -193,14 +200,15 @@ def rolling_zscore(values: np.ndarray, window: int, min_samples: int = ZSCORE_MI
     var -= mean * mean
     np.maximum(var, 0.0, out=var)
     std = np.sqrt(var, out=var)
+    first = max(min_samples, 1) - 1  # counts grow 1, 2, …: the samples with enough history are a suffix
+    sd_out[first:] = std[first:]
     small = std < ZSCORE_STD_FLOOR
     std[small] = 1.0
     z = np.subtract(xs, mean, out=mean)
     z /= std
     z[small] = 0.0
-    first = max(min_samples, 1) - 1  # counts grow 1, 2, …: the samples with enough history are a suffix
     out[first:] = z[first:]
-    return out
+    return out, sd_out
 
 
 # --------------------------------------------------------------------------- funding schedule

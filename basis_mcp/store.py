@@ -12,6 +12,7 @@ transactions: it plays the exchange, whose state the desk must reconcile against
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import sqlite3
 import threading
@@ -24,6 +25,8 @@ from typing import Any
 
 from basis_mcp import audit
 from basis_mcp.redact import bound_args, scrub
+
+log = logging.getLogger("basis_mcp")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -41,6 +44,7 @@ CREATE TABLE IF NOT EXISTS positions (
     id               INTEGER PRIMARY KEY,
     symbol           TEXT NOT NULL,
     strategy         TEXT NOT NULL,
+    playbook         TEXT NOT NULL DEFAULT 'convergence' CHECK (playbook IN ('convergence','carry')),
     venue            TEXT NOT NULL,
     status           TEXT NOT NULL CHECK (status IN ('opening','open','closing','closed','liquidated','failed')),
     quantity         REAL NOT NULL,
@@ -230,6 +234,19 @@ class Database:
                     self.conn.execute(f"PRAGMA busy_timeout={self.busy_ms}")
 
     @contextmanager
+    def brief(self, busy_ms: int = 200) -> Iterator[None]:
+        """Writes inside wait at most ``busy_ms`` for a lock held by another process (for rows that can queue)."""
+        with self._lock:
+            if self._patient:
+                yield
+                return
+            self.conn.execute(f"PRAGMA busy_timeout={busy_ms}")
+            try:
+                yield
+            finally:
+                self.conn.execute(f"PRAGMA busy_timeout={self.busy_ms}")
+
+    @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
         """``BEGIN IMMEDIATE`` … ``COMMIT`` (nested calls join the outer transaction)."""
         with self._lock:
@@ -267,7 +284,10 @@ class Database:
                     raise
                 hooks, self._after_commit = self._after_commit, []
                 for hook in hooks:
-                    hook()
+                    try:
+                        hook()
+                    except Exception:  # the transaction is committed: a failing hook must not turn it into an error
+                        log.exception("after-commit hook failed")
 
     def after_commit(self, hook: Callable[[], None]) -> None:
         """Run ``hook`` once the current transaction commits (dropped if it rolls back)."""
@@ -305,8 +325,17 @@ def _v2_keyed_audit(store: Store) -> None:
         store._checkpoint(*anchored)
 
 
+def _v3_playbooks(store: Store) -> None:
+    """v2 → v3: every position states its playbook; positions opened before are the convergence trade."""
+    cols = {r["name"] for r in store.q("PRAGMA table_info(positions)")}
+    if "playbook" not in cols:
+        store.x("ALTER TABLE positions ADD COLUMN playbook TEXT NOT NULL DEFAULT 'convergence'"
+                " CHECK (playbook IN ('convergence','carry'))")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "audit chain keyed with HMAC-SHA256 and anchored in a journal outside the database", _v2_keyed_audit),
+    Migration(3, "positions state their playbook (convergence or carry)", _v3_playbooks),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -322,8 +351,30 @@ class Store(Database):
     def __init__(self, path: Path | str, audit_paths: audit.AuditPaths | None = None):
         _refuse_newer(Path(path))  # before anything touches the file (even switching it to WAL)
         super().__init__(path, None)
+        try:
+            self._open_audit(audit_paths)
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def _open_audit(self, audit_paths: audit.AuditPaths | None) -> None:
         self.audit_paths = audit_paths or audit.AuditPaths.for_db(self.path)
-        self.audit_key = audit.load_key(self.audit_paths.key, create=True)
+        self.journal_failed: str | None = None
+        version = self.schema_version()
+        has_audit = self.one("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit'") is not None
+        rows = int(self.one("SELECT COUNT(*) AS n FROM audit")["n"]) if has_audit else 0
+        if version == 1 and rows and self.audit_paths.journal.exists():
+            raise audit.AuditKeyError(
+                f"{self.path} says it is a schema-v1 book, but an audit journal exists at {self.audit_paths.journal}: a v1 "
+                "book never had one. Its audit rows were rewritten, or the journal belongs to another book; refusing to "
+                "upgrade it (nothing was changed). Run `basis-mcp audit verify` with the book's key.")
+        # a key is created for a new book (or a v1 book's upgrade), never for a book whose rows another key signed
+        may_create = version is None or version <= 1 or rows == 0
+        if not may_create and not self.audit_paths.key.exists():
+            raise audit.AuditKeyError(
+                f"no audit key at {self.audit_paths.key}, and this book has {rows} audit rows signed with one: pass "
+                "--audit-key with the book's key file (a new key would leave its whole history unverifiable)")
+        self.audit_key = audit.load_key(self.audit_paths.key, create=may_create)
         self.journal = audit.Journal(self.audit_paths.journal, self.audit_key)
         self._migrate()
         with self.tx():
@@ -391,7 +442,11 @@ class Store(Database):
             def flush() -> None:
                 n_, h_ = self._pending_head
                 self._pending_head = None
-                self.journal.append(n_, h_)
+                try:
+                    self.journal.append(n_, h_)
+                    self.journal_failed = None
+                except audit.JournalError as e:  # the row is committed; the missing checkpoint is reported, not raised
+                    self.journal_failed = str(e)
             self.after_commit(flush)
 
     def append_audit(

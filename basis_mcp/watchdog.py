@@ -25,7 +25,6 @@ from basis_mcp.guardrails import (
     watchdog_actions,
 )
 from basis_mcp.ledger import leg_quantities
-from basis_mcp.signals import funding_8h_pct
 from basis_mcp.venue.base import VenueError, VenueTimeout, VenueUnavailable
 
 if TYPE_CHECKING:
@@ -41,9 +40,10 @@ class WatchdogMixin:
         return WatchdogLimits(
             margin_add_ratio=s.margin_add_ratio,
             margin_close_ratio=s.margin_close_ratio,
-            basis_stop_multiple=s.basis_stop_multiple,
             max_imbalance_pct=s.max_imbalance_pct,
-            max_hold_days=s.max_hold_days,
+            liquidation_distance_add_pct=s.liquidation_distance_add_pct,
+            liquidation_distance_target_pct=s.liquidation_distance_target_pct,
+            rules=s.exit_rules,
         )
 
     # ------------------------------------------------------------------ venue reachability
@@ -181,22 +181,32 @@ class WatchdogMixin:
         pos = await self.venue.fetch_perp_position(sym)
         ratio = None
         needed = 0.0
+        distance = None
+        for_distance = 0.0
         if pos is not None:
+            lim = self.watchdog_limits()
             table = self.settings.spec(sym).brackets
             ratio = mm.margin_ratio(pos.isolated_wallet_usd, pos.quantity, pos.entry_price, snap.mark, table)
             mmargin = mm.maintenance_margin(abs(pos.quantity) * snap.mark, table)
             mbal = pos.isolated_wallet_usd + mm.unrealised_pnl(pos.quantity, pos.entry_price, snap.mark)
-            needed = max(self.watchdog_limits().margin_target_ratio * mmargin - mbal, 0.0)
+            needed = max(lim.margin_target_ratio * mmargin - mbal, 0.0)
             if not math.isfinite(ratio):
                 ratio = None
+            if pos.quantity < 0 and snap.mark > 0:
+                lp = mm.liquidation_price(pos.isolated_wallet_usd, pos.quantity, pos.entry_price, table)
+                if math.isfinite(lp) and lp > 0:
+                    distance = (lp - snap.mark) / snap.mark * 100.0
+                    target = snap.mark * (1.0 + lim.liquidation_distance_target_pct / 100.0)
+                    for_distance = max(mm.wallet_for_liquidation_price(target, pos.quantity, pos.entry_price, table)
+                                       - pos.isolated_wallet_usd, 0.0)
         rate = snap.funding_rate
         return PositionReadings(
             position_id=row["id"],
             symbol=sym,
             status=row["status"],
             entry_basis_pct=row["entry_basis_pct"] or 0.0,
-            basis_pct=snap.basis_pct,
-            funding_rate_8h_pct=funding_8h_pct(rate, snap.funding_interval_hours),
+            signals=self.signals(sym, snap),
+            playbook=row["playbook"],
             margin_ratio=ratio,
             spot_quantity=spot_q,
             perp_quantity=perp_q,
@@ -204,6 +214,8 @@ class WatchdogMixin:
             seconds_to_funding=snap.seconds_to_funding,
             next_funding_usd=-perp_q * snap.mark * rate,
             margin_needed_usd=needed,
+            liquidation_distance_pct=distance,
+            margin_for_distance_usd=for_distance,
         )
 
     async def _apply(self: Desk, row, act, r: PositionReadings) -> dict[str, Any]:

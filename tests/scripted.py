@@ -53,8 +53,14 @@ class Market:
             self.mark_low[i] = low
 
     def set_rate(self, t: str | float, rate: float) -> None:
+        """One settlement (the first at or after t) at ``rate``."""
         tt = parse_time(t) if isinstance(t, str) else t
         self.funding_rate[np.flatnonzero(self.funding_time >= tt)[0]] = rate
+
+    def set_rates_from(self, t: str | float, rate: float) -> None:
+        """Every settlement from t on at ``rate``."""
+        tt = parse_time(t) if isinstance(t, str) else t
+        self.funding_rate[self.funding_time >= tt] = rate
 
     def history(self, symbol: str = "BTC") -> SymbolHistory:
         return SymbolHistory(symbol, T0, self.spot.copy(), self.perp.copy(), self.mark.copy(), self.mark_high.copy(),

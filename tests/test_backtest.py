@@ -24,6 +24,13 @@ pytestmark = pytest.mark.anyio
 
 PARAM_SETS = [
     BacktestParams(),
+    BacktestParams(fill_delay_seconds=0),
+    BacktestParams(playbook="carry"),
+    BacktestParams(playbook="carry", fill_delay_seconds=0, carry_lookback_days=3, carry_entry_8h_pct=0.01,
+                   carry_exit_8h_pct=0.0, carry_max_hold_days=60),
+    BacktestParams(playbook="carry", fill_delay_seconds=3 * 3600, basis_stop_sigmas=0.5, basis_smoothing_hours=2),
+    BacktestParams(min_zscore=1.2, fill_delay_seconds=2 * 3600, basis_stop_sigmas=0.5, flip_sigmas=0.2,
+                   funding_exit_8h_pct=0.005, funding_exit_hours=8, basis_smoothing_hours=3),
     BacktestParams(min_zscore=2.0, min_basis_pct=0.08),
     BacktestParams(min_zscore=1.0, exit_zscore=-0.5, expected_hold_days=14),
     BacktestParams(min_zscore=2.5, exit_basis_pct=0.02, max_hold_days=10, leverage=3),
@@ -42,11 +49,16 @@ def key(t):
     return (t.symbol, t.entry_index, t.exit_index, t.reason, t.quantity)
 
 
-@pytest.mark.parametrize("params", PARAM_SETS, ids=lambda p: f"z{p.min_zscore}-b{p.min_basis_pct}-w{p.zscore_window}")
+@pytest.mark.parametrize("params", PARAM_SETS, ids=lambda p: f"{p.playbook}-z{p.min_zscore}-b{p.min_basis_pct}-w{p.zscore_window}"
+                         f"-d{p.fill_delay_seconds:g}-s{p.basis_stop_sigmas:g}")
 def test_vectorised_and_reference_engines_agree_trade_for_trade(histories, params: BacktestParams) -> None:
     total = 0
+    reasons: set[str] = set()
+    # the default sets over the whole span; the variants over two years each (the reference loop is slow by design)
+    full = params in (BacktestParams(), BacktestParams(playbook="carry"))
+    start, end = ("2020-01-01", "2026-05-16") if full else ("2021-01-01", "2023-01-01")
     for sym in ("BTC", "ETH"):
-        m = prepare(histories[sym], parse_time("2020-01-01"), parse_time("2026-05-16"), params)
+        m = prepare(histories[sym], parse_time(start), parse_time(end), params)
         v, r = run_vectorized(m, params), run_reference(m, params)
         assert [key(t) for t in v] == [key(t) for t in r]
         for a, b in zip(v, r, strict=True):
@@ -54,8 +66,11 @@ def test_vectorised_and_reference_engines_agree_trade_for_trade(histories, param
                 assert getattr(a, f) == pytest.approx(getattr(b, f), abs=1e-6)
             assert a.settlements == b.settlements
             assert a.pnl_usd == pytest.approx(a.basis_pnl_usd + a.funding_usd - a.fees_usd - a.slippage_usd, abs=1e-6)
+            reasons.add(a.reason)
         total += len(v)
-    assert total > 20  # the rules do trade
+    assert total > (4 if params.playbook == "carry" else 10)  # the rules do trade
+    if params.basis_stop_sigmas < 1:  # the tight sets reach the server's own exits too, not only the strategy's
+        assert reasons & {"basis_blowout", "basis_inverted", "funding_reversal", "carry_funding_exit"}, reasons
 
 
 def test_trade_economics_are_the_desks(histories) -> None:
@@ -83,10 +98,13 @@ def test_trade_economics_are_the_desks(histories) -> None:
 
 async def desk_replay(db: Path, symbols: list[str], start: str, end: str, p: BacktestParams) -> list[dict]:
     """A scripted agent with the backtest's rules trades the paper desk hour by hour; the desk's
-    own pre-trade checks and watchdog apply, exactly as for any agent."""
+    own pre-trade checks and watchdog apply, exactly as for any agent. convergence: the agent
+    exits on convergence or z reversion; carry: the agent tries to enter whenever it is flat and
+    the server's carry rule and watchdog do the rest."""
     settings = Settings(
         max_position_notional_usd=p.notional_usd, default_leverage=p.leverage, max_leverage=max(p.leverage, 3.0),
         zscore_window=p.zscore_window, max_hold_days=p.max_hold_days, capital_usd=p.capital_usd,
+        fill_delay_seconds=p.fill_delay_seconds,
     )
     desk = Desk.open_replay(settings, db, start=start)
     await desk.start()
@@ -97,19 +115,22 @@ async def desk_replay(db: Path, symbols: list[str], start: str, end: str, p: Bac
         closed_this_bar = {r["symbol"] for r in desk.store.q("SELECT symbol FROM positions WHERE closed_at = ?", (desk.now(),))}
         for sym in symbols:
             snap = desk.feed.snapshot(sym)
-            if snap.spot_time != snap.now:  # the agent only acts on fresh bars
+            if snap.spot_time != snap.now or snap.perp_time != snap.now:  # the agent only acts on fresh bars
                 continue
             b = snap.basis_pct
             z = desk.compute_zscore(sym, p.zscore_window).zscore
             pos = desk._open_position(sym)
             if pos is not None:
-                if b <= p.exit_basis_pct or (z is not None and z <= p.exit_zscore):
+                if p.playbook == "convergence" and (b <= p.exit_basis_pct or (z is not None and z <= p.exit_zscore)):
                     why = "convergence" if b <= p.exit_basis_pct else "zscore_reversion"
                     await desk.exit(pos["id"], f"x{pos['id']}", reason=why)
-            elif not last_bar and sym not in closed_this_bar and z is not None and b >= p.min_basis_pct and z >= p.min_zscore:
+            elif not last_bar and sym not in closed_this_bar:
+                if p.playbook == "convergence" and not (z is not None and b >= p.min_basis_pct and z >= p.min_zscore):
+                    continue
                 n += 1
+                hold = p.carry_expected_hold_days if p.playbook == "carry" else p.expected_hold_days
                 try:
-                    await desk.enter(sym, p.notional_usd, p.leverage, f"e{n}", "cash_and_carry", p.expected_hold_days)
+                    await desk.enter(sym, p.notional_usd, p.leverage, f"e{n}", "cash_and_carry", hold, playbook=p.playbook)
                 except Rejected:
                     pass  # the desk's guardrails said no (the backtest applies the same rules)
         if last_bar:
@@ -122,23 +143,39 @@ async def desk_replay(db: Path, symbols: list[str], start: str, end: str, p: Bac
     return rows
 
 
-@pytest.mark.parametrize(("start", "end"), [("2021-01-01T00:00:00Z", "2021-04-01T00:00:00Z")])
-async def test_desk_replay_agrees_with_the_backtest(tmp_path: Path, histories, start: str, end: str) -> None:
-    p = BacktestParams()
+@pytest.mark.parametrize(("playbook", "start", "end"), [
+    ("convergence", "2021-01-01T00:00:00Z", "2021-04-01T00:00:00Z"),
+    ("carry", "2022-10-15T00:00:00Z", "2023-01-15T00:00:00Z"),  # out when funding turned in November, back in December
+])
+async def test_desk_replay_agrees_with_the_backtest(tmp_path: Path, histories, playbook: str, start: str, end: str) -> None:
+    p = BacktestParams(playbook=playbook, fill_delay_seconds=0)  # the desk fills at the price it sees, like the agent
     rows = await desk_replay(tmp_path / "parity.db", ["BTC", "ETH"], start, end, p)
     markets = load_markets(histories, ["BTC", "ETH"], start, end, p)
-    bt = run(markets, p)
-    assert len(bt.trades) >= 10, "the period must trade"
+    bt = run(markets, p, extras=False)
+    assert len(bt.trades) >= (10 if playbook == "convergence" else 4), "the period must trade"
     desk_trades = sorted((r["symbol"], r["opened_at"], r["closed_at"]) for r in rows)
     bt_trades = sorted((t.symbol, parse_time(t.entry_time), parse_time(t.exit_time)) for t in bt.trades)
     assert desk_trades == bt_trades
     reasons = {(r["symbol"], r["opened_at"]): r["close_reason"].replace("watchdog: ", "") for r in rows}
     for t in bt.trades:
         assert reasons[(t.symbol, parse_time(t.entry_time))] == t.reason
+    assert {r["playbook"] for r in rows} == {playbook}
     desk_pnl = sum(r["realized_pnl_usd"] for r in rows)
     bt_pnl = sum(t.pnl_usd for t in bt.trades)
     assert desk_pnl == pytest.approx(bt_pnl, rel=0.005)  # the issue's bar: within 0.5 %
     assert desk_pnl == pytest.approx(bt_pnl, abs=0.01)  # in fact to the cent
+
+
+async def test_replay_fills_a_delay_after_the_order_like_the_backtest(tmp_path: Path) -> None:
+    """With fill_delay_seconds set, the paper venue fills at the first fresh bar that much later."""
+    settings = Settings(fill_delay_seconds=3600)
+    desk = Desk.open_replay(settings, tmp_path / "d.db", start="2024-03-01T00:00:00Z")
+    await desk.start()
+    out = await desk.enter("BTC", 4000, None, "d1", "cash_and_carry")
+    later = desk.feed.snapshot("BTC", at=parse_time("2024-03-01T01:00:00Z"))
+    fills = {f.market: f for f in out.position.fills}
+    assert fills["spot"].mid_price == later.spot and fills["perp"].mid_price == later.perp
+    desk.close()
 
 
 # ----------------------------------------------------------------------------- data, results, bad input
@@ -152,8 +189,16 @@ def test_results_are_complete_and_consistent(histories) -> None:
     assert s["total_pnl_usd"] == pytest.approx(s["basis_pnl_usd"] + s["funding_usd"] - s["fees_usd"] - s["slippage_usd"], abs=0.05)
     assert res.equity[-1] == pytest.approx(p.capital_usd + s["total_pnl_usd"], abs=0.05)
     assert 0 <= s["exposure_pct"] <= 100 and s["max_drawdown_pct"] >= 0 and s["sharpe"] is not None
-    assert sum(y["trades"] for y in res.by_year) == s["trades"]
-    assert sum(y["pnl_usd"] for y in res.by_year) == pytest.approx(s["total_pnl_usd"], abs=0.05)
+    assert sum(y["trades_closed"] for y in res.by_year) == s["trades"]
+    assert sum(y["pnl_usd"] for y in res.by_year) == pytest.approx(s["total_pnl_usd"], abs=0.05)  # marked to market
+    assert sum(y["pnl_closed_usd"] for y in res.by_year) == pytest.approx(s["total_pnl_usd"], abs=0.05)
+    assert sum(y["always_on_pnl_usd"] for y in res.by_year) == pytest.approx(res.always_on["total_pnl_usd"], abs=0.05)
+    assert sum(s["exit_reasons"].values()) == s["trades"]
+    sens = res.sensitivity
+    assert sens["pnl_fill_one_bar_later_usd"] == s["total_pnl_usd"]  # the default fills one bar after the signal
+    p0 = BacktestParams(fill_delay_seconds=0)
+    assert sens["pnl_fill_at_signal_usd"] == run(load_markets(histories, ["BTC", "ETH"], "2020-01-01", "2026-05-16", p0), p0,
+                                                 extras=False).summary["total_pnl_usd"]
     assert set(res.by_symbol) == {"BTC", "ETH"}
     assert res.gaps["BTC"] and all(n >= 1 for _, n in res.gaps["BTC"])  # the 2020-2023 outages are reported
     out = res.to_json()
@@ -283,7 +328,8 @@ async def test_backtest_tool_reports_progress_and_returns_the_chart(make_server)
                                    progress_callback=on_progress)
         assert not r.is_error, r.content[0].text
         s = r.structured_content
-        assert s["summary"]["trades"] == s["trades_total"] > 0 and {y["year"] for y in s["by_year"]} == {2021}
+        assert s["summary"]["trades"] == s["trades_total"] > 0
+        assert {y["year"] for y in s["by_year"] if y["trades_closed"]} == {2021}
         png = next(c for c in r.content if c.type == "image")
         assert png.mime_type == "image/png" and base64.b64decode(png.data)[:4] == b"\x89PNG"
         assert [(d, t) for d, t, _ in seen] == [(1, 2), (2, 2)] and "trades" in (seen[-1][2] or "")

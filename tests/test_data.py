@@ -69,7 +69,13 @@ def test_sanity_figures_from_the_data_readme(shipped) -> None:
 def test_spot_gaps_are_reported_and_carried(shipped) -> None:
     btc = shipped["BTC"]
     gaps = btc.spot_gaps()
-    assert sum(n for _, n in gaps) == int(np.isnan(btc.spot).sum()) == 49
+    # 49 missing hours, plus the 2 outage candles (zero volume, flat) that are gaps now, not prices
+    assert sum(n for _, n in gaps) == int(np.isnan(btc.spot).sum()) == 51
+    from basis_mcp.clock import iso
+
+    assert [iso(t) for t in btc.stale_times()] == ["2019-09-08T19:00:00Z", "2019-09-09T01:00:00Z", "2019-09-09T02:00:00Z",
+                                                    "2021-02-11T04:00:00Z", "2023-03-24T13:00:00Z"]
+    assert int(np.isnan(btc.perp).sum()) == 3  # the perp's own outage candles in its first days
     t_gap, hours = max(gaps, key=lambda g: g[1])
     clock = SimClock(t_gap)
     feed = ReplayFeed(shipped, clock)

@@ -591,3 +591,189 @@ async def test_risk_status_is_served_while_a_long_replay_runs(make_server) -> No
                 await call(client, "risk_status")
                 done.append("risk")
         assert done[:3] == ["risk", "risk", "risk"] and done[-1] == "advance", done
+
+
+# ============================================================================ the second attack review
+
+
+async def test_a_book_faked_back_to_v1_does_not_pass_for_an_unkeyed_one(make_server, db: Path, tmp_path: Path) -> None:
+    await _activity(make_server)
+    key_copy = tmp_path / "operator-key"  # the operator's copy, kept elsewhere
+    shutil.copy(AuditPaths.for_db(db).key, key_copy)
+    copy, journal = _copy_book(db, tmp_path / "fake")
+    conn = sqlite3.connect(copy)
+    conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    conn.execute("DROP TABLE schema_migrations")
+    conn.execute("UPDATE audit SET detail = 'nothing happened' WHERE outcome = 'rejected'")
+    _rehash(conn, None)  # an internally consistent unkeyed chain
+    conn.commit()
+    conn.close()
+    journal.unlink()
+    r = _verify(copy, key_copy, journal)  # with the operator's key, the unkeyed chain is a rewritten one
+    assert r.returncode == 1 and "not keyed" in r.stdout, r.stdout
+    # and the server will not "upgrade" a v1 book that has a journal (a v1 book never had one)
+    copy2, journal2 = _copy_book(db, tmp_path / "fake2")
+    conn = sqlite3.connect(copy2)
+    conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    r = cli("status", "--db", str(copy2))  # status only reads
+    assert r.returncode == 0
+    r = cli("halt", "--db", str(copy2), "--audit-key", str(key_copy), "--audit-journal", str(journal2))
+    assert r.returncode == 1 and "never had one" in r.stderr, r.stderr
+
+
+async def test_an_emptied_or_replaced_journal_is_not_ok(make_server, db: Path, tmp_path: Path) -> None:
+    await _activity(make_server)
+    key = AuditPaths.for_db(db).key
+    for i, content in enumerate(["", "garbage\n"]):
+        copy, journal = _copy_book(db, tmp_path / f"j{i}")
+        conn = sqlite3.connect(copy)
+        conn.execute("DELETE FROM audit WHERE id > 1")
+        conn.commit()
+        conn.close()
+        journal.write_text(content)
+        r = _verify(copy, key, journal)
+        assert r.returncode == 1 and "no valid checkpoint" in r.stdout, r.stdout
+    # a journal deleted under a book with rows is reported at the next start, not silently restarted
+    AuditPaths.for_db(db).journal.unlink()
+    async with Client(make_server()) as client:
+        risk = await call(client, "risk_status")
+        assert any(a["rule"] == "audit_tampered" and "missing" in a["message"] for a in risk["alerts"]), risk["alerts"]
+
+
+def test_a_torn_journal_line_is_a_note_and_the_next_line_starts_fresh(tmp_path: Path) -> None:
+    from basis_mcp.audit import Journal, Verdict, _read_journal
+
+    path = tmp_path / "j"
+    key = os.urandom(32)
+    j = Journal(path, key)
+    j.append(1, "a" * 64)
+    j.close()
+    with open(path, "a") as fh:
+        fh.write('{"n":2,"head":"ab')  # a full disk cut this one short
+    j = Journal(path, key)
+    j.append(2, "b" * 64)
+    j.close()
+    v = Verdict(ok=False)
+    got = _read_journal(path, key, v)
+    assert [(n, h[0]) for _, n, h in got] == [(1, "a"), (2, "b")] and not v.problems
+    assert any("torn" in note for note in v.notes)
+
+
+async def test_a_journal_that_cannot_be_written_raises_an_alert_not_an_error(make_server, monkeypatch) -> None:
+    import basis_mcp.audit as audit_mod
+
+    async with Client(make_server()) as client:
+        await call(client, "risk_status")
+
+        def full_disk(fd: int, data: bytes) -> int:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(audit_mod, "_os_write", full_disk)
+        risk = await call(client, "halt_trading", {"reason": "disk is full, stop"})
+        assert risk["trading_state"] == "HALTED"  # the kill switch works whatever the journal's disk says
+        assert any(a["rule"] == "audit_journal_failed" for a in risk["alerts"]), risk["alerts"]
+        monkeypatch.setattr(audit_mod, "_os_write", os.write)
+        await call(client, "risk_status")
+
+
+def test_a_symlink_or_hard_link_to_a_served_book_is_the_same_book(tmp_path: Path) -> None:
+    db = tmp_path / "real.db"
+    first = subprocess.Popen([sys.executable, "-m", "basis_mcp", "serve", "--db", str(db)], cwd=REPO,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        lease = db.with_name("real.db.lease")
+        deadline = time.time() + 60
+        while time.time() < deadline and not (lease.exists() and lease.read_text().strip()):
+            time.sleep(0.1)
+        (tmp_path / "link.db").symlink_to(db)
+        os.link(db, tmp_path / "hard.db")
+        lease.unlink()  # a careless operator deletes the lease file: the lock is on the book itself
+        for other in ("link.db", "hard.db", "real.db"):
+            r = cli("serve", "--db", str(tmp_path / other), timeout=60)
+            assert r.returncode == 3 and "already served" in r.stderr, (other, r.stderr)
+    finally:
+        first.kill()
+        first.wait(timeout=10)
+
+
+async def test_credential_values_inside_other_arguments_are_never_echoed(make_server, db: Path) -> None:
+    secret = "SUPERSECRET-7f3a9cE"
+    async with Client(make_server()) as client:
+        for tool, args in [
+            ("scan_basis", {"symbols": [{"api_key": secret}]}),
+            ("halt_trading", {"reason": {"password": secret}}),
+            ("compute_zscore", {"symbol": ["token", secret, {"x": f"api_key={secret}"}]}),
+            ("enter_trade", {"symbol": "BTC", "notional_usd": 1000, "idempotency_key": {"secret": secret}}),
+            ("scan_basis", {"symbols": [f"wss://x/?apikey={secret}"]}),
+            ("scan_basis", {"passcode": secret, "tоken": secret, "pin_code": secret, "xprv": secret}),
+        ]:
+            text = await call_error(client, tool, args)
+            assert secret not in text, (tool, text)
+    everything = "\n".join(str(tuple(r)) for r in db_rows(db, "SELECT * FROM audit"))
+    assert secret not in everything
+
+
+async def test_a_tools_call_sent_as_a_notification_is_audited_as_not_run(db: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "basis_mcp", "serve", "--db", str(db)], cwd=REPO,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        _rpc(proc, json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}}))
+        _read_reply(proc, 1)
+        _rpc(proc, json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        _rpc(proc, json.dumps({"jsonrpc": "2.0", "method": "tools/call",
+                               "params": {"name": "halt_trading", "arguments": {"reason": "notif"}}}))
+        _rpc(proc, json.dumps({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "risk_status"}}))
+        ok = _read_reply(proc, 2)
+        assert ok["result"]["structuredContent"]["trading_state"] == "ACTIVE"
+    finally:
+        proc.stdin.close()  # type: ignore[union-attr]
+        proc.wait(timeout=30)
+    rows = db_rows(db, "SELECT name, outcome, detail FROM audit WHERE name = 'halt_trading'")
+    assert [(r["name"], r["outcome"]) for r in rows] == [("halt_trading", "rejected")]
+    assert "notification" in rows[0]["detail"]
+
+
+async def test_a_bad_call_under_a_foreign_lock_does_not_freeze_the_server(make_server, db: Path) -> None:
+    async with Client(make_server()) as client:
+        await call(client, "risk_status")
+        holder = sqlite3.connect(db, timeout=1, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            t0 = time.monotonic()
+            await call_error(client, "enter_trade", {"symbol": "BTC", "notional_usd": "3000", "idempotency_key": "b1"})
+            await call_error(client, "risk_status")  # busy: refused quickly too
+            took = time.monotonic() - t0
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert took < 8, took
+        await call(client, "risk_status")  # the queued refusal row lands now
+    rows = db_rows(db, "SELECT name, outcome FROM audit WHERE kind = 'tool' AND outcome = 'rejected'")
+    assert ("enter_trade", "rejected") in [tuple(r) for r in rows]
+
+
+async def test_audit_rows_stay_bounded_in_bytes_whatever_the_characters(make_server, db: Path) -> None:
+    async with Client(make_server()) as client:
+        await call_error(client, "scan_basis", {f"a{i}": "😀" * 500 for i in range(9)})
+        await call_error(client, "scan_basis", {"x": "😀" * 30_000})
+    for r in db_rows(db, "SELECT args_json, detail FROM audit WHERE outcome = 'rejected'"):
+        assert len(r["args_json"].encode()) <= 9_000, len(r["args_json"])
+
+
+async def test_a_missing_key_for_a_keyed_book_is_an_error_not_a_new_key(make_server, db: Path, tmp_path: Path) -> None:
+    await _activity(make_server)
+    r = cli("resume", "--db", str(db), "--audit-key", str(tmp_path / "typo.audit-kye"))
+    assert r.returncode == 1 and "no audit key" in r.stderr and not (tmp_path / "typo.audit-kye").exists(), r.stderr
+    r = cli("halt", "--db", str(db), env={"BASIS_MCP_AUDIT_KEY_FILE": "ab" * 32})
+    assert r.returncode == 1 and "not a file path" in r.stderr, r.stderr
+    assert cli("audit", "verify", "--db", str(db)).returncode == 0
+
+
+@pytest.mark.parametrize("reason", ["ok\ufe0f done", "a\u034fb", "x\u3164y", "blank\u2800", "soft\u00adhyphen"])
+async def test_invisible_characters_are_refused_in_free_text(make_server, reason: str) -> None:
+    async with Client(make_server()) as client:
+        text = await call_error(client, "halt_trading", {"reason": reason})
+        assert "invisible" in text

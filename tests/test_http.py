@@ -102,3 +102,18 @@ async def test_http_bodies_that_are_not_json_are_audited(http_server: str, tmp_p
     rows = db_rows(tmp_path / "h.db", "SELECT kind, name, outcome FROM audit WHERE kind = 'transport'")
     assert [tuple(x) for x in rows] == [("transport", "(unparseable message)", "rejected"),
                                         ("transport", "(http request)", "rejected")]
+
+
+async def test_requests_the_transport_refuses_are_audited_and_never_echo_a_secret(http_server: str, tmp_path: Path) -> None:
+    headers = {"Authorization": f"Bearer {TOKEN}", "content-type": "application/json",
+               "accept": "application/json, text/event-stream"}
+    for body in ({"hello": 1}, [{"jsonrpc": "2.0", "id": 1, "method": "ping"}],
+                 {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                  "params": {"protocolVersion": {"api_key": "hunter2SECRETvalue"}, "capabilities": {},
+                             "clientInfo": {"name": "x", "version": "1"}}}):
+        r = httpx.post(http_server, json=body, headers=headers)
+        assert r.status_code >= 400 or '"error"' in r.text
+        assert "hunter2SECRETvalue" not in r.text
+    rows = db_rows(tmp_path / "h.db", "SELECT name, outcome, args_json, detail FROM audit WHERE kind = 'transport'")
+    assert len(rows) >= 2 and all(r["outcome"] == "rejected" for r in rows)
+    assert "hunter2SECRETvalue" not in "".join(str(tuple(r)) for r in rows)

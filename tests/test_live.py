@@ -181,13 +181,17 @@ async def test_operator_can_turn_confirmation_off_and_the_watchdog_never_needs_i
         pos = (await call(client, "enter_trade", ENTRY))["position"]
         assert pos["status"] == "open" and len(sim.state.orders) == 2
         await call(client, "halt_trading", {"reason": "done for today"})
-        # an emergency (the venue's mark jumps 5 % above entry × 3 basis) closes without any token
+        # an emergency (a rally takes the mark to 0.1 % below the short's liquidation price: margin ratio
+        # ~125 % < 130 %) closes at once, without any token
+        d = (await call(client, "check_delta", {}))["positions"][0]
+        factor = d["liquidation_price"] * 0.999 / d["mark_price"]
         inst = sim.state.instruments["BTCUSDT"]
         inst.scale = 1.0
-        sim.state.instruments["BTCUSDT"].series.perp[inst._i(sim.state.t):] *= 1.004  # basis 0.08 % → ~0.48 %
-        sim.state.instruments["BTCUSDT"].series.mark[inst._i(sim.state.t):] *= 1.004
+        i = inst._i(sim.state.t)
+        for series in (inst.series.perp, inst.series.mark, inst.series.spot):
+            series[i:] *= factor
         await wait_for(lambda: db_rows(db, "SELECT status FROM positions")[0]["status"] == "closed")
-        assert db_rows(db, "SELECT close_reason FROM positions")[0]["close_reason"] == "watchdog: basis_blowout"
+        assert db_rows(db, "SELECT close_reason FROM positions")[0]["close_reason"] == "watchdog: margin_ratio_below_130"
         assert len(sim.state.orders) == 4
 
 

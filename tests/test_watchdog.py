@@ -89,10 +89,30 @@ async def test_margin_ratio_below_150_adds_margin_from_free_capital(make_server,
         assert act["rule"] == "margin_ratio_below_150" and act["action"] == "add_margin" and act["added_usd"] > 0
         alert_for(adv, "margin_ratio_below_150")
         delta = (await call(client, "check_delta", {"position_id": pos["position_id"]}))["positions"][0]
-        assert delta["margin_ratio_pct"] == pytest.approx(200.0, abs=0.5)  # topped up to the 200 % target
+        # topped up past the 200 % ratio target, to put the liquidation price the target 25 % above the mark
+        assert delta["margin_ratio_pct"] > 200.0
+        assert delta["distance_to_liquidation_pct"] == pytest.approx(25.0, abs=0.05)
         assert delta["recommended_action"] == "hold"
     assert db_rows(db, "SELECT status FROM positions")[0]["status"] == "open"
     assert db_rows(db, "SELECT * FROM audit WHERE kind = 'watchdog' AND name = 'margin_ratio_below_150'")
+
+
+async def test_a_rally_that_eats_the_margin_buffer_is_topped_up_long_before_the_margin_ratio_falls(
+        make_server, db: Path, tmp_path: Path) -> None:
+    """A long carry hold through a rally: the liquidation price is kept at least 15 % above the mark."""
+    m = scripted.Market()
+    m.set_from(m.at("2024-01-05T04:00:00Z"), spot=132_000 / 1.001, perp=132_000)  # +32 %: the 2x short is 13 % from liquidation
+    data = scripted.write(tmp_path, BTC=m)
+    async with Client(make_server(start=START, data_path=data)) as client:
+        pos = await open_position(client, playbook="carry")
+        assert pos["playbook"] == "carry"
+        adv = await call(client, "advance_time", {"hours": 4})
+        act = next(a for a in adv["watchdog_actions"] if a["rule"] == "liquidation_distance")
+        assert act["action"] == "add_margin" and act["added_usd"] > 0 and act["liquidation_distance_pct"] < 15
+        delta = (await call(client, "check_delta", {"position_id": pos["position_id"]}))["positions"][0]
+        assert delta["distance_to_liquidation_pct"] == pytest.approx(25.0, abs=0.05)
+        assert delta["margin_ratio_pct"] > 1000  # the margin-ratio rule was never near
+    assert db_rows(db, "SELECT status FROM positions")[0]["status"] == "open"
 
 
 async def test_margin_ratio_below_150_closes_when_margin_cannot_be_added(make_server, db: Path, tmp_path: Path) -> None:
@@ -109,40 +129,82 @@ async def test_margin_ratio_below_150_closes_when_margin_cannot_be_added(make_se
     closed_by_watchdog(db, "margin_ratio_below_150", "2024-01-05T03:00:00Z")
 
 
-async def test_basis_blowout_stops_out(make_server, db: Path, tmp_path: Path) -> None:
+async def test_one_hourly_print_never_stops_out_or_flips(make_server, db: Path, tmp_path: Path) -> None:
+    """The noise the old rules fired on: one hour at 5x the entry basis, one hour below zero."""
     m = scripted.Market()
-    m.set_from(m.at("2024-01-05T04:00:00Z"), perp=100_000 * 1.0035)  # basis 0.10 % → 0.35 % (> 3x)
+    m.set_from(m.at("2024-01-05T04:00:00Z"), perp=100_000 * 1.005)  # 0.50 % for one hour
+    m.set_from(m.at("2024-01-05T05:00:00Z"), perp=100_000 * (1 - 0.0005))  # −0.05 % for one hour
+    m.set_from(m.at("2024-01-05T06:00:00Z"), perp=100_000 * 1.001)  # back to 0.10 %
     data = scripted.write(tmp_path, BTC=m)
     async with Client(make_server(start=START, data_path=data)) as client:
         await open_position(client)
-        adv = await call(client, "advance_time", {"hours": 6})
+        adv = await call(client, "advance_time", {"hours": 12})
+        assert adv["watchdog_actions"] == []
+    assert db_rows(db, "SELECT status FROM positions")[0]["status"] == "open"
+
+
+async def test_a_basis_blowout_that_persists_stops_out(make_server, db: Path, tmp_path: Path) -> None:
+    m = scripted.Market()
+    m.set_from(m.at("2024-01-05T04:00:00Z"), perp=100_000 * 1.0035)  # basis 0.10 % → 0.35 % and it stays there
+    data = scripted.write(tmp_path, BTC=m)
+    async with Client(make_server(start=START, data_path=data)) as client:
+        await open_position(client)
+        adv = await call(client, "advance_time", {"hours": 12})
         alert_for(adv, "basis_blowout")
-    closed_by_watchdog(db, "basis_blowout", "2024-01-05T04:00:00Z")
+    # the 8 h average passes 3 x the entry basis (0.30 %) once 7 of its 8 samples are 0.35 %: at 10:00
+    closed_by_watchdog(db, "basis_blowout", "2024-01-05T10:00:00Z")
     audit = db_rows(db, "SELECT args_json FROM audit WHERE kind = 'watchdog' AND name = 'basis_blowout'")[0]["args_json"]
-    assert '"stop_level_pct"' in audit and '"basis_pct"' in audit
+    assert '"stop_level_pct"' in audit and '"basis_smooth_pct"' in audit
 
 
 async def test_funding_reversal_with_little_basis_left_closes(make_server, db: Path, tmp_path: Path) -> None:
     m = scripted.Market()
-    m.set_rate("2024-01-05T08:00:00Z", -0.0001)  # −0.01 %/8h < −0.005 %, basis 0.10 % < 0.15 %
+    m.set_rates_from("2024-01-05T08:00:00Z", -0.0001)  # −0.01 %/8h < −0.005 %, basis 0.10 % < 0.15 %
     data = scripted.write(tmp_path, BTC=m)
     async with Client(make_server(start=START, data_path=data)) as client:
         await open_position(client)
-        adv = await call(client, "advance_time", {"hours": 10})
+        adv = await call(client, "advance_time", {"hours": 26})
         alert_for(adv, "funding_reversal")
-        assert adv["funding"][0]["amount_usd"] < 0  # the short paid at 08:00, then the watchdog closed
-    closed_by_watchdog(db, "funding_reversal", "2024-01-05T08:00:00Z")
+        assert [f["amount_usd"] < 0 for f in adv["funding"]] == [True, True, True]
+    # the last day's mean turns below −0.005 %/8h with the third negative settlement (08:00, 16:00, 00:00)
+    closed_by_watchdog(db, "funding_reversal", "2024-01-06T00:00:00Z")
 
 
-async def test_basis_sign_flip_closes(make_server, db: Path, tmp_path: Path) -> None:
+async def test_one_negative_settlement_does_not_close(make_server, db: Path, tmp_path: Path) -> None:
     m = scripted.Market()
-    m.set_from(m.at("2024-01-05T05:00:00Z"), perp=100_000 * (1 - 0.0005))  # +0.10 % → −0.05 %
+    m.set_rate("2024-01-05T08:00:00Z", -0.0001)
     data = scripted.write(tmp_path, BTC=m)
     async with Client(make_server(start=START, data_path=data)) as client:
         await open_position(client)
-        adv = await call(client, "advance_time", {"hours": 6})
+        adv = await call(client, "advance_time", {"hours": 20})
+        assert adv["watchdog_actions"] == []
+
+
+async def test_a_persistent_basis_sign_flip_closes(make_server, db: Path, tmp_path: Path) -> None:
+    m = scripted.Market()
+    m.set_from(m.at("2024-01-05T05:00:00Z"), perp=100_000 * (1 - 0.0005))  # +0.10 % → −0.05 % and it stays
+    data = scripted.write(tmp_path, BTC=m)
+    async with Client(make_server(start=START, data_path=data)) as client:
+        await open_position(client)
+        adv = await call(client, "advance_time", {"hours": 12})
         alert_for(adv, "basis_inverted")
-    closed_by_watchdog(db, "basis_inverted", "2024-01-05T05:00:00Z")
+    # the 8 h average falls below −1 std (0.10 % → −0.05 % lifts the std too) with the seventh negative sample: 11:00
+    closed_by_watchdog(db, "basis_inverted", "2024-01-05T11:00:00Z")
+
+
+async def test_carry_leaves_when_the_week_of_funding_turns_against_it(make_server, db: Path, tmp_path: Path) -> None:
+    m = scripted.Market()
+    m.set_rates_from("2024-01-05T08:00:00Z", -0.0002)  # shorts pay 0.02 %/8h from here on
+    data = scripted.write(tmp_path, BTC=m)
+    async with Client(make_server(start=START, data_path=data)) as client:
+        pos = await open_position(client, playbook="carry")
+        assert pos["playbook"] == "carry"
+        adv = await call(client, "advance_time", {"hours": 24})
+        assert adv["watchdog_actions"] == []  # a day of it is not a week: the carry stays
+        adv = await call(client, "advance_time", {"hours": 24 * 4})
+        alert_for(adv, "carry_funding_exit")
+    # the 7-day mean of 21 settlements, n at −0.02 % and 21 − n at 0.03 %, falls below −0.005 % at n = 15: 01-10 00:00
+    closed_by_watchdog(db, "carry_funding_exit", "2024-01-10T00:00:00Z")
 
 
 async def test_delta_imbalance_is_rebalanced(make_server, db: Path, tmp_path: Path) -> None:
@@ -183,19 +245,26 @@ async def test_max_hold_waits_for_a_settlement_worth_collecting_then_exits(make_
 
 
 def test_emergency_exits_never_wait_planned_ones_do() -> None:
+    from basis_mcp.playbooks import Signals
+
     lim = WatchdogLimits()
-    base = dict(position_id=1, symbol="BTC", status="open", entry_basis_pct=0.1, funding_rate_8h_pct=0.03,
-                spot_quantity=1.0, perp_quantity=-1.0, held_seconds=3600, seconds_to_funding=600,
-                next_funding_usd=30.0, margin_needed_usd=0.0)
-    blowout = PositionReadings(basis_pct=0.5, margin_ratio=5.0, **base)
+    base = dict(position_id=1, symbol="BTC", status="open", entry_basis_pct=0.1, spot_quantity=1.0, perp_quantity=-1.0,
+                held_seconds=3600, seconds_to_funding=600, next_funding_usd=30.0, margin_needed_usd=0.0)
+    calm = Signals(basis_pct=0.1, basis_smooth_pct=0.1, basis_std_pct=0.05, funding_recent_8h_pct=0.03,
+                   funding_carry_8h_pct=0.03)
+    blowout = PositionReadings(signals=Signals(0.5, 0.5, 0.05, 0.03, 0.03), margin_ratio=5.0, **base)
     acts = watchdog_actions(blowout, lim)
     assert acts[0].rule == "basis_blowout" and acts[0].emergency
-    margin = PositionReadings(basis_pct=0.1, margin_ratio=1.2, **base)
+    spike = PositionReadings(signals=Signals(0.9, 0.2, 0.05, 0.03, 0.03), margin_ratio=5.0, **base)  # one print, not the average
+    assert watchdog_actions(spike, lim) == []
+    margin = PositionReadings(signals=calm, margin_ratio=1.2, **base)
     assert watchdog_actions(margin, lim)[0].emergency
-    old = PositionReadings(basis_pct=0.1, margin_ratio=5.0, **{**base, "held_seconds": 31 * 86400})
+    old = PositionReadings(signals=calm, margin_ratio=5.0, **{**base, "held_seconds": 31 * 86400})
     act = watchdog_actions(old, lim)[0]
     assert act.rule == "max_hold" and not act.emergency and defer_planned_exit(old, lim)
-    small = PositionReadings(basis_pct=0.1, margin_ratio=5.0, **{**base, "held_seconds": 31 * 86400, "next_funding_usd": 4.0})
+    carry_old = PositionReadings(signals=calm, margin_ratio=5.0, playbook="carry", **{**base, "held_seconds": 31 * 86400})
+    assert watchdog_actions(carry_old, lim) == []  # carry holds up to a year
+    small = PositionReadings(signals=calm, margin_ratio=5.0, **{**base, "held_seconds": 31 * 86400, "next_funding_usd": 4.0})
     assert not defer_planned_exit(small, lim)
 
 

@@ -1,17 +1,21 @@
-"""The vectorised cash-and-carry engine.
+"""The vectorised engine: both playbooks, fills after a delay, stale bars excluded.
 
-Every per-bar quantity is an array op: basis, the rolling z-score, 1 h realised vol, the last
-settled funding rate, the entry candidates and the exit conditions that do not depend on the
-trade; the funding schedule and 30-day mean rate the entry check needs are array ops over the
-candidate bars only. Path dependence (one position per symbol, exits that depend
-on the entry) is handled by event-finding: from the current bar, the next entry is the first
-candidate whose expected net return is positive, and its exit is the earliest of the next
-generic exit, the first bar past the basis stop or below zero (a search over that trade's
-bars only) and the max-hold bar. The Python loop runs once per trade, never once per bar.
+Every per-bar quantity is an array op: basis, the rolling z-score and basis std, the basis
+averaged over the funding window, 1 h realised vol, the funding means the playbooks read,
+the entry candidates and the exit conditions that do not depend on the trade. Path
+dependence (one position per symbol, exits that depend on the entry, fills that land a
+delay after the signal) is handled by event-finding: from the current bar, the next entry is
+the first candidate whose entry check passes; it fills at the first fresh bar at or after
+the signal + ``fill_delay_seconds``; its exit signal is the earliest of the next generic exit,
+the first bar past the basis stop or a persistent sign flip (a search over that trade's bars
+only) and the max-hold bar; the exit fills after the same delay. The Python loop runs once
+per trade, never once per bar. Exit reasons are named by `playbooks.exit_signal`, the same
+function the desk's watchdog and the reference loop use.
 
 Semantics (shared with `reference.run_reference` and the paper desk): funding settling at bar
-t is paid before anything acts at t; entries and exits happen only on bars where both legs are
-fresh; a position never re-opens on the bar it closed; an open position is closed on the last
+t is paid before anything acts at t; signals and fills use only fresh bars (both legs traded
+in that hour); a position is open from its entry fill to its exit fill; a new entry is
+signalled only after the previous exit has filled; an open position is closed on the last
 fresh bar of the range.
 """
 
@@ -21,27 +25,41 @@ import math
 from bisect import bisect_left
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from basis_mcp.backtest.params import BacktestParams
 from basis_mcp.backtest.prepare import Market
 from basis_mcp.backtest.results import Trade
 from basis_mcp.history import HOUR, funding_schedule, mean_rate
-from basis_mcp.signals import entry_expected_net_usd, rolling_zscore
+from basis_mcp.playbooks import Signals, exit_signal
+from basis_mcp.signals import entry_expected_net_usd, rolling_zscore_std, settlements_in
 from basis_mcp.sizing import floor_to_step
 
 DAY = 86400.0
+SKIP = object()  # a candidate whose entry check fails: try the next one
+FUND_DIGITS = 12  # funding means are compared with thresholds after rounding: both engines and the desk agree
 
 
 def features(m: Market, p: BacktestParams) -> dict[str, np.ndarray]:
-    """Per-bar arrays both the entry rule and the exit rules read."""
+    """Per-bar arrays the entry and exit rules read (independent of the playbook's thresholds)."""
     valid = m.valid
+    n = m.t.size
     with np.errstate(invalid="ignore", divide="ignore"):
         basis = (m.perp - m.spot) / m.spot * 100.0
-    z = np.full(m.t.size, np.nan)
+    basis[~valid] = np.nan
+    z = np.full(n, np.nan)
+    sd = np.full(n, np.nan)
     vi = np.flatnonzero(valid)
-    z[vi] = rolling_zscore(basis[vi], p.zscore_window)
-    # 1 h realised vol: the larger of the Parkinson range and the close-to-close move (computed in
-    # place: these arrays are the size of the whole history)
+    z[vi], sd[vi] = rolling_zscore_std(basis[vi], p.zscore_window)
+    # the basis averaged over the funding window: fresh samples in (t - H, t]
+    w = max(int(math.ceil(p.basis_smoothing_hours * 3600.0 / HOUR - 1e-9)), 1)
+    padded = np.concatenate((np.zeros(w - 1), np.where(valid, basis, 0.0)))
+    cnt_pad = np.concatenate((np.zeros(w - 1), valid.astype(np.float64)))
+    s_sum = sliding_window_view(padded, w).sum(axis=1)
+    s_cnt = sliding_window_view(cnt_pad, w).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        smooth = np.where(valid & (s_cnt > 0), s_sum / np.maximum(s_cnt, 1.0), np.nan)  # only fresh bars decide
+    # 1 h realised vol: the larger of the Parkinson range and the close-to-close move
     prev = np.empty_like(m.perp)
     prev[0] = np.nan
     prev[1:] = m.perp[:-1]
@@ -57,33 +75,32 @@ def features(m: Market, p: BacktestParams) -> dict[str, np.ndarray]:
         vol = np.maximum(park, c2c, out=park)
         vol *= 100.0
     vol_ok = np.isnan(prev) | (vol <= p.vol_limit_pct)
-    # settlements at or before each bar: where each settlement falls among the bars (7k searches,
-    # not 57k), counted up; on the hourly grid "30 days ago" is the same count 720 bars back
     ft = m.f_time.astype(np.float64)
-    k = np.cumsum(np.bincount(np.searchsorted(m.t, ft, side="left"), minlength=m.t.size + 1)[: m.t.size])
+    k = np.searchsorted(ft, m.t, side="right")  # settlements at or before each bar
     lag = int(30 * DAY // HOUR)
     k_30 = np.concatenate((np.searchsorted(ft, m.t[:lag] - 30 * DAY, side="right"), k[:-lag]))
-    # the last settled rate (per 8 h, for the funding-reversal exit) depends on a bar only through
-    # its settlement count: one row per count, then one gather
-    t_rep = np.concatenate(([ft[0] - 1.0], ft)) if ft.size else np.zeros(1)  # a time with each count
-    _, iv_tab, last_tab = funding_schedule(ft, m.f_rate, t_rep, np.arange(ft.size + 1))
-    rate_8h_tab = np.where(np.isnan(last_tab), 0.0, last_tab) * 8.0 / iv_tab * 100.0
+    _, iv, _ = funding_schedule(ft, m.f_rate, m.t, k)
+    to_8h = 8.0 / iv * 100.0
+    recent = mean_rate(ft, m.f_rate, m.t - p.funding_exit_hours * 3600.0, m.t, hi=k) * to_8h
+    carry = mean_rate(ft, m.f_rate, m.t - p.carry_lookback_days * DAY, m.t, hi=k) * to_8h
     return {
         "valid": valid,
         "basis": basis,
         "z": z,
+        "std": sd,
+        "smooth": smooth,
         "vol_ok": vol_ok,
-        "rate_8h_pct": rate_8h_tab[k],
-        "settled": k,  # settlements at or before each bar
+        "fund_recent": np.round(recent, FUND_DIGITS),
+        "fund_carry": np.round(carry, FUND_DIGITS),
+        "settled": k,
         "settled_30d_ago": k_30,
         "f_time": ft,
     }
 
 
 def schedule_at(m: Market, f: dict[str, np.ndarray], idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """At the bars ``idx``: (next settlement time, interval in hours, the funding rate the entry
-    check assumes: the 30-day mean settled rate, else the last one, else 0). Only entry
-    candidates need these, so they are computed there, not for every bar."""
+    """At the bars ``idx``: (next settlement time, interval in hours, the funding rate the
+    convergence entry check assumes: the 30-day mean settled rate, else the last one, else 0)."""
     k, t = f["settled"][idx], m.t[idx]
     nxt, iv, last = funding_schedule(f["f_time"], m.f_rate, t, k)
     mean30 = mean_rate(f["f_time"], m.f_rate, t - 30 * DAY, t, lo=f["settled_30d_ago"][idx], hi=k)
@@ -91,72 +108,163 @@ def schedule_at(m: Market, f: dict[str, np.ndarray], idx: np.ndarray) -> tuple[n
     return nxt, iv, np.where(np.isnan(mean30), last0, mean30)
 
 
+def signals_at(f: dict[str, np.ndarray], i: int) -> Signals:
+    def opt(a: np.ndarray) -> float | None:
+        x = float(a[i])
+        return None if math.isnan(x) else x
+
+    return Signals(basis_pct=float(f["basis"][i]), basis_smooth_pct=opt(f["smooth"]), basis_std_pct=opt(f["std"]),
+                   funding_recent_8h_pct=opt(f["fund_recent"]), funding_carry_8h_pct=opt(f["fund_carry"]))
+
+
 def run_vectorized(m: Market, p: BacktestParams, f: dict[str, np.ndarray] | None = None) -> list[Trade]:
     f = f or features(m, p)
-    entries, exits, qtys = find_trades(m, p, f)
-    return book_trades(m, p, f, entries, exits, qtys)
-
-
-def find_trades(m: Market, p: BacktestParams, f: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Entry bar, exit bar and quantity of every trade: the only loop, once per trade."""
-    n = m.t.size
-    bar = np.arange(n)
-    valid, basis, z = f["valid"], f["basis"], f["z"]
-    in_range = (bar >= m.i0) & (bar <= m.i1)
-    with np.errstate(invalid="ignore"):
-        cand = in_range & valid & (basis >= p.min_basis_pct) & (z >= p.min_zscore) & f["vol_ok"]
-        funding_rev = (f["rate_8h_pct"] < p.funding_exit_8h_pct) & (basis < p.funding_exit_basis_pct)
-        generic = in_range & valid & (funding_rev | (basis <= p.exit_basis_pct) | (z <= p.exit_zscore))
-    cand_idx = np.flatnonzero(cand)
-    nxt_c, iv_c, rate_c = schedule_at(m, f, cand_idx)
-    approx = _expected_net(m, p, cand_idx, nxt_c, iv_c, rate_c)
-    keep = approx > -SLACK_USD
-    cands = cand_idx[keep].tolist()
-    sure = (approx[keep] > SLACK_USD).tolist()  # the sign is beyond doubt: no scalar re-check needed
-    rate, iv, nxt = rate_c[keep].tolist(), iv_c[keep].tolist(), nxt_c[keep].tolist()  # aligned with cands
-    gens = np.flatnonzero(generic)  # searched once per trade: never converted to a list
-    valid_idx = np.flatnonzero(valid & in_range)
-    empty = np.zeros(0, dtype=np.int64)
-    if valid_idx.size == 0:
-        return empty, empty, np.zeros(0)
-    last_valid = int(valid_idx[-1])
-    hold_s = p.max_hold_days * DAY
-    spot, perp, t = m.spot, m.perp, m.t
-    entries, exits, qtys = [], [], []
-    pos = m.i0
-    k = bisect_left(cands, pos)
-    while k < len(cands):
-        c = cands[k]
-        qty = floor_to_step(p.notional_usd / spot[c], m.qty_step)
-        if qty * spot[c] < m.min_notional_usd or not (sure[k] or entry_expected_net_usd(
-            qty=qty, spot=float(spot[c]), perp=float(perp[c]), leverage=p.leverage, costs=m.costs,
-            hold_days=p.expected_hold_days, funding_rate=rate[k], funding_interval_hours=iv[k],
-            seconds_to_next_funding=nxt[k] - float(t[c]),
-        ) > 0):
-            k += 1
-            continue
-        if c >= last_valid:
+    finder = TradeFinder(m, p, f)
+    entries, exits, qtys, reasons = [], [], [], []
+    bar = m.i0
+    while True:
+        nxt = finder.next_trade(bar, finder.fixed_qty)
+        if nxt is None:
             break
-        g = int(gens.searchsorted(c, side="right"))
-        j_gen = int(gens[g]) if g < gens.size else last_valid
-        h = int(np.searchsorted(valid_idx, int((t[c] + hold_s - t[0]) // HOUR) + 1))  # first fresh bar past the hold
-        j_hold = int(valid_idx[h]) if h < valid_idx.size else last_valid
+        e, x, q, reason = nxt
+        entries.append(e)
+        exits.append(x)
+        qtys.append(q)
+        reasons.append(reason)
+        bar = x + 1
+    return book_trades(m, p, f, np.array(entries, dtype=np.int64), np.array(exits, dtype=np.int64), np.array(qtys), reasons)
+
+
+class TradeFinder:
+    """One symbol's trades, found one at a time (so a portfolio sizer can interleave symbols)."""
+
+    def __init__(self, m: Market, p: BacktestParams, f: dict[str, np.ndarray]):
+        self.m, self.p, self.f = m, p, f
+        self.rules = p.rules
+        n = m.t.size
+        bar = np.arange(n)
+        valid, basis, z = f["valid"], f["basis"], f["z"]
+        in_range = (bar >= m.i0) & (bar <= m.i1)
+        self.valid_idx = np.flatnonzero(valid & in_range)
+        self.valid_t = m.t[self.valid_idx]
+        self.last_valid = int(self.valid_idx[-1]) if self.valid_idx.size else -1
+        r = self.rules
+        smooth, sd = f["smooth"], f["std"]
+        with np.errstate(invalid="ignore"):
+            floor = np.maximum(r.basis_stop_floor_pct, np.where(np.isnan(sd), 0.0, r.basis_stop_sigmas * sd))
+            self.floor = floor
+            # an entry whose stop would fire at once (the smoothed basis already far above it) is not taken
+            not_blown = ~(smooth > r.basis_stop_multiple * np.maximum(basis, floor))
+            if p.playbook == "carry":
+                cand = in_range & valid & f["vol_ok"] & (f["fund_carry"] >= r.carry_entry_8h_pct) & not_blown
+                generic = in_range & valid & (f["fund_carry"] < r.carry_exit_8h_pct)
+                self.flip = np.zeros(n, dtype=bool)
+            else:
+                cand = (in_range & valid & (basis >= p.min_basis_pct) & (z >= p.min_zscore) & f["vol_ok"] & not_blown)
+                funding_rev = (f["fund_recent"] < r.funding_exit_8h_pct) & (smooth < r.funding_exit_basis_pct)
+                generic = in_range & valid & (funding_rev | (basis <= p.exit_basis_pct) | (z <= p.exit_zscore))
+                self.flip = in_range & valid & (smooth < -r.flip_sigmas * sd)  # for positions entered at a positive basis
+        cand_idx = np.flatnonzero(cand)
+        nxt_c, iv_c, rate_c = schedule_at(m, f, cand_idx)
+        if p.playbook == "carry":
+            rate_c = f["fund_carry"][cand_idx] / 100.0 / 8.0 * iv_c  # the carry's own lookback mean, per settlement
+        self.cands = cand_idx.tolist()
+        self.nxt, self.iv, self.rate = nxt_c.tolist(), iv_c.tolist(), rate_c.tolist()
+        self.gens = np.flatnonzero(generic)
+        self.flips = np.flatnonzero(self.flip)
+
+    def fixed_qty(self, c: int) -> float:
+        return floor_to_step(self.p.notional_usd / self.m.spot[c], self.m.qty_step)
+
+    def fill_bar(self, decision: int) -> int | None:
+        """The first fresh bar at or after the decision time + the fill delay (None: past the data)."""
+        if self.p.fill_delay_seconds <= 0:
+            return decision
+        h = int(np.searchsorted(self.valid_t, self.m.t[decision] + self.p.fill_delay_seconds, side="left"))
+        return int(self.valid_idx[h]) if h < self.valid_idx.size else None
+
+    def entry_ok(self, k: int, qty: float) -> bool:
+        """The entry check at candidate ``cands[k]`` for ``qty`` (scalar: the desk's functions)."""
+        m, p, c = self.m, self.p, self.cands[k]
+        if qty <= 0 or qty * m.spot[c] < m.min_notional_usd:
+            return False
+        spot, perp, t = float(m.spot[c]), float(m.perp[c]), float(m.t[c])
+        if p.playbook == "carry":
+            from basis_mcp.playbooks import carry_entry_check, expected_carry_usd
+
+            n = settlements_in(self.nxt[k] - t, self.iv[k], p.carry_expected_hold_days * DAY)
+            fees, slip = m.costs.round_trip_usd(qty, spot, perp)
+            why = carry_entry_check(float(self.f["fund_carry"][c]), expected_carry_usd(qty, perp, self.rate[k], n),
+                                    fees + slip, self.rules)
+            return why is None
+        return entry_expected_net_usd(
+            qty=qty, spot=spot, perp=perp, leverage=p.leverage, costs=m.costs, hold_days=p.expected_hold_days,
+            funding_rate=self.rate[k], funding_interval_hours=self.iv[k], seconds_to_next_funding=self.nxt[k] - t,
+        ) > 0
+
+    def next_trade(self, start: int, qty_of) -> tuple[int, int, float, str] | None:
+        """The first trade signalled at or after bar ``start``: (entry fill bar, exit fill bar, qty, reason)."""
+        k = bisect_left(self.cands, start)
+        while k < len(self.cands):
+            res = self.try_candidate(k, qty_of(self.cands[k]))
+            if res is SKIP:
+                k += 1
+                continue
+            return res  # type: ignore[return-value]
+        return None
+
+    def try_candidate(self, k: int, qty: float) -> tuple[int, int, float, str] | None | object:
+        """The trade signalled at candidate ``cands[k]`` with ``qty``; `SKIP` if its entry check fails
+        there, None if no trade can start there or later (the range is over)."""
+        last_valid = self.last_valid
+        c = self.cands[k]
+        if last_valid < 0 or c >= last_valid:
+            return None
+        if not self.entry_ok(k, qty):
+            return SKIP
+        e = self.fill_bar(c)
+        if e is None or e >= last_valid:
+            return None
+        j, reason = self._exit_signal(e)
+        x = self.fill_bar(j) if j < last_valid else last_valid
+        if x is None or x > last_valid:
+            x = last_valid
+        return e, x, qty, reason
+
+    def _exit_signal(self, e: int) -> tuple[int, str]:
+        """The bar where the exit of a position filled at ``e`` is signalled, and why."""
+        m, p, f, r = self.m, self.p, self.f, self.rules
+        last_valid = self.last_valid
+        g = int(self.gens.searchsorted(e, side="right"))
+        j_gen = int(self.gens[g]) if g < self.gens.size else last_valid
+        hold_s = r.max_hold(p.playbook) * DAY
+        h = int(np.searchsorted(self.valid_t, m.t[e] + hold_s, side="right"))  # first fresh bar past the hold
+        j_hold = int(self.valid_idx[h]) if h < self.valid_idx.size else last_valid
         horizon = min(j_gen, j_hold, last_valid)
-        b_in = basis[c]
-        seg = basis[c + 1 : horizon + 1]
-        stop = p.basis_stop_multiple * max(b_in, p.basis_stop_floor_pct)
-        hit = (seg > stop) | (seg < 0) if b_in > 0 else seg > stop  # NaN (stale) bars never hit
-        hits = np.flatnonzero(hit)
-        j = c + 1 + int(hits[0]) if hits.size else horizon
-        entries.append(c)
-        exits.append(j)
-        qtys.append(qty)
-        k = bisect_left(cands, j + 1, k)
-    return np.array(entries, dtype=np.int64), np.array(exits, dtype=np.int64), np.array(qtys)
+        b_in = float(f["basis"][e])
+        if b_in > 0 and p.playbook != "carry":
+            q = int(self.flips.searchsorted(e, side="right"))
+            if q < self.flips.size and int(self.flips[q]) < horizon:
+                horizon = int(self.flips[q])
+        seg = f["smooth"][e + 1 : horizon + 1]
+        stop = r.basis_stop_multiple * np.maximum(b_in, self.floor[e + 1 : horizon + 1])
+        with np.errstate(invalid="ignore"):
+            hits = np.flatnonzero(seg > stop)  # NaN (no fresh sample in the window) never hits
+        j = e + 1 + int(hits[0]) if hits.size else horizon
+        sig = exit_signal(p.playbook, b_in, float(m.t[j] - m.t[e]), signals_at(f, j), r)
+        if sig is not None:
+            return j, sig.rule
+        b, z = f["basis"][j], f["z"][j]
+        if p.playbook != "carry" and b <= p.exit_basis_pct:
+            return j, "convergence"
+        if p.playbook != "carry" and z <= p.exit_zscore:
+            return j, "zscore_reversion"
+        return j, "end_of_range"
 
 
-def book_trades(m: Market, p: BacktestParams, f: dict[str, np.ndarray], e: np.ndarray, x: np.ndarray, q: np.ndarray) -> list[Trade]:
-    """Fills, fees, slippage, funding and exit reasons of all trades at once (the desk's cost model)."""
+def book_trades(m: Market, p: BacktestParams, f: dict[str, np.ndarray], e: np.ndarray, x: np.ndarray, q: np.ndarray,
+                reasons: list[str]) -> list[Trade]:
+    """Fills, fees, slippage and funding of all trades at once (the desk's cost model)."""
     if e.size == 0:
         return []
     c = m.costs
@@ -177,52 +285,44 @@ def book_trades(m: Market, p: BacktestParams, f: dict[str, np.ndarray], e: np.nd
     hi = np.searchsorted(ft, m.t[x], side="right")
     funding = q * (cum[hi] - cum[lo])
     total = cash - fees + funding
-    basis, z = f["basis"], f["z"]
+    basis = f["basis"]
     b_in, b_out = basis[e], basis[x]
-    with np.errstate(invalid="ignore"):
-        reason = np.select(
-            [
-                b_out > p.basis_stop_multiple * np.maximum(b_in, p.basis_stop_floor_pct),
-                (f["rate_8h_pct"][x] < p.funding_exit_8h_pct) & (b_out < p.funding_exit_basis_pct),
-                (b_in > 0) & (b_out < 0),
-                m.t[x] - m.t[e] > p.max_hold_days * DAY,
-                b_out <= p.exit_basis_pct,
-                z[x] <= p.exit_zscore,
-            ],
-            ["basis_blowout", "funding_reversal", "basis_inverted", "max_hold", "convergence", "zscore_reversion"],
-            "end_of_range",
-        )
     stamps = np.datetime_as_string(m.t[np.concatenate((e, x))].astype("datetime64[s]"), unit="s")
     t_in, t_out = [s + "Z" for s in stamps[: e.size]], [s + "Z" for s in stamps[e.size :]]
     held = (m.t[x] - m.t[e]) / HOUR
     n_settle = hi - lo
     cols = zip(e.tolist(), x.tolist(), t_in, t_out, q.tolist(), b_in.tolist(), b_out.tolist(), (cash + slip).tolist(),
                funding.tolist(), fees.tolist(), slip.tolist(), total.tolist(), n_settle.tolist(), held.tolist(),
-               reason.tolist(), strict=True)
-    return [Trade(m.symbol, *c) for c in cols]
+               reasons, strict=True)
+    notional = (q * m.spot[e]).tolist()
+    ok = ~np.isnan(m.spot)
+    cs = np.concatenate(([0.0], np.cumsum(np.where(ok, m.spot, 0.0))))
+    cn = np.concatenate(([0], np.cumsum(ok)))
+    avg = (q * (cs[x + 1] - cs[e]) / (cn[x + 1] - cn[e])).tolist()  # spot averaged over the hold's fresh bars
+    return [Trade(m.symbol, *c, playbook=p.playbook, notional_usd=n, avg_notional_usd=a)
+            for c, n, a in zip(cols, notional, avg, strict=True)]
 
 
-SLACK_USD = 0.01  # array and scalar evaluations of the same formula differ by ~1e-9 USD
-
-
-def _expected_net(
-    m: Market, p: BacktestParams, idx: np.ndarray, next_funding: np.ndarray, interval_h: np.ndarray, rate: np.ndarray
-) -> np.ndarray:
-    """`entry_expected_net_usd` at many bars at once (same formula, array evaluation order). Where
-    it is within a cent of zero, `find_trades` asks the scalar function to decide."""
-    if idx.size == 0:
-        return np.zeros(0)
-    spot, perp = m.spot[idx], m.perp[idx]
-    qty = np.floor(p.notional_usd / spot / m.qty_step + 1e-9) * m.qty_step
-    ns, np_ = qty * spot, qty * perp
-    c = m.costs
-
-    def slip(leg, notional):
-        return (leg.half_spread_bps + leg.impact_bps_per_sqrt_musd * np.sqrt(notional / 1e6)) / 1e4
-
-    costs = 2 * (ns * (c.spot.taker_fee + slip(c.spot, ns)) + np_ * (c.perp.taker_fee + slip(c.perp, np_)))
-    to_next = next_funding - m.t[idx]
-    horizon = p.expected_hold_days * DAY
-    n_settle = np.where(horizon >= to_next, np.floor((horizon - to_next) / (interval_h * 3600.0)) + 1, 0)
-    net = qty * (perp - spot) + np_ * rate * n_settle - costs
-    return np.where(qty > 0, net, -np.inf)
+def always_on_trades(m: Market, p: BacktestParams, f: dict[str, np.ndarray] | None = None) -> list[Trade]:
+    """The benchmark: long spot / short perp all the time, re-sized to ``notional_usd`` once a year
+    (a full round trip each time), every funding payment collected, closed at the range's end."""
+    f = f or features(m, p)
+    valid_idx = np.flatnonzero(f["valid"] & (np.arange(m.t.size) >= m.i0) & (np.arange(m.t.size) <= m.i1))
+    if valid_idx.size < 2:
+        return []
+    vt = m.t[valid_idx]
+    entries, exits, qtys, reasons = [], [], [], []
+    h = 0
+    last = int(valid_idx[-1])
+    while h < valid_idx.size - 1:
+        e = int(valid_idx[h])
+        q = floor_to_step(p.notional_usd / m.spot[e], m.qty_step)
+        nxt = int(np.searchsorted(vt, m.t[e] + 365 * DAY, side="left"))
+        x = int(valid_idx[nxt]) if nxt < valid_idx.size else last
+        entries.append(e)
+        exits.append(x)
+        qtys.append(q)
+        reasons.append("yearly_resize" if x != last else "end_of_range")
+        h = nxt if x != last else valid_idx.size
+    trades = book_trades(m, p, f, np.array(entries, dtype=np.int64), np.array(exits, dtype=np.int64), np.array(qtys), reasons)
+    return [Trade(**{**t.as_dict(), "playbook": "always_on"}) for t in trades]

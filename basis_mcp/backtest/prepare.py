@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -33,10 +33,12 @@ class Market:
     qty_step: float
     min_notional_usd: float
     gaps: list[tuple[str, int]]
+    stale: list[str] = field(default_factory=list)  # ISO times of candles removed as stale (zero volume, flat)
 
     @property
     def valid(self) -> np.ndarray:
-        return ~np.isnan(self.spot)
+        """Bars where both legs traded (a missing or stale candle on either leg is a gap)."""
+        return ~(np.isnan(self.spot) | np.isnan(self.perp))
 
     def index_at(self, t: float) -> int:
         return int((t - self.t[0]) // HOUR)
@@ -68,8 +70,14 @@ def prepare(h: SymbolHistory, start: float, end: float, params: BacktestParams, 
     i1 = h.index_at(min(end, h.t_end))
     if i1 < i0:
         raise DataError(f"start={iso(start)} .. end={iso(end)}: no hourly bar of {h.symbol} in between")
+    settings = settings or Settings()
+    if not settings.has_spec(h.symbol):  # a symbol nobody described: conservative costs, a lot step from its price
+        fresh = np.flatnonzero(~np.isnan(h.spot[i0 : i1 + 1]))
+        price = float(h.spot[i0 + fresh[0]]) if fresh.size else None
+        settings = settings.with_unknown_symbols({h.symbol: (None, price)})
     costs, step, min_notional = costs_for(h.symbol, params, settings)
     gaps = [(iso(t) or "", n) for t, n in h.spot_gaps() if h.t0 + i0 * HOUR <= t <= h.t0 + i1 * HOUR]
+    stale = [iso(t) or "" for t in h.stale_times() if h.t0 + i0 * HOUR <= t <= h.t0 + i1 * HOUR]
     return Market(
         symbol=h.symbol,
         t=h.times.astype(np.float64),
@@ -86,4 +94,5 @@ def prepare(h: SymbolHistory, start: float, end: float, params: BacktestParams, 
         qty_step=step,
         min_notional_usd=min_notional,
         gaps=gaps,
+        stale=stale,
     )

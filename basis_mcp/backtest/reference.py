@@ -1,10 +1,11 @@
 """The reference engine: one plain loop over every bar, in the style of a first prototype.
 
 It shares no array code with `engine.run_vectorized`: at every bar it recomputes the z-score
-as the mean and population std of the last ``window`` basis samples, walks the funding
-settlements with a pointer, keeps the 30-day funding mean in a deque and applies the same
-rules bar by bar. Only the scalar rule functions (expected net return, realised vol) and the
-trade builder are shared. The two must produce identical trades.
+and the basis std as the mean and population std of the last ``window`` basis samples, keeps
+the smoothing window and the funding lookbacks in deques, walks the funding settlements with
+a pointer, and holds orders "in flight" until their fill bar. Only the scalar rule functions
+(`playbooks.exit_signal`, the entry checks, realised vol) and the trade builder are shared.
+The two must produce identical trades.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ import numpy as np
 from basis_mcp.backtest.params import BacktestParams
 from basis_mcp.backtest.prepare import Market
 from basis_mcp.backtest.results import Trade, close_trade
+from basis_mcp.playbooks import Signals, carry_entry_check, exit_signal, expected_carry_usd, stop_level_pct
 from basis_mcp.signals import (
     ZSCORE_MIN_SAMPLES,
-    ZSCORE_STD_FLOOR,
     entry_expected_net_usd,
     realised_vol_1h_pct,
+    settlements_in,
 )
 from basis_mcp.sizing import floor_to_step
 
@@ -29,39 +31,59 @@ DAY = 86400.0
 HOUR = 3600.0
 
 
+def _mean_8h(window: deque[tuple[float, float]], interval_h: float) -> float | None:
+    if not window:
+        return None
+    return float(np.round(sum(r for _, r in window) / len(window) * 8.0 / interval_h * 100.0, 12))
+
+
 def run_reference(m: Market, p: BacktestParams) -> list[Trade]:
+    r = p.rules
+    carry = p.playbook == "carry"
     history = np.empty(m.t.size)  # every fresh basis sample so far
     n_hist = 0
     ft, fr = m.f_time, m.f_rate
     nf = len(ft)
     k = 0  # next settlement not yet paid
     last_rate: float | None = None
-    recent: deque[tuple[float, float]] = deque()  # settlements of the last 30 days
-    last_valid = max((i for i in range(m.i0, m.i1 + 1) if not math.isnan(m.spot[i])), default=-1)
+    month: deque[tuple[float, float]] = deque()  # settlements of the last 30 days (convergence entry check)
+    recent: deque[tuple[float, float]] = deque()  # ... of the last funding_exit_hours
+    lookback: deque[tuple[float, float]] = deque()  # ... of the carry lookback
+    smooth_win: deque[tuple[float, float]] = deque()  # fresh basis samples of the smoothing window
+    last_valid = max((i for i in range(m.i0, m.i1 + 1) if not (math.isnan(m.spot[i]) or math.isnan(m.perp[i]))), default=-1)
     trades: list[Trade] = []
     pos: dict | None = None
+    pending_entry: dict | None = None  # signalled, waiting for its fill bar
+    pending_exit: dict | None = None
+    delay = p.fill_delay_seconds
     for i in range(m.i1 + 1):
         t = float(m.t[i])
         while k < nf and ft[k] <= t:  # settlements up to and including this bar, before anything acts
-            T, r = float(ft[k]), float(fr[k])
-            recent.append((T, r))
-            last_rate = r
+            T, rate = float(ft[k]), float(fr[k])
+            for d in (month, recent, lookback):
+                d.append((T, rate))
+            last_rate = rate
             if pos is not None:
-                pos["funding"].append(pos["qty"] * float(m.mark[int((T - m.t[0]) // HOUR)]) * r)
+                pos["funding"].append(pos["qty"] * float(m.mark[int((T - m.t[0]) // HOUR)]) * rate)
             k += 1
-        while recent and recent[0][0] <= t - 30 * DAY:
-            recent.popleft()
+        for d, span in ((month, 30 * DAY), (recent, r.funding_exit_hours * 3600.0), (lookback, r.carry_lookback_days * DAY)):
+            while d and d[0][0] <= t - span:
+                d.popleft()
+        while smooth_win and smooth_win[0][0] <= t - r.basis_smoothing_hours * 3600.0:
+            smooth_win.popleft()
         spot, perp = m.spot[i], m.perp[i]
-        if math.isnan(spot):
-            continue  # stale spot: no sample, no decision
+        if math.isnan(spot) or math.isnan(perp):
+            continue  # a stale bar: no sample, no decision, no fill
         b = (perp - spot) / spot * 100.0
         history[n_hist] = b
         n_hist += 1
+        smooth_win.append((t, b))
         window = history[max(0, n_hist - p.zscore_window) : n_hist]
-        z = None
+        z = sd = None
         if n_hist >= ZSCORE_MIN_SAMPLES:
-            sd = window.std()
-            z = 0.0 if sd < ZSCORE_STD_FLOOR else (b - window.mean()) / sd
+            sd = float(window.std())
+            z = 0.0 if sd < 1e-8 else (b - window.mean()) / sd
+        smooth = sum(x for _, x in smooth_win) / len(smooth_win)
         if i < m.i0:
             continue
         # the funding schedule at this bar
@@ -75,46 +97,68 @@ def run_reference(m: Market, p: BacktestParams) -> list[Trade]:
         interval_h = (nxt - prev) / HOUR if nxt > prev else 8.0
         if interval_h not in (1.0, 2.0, 4.0, 8.0):
             interval_h = 8.0
-        rate_now = last_rate if last_rate is not None else 0.0
+        sig = Signals(basis_pct=b, basis_smooth_pct=smooth, basis_std_pct=sd,
+                      funding_recent_8h_pct=_mean_8h(recent, interval_h), funding_carry_8h_pct=_mean_8h(lookback, interval_h))
+        # orders in flight fill at the first fresh bar at or after their time
+        if pending_entry is not None and (t >= pending_entry["at"]):
+            if i >= last_valid:
+                pending_entry = None  # too late to open: the range ends here
+            else:
+                pos = {"i": i, "t": t, "qty": pending_entry["qty"], "basis": b, "funding": []}
+                pending_entry = None
+                continue  # the bar it filled on: no exit decision
         closed_here = False
-        if pos is not None:
-            held = t - pos["t"]
+        if pending_exit is not None and (t >= pending_exit["at"] or i == last_valid):
+            trades.append(close_trade(m, pos["i"], i, pos["qty"], pos["funding"], pending_exit["reason"], p.playbook))
+            pos, pending_exit, closed_here = None, None, True
+        elif pos is not None and pending_exit is None:
             b_in = pos["basis"]
-            rate_8h_pct = rate_now * 8.0 / interval_h * 100.0
             reason = None
-            if b > p.basis_stop_multiple * max(b_in, p.basis_stop_floor_pct):
-                reason = "basis_blowout"
-            elif rate_8h_pct < p.funding_exit_8h_pct and b < p.funding_exit_basis_pct:
-                reason = "funding_reversal"
-            elif b_in > 0 and b < 0:
-                reason = "basis_inverted"
-            elif held > p.max_hold_days * DAY:
-                reason = "max_hold"
-            elif b <= p.exit_basis_pct:
+            s = exit_signal(p.playbook, b_in, t - pos["t"], sig, r)
+            if s is not None:
+                reason = s.rule
+            elif not carry and b <= p.exit_basis_pct:
                 reason = "convergence"
-            elif z is not None and z <= p.exit_zscore:
+            elif not carry and z is not None and z <= p.exit_zscore:
                 reason = "zscore_reversion"
             elif i == last_valid:
                 reason = "end_of_range"
             if reason is not None:
-                trades.append(close_trade(m, pos["i"], i, pos["qty"], pos["funding"], reason))
-                pos = None
-                closed_here = True
-        if pos is None and not closed_here and i < last_valid:
-            if b < p.min_basis_pct or z is None or z < p.min_zscore:
-                continue
+                if delay <= 0 or i == last_valid:
+                    trades.append(close_trade(m, pos["i"], i, pos["qty"], pos["funding"], reason, p.playbook))
+                    pos, closed_here = None, True
+                else:
+                    pending_exit = {"at": t + delay, "reason": reason}
+        if pos is None and pending_entry is None and not closed_here and i < last_valid:
+            if smooth > stop_level_pct(b, sd, r):
+                continue  # its stop would fire at once
             vol = realised_vol_1h_pct(m.mark_high[i], m.mark_low[i], m.perp[i - 1] if i > 0 else None, perp)
             if i > 0 and vol > p.vol_limit_pct:
                 continue
             qty = floor_to_step(p.notional_usd / spot, m.qty_step)
             if qty <= 0 or qty * spot < m.min_notional_usd:
                 continue
-            rate = sum(r for _, r in recent) / len(recent) if recent else rate_now
-            net = entry_expected_net_usd(
-                qty=qty, spot=float(spot), perp=float(perp), leverage=p.leverage, costs=m.costs,
-                hold_days=p.expected_hold_days, funding_rate=rate, funding_interval_hours=interval_h,
-                seconds_to_next_funding=nxt - t,
-            )
-            if net > 0:
+            if carry:
+                fc = sig.funding_carry_8h_pct
+                if fc is None or fc < r.carry_entry_8h_pct:
+                    continue
+                rate = fc / 100.0 / 8.0 * interval_h
+                n = settlements_in(nxt - t, interval_h, p.carry_expected_hold_days * DAY)
+                fees, slip = m.costs.round_trip_usd(qty, float(spot), float(perp))
+                ok = carry_entry_check(fc, expected_carry_usd(qty, float(perp), rate, n), fees + slip, r) is None
+            else:
+                if b < p.min_basis_pct or z is None or z < p.min_zscore:
+                    continue
+                rate = sum(x for _, x in month) / len(month) if month else (last_rate if last_rate is not None else 0.0)
+                ok = entry_expected_net_usd(
+                    qty=qty, spot=float(spot), perp=float(perp), leverage=p.leverage, costs=m.costs,
+                    hold_days=p.expected_hold_days, funding_rate=rate, funding_interval_hours=interval_h,
+                    seconds_to_next_funding=nxt - t,
+                ) > 0
+            if not ok:
+                continue
+            if delay <= 0:
                 pos = {"i": i, "t": t, "qty": qty, "basis": b, "funding": []}
+            else:
+                pending_entry = {"at": t + delay, "qty": qty}
     return trades

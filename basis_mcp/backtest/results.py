@@ -4,7 +4,7 @@ fills with the desk's cost model and books P&L with the desk's ledger function."
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -14,6 +14,7 @@ import numpy as np
 from basis_mcp.backtest.prepare import Market
 from basis_mcp.clock import iso
 from basis_mcp.ledger import pnl
+from basis_mcp.playbooks import EMERGENCY_RULES
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,15 @@ class Trade:
     settlements: int
     hold_hours: float
     reason: str
+    playbook: str = "convergence"
+    notional_usd: float = 0.0  # spot-leg notional at the entry fill (mid)
+    avg_notional_usd: float = 0.0  # spot-leg notional averaged over the hold (quantity × spot, hourly)
+
+    @property
+    def pnl_at_constant_notional_usd(self) -> float:
+        """P&L as if the notional had stayed at its entry value (removes the price drift of a fixed
+        quantity: what a trade earned per dollar of exposure, scaled to its entry size)."""
+        return self.pnl_usd * self.notional_usd / self.avg_notional_usd if self.avg_notional_usd > 0 else self.pnl_usd
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,7 +61,7 @@ def fills_for(m: Market, i: int, j: int, qty: float) -> list[dict[str, Any]]:
     return out
 
 
-def close_trade(m: Market, i: int, j: int, qty: float, funding: list[float], reason: str) -> Trade:
+def close_trade(m: Market, i: int, j: int, qty: float, funding: list[float], reason: str, playbook: str = "convergence") -> Trade:
     p = pnl(fills_for(m, i, j, qty), funding)
     b_in = (m.perp[i] - m.spot[i]) / m.spot[i] * 100.0
     b_out = (m.perp[j] - m.spot[j]) / m.spot[j] * 100.0
@@ -72,6 +82,9 @@ def close_trade(m: Market, i: int, j: int, qty: float, funding: list[float], rea
         settlements=len(funding),
         hold_hours=float(m.t[j] - m.t[i]) / 3600.0,
         reason=reason,
+        playbook=playbook,
+        notional_usd=float(qty * m.spot[i]),
+        avg_notional_usd=float(qty * np.nanmean(m.spot[i : j + 1])),
     )
 
 
@@ -92,11 +105,10 @@ def equity_curve(markets: list[Market], trades: list[Trade], capital: float) -> 
         i, j = tr.entry_index, tr.exit_index
         k0 = int((m.t[i] - t0) // 3600)
         k1 = int((m.t[j] - t0) // 3600)
-        spot = m.spot[i : j + 1].copy()
-        idx = np.where(np.isnan(spot), 0, np.arange(spot.size))
+        spot, perp = m.spot[i : j + 1], m.perp[i : j + 1]
+        idx = np.where(np.isnan(spot) | np.isnan(perp), 0, np.arange(spot.size))  # stale bars carry the last fresh one
         np.maximum.accumulate(idx, out=idx)
-        spot = spot[idx]
-        basis_usd = m.perp[i : j + 1] - spot
+        basis_usd = perp[idx] - spot[idx]
         fills = fills_for(m, i, j, tr.quantity)
         entry_cost = sum(f["fee_usd"] for f in fills[:2]) + sum(abs(f["price"] - f["mid_price"]) * f["quantity"] for f in fills[:2])
         ft = m.f_time.astype(np.float64)
@@ -111,9 +123,8 @@ def equity_curve(markets: list[Market], trades: list[Trade], capital: float) -> 
     return times, eq
 
 
-def stats(
-    trades: list[Trade], times: np.ndarray, equity: np.ndarray, capital: float, markets: list[Market], position_capital_usd: float
-) -> dict[str, Any]:
+def stats(trades: list[Trade], times: np.ndarray, equity: np.ndarray, capital: float, markets: list[Market],
+          leverage: float) -> dict[str, Any]:
     days = max((times[-1] - times[0]) / 86400.0, 1 / 24)
     total = float(sum(t.pnl_usd for t in trades))
     daily = equity[:: 24]
@@ -123,10 +134,12 @@ def stats(
     dd = float(((peak - equity) / peak).max() * 100) if equity.size else 0.0
     bars = sum(m.i1 - m.i0 + 1 for m in markets)
     held = sum(int(t.hold_hours) for t in trades)
-    # the carry's own rate: P&L per dollar a position ties up (spot + margin), per year invested
-    invested_years = sum(t.hold_hours for t in trades) / 24 / 365
-    apy_invested = total / position_capital_usd / invested_years * 100 if invested_years > 0 and position_capital_usd > 0 else None
+    # the carry's own rate: P&L per dollar-year a position ties up (spot + margin) while invested
+    dollar_years = sum(t.notional_usd * (1.0 + 1.0 / leverage) * t.hold_hours / 24 / 365 for t in trades)
+    apy_invested = total / dollar_years * 100 if dollar_years > 0 else None
     wins = [t for t in trades if t.pnl_usd > 0]
+    reasons = Counter(t.reason for t in trades)
+    emergency = sum(n for r, n in reasons.items() if r in EMERGENCY_RULES)
     return {
         "trades": len(trades),
         "win_rate_pct": round(100.0 * len(wins) / len(trades), 2) if trades else None,
@@ -143,25 +156,46 @@ def stats(
         "max_drawdown_pct": round(dd, 4),
         "exposure_pct": round(100.0 * held / bars, 3) if bars else 0.0,
         "days": round(days, 2),
+        "exit_reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
+        "emergency_exit_pct": round(100.0 * emergency / len(trades), 2) if trades else 0.0,
     }
 
 
-def per_year(trades: list[Trade], capital: float) -> list[dict[str, Any]]:
+def yearly(times: np.ndarray, equity: np.ndarray, capital: float) -> dict[int, float]:
+    """P&L per calendar year from the equity curve (marked to market: a year-long hold's funding
+    lands in the years it was earned, not in the year it closed)."""
+    ys = times.astype(np.int64).astype("datetime64[s]").astype("datetime64[Y]").astype(np.int64) + 1970
+    out: dict[int, float] = {}
+    prev = capital
+    for y in np.unique(ys):
+        last = int(np.flatnonzero(ys == y)[-1])
+        out[int(y)] = float(equity[last]) - prev
+        prev = float(equity[last])
+    return out
+
+
+def per_year(trades: list[Trade], capital: float, times: np.ndarray, equity: np.ndarray,
+             baseline: dict[int, float] | None = None) -> list[dict[str, Any]]:
     groups: dict[int, list[Trade]] = defaultdict(list)
     for t in trades:
         groups[datetime.fromisoformat(t.exit_time.replace("Z", "+00:00")).astimezone(UTC).year].append(t)
+    marked = yearly(times, equity, capital)
     rows = []
-    for year in sorted(groups):
-        ts = groups[year]
-        rows.append({
+    for year in sorted(set(groups) | set(marked)):
+        ts = groups.get(year, [])
+        pnl_y = marked.get(year, 0.0)
+        row = {
             "year": year,
-            "trades": len(ts),
-            "win_rate_pct": round(100.0 * sum(t.pnl_usd > 0 for t in ts) / len(ts), 2),
-            "avg_hold_days": round(float(np.mean([t.hold_hours for t in ts])) / 24, 3),
+            "trades_closed": len(ts),
+            "win_rate_pct": round(100.0 * sum(t.pnl_usd > 0 for t in ts) / len(ts), 2) if ts else None,
             "basis_pnl_usd": round(sum(t.basis_pnl_usd for t in ts), 2),
             "funding_usd": round(sum(t.funding_usd for t in ts), 2),
             "costs_usd": round(sum(t.fees_usd + t.slippage_usd for t in ts), 2),
-            "pnl_usd": round(sum(t.pnl_usd for t in ts), 2),
-            "return_pct": round(sum(t.pnl_usd for t in ts) / capital * 100, 4),
-        })
+            "pnl_closed_usd": round(sum(t.pnl_usd for t in ts), 2),
+            "pnl_usd": round(pnl_y, 2),
+            "return_pct": round(pnl_y / capital * 100, 4),
+        }
+        if baseline is not None:
+            row["always_on_pnl_usd"] = round(baseline.get(year, 0.0), 2)
+        rows.append(row)
     return rows

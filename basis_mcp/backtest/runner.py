@@ -5,6 +5,7 @@ This is what the CLI (`basis-mcp backtest`) and the MCP tool (`backtest`) call.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import json
 from collections.abc import Callable, Iterable
@@ -14,15 +15,23 @@ from typing import Any
 
 import numpy as np
 
-from basis_mcp.backtest.engine import features, run_vectorized
+from basis_mcp.backtest.engine import (
+    SKIP,
+    TradeFinder,
+    always_on_trades,
+    book_trades,
+    features,
+    run_vectorized,
+)
 from basis_mcp.backtest.params import BacktestParams
 from basis_mcp.backtest.prepare import Market, prepare
 from basis_mcp.backtest.reference import run_reference
-from basis_mcp.backtest.results import Trade, equity_curve, per_year, stats
+from basis_mcp.backtest.results import Trade, equity_curve, per_year, stats, yearly
 from basis_mcp.clock import iso, parse_time
 from basis_mcp.config import Settings
 from basis_mcp.feed import base_asset
 from basis_mcp.history import DataError, SymbolHistory, load_any
+from basis_mcp.sizing import Cap, size_position
 
 Progress = Callable[[float, float, str], None]
 
@@ -42,6 +51,9 @@ class BacktestResult:
     times: np.ndarray = field(repr=False)
     equity: np.ndarray = field(repr=False)
     markets: list[Market] = field(repr=False)
+    always_on: dict[str, Any] = field(default_factory=dict)
+    sensitivity: dict[str, Any] = field(default_factory=dict)
+    stale: dict[str, list[str]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -51,16 +63,14 @@ class BacktestResult:
             "engine": self.engine,
             "params": self.params.model_dump(),
             "summary": self.summary,
+            "fill_delay_sensitivity": self.sensitivity,
+            "always_on_carry": self.always_on,
             "by_year": self.by_year,
             "by_symbol": self.by_symbol,
             "spot_gaps": {s: [{"from": t, "hours": n} for t, n in g] for s, g in self.gaps.items()},
+            "stale_bars": self.stale,
             "trades": [t.as_dict() for t in self.trades],
         }
-
-
-def position_capital(p: BacktestParams) -> float:
-    """What one position ties up: the spot leg plus the perp's margin."""
-    return p.notional_usd * (1.0 + 1.0 / p.leverage)
 
 
 def parse_when(name: str, v: str | float) -> float:
@@ -95,7 +105,87 @@ def load_markets(
         raise DataError(f"symbols: unknown symbol(s) {', '.join(unknown)}; the data has {', '.join(sorted(histories))}")
 
     t0, t1 = parse_when("start", start), parse_when("end", end)
-    return [prepare(histories[s], t0, t1, params, settings) for s in syms]
+    markets = [prepare(histories[s], t0, t1, params, settings) for s in syms]
+    for m in markets:
+        span = float(m.t[m.i1] - m.t[m.i0])
+        if params.fill_delay_seconds > span:
+            raise DataError(f"fill_delay={params.fill_delay_seconds / 3600:g}h is longer than the data range of {m.symbol} "
+                            f"({span / 3600:g}h)")
+        if not m.valid[m.i0 : m.i1 + 1].any():
+            raise DataError(f"{m.symbol}: no usable bar between {iso(float(m.t[m.i0]))} and {iso(float(m.t[m.i1]))} "
+                            "once missing and stale (zero-volume) candles are removed")
+    return markets
+
+
+def _trades_fixed(markets: list[Market], params: BacktestParams, engine: str,
+                  feats: dict[str, dict[str, np.ndarray]]) -> dict[str, list[Trade]]:
+    out = {}
+    for m in markets:
+        out[m.symbol] = run_reference(m, params) if engine == "reference" else run_vectorized(m, params, feats[m.symbol])
+    return out
+
+
+def _trades_desk_sized(markets: list[Market], params: BacktestParams, feats: dict[str, dict[str, np.ndarray]],
+                       settings: Settings) -> dict[str, list[Trade]]:
+    """Every symbol's trades in one chronological pass, each position sized by the desk's own
+    `size_position` caps at its signal (per-position cap, tier single-position cap, tier
+    headroom, free capital net of what open positions tie up), ``notional_usd`` the target."""
+    finders = {m.symbol: TradeFinder(m, params, feats[m.symbol]) for m in markets}
+    by_sym = {m.symbol: m for m in markets}
+    cursor = {s: 0 for s in finders}
+    booked: dict[str, list[tuple[int, int, float, str]]] = {s: [] for s in finders}
+    open_book: list[dict[str, Any]] = []  # signalled and not yet closed: symbol, tier, notional, capital, closes_at
+    realized = 0.0
+    cap_usd = params.capital_usd
+    lev = params.leverage
+    while True:
+        best = None
+        for s, f in finders.items():
+            k = cursor[s]
+            if k < len(f.cands):
+                t = float(by_sym[s].t[f.cands[k]])
+                if best is None or t < best[0]:
+                    best = (t, s, k)
+        if best is None:
+            break
+        t_c, s, k = best
+        f, m = finders[s], by_sym[s]
+        c = f.cands[k]
+        for pos in [x for x in open_book if x["closes_at"] <= t_c]:
+            open_book.remove(pos)
+            realized += pos["pnl"]
+        tier = settings.tier_of(s)
+        in_tier = sum(x["notional"] for x in open_book if x["tier"] == tier)
+        caps = [
+            Cap("max_position_notional", settings.max_position_notional_usd, "operator's per-position notional cap"),
+            Cap("tier_single_position", settings.tier_single_position[tier] * cap_usd, f"{tier} tier single position"),
+            Cap("tier_allocation_headroom", max(settings.tier_allocation[tier] * cap_usd - in_tier, 0.0), f"{tier} tier headroom"),
+        ]
+        free = cap_usd + realized - sum(x["capital"] for x in open_book)
+        spot, perp = float(m.spot[c]), float(m.perp[c])
+        size = size_position(spot_price=spot, leverage=lev, costs=m.costs, free_capital_usd=free, caps=caps,
+                             qty_step=m.qty_step, min_notional_usd=m.min_notional_usd,
+                             target_notional_usd=params.notional_usd, perp_price=perp)
+        res = f.try_candidate(k, size.quantity)
+        if res is SKIP:
+            cursor[s] = k + 1
+            continue
+        if res is None:
+            cursor[s] = len(f.cands)
+            continue
+        e, x, q, reason = res  # type: ignore[misc]
+        booked[s].append((e, x, q, reason))
+        one = book_trades(m, params, feats[s], np.array([e]), np.array([x]), np.array([q]), [reason])[0]
+        open_book.append({"symbol": s, "tier": tier, "notional": q * spot, "capital": size.capital_required_usd,
+                          "closes_at": float(m.t[x]), "pnl": one.pnl_usd})
+        cursor[s] = bisect.bisect_left(f.cands, x + 1)
+    out = {}
+    for m in markets:
+        rows = booked[m.symbol]
+        out[m.symbol] = book_trades(m, params, feats[m.symbol], np.array([r[0] for r in rows], dtype=np.int64),
+                                    np.array([r[1] for r in rows], dtype=np.int64), np.array([r[2] for r in rows]),
+                                    [r[3] for r in rows])
+    return out
 
 
 def run(
@@ -104,22 +194,65 @@ def run(
     engine: str = "vectorized",
     progress: Progress | None = None,
     feats: dict[str, dict[str, np.ndarray]] | None = None,
+    settings: Settings | None = None,
+    extras: bool = True,
 ) -> BacktestResult:
+    """Trades, summary, per-year table; with ``extras``, the always-on carry benchmark and the
+    fill-delay sensitivity (P&L with fills at the signal bar and one bar later), computed in the
+    same run."""
+    settings = settings or Settings()
+    feats = dict(feats or {})
+    for m in markets:
+        if m.symbol not in feats:
+            feats[m.symbol] = features(m, params)
+    if params.sizing == "desk":
+        if engine == "reference":
+            raise DataError("sizing=desk runs on the vectorised engine only (the reference loop trades one symbol at a time)")
+        by_sym_trades = _trades_desk_sized(markets, params, feats, settings)
+    else:
+        by_sym_trades = _trades_fixed(markets, params, engine, feats)
     trades: list[Trade] = []
     by_symbol: dict[str, dict[str, Any]] = {}
+    always: dict[str, list[Trade]] = {}
     for n, m in enumerate(markets, 1):
-        if engine == "reference":
-            ts = run_reference(m, params)
-        else:
-            f = (feats or {}).get(m.symbol) or features(m, params)
-            ts = run_vectorized(m, params, f)
+        ts = by_sym_trades[m.symbol]
         trades += ts
         times, eq = equity_curve([m], ts, params.capital_usd)
-        by_symbol[m.symbol] = stats(ts, times, eq, params.capital_usd, [m], position_capital(params))
+        by_symbol[m.symbol] = stats(ts, times, eq, params.capital_usd, [m], params.leverage)
+        if extras:
+            always[m.symbol] = always_on_trades(m, params, feats[m.symbol])
+            a_t, a_eq = equity_curve([m], always[m.symbol], params.capital_usd)
+            a = stats(always[m.symbol], a_t, a_eq, params.capital_usd, [m], params.leverage)
+            mine = by_symbol[m.symbol]
+            mine["always_on_pnl_usd"] = a["total_pnl_usd"]
+            mine["pnl_at_constant_notional_usd"] = round(sum(t.pnl_at_constant_notional_usd for t in ts), 2)
+            mine["always_on_pnl_at_constant_notional_usd"] = round(
+                sum(t.pnl_at_constant_notional_usd for t in always[m.symbol]), 2)
+            base_c, base_d = mine["always_on_pnl_at_constant_notional_usd"], a["total_pnl_usd"]
+            mine["vs_always_on_pct"] = round(100.0 * mine["pnl_at_constant_notional_usd"] / base_c, 1) if base_c > 0 else None
+            mine["vs_always_on_dollars_pct"] = round(100.0 * mine["total_pnl_usd"] / base_d, 1) if base_d > 0 else None
         if progress:
             progress(n, len(markets), f"{m.symbol}: {len(ts)} trades")
     trades.sort(key=lambda t: (t.exit_time, t.symbol))
     times, eq = equity_curve(markets, trades, params.capital_usd)
+    summary = stats(trades, times, eq, params.capital_usd, markets, params.leverage)
+    always_json: dict[str, Any] = {}
+    baseline = None
+    sensitivity: dict[str, Any] = {}
+    if extras:
+        all_on = sorted((t for ts in always.values() for t in ts), key=lambda t: (t.exit_time, t.symbol))
+        a_t, a_eq = equity_curve(markets, all_on, params.capital_usd)
+        a_sum = stats(all_on, a_t, a_eq, params.capital_usd, markets, params.leverage)
+        baseline = yearly(a_t, a_eq, params.capital_usd)
+        always_json = {
+            "what": "long spot / short perp all the time at notional_usd per symbol, re-sized once a year (a full round "
+                    "trip each time), every funding payment collected",
+            "total_pnl_usd": a_sum["total_pnl_usd"], "apy_pct": a_sum["apy_pct"], "funding_usd": a_sum["funding_usd"],
+            "costs_usd": round(a_sum["fees_usd"] + a_sum["slippage_usd"], 2),
+            "apy_on_notional_pct": {m.symbol: _apy_on_notional(always[m.symbol], params.notional_usd) for m in markets},
+            "by_symbol_pnl_usd": {s: by_symbol[s]["always_on_pnl_usd"] for s in by_symbol},
+        }
+        sensitivity = _delay_sensitivity(markets, params, feats, settings, summary["total_pnl_usd"], engine)
     return BacktestResult(
         symbols=[m.symbol for m in markets],
         start=iso(min(float(m.t[m.i0]) for m in markets)) or "",
@@ -127,14 +260,44 @@ def run(
         params=params,
         engine=engine,
         trades=trades,
-        summary=stats(trades, times, eq, params.capital_usd, markets, position_capital(params)),
-        by_year=per_year(trades, params.capital_usd),
+        summary=summary,
+        by_year=per_year(trades, params.capital_usd, times, eq, baseline),
         by_symbol=by_symbol,
         gaps={m.symbol: m.gaps for m in markets},
         times=times,
         equity=eq,
         markets=markets,
+        always_on=always_json,
+        sensitivity=sensitivity,
+        stale={m.symbol: m.stale for m in markets},
     )
+
+
+def _apy_on_notional(trades: list[Trade], notional: float) -> float | None:
+    years = sum(t.hold_hours for t in trades) / 24 / 365
+    return round(sum(t.pnl_usd for t in trades) / notional / years * 100, 3) if years > 0 and notional > 0 else None
+
+
+def _delay_sensitivity(markets: list[Market], params: BacktestParams, feats: dict[str, dict[str, np.ndarray]],
+                       settings: Settings, pnl_now: float, engine: str) -> dict[str, Any]:
+    bar = float(markets[0].t[1] - markets[0].t[0]) if markets[0].t.size > 1 else 3600.0
+    other = {}
+    for delay in (0.0, bar):
+        if abs(delay - params.fill_delay_seconds) < 1e-9:
+            other[delay] = pnl_now
+            continue
+        p2 = params.model_copy(update={"fill_delay_seconds": delay})
+        by = (_trades_desk_sized(markets, p2, feats, settings) if p2.sizing == "desk"
+              else _trades_fixed(markets, p2, "vectorized", feats))
+        other[delay] = round(sum(t.pnl_usd for ts in by.values() for t in ts), 2)
+    at_signal, later = other[0.0], other[bar]
+    return {
+        "pnl_fill_at_signal_usd": at_signal,
+        "pnl_fill_one_bar_later_usd": later,
+        "one_bar_kept_pct": round(100.0 * later / at_signal, 1) if at_signal > 0 else None,
+        "bar_seconds": bar,
+        "this_run_fill_delay_seconds": params.fill_delay_seconds,
+    }
 
 
 def sweep(
@@ -156,7 +319,7 @@ def sweep(
         for m in markets:
             if m.symbol not in fw:
                 fw[m.symbol] = features(m, params)
-        res = run(markets, params, feats=fw)
+        res = run(markets, params, feats=fw, extras=False)
         rows.append({**dict(zip(keys, values, strict=True)), **{k: res.summary[k] for k in (
             "trades", "win_rate_pct", "total_pnl_usd", "apy_pct", "apy_while_invested_pct", "sharpe", "max_drawdown_pct",
             "exposure_pct")}})

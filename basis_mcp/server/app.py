@@ -21,7 +21,7 @@ from basis_mcp.audit import AuditPaths
 from basis_mcp.config import Settings
 from basis_mcp.desk import Desk
 from basis_mcp.prompts import register_prompts
-from basis_mcp.redact import MAX_REQUEST_ARGS_BYTES, bound_text, looks_like_credential
+from basis_mcp.redact import MAX_REQUEST_ARGS_BYTES, bound_text, looks_like_credential, scrub
 from basis_mcp.store import DatabaseBusy
 from basis_mcp.tools.definitions import TOOLS
 from basis_mcp.tools.registry import BUSY_TEXT, RAW_ARGS, ToolSpec, register, validate_input
@@ -106,10 +106,15 @@ class CallAuditor:
     """Writes the audit rows of tool calls: a ``started`` row before the call runs and an outcome
     row (``ok``/``error``, pointing at the start row) when it ends, so a call killed mid-way still
     leaves its trace; a call refused before it runs (bad arguments, too large, malformed) gets one
-    ``rejected`` row. The desk's store is attached when the lifespan opens it."""
+    ``rejected`` row. The desk's store is attached when the lifespan opens it.
+
+    Only the start row may refuse a call (a book locked by another process: nothing is done).
+    Outcome and refusal rows never wait on the event loop for a lock: if the book is busy they
+    queue in memory, in order, and land with the next row that can be written (or at shutdown)."""
 
     def __init__(self) -> None:
         self.desk: Desk | None = None
+        self._pending: list[dict[str, Any]] = []
 
     def _store(self):
         return None if self.desk is None else self.desk.store
@@ -120,37 +125,60 @@ class CallAuditor:
         except Exception:  # noqa: BLE001 - an audit row never fails on the clock
             return None
 
-    def rejected(self, name: str, args: Any, detail: str, size: int | None = None, kind: str = "tool") -> None:
+    def _flush(self, store) -> bool:
+        while self._pending:
+            try:
+                store.append_audit(**self._pending[0])
+            except DatabaseBusy:
+                return False
+            self._pending.pop(0)
+        return True
+
+    def _write(self, row: dict[str, Any]) -> None:
         store = self._store()
         if store is None:
             return
         try:
-            with store.patient():
-                store.append_audit(ts=time.time(), market_ts=self._market_ts(), kind=kind, name=bound_text(name, 100),
-                                   args=args if isinstance(args, dict) else {"_raw": args}, args_size=size,
-                                   outcome="rejected", detail=detail)
-        except Exception:  # the audit must never turn a refusal into a crash
+            with store.brief():
+                if self._flush(store):
+                    store.append_audit(**row)
+                    return
+            self._pending.append(row)
+        except DatabaseBusy:
+            self._pending.append(row)
+            log.warning("audit row queued: the book's database is locked by another process")
+        except Exception:  # the audit must never turn an answer into a crash
             log.exception("audit write failed")
+
+    def drain(self) -> None:
+        """At shutdown: whatever is queued lands (waiting for the lock this time)."""
+        store = self._store()
+        if store is not None and self._pending:
+            with store.patient():
+                try:
+                    self._flush(store)
+                except Exception:
+                    log.exception("audit rows lost at shutdown: %d", len(self._pending))
+
+    def rejected(self, name: str, args: Any, detail: str, size: int | None = None, kind: str = "tool") -> None:
+        self._write(dict(ts=time.time(), market_ts=self._market_ts(), kind=kind, name=bound_text(name, 100),
+                         args=args if isinstance(args, dict) else {"_raw": args}, args_size=size, outcome="rejected",
+                         detail=scrub(detail)[:4000]))
 
     def started(self, name: str, args: Any) -> int | None:
         """The start row; raises DatabaseBusy (nothing done) if the book is locked by another process."""
         store = self._store()
         if store is None:
             return None
+        if not self._flush(store):
+            raise DatabaseBusy(f"the book's database {store.path} is locked by another process")
         return store.append_audit(ts=time.time(), market_ts=self._market_ts(), kind="tool", name=name,
                                   args=args if isinstance(args, dict) else {"_raw": args}, outcome="started")
 
     def ended(self, call_id: int | None, name: str, outcome: str, detail: str | None, t0: float) -> None:
-        store = self._store()
-        if store is None:
-            return
-        try:
-            with store.patient():  # the call has done its work: its outcome must be recorded
-                store.append_audit(ts=time.time(), market_ts=self._market_ts(), kind="tool", name=name,
-                                   args={"call": call_id}, outcome=outcome, detail=detail[:4000] if detail else None,
-                                   duration_ms=(time.perf_counter() - t0) * 1000.0)
-        except Exception:
-            log.exception("audit write failed")
+        self._write(dict(ts=time.time(), market_ts=self._market_ts(), kind="tool", name=name, args={"call": call_id},
+                         outcome=outcome, detail=scrub(detail)[:4000] if detail else None,
+                         duration_ms=(time.perf_counter() - t0) * 1000.0))
 
 
 class AuditMiddleware:
@@ -166,10 +194,16 @@ class AuditMiddleware:
             return await call_next(ctx)
         params = ctx.params
         t0 = time.perf_counter()
+        if getattr(ctx, "request_id", None) is None:  # a notification: the SDK never runs it, so say so
+            got = params.get("name") if isinstance(params, dict) else None
+            self.auditor.rejected(got if isinstance(got, str) and got else "(no tool name)",
+                                  params if isinstance(params, dict) else {"_params": repr(params)[:200]},
+                                  "tools/call sent as a notification (no request id): the server does not run it")
+            return await call_next(ctx)
         if not isinstance(params, dict) or not isinstance(params.get("name"), str) or not params.get("name"):
             got = params.get("name") if isinstance(params, dict) else None
-            self.auditor.rejected("(no tool name)" if got is None else str(got)[:100],
-                                  {"_params": params if isinstance(params, dict) else repr(params)[:500]},
+            shown = "(no tool name)" if got is None else "(a tool name that is not a string)"
+            self.auditor.rejected(shown, {"_params": params if isinstance(params, dict) else repr(params)[:200]},
                                   "malformed tools/call: params.name must be a non-empty string")
             return await call_next(ctx)  # the SDK answers with its protocol error
         name = params["name"]
@@ -235,6 +269,7 @@ def build_server(options: ServeOptions, auditor: CallAuditor | None = None) -> M
             else:
                 yield AppState(desk=desk, options=options)
         finally:
+            auditor.drain()
             auditor.desk = None
             await desk.aclose()
 

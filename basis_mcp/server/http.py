@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import json
@@ -25,7 +26,7 @@ import uvicorn
 from mcp.server.mcpserver import MCPServer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from basis_mcp.redact import register_secret
+from basis_mcp.redact import register_secret, scrub
 
 TOKEN_ENV = "BASIS_MCP_HTTP_TOKEN"
 MAX_BODY_BYTES = 256 * 1024
@@ -47,8 +48,9 @@ def is_loopback(host: str) -> bool:
 
 def check_http_safety(host: str, token: str | None, mode: str) -> None:
     """Refuse settings that would serve the book without authentication where others can reach it."""
-    if token is not None and len(token) < MIN_TOKEN_CHARS:
-        raise UnsafeHttp(f"{TOKEN_ENV} is {len(token)} characters; use at least {MIN_TOKEN_CHARS} random characters "
+    if token is not None and (len(token) < MIN_TOKEN_CHARS or len(set(token)) < 8 or token != token.strip()
+                              or any(c.isspace() for c in token) or not token.isprintable()):
+        raise UnsafeHttp(f"{TOKEN_ENV} must be at least {MIN_TOKEN_CHARS} random printable characters with no spaces "
                          "(for example: python -c 'import secrets; print(secrets.token_urlsafe(32))')")
     if token:
         return
@@ -101,11 +103,18 @@ class BearerToken:
 
 
 class AuditMalformed:
-    """Audits POST bodies that are not JSON (the SDK answers them with a parse error)."""
+    """POST bodies that are not JSON, and every request the SDK refuses with a 4xx, are audited as
+    rejected (size and a hash, never the body: it may carry a secret); the SDK's error text, which
+    can quote the request, is scrubbed of credentials before it goes back."""
 
     def __init__(self, app: ASGIApp, auditor: Any):
         self.app = app
         self.auditor = auditor
+
+    def _reject(self, name: str, detail: str, raw: bytes, size: int) -> None:
+        if self.auditor is not None:
+            self.auditor.rejected(name, {"bytes": size, "sha256": hashlib.sha256(raw).hexdigest()}, detail, size,
+                                  kind="transport")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("method") != "POST":
@@ -123,20 +132,18 @@ class AuditMalformed:
                 for m in _json_response(413, {"jsonrpc": "2.0", "id": None, "error": {
                         "code": -32600, "message": f"request body larger than {MAX_BODY_BYTES} bytes; nothing was done"}}):
                     await send(m)
-                if self.auditor is not None:
-                    self.auditor.rejected("(http request)", {"bytes_at_least": size}, "request body too large", size,
-                                          kind="transport")
+                self._reject("(http request)", "request body too large", b"".join(chunks)[:4096], size)
                 return
             chunks.append(body)
             if not msg.get("more_body"):
                 break
         raw = b"".join(chunks)
+        parsed = True
         try:
             json.loads(raw)
         except ValueError:
-            if self.auditor is not None:
-                self.auditor.rejected("(unparseable message)", {"body": raw[:500].decode(errors="replace")},
-                                      "the HTTP body is not JSON", len(raw), kind="transport")
+            parsed = False
+            self._reject("(unparseable message)", "the HTTP body is not JSON", raw, len(raw))
         sent = False
 
         async def replay() -> Message:
@@ -146,7 +153,33 @@ class AuditMalformed:
                 return {"type": "http.request", "body": raw, "more_body": False}
             return await receive()
 
-        await self.app(scope, replay, send)
+        status = 0
+        held: list[Message] = []
+        pieces: list[bytes] = []
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                if status >= 400:
+                    held.append(message)  # the body follows: scrub it first
+                    return
+            elif message["type"] == "http.response.body" and status >= 400:
+                pieces.append(message.get("body", b""))
+                if message.get("more_body"):
+                    return
+                body = scrub(b"".join(pieces).decode("utf-8", "replace")).encode()
+                start = held.pop() if held else None
+                if start is not None:
+                    headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+                    await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+                await send({**message, "body": body, "more_body": False})
+                if parsed:
+                    self._reject("(http request)", f"refused by the MCP transport with HTTP {status}", raw, len(raw))
+                return
+            await send(message)
+
+        await self.app(scope, replay, guarded_send)
 
 
 def http_app(server: MCPServer, host: str, token: str | None = None) -> ASGIApp:

@@ -32,8 +32,9 @@ class AuditingReadStream:
     async def __anext__(self) -> Any:
         item = await self._inner.__anext__()
         if isinstance(item, Exception) and self._auditor is not None:
+            # the parser's message may quote the line (a secret included): keep only what kind of failure it was
             self._auditor.rejected("(unparseable message)", {"error": type(item).__name__},
-                                   f"a stdin line is not a JSON-RPC message: {str(item)[:300]}", kind="transport")
+                                   f"a stdin line is not a JSON-RPC message ({type(item).__name__})", kind="transport")
         return item
 
     async def receive(self) -> Any:

@@ -22,17 +22,18 @@ async def _zscore(desk, inp: m.ComputeZScoreInput, ctx: Context) -> m.ZScoreOutp
 
 async def _apy(desk, inp: m.EstimateNetApyInput, ctx: Context) -> m.NetApyEstimate:
     return await desk.estimate_net_apy(
-        inp.symbol, inp.notional_usd, inp.hold_days, inp.leverage, inp.funding_rate_8h_pct, inp.exit_basis_pct, inp.basis_pct
+        inp.symbol, inp.notional_usd, inp.hold_days, inp.leverage, inp.funding_rate_8h_pct, inp.exit_basis_pct, inp.basis_pct,
+        inp.playbook,
     )
 
 
 async def _size(desk, inp: m.SizePositionInput, ctx: Context) -> m.SizePositionOutput:
-    return await desk.size(inp.symbol, inp.leverage, inp.target_notional_usd)
+    return await desk.size(inp.symbol, inp.leverage, inp.target_notional_usd, inp.playbook)
 
 
 async def _enter(desk, inp: m.EnterTradeInput, ctx: Context) -> m.EnterTradeOutput:
     return await desk.enter(inp.symbol, inp.notional_usd, inp.leverage, inp.idempotency_key, inp.strategy,
-                            inp.expected_hold_days, inp.confirmation_token)
+                            inp.expected_hold_days, inp.confirmation_token, inp.playbook)
 
 
 async def _exit(desk, inp: m.ExitTradeInput, ctx: Context) -> m.ExitTradeOutput:
@@ -122,7 +123,10 @@ TOOLS: list[ToolSpec] = [
             "0.05 % taker, in and out) and slippage (half-spread + square-root impact). net_return_pct = net / "
             "(notional + notional/leverage); apy_pct = net_return_pct / hold_days × 365, simple. The one-off basis is "
             "never multiplied by settlements per year. break_even_hold_days is the hold at which funding covers "
-            "the costs the basis does not (null = never at this rate). Read-only." + UNITS
+            "the costs the basis does not (null = never at this rate). playbook: 'convergence' (default rate: 30-day "
+            "mean; the entry rule is net > 0) or 'carry' (default rate: the 7-day mean the carry rule reads; the entry "
+            "rule is: that mean ≥ 0.005 %/8h and the funding over the hold ≥ 2 × the round-trip costs); "
+            "playbook_entry_ok and playbook_note say whether the playbook would enter now and why. Read-only." + UNITS
         ),
         input_model=m.EstimateNetApyInput,
         output_model=m.NetApyEstimate,
@@ -140,6 +144,7 @@ TOOLS: list[ToolSpec] = [
             "single-position cap (anchor BTC/ETH 25 %, mid 15 %, speculative 7 % of capital), the tier's remaining "
             "allocation (50/35/15 %), and free capital (spot cost + perp margin at the given leverage + entry "
             "costs). The size is rounded down to the venue's lot step; below the venue minimum it is 0. "
+            "max_hold_days is the playbook's max hold (convergence 30, carry 365): the server plans the exit then. "
             "Read-only." + UNITS
         ),
         input_model=m.SizePositionInput,
@@ -160,7 +165,12 @@ TOOLS: list[ToolSpec] = [
             "idempotency_key is required: a retry with the same key returns the first result instead of trading "
             "again. Rejected with every violated rule listed when a limit, the data freshness or free capital "
             "does not allow it. One open position per symbol. Returns the position with its fills, fees, entry "
-            "basis, liquidation price and margin ratio. LIVE mode: the first call sends nothing and returns "
+            "basis, liquidation price and margin ratio. playbook (stated at entry, shown on the position) picks the "
+            "server's exit rules: 'convergence' (the z-score trade, short holds; you exit on convergence; the server "
+            "exits on a persistent sign flip, funding reversal, a smoothed-basis blow-out or after 30 days) or "
+            "'carry' (hold for funding; the server exits when the 7-day mean funding falls below −0.005 %/8h, on a "
+            "smoothed-basis blow-out, or after 365 days). Margin ratio < 130 % closes either at once. "
+            "LIVE mode: the first call sends nothing and returns "
             "`confirmation` (what would be sent, and a single-use token valid for about a minute); repeat the exact "
             "same call with confirmation_token to send the orders." + UNITS
         ),
@@ -277,15 +287,18 @@ TOOLS: list[ToolSpec] = [
         name="backtest",
         title="Backtest the rules on history",
         description=(
-            "Runs the cash-and-carry rules over the server's historical data (the shipped Binance BTC/ETH/SOL "
-            "history unless the operator loaded other data): entry when basis_pct >= min_basis_pct and z >= "
-            "min_zscore and 1 h vol is below the breaker and the net expected return over expected_hold_days after "
-            "fees and slippage is positive; exits by the server's watchdog rules (basis blow-out past 3x entry, "
-            "funding reversal, basis inverted, max hold) or on convergence (basis <= exit_basis_pct) / z reversion "
-            "(z <= exit_zscore). Costs are the desk's own (taker fees both legs both ways, spread + impact, funding "
-            "per settlement). Returns the summary (P&L split into basis, funding, fees, slippage; win rate; APY; "
-            "Sharpe; drawdown; exposure), per-year rows, trades, and a chart image. Sends progress notifications. "
-            "Read-only." + UNITS
+            "Runs a playbook over the server's historical data (the shipped Binance BTC/ETH/SOL history unless the "
+            "operator loaded other data), with the same rules the server applies. convergence: enter when basis_pct >= "
+            "min_basis_pct, z >= min_zscore, 1 h vol below the breaker and the net expected return over "
+            "expected_hold_days is positive; exit on convergence (basis <= exit_basis_pct) or z reversion (z <= "
+            "exit_zscore). carry: enter when the 7-day mean funding >= carry_entry_8h_pct and the expected funding pays "
+            "the round trip twice; exit when it falls below carry_exit_8h_pct. Both: the server's exits (basis averaged "
+            "over 8 h beyond 3x the larger of entry and 2 std; convergence also funding reversal, persistent sign flip; "
+            "max hold 30 d / 365 d). Fills land fill_delay after the signal ('1h' default: the next bar; '0' = the "
+            "signal's own close); stale zero-volume candles are gaps. Costs are the desk's own. Returns the summary (P&L "
+            "split into basis, funding, fees, slippage; exit reasons; APY; Sharpe; drawdown), the fill-delay "
+            "sensitivity (P&L at delay 0 and one bar), always-on carry computed in the same run, per-year rows, trades "
+            "and a chart image. Sends progress notifications. Read-only." + UNITS
         ),
         input_model=m.BacktestInput,
         output_model=m.BacktestOutput,

@@ -76,10 +76,13 @@ def format_validation_error(tool: str, model: type[BaseModel], err: ValidationEr
     lines = []
     for e in err.errors(include_url=False):
         loc = ".".join(str(p) for p in e["loc"]) or "arguments"
+        value = e.get("input")
         if any(looks_like_credential(p) for p in e["loc"] if isinstance(p, str)):
             shown = MASK
+        elif isinstance(value, dict | list):  # never echo a compound value: it may carry anything
+            shown = f"<{'an object with' if isinstance(value, dict) else 'an array of'} {len(value)} item(s)>"
         else:
-            shown = as_sent(e.get("input"))
+            shown = scrub(as_sent(value))
         kind = e["type"]
         if kind == "extra_forbidden":
             if looks_like_credential(loc):
@@ -107,6 +110,8 @@ def _rule(e: Any) -> str:
 def _json_type(v: Any) -> str:
     if isinstance(v, bool):
         return "a boolean"
+    if isinstance(v, int) and abs(v) >= 2**53:
+        return "a whole number too large for it"
     if isinstance(v, str):
         return "a string"
     if v is None:
