@@ -38,11 +38,11 @@ def main() -> None:
             assert [(a.entry_index, a.exit_index, a.reason) for a in v] == [(a.entry_index, a.exit_index, a.reason) for a in r]
             n += len(v)
 
-        def vec() -> None:
+        def vec(markets=markets, p=p) -> None:
             for m in markets:
                 run_vectorized(m, p)
 
-        def ref() -> None:
+        def ref(markets=markets, p=p) -> None:
             for m in markets:
                 run_reference(m, p)
 

@@ -71,8 +71,9 @@ def backtest_chart(result: BacktestResult) -> bytes:
         d = _dates(m.t[sl])
         ax.plot(d, basis[sl], lw=0.5, color="#4a6fa5", label="basis %")
         ax.plot(d, mean[sl], lw=0.8, color="#333333", label="rolling mean")
-        ax.fill_between(d, (mean - p.min_zscore * std)[sl], (mean + p.min_zscore * std)[sl], color="#999999",
-                        alpha=0.2, label=f"±{p.min_zscore:g}σ (entry z)")
+        if p.playbook != "carry":
+            ax.fill_between(d, (mean - p.min_zscore * std)[sl], (mean + p.min_zscore * std)[sl], color="#999999",
+                            alpha=0.2, label=f"±{p.min_zscore:g}σ (entry z)")
         trades = [t for t in result.trades if t.symbol == m.symbol]
         if trades:
             ei = np.array([t.entry_index for t in trades])
@@ -85,7 +86,10 @@ def backtest_chart(result: BacktestResult) -> bytes:
         ax.legend(loc="upper right", fontsize=7, ncol=5)
         ax.grid(alpha=0.3)
     ax = axes[-1]
-    ax.plot(_dates(result.times), result.equity, color="#1f4e79", lw=1)
+    ax.plot(_dates(result.times), result.equity, color="#1f4e79", lw=1, label=f"{p.playbook}")
+    if result.always_equity is not None and result.always_equity.size == result.times.size:
+        ax.plot(_dates(result.times), result.always_equity, color="#b07d2b", lw=0.8, ls="--", label="always-on carry")
+        ax.legend(loc="upper left", fontsize=7)
     ax.axhline(p.capital_usd, color="#888888", lw=0.6)
     s = result.summary
     ax.set_title(
@@ -95,7 +99,9 @@ def backtest_chart(result: BacktestResult) -> bytes:
     )
     ax.set_ylabel("equity $")
     ax.grid(alpha=0.3)
-    fig.suptitle(f"cash-and-carry backtest {', '.join(result.symbols)} {result.start[:10]} → {result.end[:10]}", fontsize=11)
+    delay = "fills at the signal" if p.fill_delay_seconds == 0 else f"fills {p.fill_delay_seconds / 3600:g} h after the signal"
+    fig.suptitle(f"{p.playbook} backtest {', '.join(result.symbols)} {result.start[:10]} → {result.end[:10]} ({delay})",
+                 fontsize=11)
     return _png(fig)
 
 

@@ -76,13 +76,20 @@ def features(m: Market, p: BacktestParams) -> dict[str, np.ndarray]:
         vol *= 100.0
     vol_ok = np.isnan(prev) | (vol <= p.vol_limit_pct)
     ft = m.f_time.astype(np.float64)
-    k = np.searchsorted(ft, m.t, side="right")  # settlements at or before each bar
-    lag = int(30 * DAY // HOUR)
-    k_30 = np.concatenate((np.searchsorted(ft, m.t[:lag] - 30 * DAY, side="right"), k[:-lag]))
-    _, iv, _ = funding_schedule(ft, m.f_rate, m.t, k)
+    # settlements at or before each bar: where each settlement falls among the bars (7k searches, not 57k), counted up
+    k = np.cumsum(np.bincount(np.searchsorted(m.t, ft, side="left"), minlength=m.t.size + 1)[: m.t.size])
+    k_30 = _count_before(m.t, ft, k, 30 * DAY)
+    # the interval around the next settlement (the schedule's rule), gathered by settlement count
+    prev = np.concatenate(([ft[0] - 8 * HOUR], ft[:-1])) if ft.size else np.zeros(0)
+    iv_tab = np.where(np.isin((ft - prev) / HOUR, (1.0, 2.0, 4.0, 8.0)), (ft - prev) / HOUR, 8.0) if ft.size else np.full(1, 8.0)
+    if ft.size > 1:
+        tail = (ft[-1] - ft[-2]) / HOUR
+        iv_tab = np.concatenate((iv_tab, [tail if tail in (1.0, 2.0, 4.0, 8.0) else 8.0]))
+    iv = iv_tab[np.minimum(k, iv_tab.size - 1)]
     to_8h = 8.0 / iv * 100.0
-    recent = mean_rate(ft, m.f_rate, m.t - p.funding_exit_hours * 3600.0, m.t, hi=k) * to_8h
-    carry = mean_rate(ft, m.f_rate, m.t - p.carry_lookback_days * DAY, m.t, hi=k) * to_8h
+    span_r, span_c = p.funding_exit_hours * 3600.0, p.carry_lookback_days * DAY
+    recent = mean_rate(ft, m.f_rate, m.t - span_r, m.t, lo=_count_before(m.t, ft, k, span_r), hi=k) * to_8h
+    carry = mean_rate(ft, m.f_rate, m.t - span_c, m.t, lo=_count_before(m.t, ft, k, span_c), hi=k) * to_8h
     return {
         "valid": valid,
         "basis": basis,
@@ -96,6 +103,18 @@ def features(m: Market, p: BacktestParams) -> dict[str, np.ndarray]:
         "settled_30d_ago": k_30,
         "f_time": ft,
     }
+
+
+def _count_before(t: np.ndarray, ft: np.ndarray, k: np.ndarray, span: float) -> np.ndarray:
+    """Settlements at or before t - span for every bar: on the hourly grid that is the count ``span``
+    earlier (a shift), searched only where the grid has no bar that far back."""
+    lag = span / HOUR
+    if lag != int(lag) or int(lag) >= t.size:
+        return np.searchsorted(ft, t - span, side="right")
+    lag = int(lag)
+    if lag == 0:
+        return k
+    return np.concatenate((np.searchsorted(ft, t[:lag] - span, side="right"), k[:-lag]))
 
 
 def schedule_at(m: Market, f: dict[str, np.ndarray], idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -138,7 +157,9 @@ def run_vectorized(m: Market, p: BacktestParams, f: dict[str, np.ndarray] | None
 class TradeFinder:
     """One symbol's trades, found one at a time (so a portfolio sizer can interleave symbols)."""
 
-    def __init__(self, m: Market, p: BacktestParams, f: dict[str, np.ndarray]):
+    def __init__(self, m: Market, p: BacktestParams, f: dict[str, np.ndarray], fixed: bool = True):
+        """``fixed``: every entry is sized ``notional_usd`` (the entry check can be pre-computed for all
+        candidates); a portfolio sizer passes False and its own sizes."""
         self.m, self.p, self.f = m, p, f
         self.rules = p.rules
         n = m.t.size
@@ -168,6 +189,13 @@ class TradeFinder:
         nxt_c, iv_c, rate_c = schedule_at(m, f, cand_idx)
         if p.playbook == "carry":
             rate_c = f["fund_carry"][cand_idx] / 100.0 / 8.0 * iv_c  # the carry's own lookback mean, per settlement
+        # the entry check at the fixed size, for every candidate at once: where it is far from zero the array
+        # answer stands; within a cent of zero the scalar function decides (array and scalar orders differ ~1e-9)
+        self.fixed_sizing = fixed
+        approx = _entry_margin(m, p, cand_idx, nxt_c, iv_c, rate_c)
+        keep = approx > -SLACK_USD if fixed else np.ones(cand_idx.size, dtype=bool)
+        self.sure = (approx[keep] > SLACK_USD).tolist() if fixed else [False] * int(keep.sum())
+        cand_idx, nxt_c, iv_c, rate_c = cand_idx[keep], nxt_c[keep], iv_c[keep], rate_c[keep]
         self.cands = cand_idx.tolist()
         self.nxt, self.iv, self.rate = nxt_c.tolist(), iv_c.tolist(), rate_c.tolist()
         self.gens = np.flatnonzero(generic)
@@ -188,6 +216,8 @@ class TradeFinder:
         m, p, c = self.m, self.p, self.cands[k]
         if qty <= 0 or qty * m.spot[c] < m.min_notional_usd:
             return False
+        if self.sure[k]:
+            return True
         spot, perp, t = float(m.spot[c]), float(m.perp[c]), float(m.t[c])
         if p.playbook == "carry":
             from basis_mcp.playbooks import carry_entry_check, expected_carry_usd
@@ -260,6 +290,35 @@ class TradeFinder:
         if p.playbook != "carry" and z <= p.exit_zscore:
             return j, "zscore_reversion"
         return j, "end_of_range"
+
+
+SLACK_USD = 0.01
+
+
+def _entry_margin(m: Market, p: BacktestParams, idx: np.ndarray, nxt: np.ndarray, iv: np.ndarray, rate: np.ndarray) -> np.ndarray:
+    """The entry check's margin at the fixed size, for many candidates at once (the same formulas as
+    `entry_expected_net_usd` and `playbooks.carry_entry_check`, array evaluation order): convergence,
+    the expected net; carry, expected funding minus ``carry_cost_cover`` round trips. > 0 passes."""
+    if idx.size == 0:
+        return np.zeros(0)
+    spot, perp = m.spot[idx], m.perp[idx]
+    qty = np.floor(p.notional_usd / spot / m.qty_step + 1e-9) * m.qty_step
+    ns, np_ = qty * spot, qty * perp
+    c = m.costs
+
+    def slip(leg, notional):
+        return (leg.half_spread_bps + leg.impact_bps_per_sqrt_musd * np.sqrt(notional / 1e6)) / 1e4
+
+    costs = 2 * (ns * (c.spot.taker_fee + slip(c.spot, ns)) + np_ * (c.perp.taker_fee + slip(c.perp, np_)))
+    to_next = nxt - m.t[idx]
+    hold = p.carry_expected_hold_days if p.playbook == "carry" else p.expected_hold_days
+    horizon = hold * DAY
+    n_settle = np.where(horizon >= to_next, np.floor((horizon - to_next) / (iv * 3600.0)) + 1, 0)
+    if p.playbook == "carry":
+        out = np_ * rate * n_settle - p.carry_cost_cover * costs
+    else:
+        out = qty * (perp - spot) + np_ * rate * n_settle - costs
+    return np.where(qty > 0, out, -np.inf)
 
 
 def book_trades(m: Market, p: BacktestParams, f: dict[str, np.ndarray], e: np.ndarray, x: np.ndarray, q: np.ndarray,

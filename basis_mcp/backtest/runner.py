@@ -54,6 +54,7 @@ class BacktestResult:
     always_on: dict[str, Any] = field(default_factory=dict)
     sensitivity: dict[str, Any] = field(default_factory=dict)
     stale: dict[str, list[str]] = field(default_factory=dict)
+    always_equity: np.ndarray | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -130,7 +131,7 @@ def _trades_desk_sized(markets: list[Market], params: BacktestParams, feats: dic
     """Every symbol's trades in one chronological pass, each position sized by the desk's own
     `size_position` caps at its signal (per-position cap, tier single-position cap, tier
     headroom, free capital net of what open positions tie up), ``notional_usd`` the target."""
-    finders = {m.symbol: TradeFinder(m, params, feats[m.symbol]) for m in markets}
+    finders = {m.symbol: TradeFinder(m, params, feats[m.symbol], fixed=False) for m in markets}
     by_sym = {m.symbol: m for m in markets}
     cursor = {s: 0 for s in finders}
     booked: dict[str, list[tuple[int, int, float, str]]] = {s: [] for s in finders}
@@ -238,6 +239,7 @@ def run(
     summary = stats(trades, times, eq, params.capital_usd, markets, params.leverage)
     always_json: dict[str, Any] = {}
     baseline = None
+    a_eq = None
     sensitivity: dict[str, Any] = {}
     if extras:
         all_on = sorted((t for ts in always.values() for t in ts), key=lambda t: (t.exit_time, t.symbol))
@@ -270,6 +272,7 @@ def run(
         always_on=always_json,
         sensitivity=sensitivity,
         stale={m.symbol: m.stale for m in markets},
+        always_equity=a_eq,
     )
 
 
