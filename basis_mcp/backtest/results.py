@@ -94,33 +94,64 @@ def close_trade(m: Market, i: int, j: int, qty: float, funding: list[float], rea
 def equity_curve(markets: list[Market], trades: list[Trade], capital: float) -> tuple[np.ndarray, np.ndarray]:
     """Hourly portfolio equity over the union of the trading ranges: capital + realised P&L +
     open positions marked at mid (basis change) with funding received so far, net of the
-    entry costs already paid."""
+    entry costs already paid. O(bars + trades): every trade adds to difference arrays, one
+    cumulative sum per series builds the curve (never a pass over the bars per trade)."""
     t0 = min(m.t[m.i0] for m in markets)
     t1 = max(m.t[m.i1] for m in markets)
     times = np.arange(t0, t1 + 1, 3600.0)
     eq = np.full(times.size, capital, dtype=np.float64)
-    by_symbol = {m.symbol: m for m in markets}
+    by_symbol: dict[str, list[Trade]] = defaultdict(list)
     for tr in trades:
-        m = by_symbol[tr.symbol]
-        i, j = tr.entry_index, tr.exit_index
-        k0 = int((m.t[i] - t0) // 3600)
-        k1 = int((m.t[j] - t0) // 3600)
-        spot, perp = m.spot[i : j + 1], m.perp[i : j + 1]
-        idx = np.where(np.isnan(spot) | np.isnan(perp), 0, np.arange(spot.size))  # stale bars carry the last fresh one
-        np.maximum.accumulate(idx, out=idx)
-        basis_usd = perp[idx] - spot[idx]
-        fills = fills_for(m, i, j, tr.quantity)
-        entry_cost = sum(f["fee_usd"] for f in fills[:2]) + sum(abs(f["price"] - f["mid_price"]) * f["quantity"] for f in fills[:2])
-        ft = m.f_time.astype(np.float64)
-        sel = (ft > m.t[i]) & (ft <= m.t[j])
-        f_cum = np.zeros(j - i + 1)
-        for T, r in zip(ft[sel], m.f_rate[sel], strict=True):
-            f_cum[int((T - m.t[i]) // 3600):] += tr.quantity * m.mark[m.index_at(T)] * r
-        mtm = tr.quantity * (basis_usd[0] - basis_usd) + f_cum - entry_cost
-        mtm[-1] = tr.pnl_usd
-        eq[k0 : k1 + 1] += mtm
-        eq[k1 + 1 :] += tr.pnl_usd
+        by_symbol[tr.symbol].append(tr)
+    for m in markets:
+        ts = by_symbol.get(m.symbol)
+        if ts:
+            own = _symbol_equity(m, ts)
+            off = int((t0 - m.t[0]) // 3600)  # union bar u is this market's bar u + off
+            k = np.clip(np.arange(times.size) + off, 0, own.size - 1)
+            eq += np.where(np.arange(times.size) + off < 0, 0.0, own[k])
     return times, eq
+
+
+def _symbol_equity(m: Market, trades: list[Trade]) -> np.ndarray:
+    """One symbol's realised + open P&L per bar of its own grid (see `equity_curve`)."""
+    n = m.t.size
+    spot, perp = m.spot, m.perp
+    idx = np.where(np.isnan(spot) | np.isnan(perp), 0, np.arange(n))  # stale bars carry the last fresh one
+    np.maximum.accumulate(idx, out=idx)
+    bu = perp[idx] - spot[idx]
+    i = np.array([t.entry_index for t in trades], dtype=np.int64)
+    j = np.array([t.exit_index for t in trades], dtype=np.int64)
+    q = np.array([t.quantity for t in trades])
+    pnl_t = np.array([t.pnl_usd for t in trades])
+    fund_t = np.array([t.funding_usd for t in trades])
+    c = m.costs
+    entry_cost = np.zeros(len(trades))
+    for mid, leg, side in ((spot[i], c.spot, "buy"), (perp[i], c.perp, "sell")):
+        price = leg.fill_price(mid, side, q * mid)
+        entry_cost += q * price * leg.taker_fee + np.abs(price - mid) * q
+
+    def diff(at_start: np.ndarray, start: np.ndarray, at_end: np.ndarray | None, end: np.ndarray) -> np.ndarray:
+        d = np.zeros(n + 2)
+        np.add.at(d, start, at_start)
+        if at_end is not None:
+            np.add.at(d, end, at_end)
+        return np.cumsum(d)[:n]
+
+    open_q = diff(q, i, -q, j)  # quantity open over [entry, exit)
+    open_const = diff(q * bu[i] - entry_cost, i, -(q * bu[i] - entry_cost), j)
+    realised = diff(pnl_t, j, None, j)
+    closed_funding = diff(fund_t, j, None, j)
+    # funding paid to what is open at each settlement: a position receives it for settlements in (entry, exit]
+    paid_q = diff(q, i + 1, -q, j + 1)
+    ft = m.f_time.astype(np.float64)
+    bars = ((ft - m.t[0]) // 3600).astype(np.int64)
+    ok = (bars >= 0) & (bars < n)
+    unit = np.zeros(n)
+    np.add.at(unit, bars[ok], m.mark[bars[ok]] * m.f_rate[ok])
+    funding = np.cumsum(paid_q * unit)
+    marked = np.where(open_q != 0, open_q * bu, 0.0)
+    return realised + open_const - marked + funding - closed_funding
 
 
 def stats(trades: list[Trade], times: np.ndarray, equity: np.ndarray, capital: float, markets: list[Market],
