@@ -106,22 +106,23 @@ def equity_curve(markets: list[Market], trades: list[Trade], capital: float) -> 
     for m in markets:
         ts = by_symbol.get(m.symbol)
         if ts:
-            own = _symbol_equity(m, ts)
-            off = int((t0 - m.t[0]) // 3600)  # union bar u is this market's bar u + off
+            own = _symbol_equity(m, ts)  # over the market's range [i0, i1]
+            off = int((t0 - m.t[m.i0]) // 3600)  # union bar u is this range's bar u + off
             k = np.clip(np.arange(times.size) + off, 0, own.size - 1)
             eq += np.where(np.arange(times.size) + off < 0, 0.0, own[k])
     return times, eq
 
 
 def _symbol_equity(m: Market, trades: list[Trade]) -> np.ndarray:
-    """One symbol's realised + open P&L per bar of its own grid (see `equity_curve`)."""
-    n = m.t.size
-    spot, perp = m.spot, m.perp
+    """One symbol's realised + open P&L per bar of its trading range (see `equity_curve`)."""
+    lo = m.i0
+    n = m.i1 - m.i0 + 1
+    spot, perp = m.spot[lo : m.i1 + 1], m.perp[lo : m.i1 + 1]
     idx = np.where(np.isnan(spot) | np.isnan(perp), 0, np.arange(n))  # stale bars carry the last fresh one
     np.maximum.accumulate(idx, out=idx)
     bu = perp[idx] - spot[idx]
-    i = np.array([t.entry_index for t in trades], dtype=np.int64)
-    j = np.array([t.exit_index for t in trades], dtype=np.int64)
+    i = np.array([t.entry_index for t in trades], dtype=np.int64) - lo
+    j = np.array([t.exit_index for t in trades], dtype=np.int64) - lo
     q = np.array([t.quantity for t in trades])
     pnl_t = np.array([t.pnl_usd for t in trades])
     fund_t = np.array([t.funding_usd for t in trades])
@@ -145,10 +146,10 @@ def _symbol_equity(m: Market, trades: list[Trade]) -> np.ndarray:
     # funding paid to what is open at each settlement: a position receives it for settlements in (entry, exit]
     paid_q = diff(q, i + 1, -q, j + 1)
     ft = m.f_time.astype(np.float64)
-    bars = ((ft - m.t[0]) // 3600).astype(np.int64)
+    bars = ((ft - m.t[lo]) // 3600).astype(np.int64)
     ok = (bars >= 0) & (bars < n)
     unit = np.zeros(n)
-    np.add.at(unit, bars[ok], m.mark[bars[ok]] * m.f_rate[ok])
+    np.add.at(unit, bars[ok], m.mark[bars[ok] + lo] * m.f_rate[ok])
     funding = np.cumsum(paid_q * unit)
     marked = np.where(open_q != 0, open_q * bu, 0.0)
     return realised + open_const - marked + funding - closed_funding
