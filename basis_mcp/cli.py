@@ -166,7 +166,7 @@ def _backtest(args: argparse.Namespace) -> int:
             name, _, values = spec.partition("=")
             if name not in BacktestParams.model_fields or not values:
                 raise DataError(f"--sweep {spec!r}: expected NAME=V1,V2 with NAME one of the parameters")
-            grid[name] = [float(v) for v in values.split(",")]
+            grid[name] = [_sweep_value(name, v) for v in values.split(",")]
         symbols = [s for s in args.symbols.split(",") if s.strip()]
         histories = load_any(args.data)
         markets = load_markets(histories, symbols, args.start, args.end, params, settings)
@@ -223,6 +223,26 @@ def _backtest(args: argparse.Namespace) -> int:
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0
+
+
+def _sweep_value(name: str, raw: str):
+    """A sweep value as its parameter's type: numbers for numbers, words for choices."""
+    from basis_mcp.backtest.params import BacktestParams
+    from basis_mcp.history import DataError
+
+    ann = BacktestParams.model_fields[name].annotation
+    raw = raw.strip()
+    if ann is int:
+        try:
+            return int(raw)
+        except ValueError:
+            raise DataError(f"--sweep {name}: {raw!r} is not a whole number") from None
+    if ann in (float, float | None):
+        try:
+            return float(raw)
+        except ValueError:
+            raise DataError(f"--sweep {name}: {raw!r} is not a number") from None
+    return raw
 
 
 def _flag(loc: tuple) -> str:

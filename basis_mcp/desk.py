@@ -1534,18 +1534,24 @@ class Desk(ExecutionMixin, WatchdogMixin):
                            f"(≈ ${readings.rounded_notional_usd:,.2f} per leg, ≈ ${readings.capital_required_usd:,.2f} of capital)")
                 return EnterTradeOutput(confirmation=self._issue_confirmation("enter_trade", signed, summary, orders))
             now = self.now()
+            fill_at = self._scheduled_fill_time(sym)
             with self.store.tx():
                 if self.confirmations_required:
                     self._consume_confirmation(confirmation_token or "", "enter_trade", signed)
                 cur = self.store.x(
                     "INSERT INTO positions(symbol, strategy, playbook, venue, status, quantity, leverage, notional_usd, opened_at,"
-                    " entry_key, reserved_usd, args_json) VALUES (?,?,?,?,'opening',?,?,?,?,?,?,?)",
-                    (sym, strategy, playbook, self.venue.name, qty, lev, readings.rounded_notional_usd, now, key,
-                     readings.capital_required_usd, json.dumps(args)),
+                    " entry_key, reserved_usd, args_json, execute_at) VALUES (?,?,?,?,'opening',?,?,?,?,?,?,?,?)",
+                    (sym, strategy, playbook, self.venue.name, qty, lev, readings.rounded_notional_usd,
+                     now if fill_at is None else fill_at, key, readings.capital_required_usd, json.dumps(args), fill_at),
                 )
                 pid = int(cur.lastrowid)
                 self._new_order(pid, key, "open", "spot", "buy", qty, False)
                 self._new_order(pid, key, "open", "perp", "sell", qty, False)
+            if fill_at is not None:  # replay with a fill delay: the orders rest until the clock gets there
+                self.audit("desk", "entry_scheduled", {"position_id": pid, "symbol": sym, "quantity": qty,
+                                                       "fills_at": iso(fill_at)}, "ok")
+                row = self.store.one("SELECT * FROM positions WHERE id = ?", (pid,))
+                return EnterTradeOutput(position=self._position_out(row), fills_at=iso(fill_at))
             with self.store.patient():  # intents are committed: from here on every write must land
                 self.audit("desk", "entry_intent", {"position_id": pid, "symbol": sym, "quantity": qty, "leverage": lev,
                                                     "basis_pct": round(snap.basis_pct, 6)}, "ok")
@@ -1581,15 +1587,20 @@ class Desk(ExecutionMixin, WatchdogMixin):
                 ]
                 summary = f"LIVE on {self.feed.venue}: buy back {-perp_q:g} {sym} perp (reduce-only) and sell {spot_q:g} {sym} spot"
                 return ExitTradeOutput(confirmation=self._issue_confirmation("exit_trade", signed, summary, orders))
+            fill_at = self._scheduled_fill_time(sym)
             with self.store.tx():
                 if self.confirmations_required:
                     self._consume_confirmation(confirmation_token or "", "exit_trade", signed)
-                self.store.x("UPDATE positions SET status = 'closing', exit_key = ?, close_reason = ? WHERE id = ?",
-                             (key, reason, position_id))
+                self.store.x("UPDATE positions SET status = 'closing', exit_key = ?, close_reason = ?, execute_at = ? WHERE id = ?",
+                             (key, reason, fill_at, position_id))
                 if perp_q < 0:
                     self._new_order(position_id, key, "close", "perp", "buy", -perp_q, True)
                 if spot_q > 0:
                     self._new_order(position_id, key, "close", "spot", "sell", spot_q, True)
+            if fill_at is not None:
+                self.audit("desk", "exit_scheduled", {"position_id": position_id, "fills_at": iso(fill_at)}, "ok")
+                row = self.store.one("SELECT * FROM positions WHERE id = ?", (position_id,))
+                return ExitTradeOutput(position=self._position_out(row), fills_at=iso(fill_at))
             with self.store.patient():
                 self.audit("desk", "exit_intent", {"position_id": position_id, "reason": reason}, "ok")
                 return await self._execute_exit(position_id, key, reason)
@@ -1734,6 +1745,7 @@ class Desk(ExecutionMixin, WatchdogMixin):
         liqs: list[dict[str, Any]] = []
         if report.funding or report.liquidations:
             funding, liqs = await self._sync_venue_events()
+        await self._execute_due(t)
         for sym in self.feed.symbols:
             try:
                 self._queue_sample(self.feed.snapshot(sym))
@@ -1745,6 +1757,41 @@ class Desk(ExecutionMixin, WatchdogMixin):
         else:
             actions = []
         return funding, liqs, actions
+
+    def _scheduled_fill_time(self, sym: str) -> float | None:
+        """Replay with a fill delay: the market time an order placed now fills at (the first fresh bar
+        at or after now + delay), so no agent sees a price before the clock reaches it. None: at once."""
+        delay = self.settings.fill_delay_seconds
+        if delay <= 0 or not self.clock.simulated:
+            return None
+        t = self.feed.first_fresh_at_or_after(sym, self.now() + delay)
+        if t is None:
+            raise Rejected("fill_delay_seconds", delay, f"no fresh {sym} price {delay:g} s after {iso(self.now())} to fill "
+                           "at: the replay data ends first")
+        return t
+
+    async def _execute_due(self, t: float) -> None:
+        """Orders resting until ``t`` (replay with a fill delay) go to the venue now, after the
+        settlements at ``t`` and before the watchdog looks at the book; the outcome is an alert."""
+        due = self.store.q("SELECT * FROM positions WHERE execute_at IS NOT NULL AND execute_at <= ? AND status IN"
+                           " ('opening','closing') ORDER BY id", (t,))
+        for row in due:
+            pid, sym = row["id"], row["symbol"]
+            with self.store.tx():
+                self.store.x("UPDATE positions SET execute_at = NULL WHERE id = ?", (pid,))
+            try:
+                if row["status"] == "opening":
+                    out = await self._execute_entry(pid, row["entry_key"] or "", sym, self._entry_args(row), row["leverage"])
+                    self.alert("info", "entry_filled", f"position {pid} {sym}: the entry filled at {iso(t)}",
+                               {"position_id": pid, "entry_basis_pct": out.position.entry_basis_pct if out.position else None})
+                else:
+                    out = await self._execute_exit(pid, row["exit_key"] or "", row["close_reason"] or "exit",
+                                                   emergency=(row["close_reason"] or "").startswith("watchdog"))
+                    self.alert("info", "exit_filled", f"position {pid} {sym}: the exit filled at {iso(t)}, realized "
+                               f"${out.realized.total_usd if out.realized else 0:,.2f}",
+                               {"position_id": pid, "realized_pnl_usd": out.realized.total_usd if out.realized else None})
+            except Rejected as e:  # filed by the execution path itself (failed entry, incomplete exit): say so
+                self.alert("warning", "scheduled_order_failed", f"position {pid} {sym}: {e}", {"position_id": pid})
 
     def _has_book(self) -> bool:
         return self.store.one(

@@ -179,7 +179,7 @@ class ReplayFeed:
             funding_interval_hours=interval_h,
             next_funding_time=nxt,
             mark_is_proxy=bool(h.mark_is_proxy[i]),
-            prev_perp=float(h.perp[int(self._perp_ffill[symbol][i - 1])]) if i > 0 and self._perp_ffill[symbol][i - 1] >= 0 else None,
+            prev_perp=float(h.perp[i - 1]) if i > 0 else None,  # NaN after a missing bar: only the range counts then
         )
 
     def first_fresh_at_or_after(self, symbol: str, t: float) -> float | None:

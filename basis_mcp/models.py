@@ -405,6 +405,9 @@ class EnterTradeOutput(ToolOutput):
     confirmation: ConfirmationRequest | None = Field(
         None, description="LIVE mode: nothing was sent yet; repeat the call with this token to trade."
     )
+    fills_at: str | None = Field(
+        None, description="Replay with a fill delay: the orders rest until this market time (the position is 'opening'); "
+        "advance_time past it and read portfolio_status or the alerts for the fills.")
 
 
 class ExitTradeOutput(ToolOutput):
@@ -412,6 +415,9 @@ class ExitTradeOutput(ToolOutput):
     realized: PnLBreakdown | None = None
     replayed: bool = False
     confirmation: ConfirmationRequest | None = None
+    fills_at: str | None = Field(
+        None, description="Replay with a fill delay: the close orders rest until this market time (the position is "
+        "'closing'); the realized P&L arrives with the fills.")
 
 
 class DeltaReport(BaseModel):

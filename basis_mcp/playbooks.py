@@ -34,7 +34,8 @@ from typing import Literal
 
 Playbook = Literal["convergence", "carry"]
 PLAYBOOKS: tuple[Playbook, ...] = ("convergence", "carry")
-EMERGENCY_RULES = frozenset({"basis_blowout", "margin_ratio_below_130", "margin_ratio_below_150", "perp liquidated"})
+EMERGENCY_RULES = frozenset({"basis_blowout", "margin_ratio_below_130", "margin_ratio_below_150", "liquidation_distance",
+                             "perp liquidated", "liquidated"})
 
 
 @dataclass(frozen=True)

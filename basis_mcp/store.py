@@ -64,7 +64,8 @@ CREATE TABLE IF NOT EXISTS positions (
     realized_pnl_usd REAL,
     close_reason     TEXT,
     reserved_usd     REAL NOT NULL DEFAULT 0,
-    args_json        TEXT
+    args_json        TEXT,
+    execute_at       REAL  -- replay with a fill delay: the intents rest until this market time
 );
 CREATE INDEX IF NOT EXISTS positions_status ON positions(status);
 
@@ -333,9 +334,17 @@ def _v3_playbooks(store: Store) -> None:
                 " CHECK (playbook IN ('convergence','carry'))")
 
 
+def _v4_scheduled_fills(store: Store) -> None:
+    """v3 → v4: orders may rest until a market time (replay with a fill delay)."""
+    cols = {r["name"] for r in store.q("PRAGMA table_info(positions)")}
+    if "execute_at" not in cols:
+        store.x("ALTER TABLE positions ADD COLUMN execute_at REAL")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "audit chain keyed with HMAC-SHA256 and anchored in a journal outside the database", _v2_keyed_audit),
     Migration(3, "positions state their playbook (convergence or carry)", _v3_playbooks),
+    Migration(4, "positions may rest until a fill time (replay fill delay)", _v4_scheduled_fills),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

@@ -92,6 +92,8 @@ class WatchdogMixin:
         for row in self.store.q("SELECT * FROM positions WHERE status IN ('open','closing') ORDER BY id"):
             if self._unresolved_orders(row["id"]):
                 continue  # its fills are not known yet: acting on them could trade twice; _recover_all chases it
+            if row["status"] == "open" and row["opened_at"] >= self.now():
+                continue  # it filled on this very tick: judged from the next one (as the backtest does)
             if row["status"] == "closing":
                 # an exit the watchdog is finishing may hold a hedged remainder for a while: keep its margin safe
                 readings = await self._position_readings(row)
@@ -144,6 +146,8 @@ class WatchdogMixin:
         now = self.now()
         for row in self.store.q("SELECT * FROM positions WHERE status IN ('opening','closing') ORDER BY id"):
             pid = row["id"]
+            if row["execute_at"] is not None and row["execute_at"] > now:
+                continue  # orders resting until their fill time (replay fill delay): not interrupted, just waiting
             failures, next_at = self._retry.get(pid, (0, 0.0))
             if now < next_at:
                 continue
@@ -264,13 +268,23 @@ class WatchdogMixin:
         pid, sym = row["id"], row["symbol"]
         key = f"wd{pid}-{rule}"[:64]
         spot_q, perp_q = leg_quantities(self._fills(pid))
+        try:
+            fill_at = self._scheduled_fill_time(sym) if row["status"] == "open" else None
+        except Rejected:  # no price that late (the data ends): close at once
+            fill_at = None
         with self.store.tx():
-            self.store.x("UPDATE positions SET status = 'closing', close_reason = ? WHERE id = ? AND status = 'open'",
-                         (f"watchdog: {rule}", pid))
+            self.store.x("UPDATE positions SET status = 'closing', close_reason = ?, execute_at = ? WHERE id = ? AND status = 'open'",
+                         (f"watchdog: {rule}", fill_at, pid))
             if perp_q < -QTY_EPS:
                 self._new_order(pid, key, "close", "perp", "buy", -perp_q, True)
             if spot_q > self._dust(sym):
                 self._new_order(pid, key, "close", "spot", "sell", spot_q, True)
+        if fill_at is not None:  # replay with a fill delay: the close orders rest until their fill time
+            from basis_mcp.clock import iso
+
+            self.alert("warning", rule, f"position {pid} {sym}: the watchdog closes it ({message}); the orders fill at "
+                       f"{iso(fill_at)}", {**data, "fills_at": iso(fill_at)})
+            return {**data, "action": "close_scheduled", "fills_at": iso(fill_at)}
         try:
             out = await self._execute_exit(pid, "", f"watchdog: {rule}", emergency=True)
             realized = out.realized.total_usd

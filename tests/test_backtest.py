@@ -27,7 +27,7 @@ PARAM_SETS = [
     BacktestParams(fill_delay_seconds=0),
     BacktestParams(playbook="carry"),
     BacktestParams(playbook="carry", fill_delay_seconds=0, carry_lookback_days=3, carry_entry_8h_pct=0.01,
-                   carry_exit_8h_pct=0.0, carry_max_hold_days=60),
+                   carry_exit_8h_pct=0.0, carry_max_hold_days=60, carry_expected_hold_days=30),
     BacktestParams(playbook="carry", fill_delay_seconds=3 * 3600, basis_stop_sigmas=0.5, basis_smoothing_hours=2),
     BacktestParams(min_zscore=1.2, fill_delay_seconds=2 * 3600, basis_stop_sigmas=0.5, flip_sigmas=0.2,
                    funding_exit_8h_pct=0.005, funding_exit_hours=8, basis_smoothing_hours=3),
@@ -121,6 +121,8 @@ async def desk_replay(db: Path, symbols: list[str], start: str, end: str, p: Bac
             z = desk.compute_zscore(sym, p.zscore_window).zscore
             pos = desk._open_position(sym)
             if pos is not None:
+                if pos["status"] != "open" or pos["opened_at"] >= desk.now():
+                    continue  # orders resting, or it filled on this bar: decided from the next one (as the backtest does)
                 if p.playbook == "convergence" and (b <= p.exit_basis_pct or (z is not None and z <= p.exit_zscore)):
                     why = "convergence" if b <= p.exit_basis_pct else "zscore_reversion"
                     await desk.exit(pos["id"], f"x{pos['id']}", reason=why)
@@ -136,6 +138,7 @@ async def desk_replay(db: Path, symbols: list[str], start: str, end: str, p: Bac
         if last_bar:
             break
         await desk.advance(1)
+    desk.settings = desk.settings.model_copy(update={"fill_delay_seconds": 0.0})  # the range's end closes at its last bar
     for r in desk.store.q("SELECT id FROM positions WHERE status = 'open'"):
         await desk.exit(r["id"], f"end{r['id']}", reason="end_of_range")
     rows = [dict(r) for r in desk.store.q("SELECT * FROM positions WHERE status != 'failed' ORDER BY id")]
@@ -143,16 +146,22 @@ async def desk_replay(db: Path, symbols: list[str], start: str, end: str, p: Bac
     return rows
 
 
-@pytest.mark.parametrize(("playbook", "start", "end"), [
-    ("convergence", "2021-01-01T00:00:00Z", "2021-04-01T00:00:00Z"),
-    ("carry", "2022-10-15T00:00:00Z", "2023-01-15T00:00:00Z"),  # out when funding turned in November, back in December
+@pytest.mark.parametrize(("playbook", "start", "end", "delay", "notional"), [
+    ("convergence", "2021-01-01T00:00:00Z", "2021-04-01T00:00:00Z", 0, 5_000),
+    ("carry", "2022-10-15T00:00:00Z", "2023-01-15T00:00:00Z", 0, 5_000),  # out when funding turned in November, back in December
+    ("convergence", "2021-01-01T00:00:00Z", "2021-02-15T00:00:00Z", 3600, 5_000),  # orders rest an hour, as in the backtest
+    # $25k shorts through the 2020-21 rally: margin top-ups until the $100k book cannot pay one, then forced closes
+    ("carry", "2020-11-20T00:00:00Z", "2021-01-10T00:00:00Z", 0, 25_000),
 ])
-async def test_desk_replay_agrees_with_the_backtest(tmp_path: Path, histories, playbook: str, start: str, end: str) -> None:
-    p = BacktestParams(playbook=playbook, fill_delay_seconds=0)  # the desk fills at the price it sees, like the agent
+async def test_desk_replay_agrees_with_the_backtest(tmp_path: Path, histories, playbook: str, start: str, end: str,
+                                                    delay: int, notional: float) -> None:
+    p = BacktestParams(playbook=playbook, fill_delay_seconds=delay, notional_usd=notional)
     rows = await desk_replay(tmp_path / "parity.db", ["BTC", "ETH"], start, end, p)
     markets = load_markets(histories, ["BTC", "ETH"], start, end, p)
     bt = run(markets, p, extras=False)
-    assert len(bt.trades) >= (10 if playbook == "convergence" else 4), "the period must trade"
+    assert len(bt.trades) >= (10 if playbook == "convergence" else 3), "the period must trade"
+    if notional > 5_000:
+        assert bt.summary["margin"]["forced_closes"] >= 1 and bt.summary["margin"]["margin_topups"] >= 5
     desk_trades = sorted((r["symbol"], r["opened_at"], r["closed_at"]) for r in rows)
     bt_trades = sorted((t.symbol, parse_time(t.entry_time), parse_time(t.exit_time)) for t in bt.trades)
     assert desk_trades == bt_trades
@@ -166,15 +175,26 @@ async def test_desk_replay_agrees_with_the_backtest(tmp_path: Path, histories, p
     assert desk_pnl == pytest.approx(bt_pnl, abs=0.01)  # in fact to the cent
 
 
-async def test_replay_fills_a_delay_after_the_order_like_the_backtest(tmp_path: Path) -> None:
-    """With fill_delay_seconds set, the paper venue fills at the first fresh bar that much later."""
+async def test_replay_orders_rest_until_the_fill_delay_has_passed(tmp_path: Path) -> None:
+    """With fill_delay_seconds set, orders rest until the clock reaches the first fresh bar that much
+    later; no call sees a price before the clock does."""
     settings = Settings(fill_delay_seconds=3600)
     desk = Desk.open_replay(settings, tmp_path / "d.db", start="2024-03-01T00:00:00Z")
     await desk.start()
     out = await desk.enter("BTC", 4000, None, "d1", "cash_and_carry")
-    later = desk.feed.snapshot("BTC", at=parse_time("2024-03-01T01:00:00Z"))
-    fills = {f.market: f for f in out.position.fills}
-    assert fills["spot"].mid_price == later.spot and fills["perp"].mid_price == later.perp
+    assert out.position.status == "opening" and out.position.fills == [] and out.fills_at == "2024-03-01T01:00:00Z"
+    assert desk.now() == parse_time("2024-03-01T00:00:00Z")
+    await desk.advance(1)
+    later = desk.feed.snapshot("BTC")
+    row = desk._open_position("BTC")
+    assert row["status"] == "open" and row["opened_at"] == parse_time("2024-03-01T01:00:00Z")
+    fills = {f["market"]: f for f in desk._fills(row["id"])}
+    assert fills["spot"]["mid_price"] == later.spot and fills["perp"]["mid_price"] == later.perp
+    assert any(a.rule == "entry_filled" for a in desk.pop_alerts())
+    out = await desk.exit(row["id"], "d1-x")
+    assert out.position.status == "closing" and out.fills_at == "2024-03-01T02:00:00Z"
+    await desk.advance(1)
+    assert desk.store.one("SELECT status FROM positions WHERE id = ?", (row["id"],))["status"] == "closed"
     desk.close()
 
 

@@ -190,7 +190,7 @@ async def test_operator_can_turn_confirmation_off_and_the_watchdog_never_needs_i
         i = inst._i(sim.state.t)
         for series in (inst.series.perp, inst.series.mark, inst.series.spot):
             series[i:] *= factor
-        await wait_for(lambda: db_rows(db, "SELECT status FROM positions")[0]["status"] == "closed")
+        await wait_for(lambda: db_rows(db, "SELECT status FROM positions")[0]["status"] == "closed", timeout=30)
         assert db_rows(db, "SELECT close_reason FROM positions")[0]["close_reason"] == "watchdog: margin_ratio_below_130"
         assert len(sim.state.orders) == 4
 

@@ -233,3 +233,56 @@ async def test_the_tools_know_both_playbooks(make_server, tmp_path: Path) -> Non
         r = await client.call_tool("backtest", {"symbols": ["BTC"], "start": "2024-01-01", "end": "2024-01-05",
                                                 "playbook": "carry", "fill_delay": "-1h", "chart": False})
         assert r.is_error and "fill_delay" in r.content[0].text
+
+
+# ----------------------------------------------------------------------------- the book's capital
+
+
+def test_with_ample_capital_the_book_trades_exactly_the_rules(histories) -> None:
+    from basis_mcp.backtest import prepare, run_vectorized
+
+    for playbook in ("convergence", "carry"):
+        p = BacktestParams(playbook=playbook)
+        res = run(load_markets(histories, ["BTC", "ETH"], "2020-01-01", "2026-05-16", p), p, extras=False)
+        for m in res.markets:
+            alone = run_vectorized(prepare(histories[m.symbol], parse_time("2020-01-01"), parse_time("2026-05-16"), p), p)
+            mine = [t for t in res.trades if t.symbol == m.symbol]
+            assert [(t.entry_index, t.exit_index, t.reason) for t in mine] == [(t.entry_index, t.exit_index, t.reason) for t in alone]
+        assert res.summary["margin"]["forced_closes"] == 0
+
+
+def test_long_holds_through_a_rally_tie_up_margin_and_a_short_book_is_closed_for_it(histories) -> None:
+    """ETH 2020-03 → 2021-04 went up 14x: a short perp needs its margin topped up again and again."""
+    p = BacktestParams(playbook="carry", notional_usd=25_000)
+    rich = run(load_markets(histories, ["BTC", "ETH"], "2020-03-15", "2021-04-15", p), p.model_copy(update={"capital_usd": 1e7}),
+               extras=False)
+    poor = run(load_markets(histories, ["BTC", "ETH"], "2020-03-15", "2021-04-15", p), p, extras=False)
+    assert rich.summary["margin"]["margin_topups"] > 10 and rich.summary["margin"]["forced_closes"] == 0
+    assert rich.summary["margin"]["peak_capital_in_use_usd"] > 100_000  # more than the default book could ever pay
+    m = poor.summary["margin"]
+    assert m["forced_closes"] > 0 and poor.summary["exit_reasons"].get("liquidation_distance", 0) == m["forced_closes"]
+    assert poor.summary["emergency_exit_pct"] > 0  # a forced close is an emergency exit
+    assert poor.summary["total_pnl_usd"] < rich.summary["total_pnl_usd"]
+
+
+def test_the_margin_schedule_keeps_the_liquidation_price_away(histories) -> None:
+    from basis_mcp import margin as mm
+    from basis_mcp.backtest.engine import features
+    from basis_mcp.backtest.portfolio import margin_topups
+
+    p = BacktestParams(playbook="carry")
+    m = load_markets(histories, ["ETH"], "2020-03-20", "2021-03-20", p)[0]
+    f = features(m, p)
+    e, x, q = m.i0 + 1, m.i1, 30.0
+    table = DEFAULT_SPECS["ETH"].brackets
+    ups = margin_topups(m, f, e, x, q, 2.0, table, 15.0, 25.0)
+    assert len(ups) > 10 and all(amount > 0 for _, amount in ups)
+    ep = float(m.costs.perp.fill_price(m.perp[e], "sell", q * m.perp[e]))
+    wallet = q * ep / 2.0
+    for bar, amount in ups:  # funding credited up to that bar, then the top-up: 25 % away again
+        ft = m.f_time
+        wallet_now = wallet + amount + sum(q * m.mark[int((T - m.t[0]) // 3600)] * r for T, r in zip(ft, m.f_rate, strict=True)
+                                           if m.t[e] < T <= m.t[bar])
+        lp = mm.liquidation_price(wallet_now, -q, ep, table)
+        assert (lp - m.mark[bar]) / m.mark[bar] == pytest.approx(0.25, abs=1e-6)
+        wallet += amount

@@ -74,7 +74,8 @@ def features(m: Market, p: BacktestParams) -> dict[str, np.ndarray]:
         np.abs(c2c, out=c2c)
         vol = np.maximum(park, c2c, out=park)
         vol *= 100.0
-    vol_ok = np.isnan(prev) | (vol <= p.vol_limit_pct)
+    vol_ok = vol <= p.vol_limit_pct  # after a missing perp bar the range still counts (the close-to-close move cannot)
+    vol_ok[0] = True  # the first bar has no previous one to measure against
     ft = m.f_time.astype(np.float64)
     # settlements at or before each bar: where each settlement falls among the bars (7k searches, not 57k), counted up
     k = np.cumsum(np.bincount(np.searchsorted(m.t, ft, side="left"), minlength=m.t.size + 1)[: m.t.size])
@@ -353,13 +354,15 @@ def book_trades(m: Market, p: BacktestParams, f: dict[str, np.ndarray], e: np.nd
     cols = zip(e.tolist(), x.tolist(), t_in, t_out, q.tolist(), b_in.tolist(), b_out.tolist(), (cash + slip).tolist(),
                funding.tolist(), fees.tolist(), slip.tolist(), total.tolist(), n_settle.tolist(), held.tolist(),
                reasons, strict=True)
-    notional = (q * m.spot[e]).tolist()
-    ok = ~np.isnan(m.spot)
-    cs = np.concatenate(([0.0], np.cumsum(np.where(ok, m.spot, 0.0))))
-    cn = np.concatenate(([0], np.cumsum(ok)))
-    avg = (q * (cs[x + 1] - cs[e]) / (cn[x + 1] - cn[e])).tolist()  # spot averaged over the hold's fresh bars
-    return [Trade(m.symbol, *c, playbook=p.playbook, notional_usd=n, avg_notional_usd=a)
-            for c, n, a in zip(cols, notional, avg, strict=True)]
+    notional = q * m.spot[e]
+    # the same settlements paid on the entry notional: per settlement mark × rate / (last fresh spot)
+    fresh = np.where(np.isnan(m.spot) | np.isnan(m.perp), 0, np.arange(m.t.size))
+    np.maximum.accumulate(fresh, out=fresh)
+    f_bar = ((ft - m.t[0]) // HOUR).astype(np.int64)
+    per_dollar = np.concatenate(([0.0], np.cumsum(m.mark[f_bar] * m.f_rate / m.spot[fresh[f_bar]])))
+    const = notional * (per_dollar[hi] - per_dollar[lo])
+    return [Trade(m.symbol, *c, playbook=p.playbook, notional_usd=n, funding_at_constant_notional_usd=k)
+            for c, n, k in zip(cols, notional.tolist(), const.tolist(), strict=True)]
 
 
 def always_on_trades(m: Market, p: BacktestParams, f: dict[str, np.ndarray] | None = None) -> list[Trade]:

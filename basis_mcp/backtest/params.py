@@ -84,6 +84,8 @@ class BacktestParams(BaseModel):
     @field_validator("fill_delay_seconds", mode="before")
     @classmethod
     def _duration(cls, v: object) -> object:
+        if isinstance(v, bool):
+            raise ValueError(f"fill_delay={v!r}: expected a duration such as 0, 5m or 1h")
         if isinstance(v, str):
             return parse_duration(v, "fill_delay")
         return v
@@ -97,6 +99,12 @@ class BacktestParams(BaseModel):
             )
         if self.exit_zscore >= self.min_zscore:
             raise ValueError(f"exit_zscore ({self.exit_zscore:g}) must be below min_zscore ({self.min_zscore:g})")
+        if self.expected_hold_days > self.max_hold_days:
+            raise ValueError(f"expected_hold_days ({self.expected_hold_days:g}) is above max_hold_days ({self.max_hold_days:g}): "
+                             "the desk refuses such entries")
+        if self.carry_expected_hold_days > self.carry_max_hold_days:
+            raise ValueError(f"carry_expected_hold_days ({self.carry_expected_hold_days:g}) is above carry_max_hold_days "
+                             f"({self.carry_max_hold_days:g}): the desk refuses such entries")
         if self.carry_exit_8h_pct >= self.carry_entry_8h_pct:
             raise ValueError(f"carry_exit_8h_pct ({self.carry_exit_8h_pct:g}) must be below carry_entry_8h_pct "
                              f"({self.carry_entry_8h_pct:g}): the gap between them is what stops the carry from churning")

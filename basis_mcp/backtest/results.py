@@ -37,13 +37,14 @@ class Trade:
     reason: str
     playbook: str = "convergence"
     notional_usd: float = 0.0  # spot-leg notional at the entry fill (mid)
-    avg_notional_usd: float = 0.0  # spot-leg notional averaged over the hold (quantity × spot, hourly)
+    funding_at_constant_notional_usd: float = 0.0  # the same settlements paid on the entry notional
 
     @property
     def pnl_at_constant_notional_usd(self) -> float:
-        """P&L as if the notional had stayed at its entry value (removes the price drift of a fixed
-        quantity: what a trade earned per dollar of exposure, scaled to its entry size)."""
-        return self.pnl_usd * self.notional_usd / self.avg_notional_usd if self.avg_notional_usd > 0 else self.pnl_usd
+        """P&L with every funding payment made on the entry notional instead of the fixed quantity's
+        drifting one (basis and costs as booked): what the trade earned per dollar of exposure,
+        free of the price path of a fixed quantity."""
+        return self.pnl_usd - self.funding_usd + self.funding_at_constant_notional_usd
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,8 +85,21 @@ def close_trade(m: Market, i: int, j: int, qty: float, funding: list[float], rea
         reason=reason,
         playbook=playbook,
         notional_usd=float(qty * m.spot[i]),
-        avg_notional_usd=float(qty * np.nanmean(m.spot[i : j + 1])),
+        funding_at_constant_notional_usd=constant_notional_funding(m, i, j, float(qty * m.spot[i])),
     )
+
+
+def constant_notional_funding(m: Market, i: int, j: int, notional: float) -> float:
+    """Funding of settlements in (t_i, t_j] paid on ``notional`` dollars instead of a fixed quantity:
+    Σ notional / spot_k × mark_k × rate_k (spot_k the last fresh spot at or before the settlement)."""
+    total = 0.0
+    for T, r in zip(m.f_time.tolist(), m.f_rate.tolist(), strict=True):
+        if m.t[i] < T <= m.t[j]:
+            k = int((T - m.t[0]) // 3600)
+            while k > 0 and (np.isnan(m.spot[k]) or np.isnan(m.perp[k])):
+                k -= 1
+            total += notional / float(m.spot[k]) * float(m.mark[int((T - m.t[0]) // 3600)]) * r
+    return total
 
 
 # --------------------------------------------------------------------------- equity and statistics

@@ -5,7 +5,6 @@ This is what the CLI (`basis-mcp backtest`) and the MCP tool (`backtest`) call.
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import json
 from collections.abc import Callable, Iterable
@@ -16,14 +15,11 @@ from typing import Any
 import numpy as np
 
 from basis_mcp.backtest.engine import (
-    SKIP,
-    TradeFinder,
     always_on_trades,
-    book_trades,
     features,
-    run_vectorized,
 )
 from basis_mcp.backtest.params import BacktestParams
+from basis_mcp.backtest.portfolio import simulate
 from basis_mcp.backtest.prepare import Market, prepare
 from basis_mcp.backtest.reference import run_reference
 from basis_mcp.backtest.results import Trade, equity_curve, per_year, stats, yearly
@@ -31,7 +27,6 @@ from basis_mcp.clock import iso, parse_time
 from basis_mcp.config import Settings
 from basis_mcp.feed import base_asset
 from basis_mcp.history import DataError, SymbolHistory, load_any
-from basis_mcp.sizing import Cap, size_position
 
 Progress = Callable[[float, float, str], None]
 
@@ -77,9 +72,12 @@ class BacktestResult:
 def parse_when(name: str, v: str | float) -> float:
     """A date argument, or a `DataError` naming it."""
     try:
-        return parse_time(v) if isinstance(v, str) else float(v)
-    except (ValueError, OverflowError, OSError):
+        t = parse_time(v) if isinstance(v, str) else float(v)
+    except (ValueError, OverflowError, OSError, TypeError):
         raise DataError(f"{name}={str(v)[:40]!r}: bad date, expected ISO 8601 such as 2021-01-01") from None
+    if not (-1e11 < t < 1e11):  # beyond year ±5000: not a date a market has
+        raise DataError(f"{name}={str(v)[:40]!r}: bad date, expected ISO 8601 such as 2021-01-01")
+    return t
 
 
 def load_markets(
@@ -118,75 +116,16 @@ def load_markets(
     return markets
 
 
-def _trades_fixed(markets: list[Market], params: BacktestParams, engine: str,
-                  feats: dict[str, dict[str, np.ndarray]]) -> dict[str, list[Trade]]:
-    out = {}
-    for m in markets:
-        out[m.symbol] = run_reference(m, params) if engine == "reference" else run_vectorized(m, params, feats[m.symbol])
-    return out
-
-
-def _trades_desk_sized(markets: list[Market], params: BacktestParams, feats: dict[str, dict[str, np.ndarray]],
-                       settings: Settings) -> dict[str, list[Trade]]:
-    """Every symbol's trades in one chronological pass, each position sized by the desk's own
-    `size_position` caps at its signal (per-position cap, tier single-position cap, tier
-    headroom, free capital net of what open positions tie up), ``notional_usd`` the target."""
-    finders = {m.symbol: TradeFinder(m, params, feats[m.symbol], fixed=False) for m in markets}
-    by_sym = {m.symbol: m for m in markets}
-    cursor = {s: 0 for s in finders}
-    booked: dict[str, list[tuple[int, int, float, str]]] = {s: [] for s in finders}
-    open_book: list[dict[str, Any]] = []  # signalled and not yet closed: symbol, tier, notional, capital, closes_at
-    realized = 0.0
-    cap_usd = params.capital_usd
-    lev = params.leverage
-    while True:
-        best = None
-        for s, f in finders.items():
-            k = cursor[s]
-            if k < len(f.cands):
-                t = float(by_sym[s].t[f.cands[k]])
-                if best is None or t < best[0]:
-                    best = (t, s, k)
-        if best is None:
-            break
-        t_c, s, k = best
-        f, m = finders[s], by_sym[s]
-        c = f.cands[k]
-        for pos in [x for x in open_book if x["closes_at"] <= t_c]:
-            open_book.remove(pos)
-            realized += pos["pnl"]
-        tier = settings.tier_of(s)
-        in_tier = sum(x["notional"] for x in open_book if x["tier"] == tier)
-        caps = [
-            Cap("max_position_notional", settings.max_position_notional_usd, "operator's per-position notional cap"),
-            Cap("tier_single_position", settings.tier_single_position[tier] * cap_usd, f"{tier} tier single position"),
-            Cap("tier_allocation_headroom", max(settings.tier_allocation[tier] * cap_usd - in_tier, 0.0), f"{tier} tier headroom"),
-        ]
-        free = cap_usd + realized - sum(x["capital"] for x in open_book)
-        spot, perp = float(m.spot[c]), float(m.perp[c])
-        size = size_position(spot_price=spot, leverage=lev, costs=m.costs, free_capital_usd=free, caps=caps,
-                             qty_step=m.qty_step, min_notional_usd=m.min_notional_usd,
-                             target_notional_usd=params.notional_usd, perp_price=perp)
-        res = f.try_candidate(k, size.quantity)
-        if res is SKIP:
-            cursor[s] = k + 1
-            continue
-        if res is None:
-            cursor[s] = len(f.cands)
-            continue
-        e, x, q, reason = res  # type: ignore[misc]
-        booked[s].append((e, x, q, reason))
-        one = book_trades(m, params, feats[s], np.array([e]), np.array([x]), np.array([q]), [reason])[0]
-        open_book.append({"symbol": s, "tier": tier, "notional": q * spot, "capital": size.capital_required_usd,
-                          "closes_at": float(m.t[x]), "pnl": one.pnl_usd})
-        cursor[s] = bisect.bisect_left(f.cands, x + 1)
-    out = {}
-    for m in markets:
-        rows = booked[m.symbol]
-        out[m.symbol] = book_trades(m, params, feats[m.symbol], np.array([r[0] for r in rows], dtype=np.int64),
-                                    np.array([r[1] for r in rows], dtype=np.int64), np.array([r[2] for r in rows]),
-                                    [r[3] for r in rows])
-    return out
+def _trades(markets: list[Market], params: BacktestParams, engine: str, feats: dict[str, dict[str, np.ndarray]],
+            settings: Settings) -> tuple[dict[str, list[Trade]], dict[str, Any]]:
+    """The book's trades: the vectorised engine with capital (`portfolio.simulate`), or the per-row
+    reference loop, which knows the rules only (capital unlimited, fixed sizing)."""
+    if engine == "reference":
+        if params.sizing == "desk":
+            raise DataError("sizing=desk runs on the vectorised engine only (the reference loop trades one symbol at a time)")
+        return {m.symbol: run_reference(m, params) for m in markets}, {}
+    by_sym, stats = simulate(markets, params, feats, settings)
+    return by_sym, stats.as_dict()
 
 
 def run(
@@ -206,12 +145,7 @@ def run(
     for m in markets:
         if m.symbol not in feats:
             feats[m.symbol] = features(m, params)
-    if params.sizing == "desk":
-        if engine == "reference":
-            raise DataError("sizing=desk runs on the vectorised engine only (the reference loop trades one symbol at a time)")
-        by_sym_trades = _trades_desk_sized(markets, params, feats, settings)
-    else:
-        by_sym_trades = _trades_fixed(markets, params, engine, feats)
+    by_sym_trades, book = _trades(markets, params, engine, feats, settings)
     trades: list[Trade] = []
     by_symbol: dict[str, dict[str, Any]] = {}
     always: dict[str, list[Trade]] = {}
@@ -237,6 +171,8 @@ def run(
     trades.sort(key=lambda t: (t.exit_time, t.symbol))
     times, eq = equity_curve(markets, trades, params.capital_usd)
     summary = stats(trades, times, eq, params.capital_usd, markets, params.leverage)
+    if book:
+        summary["margin"] = book
     always_json: dict[str, Any] = {}
     baseline = None
     a_eq = None
@@ -277,8 +213,10 @@ def run(
 
 
 def _apy_on_notional(trades: list[Trade], notional: float) -> float | None:
+    """P&L at constant notional per dollar of notional per year held (the carry's own yield)."""
     years = sum(t.hold_hours for t in trades) / 24 / 365
-    return round(sum(t.pnl_usd for t in trades) / notional / years * 100, 3) if years > 0 and notional > 0 else None
+    return (round(sum(t.pnl_at_constant_notional_usd for t in trades) / notional / years * 100, 3)
+            if years > 0 and notional > 0 else None)
 
 
 def _delay_sensitivity(markets: list[Market], params: BacktestParams, feats: dict[str, dict[str, np.ndarray]],
@@ -290,8 +228,7 @@ def _delay_sensitivity(markets: list[Market], params: BacktestParams, feats: dic
             other[delay] = pnl_now
             continue
         p2 = params.model_copy(update={"fill_delay_seconds": delay})
-        by = (_trades_desk_sized(markets, p2, feats, settings) if p2.sizing == "desk"
-              else _trades_fixed(markets, p2, "vectorized", feats))
+        by, _ = _trades(markets, p2, "vectorized", feats, settings)
         other[delay] = round(sum(t.pnl_usd for ts in by.values() for t in ts), 2)
     at_signal, later = other[0.0], other[bar]
     return {
@@ -309,15 +246,19 @@ def sweep(
     """Every combination of ``grid`` values over ``base``; per-symbol features are computed once
     per z-score window and shared by all combinations."""
     keys = list(grid)
+    unknown = [k for k in keys if k not in BacktestParams.model_fields]
+    if unknown:
+        raise DataError(f"sweep: unknown parameter(s) {', '.join(unknown)}")
     combos = list(itertools.product(*(grid[k] for k in keys)))
+    refused: list[str] = []
     cache: dict[int, dict[str, dict[str, np.ndarray]]] = {}
     rows = []
     for n, values in enumerate(combos, 1):
         try:
-            params = base.model_copy(update=dict(zip(keys, values, strict=True)))
-            params = BacktestParams.model_validate(params.model_dump())
-        except ValueError:
-            continue  # e.g. an exit threshold above the entry one: not a strategy
+            params = BacktestParams.model_validate({**base.model_dump(), **dict(zip(keys, values, strict=True))})
+        except ValueError as e:  # e.g. an exit threshold above the entry one: not a strategy
+            refused.append(f"{dict(zip(keys, values, strict=True))}: {str(e).splitlines()[-1].strip()}")
+            continue
         fw = cache.setdefault(params.zscore_window, {})
         for m in markets:
             if m.symbol not in fw:
@@ -328,6 +269,8 @@ def sweep(
             "exposure_pct")}})
         if progress:
             progress(n, len(combos), f"{n}/{len(combos)} parameter sets")
+    if not rows:
+        raise DataError("sweep: no valid parameter set among the combinations: " + "; ".join(refused[:5]))
     return rows
 
 

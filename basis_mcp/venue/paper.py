@@ -239,22 +239,11 @@ class PaperVenue:
             reason=r["reason"],
         )
 
-    def _fill_time(self, symbol: str) -> float | None:
-        """Replay with a fill delay: the order fills at the first fresh bar at or after now + delay, as
-        the backtest fills it (the order is still booked at now). None: at the current price."""
-        delay = self.settings.fill_delay_seconds
-        if delay <= 0 or not self.clock.simulated or not hasattr(self.feed, "first_fresh_at_or_after"):
-            return None
-        t = self.feed.first_fresh_at_or_after(symbol, self.clock.now() + delay)
-        if t is None:
-            raise VenueError(f"{symbol}: no fresh price {delay:g} s after now to fill at (end of the data)", "no_market")
-        return t
-
     def _execute(self, req: OrderRequest, fill_fraction: float = 1.0) -> OrderResult:
         if req.quantity <= 0:
             raise VenueError(f"quantity must be positive, got {req.quantity}", "bad_quantity")
         try:
-            snap = self.feed.snapshot(req.symbol, at=self._fill_time(req.symbol))
+            snap = self.feed.snapshot(req.symbol)
         except (MarketDataUnavailable, KeyError) as e:
             raise VenueError(f"{req.symbol}: no market ({e})", "no_market") from None
         spec = self.settings.spec(req.symbol)
