@@ -153,7 +153,8 @@ def _backtest(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from basis_mcp.backtest.params import BacktestParams
-    from basis_mcp.backtest.runner import load_markets, run, sweep, write_outputs
+    from basis_mcp.backtest.report import write_outputs
+    from basis_mcp.backtest.runner import load_markets, run, sweep
     from basis_mcp.config import ConfigError, load_settings
     from basis_mcp.history import DataError, load_any
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from basis_mcp.errors import Violation
-from basis_mcp.playbooks import ExitRules, Signals, exit_signal
+from basis_mcp.playbooks import ExitRules, ExitSignal, Signals, exit_signal
 
 TradingState = Literal["ACTIVE", "REDUCING", "HALTED"]
 
@@ -37,7 +37,7 @@ class EntryReadings:
     stale_limit_seconds: float
     realised_vol_1h_pct: float | None
     vol_limit_pct: float
-    expected_net_usd: float
+    expected_net_usd: float | None  # convergence: the expected net over the hold (None: the shape has no basis to read)
     expected_hold_days: float
     duplicate_position_id: int | None
     orders_last_minute: int
@@ -50,6 +50,8 @@ class EntryReadings:
     playbook: str = "convergence"
     carry_refusal: str | None = None  # carry: why the carry entry rule says no (None: it may enter)
     stop_now: str | None = None  # the basis stop would fire at once
+    orders_per_entry: int = 2  # one per leg
+    legs_below_minimum: tuple[str, ...] = ()  # legs on another coin whose size is under that coin's venue minimum
 
 
 def pre_trade_violations(r: EntryReadings) -> list[Violation]:
@@ -68,6 +70,8 @@ def pre_trade_violations(r: EntryReadings) -> list[Violation]:
             v.append(Violation("notional_usd", r.notional_usd, f"above {name} ${limit:,.2f} ({detail})"))
     if r.quantity <= 0 or r.rounded_notional_usd < r.min_notional_usd:
         v.append(Violation("notional_usd", r.notional_usd, f"below the venue minimum of ${r.min_notional_usd:,.2f} after lot rounding"))
+    for why in r.legs_below_minimum:
+        v.append(Violation("notional_usd", r.notional_usd, why))
     if r.capital_required_usd > r.free_capital_usd + 1e-9:
         v.append(
             Violation(
@@ -97,7 +101,7 @@ def pre_trade_violations(r: EntryReadings) -> list[Violation]:
     if r.playbook == "carry":
         if r.carry_refusal:
             v.append(Violation("playbook", "carry", f"carry entry rule: {r.carry_refusal}"))
-    elif r.expected_net_usd <= 0:
+    elif r.playbook == "convergence" and r.expected_net_usd is not None and r.expected_net_usd <= 0:
         v.append(
             Violation(
                 "expected_net_usd",
@@ -109,10 +113,9 @@ def pre_trade_violations(r: EntryReadings) -> list[Violation]:
         )
     if r.duplicate_position_id is not None:
         v.append(Violation("symbol", r.symbol, f"position {r.duplicate_position_id} is already open in {r.symbol}"))
-    if r.orders_last_minute + 2 > r.orders_per_minute_limit:
-        v.append(
-            Violation("orders_per_minute", r.orders_last_minute, f"an entry sends 2 orders; limit is {r.orders_per_minute_limit}/min")
-        )
+    if r.orders_last_minute + r.orders_per_entry > r.orders_per_minute_limit:
+        v.append(Violation("orders_per_minute", r.orders_last_minute,
+                           f"an entry sends {r.orders_per_entry} orders; limit is {r.orders_per_minute_limit}/min"))
     return v
 
 
@@ -133,22 +136,37 @@ class WatchdogLimits:
 
 
 @dataclass(frozen=True)
+class LegRisk:
+    """The margin readings of one leveraged leg (perp, future, borrowed spot)."""
+
+    role: str
+    symbol: str
+    margin_ratio: float | None  # margin balance / maintenance margin (fraction)
+    margin_needed_usd: float = 0.0  # to bring the ratio back to the target
+    liquidation_distance_pct: float | None = None  # |liquidation price − mark| / mark × 100, on the losing side
+    margin_for_distance_usd: float = 0.0  # to put the liquidation price back at the target distance
+
+
+@dataclass(frozen=True)
 class PositionReadings:
     position_id: int
     symbol: str
     status: str
     entry_basis_pct: float
-    signals: Signals
-    margin_ratio: float | None  # margin balance / maintenance margin (fraction)
-    spot_quantity: float
-    perp_quantity: float  # signed
+    signals: Signals | None  # None: the strategy has no basis for the playbook rules to read
+    held: dict[str, float]  # signed base quantity per leg role
+    imbalance_pct: float  # how far apart the legs are (`basis_mcp.legs.imbalance_pct`)
     held_seconds: float
     seconds_to_funding: float
     next_funding_usd: float  # + received by this position at the next settlement
-    margin_needed_usd: float  # to bring the ratio back to the target
+    margins: tuple[LegRisk, ...] = ()
     playbook: str = "convergence"
-    liquidation_distance_pct: float | None = None  # (liquidation price − mark) / mark × 100 for the short
-    margin_for_distance_usd: float = 0.0  # to put the liquidation price back at the target distance
+
+    @property
+    def margin_ratio(self) -> float | None:
+        """The lowest margin ratio over the leveraged legs."""
+        ratios = [m.margin_ratio for m in self.margins if m.margin_ratio is not None]
+        return min(ratios) if ratios else None
 
 
 @dataclass(frozen=True)
@@ -159,44 +177,56 @@ class Action:
     message: str
     numbers: dict[str, Any] = field(default_factory=dict)
     amount_usd: float = 0.0
+    leg: str | None = None  # add_margin: the role of the leg to add it to
 
 
 def watchdog_actions(p: PositionReadings, lim: WatchdogLimits) -> list[Action]:
     """What the watchdog must do for one open position, most urgent first.
 
-    Margin < 130 % closes at once; margin < 150 % adds margin; a leg imbalance is trimmed. The
-    basis, funding and hold rules are the playbook's (`playbooks.exit_signal`): the emergency
-    basis blow-out never waits; planned exits (funding reversal, persistent sign flip, carry
-    funding exit, max hold) are returned with ``emergency=False`` and the caller defers them
-    while a settlement worth > $5 to this position is < 30 min away.
+    Any leveraged leg's margin < 130 % closes at once; < 150 % (or a liquidation price too
+    close) adds margin to that leg; legs apart by more than the imbalance limit are trimmed.
+    The basis, funding and hold rules are the playbook's (`playbooks.exit_signal`): the
+    emergency basis blow-out never waits; planned exits (funding reversal, persistent sign
+    flip, carry funding exit, max hold) are returned with ``emergency=False`` and the caller
+    defers them while a settlement worth > $5 to this position is < 30 min away. A strategy
+    without a basis (``signals`` None) gets the risk rules and the max hold only.
     """
     acts: list[Action] = []
-    if p.margin_ratio is not None and p.margin_ratio < lim.margin_close_ratio:
-        acts.append(Action("close", "margin_ratio_below_130", True,
-                           f"margin ratio {p.margin_ratio * 100:.1f}% < {lim.margin_close_ratio * 100:.0f}%: closing both legs",
-                           {"margin_ratio_pct": round(p.margin_ratio * 100, 2)}))
-    sig = exit_signal(p.playbook, p.entry_basis_pct, p.held_seconds, p.signals, lim.rules)
+    for m in p.margins:
+        if m.margin_ratio is not None and m.margin_ratio < lim.margin_close_ratio:
+            acts.append(Action("close", "margin_ratio_below_130", True,
+                               f"{m.role} leg margin ratio {m.margin_ratio * 100:.1f}% < {lim.margin_close_ratio * 100:.0f}%: "
+                               "closing every leg", {"margin_ratio_pct": round(m.margin_ratio * 100, 2), "leg": m.role}))
+            break
+    if p.signals is not None:
+        sig = exit_signal(p.playbook, p.entry_basis_pct, p.held_seconds, p.signals, lim.rules)
+    elif p.held_seconds > lim.rules.max_hold_days * 86400.0:
+        sig = ExitSignal("max_hold", False, f"held {p.held_seconds / 86400:.1f} days > max hold {lim.rules.max_hold_days:g} days",
+                         {"held_days": round(p.held_seconds / 86400, 3)})
+    else:
+        sig = None
     if sig is not None and sig.emergency:
         acts.append(Action("close", sig.rule, True, sig.message, sig.numbers))
-    if (p.liquidation_distance_pct is not None and p.liquidation_distance_pct < lim.liquidation_distance_add_pct
-            and p.margin_for_distance_usd > 0 and not (p.margin_ratio is not None and p.margin_ratio < lim.margin_add_ratio)):
-        acts.append(Action("add_margin", "liquidation_distance", True,
-                           f"liquidation price only {p.liquidation_distance_pct:.1f}% above the mark (< "
-                           f"{lim.liquidation_distance_add_pct:g}%): adding ${p.margin_for_distance_usd:,.2f} margin to move it "
-                           f"{lim.liquidation_distance_target_pct:g}% away",
-                           {"liquidation_distance_pct": round(p.liquidation_distance_pct, 3)}, amount_usd=p.margin_for_distance_usd))
-    if p.margin_ratio is not None and lim.margin_close_ratio <= p.margin_ratio < lim.margin_add_ratio:
-        acts.append(Action("add_margin", "margin_ratio_below_150", True,
-                           f"margin ratio {p.margin_ratio * 100:.1f}% < {lim.margin_add_ratio * 100:.0f}%: adding "
-                           f"${max(p.margin_needed_usd, p.margin_for_distance_usd):,.2f} margin",
-                           {"margin_ratio_pct": round(p.margin_ratio * 100, 2)},
-                           amount_usd=max(p.margin_needed_usd, p.margin_for_distance_usd)))
-    base = max(abs(p.spot_quantity), abs(p.perp_quantity))
-    imbalance = abs(p.spot_quantity + p.perp_quantity) / base * 100 if base > 0 else 0.0
-    if imbalance > lim.max_imbalance_pct:
+    for m in p.margins:
+        low_ratio = m.margin_ratio is not None and m.margin_ratio < lim.margin_add_ratio
+        if (m.liquidation_distance_pct is not None and m.liquidation_distance_pct < lim.liquidation_distance_add_pct
+                and m.margin_for_distance_usd > 0 and not low_ratio):
+            acts.append(Action("add_margin", "liquidation_distance", True,
+                               f"{m.role} leg liquidation price only {m.liquidation_distance_pct:.1f}% from the mark (< "
+                               f"{lim.liquidation_distance_add_pct:g}%): adding ${m.margin_for_distance_usd:,.2f} margin to move it "
+                               f"{lim.liquidation_distance_target_pct:g}% away",
+                               {"liquidation_distance_pct": round(m.liquidation_distance_pct, 3), "leg": m.role},
+                               amount_usd=m.margin_for_distance_usd, leg=m.role))
+        if m.margin_ratio is not None and lim.margin_close_ratio <= m.margin_ratio < lim.margin_add_ratio:
+            amount = max(m.margin_needed_usd, m.margin_for_distance_usd)
+            acts.append(Action("add_margin", "margin_ratio_below_150", True,
+                               f"{m.role} leg margin ratio {m.margin_ratio * 100:.1f}% < {lim.margin_add_ratio * 100:.0f}%: adding "
+                               f"${amount:,.2f} margin", {"margin_ratio_pct": round(m.margin_ratio * 100, 2), "leg": m.role},
+                               amount_usd=amount, leg=m.role))
+    if p.imbalance_pct > lim.max_imbalance_pct:
         acts.append(Action("rebalance", "delta_imbalance", True,
-                           f"legs differ by {imbalance:.2f}% of quantity (> {lim.max_imbalance_pct:g}%): trimming the larger leg",
-                           {"imbalance_pct": round(imbalance, 4), "spot_quantity": p.spot_quantity, "perp_quantity": p.perp_quantity}))
+                           f"legs differ by {p.imbalance_pct:.2f}% of quantity (> {lim.max_imbalance_pct:g}%): trimming the larger leg",
+                           {"imbalance_pct": round(p.imbalance_pct, 4), **{f"{role}_quantity": q for role, q in p.held.items()}}))
     if sig is not None and not sig.emergency:
         acts.append(Action("close", sig.rule, False, sig.message, sig.numbers))
     return acts

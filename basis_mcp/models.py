@@ -138,12 +138,13 @@ class SizePositionInput(InputModel):
 
 class EnterTradeInput(InputModel):
     symbol: Symbol
-    notional_usd: FiniteFloat = Field(gt=0, le=1e12, description="Spot-leg notional in USD; rounded DOWN to the venue's lot step.")
+    notional_usd: FiniteFloat = Field(gt=0, le=1e12, description="Notional of the strategy's first leg in USD (cash_and_carry: the spot leg); rounded DOWN to the venue's lot step.")
     idempotency_key: IdempotencyKey
     leverage: FiniteFloat | None = Field(None, ge=1, description="Perp leverage (isolated margin); default: the desk's default; never above the cap.")
-    strategy: Literal["cash_and_carry"] = Field(
-        "cash_and_carry", description="cash_and_carry = buy spot and short the perpetual in equal base quantity."
-    )
+    strategy: str = Field(
+        "cash_and_carry", min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$",
+        description="The trade shape, a registered strategy: cash_and_carry = buy spot and short the perpetual in equal base "
+        "quantity (the only one this release ships). An unknown name is refused with the list.")
     playbook: PlaybookName = "convergence"
     expected_hold_days: FiniteFloat | None = Field(
         None, ge=1 / 24, le=365,
@@ -349,7 +350,9 @@ class FillOut(BaseModel):
     order_id: int
     client_order_id: str
     purpose: str
-    market: Literal["spot", "perp"]
+    leg_id: int
+    role: str = Field(description="The leg's role in its strategy (cash_and_carry: spot, perp).")
+    market: Literal["spot", "margin_spot", "perp", "future"]
     side: Literal["buy", "sell"]
     quantity: float
     price: float
@@ -363,29 +366,48 @@ class PnLBreakdown(BaseModel):
     funding_usd: float = Field(description="Funding received (negative = paid).")
     fees_usd: float = Field(description="All trading fees paid (a cost).")
     slippage_usd: float = Field(description="Spread and impact paid versus mid (a cost).")
-    total_usd: float = Field(description="basis_pnl + funding − fees − slippage = Σ fill cash flows − fees + funding.")
+    borrow_usd: float = Field(0.0, description="Interest paid on borrowed legs (negative = paid); 0 for shapes that borrow nothing.")
+    total_usd: float = Field(description="basis_pnl + funding + borrow − fees − slippage = Σ fill cash flows − fees + funding + borrow.")
+
+
+class LegOut(BaseModel):
+    leg_id: int
+    role: str = Field(description="The strategy's name for this leg (cash_and_carry: spot, perp).")
+    market: Literal["spot", "margin_spot", "perp", "future"] = Field(
+        description="spot (owned), margin_spot (borrowed, held short), perp (perpetual), future (dated).")
+    venue: str
+    symbol: str = Field(description="Base asset.")
+    side: Literal["long", "short"]
+    quantity: float = Field(description="Target base quantity: what the leg holds when the position is hedged.")
+    held_quantity: float = Field(description="Base quantity held now according to the fills; long +, short −.")
+    entry_price: float | None = Field(description="Average open fill price.")
+    exit_price: float | None = Field(None, description="Last close fill price.")
+    margin_usd: float | None = Field(None, description="Leveraged legs: isolated margin posted at entry.")
+    expiry: str | None = Field(None, description="Dated futures: settlement time.")
 
 
 class PositionOut(BaseModel):
     position_id: int
     symbol: str
     strategy: str
-    playbook: str = Field(description="convergence or carry: which exit rules the server applies to it.")
+    playbook: str = Field(description="convergence or carry: which exit rules the server applies to it (none: a strategy "
+                          "without a basis to read; only the risk rules and the max hold apply).")
     status: str = Field(description="opening | open | closing | closed | liquidated | failed")
-    quantity: float = Field(description="Base quantity per leg.")
+    quantity: float = Field(description="The reference (first) leg's base quantity; each leg's own is in legs.")
     leverage: float
     notional_usd: float = Field(description="Spot-leg notional: quantity × spot mid when the entry was checked (what caps count).")
-    entry_spot_price: float | None
-    entry_perp_price: float | None
+    entry_spot_price: float | None = Field(description="The spot leg's entry price (null for shapes without one; see legs).")
+    entry_perp_price: float | None = Field(description="The perp leg's entry price (null for shapes without one; see legs).")
     entry_basis_pct: float | None = Field(description="Basis at entry mid prices, percent.")
     exit_spot_price: float | None = None
     exit_perp_price: float | None = None
     exit_basis_pct: float | None = None
-    margin_usd: float | None = Field(description="Isolated margin posted for the perp leg.")
+    margin_usd: float | None = Field(description="Isolated margin posted on the leveraged legs at entry.")
     opened_at: str
     closed_at: str | None = None
     close_reason: str | None = None
     pnl: PnLBreakdown = Field(description="Realised so far (entry costs and funding); full breakdown once closed.")
+    legs: list[LegOut] = Field(description="The instruments the position is made of, in the strategy's order.")
     fills: list[FillOut]
 
 
@@ -420,20 +442,37 @@ class ExitTradeOutput(ToolOutput):
         "'closing'); the realized P&L arrives with the fills.")
 
 
+class LegDelta(BaseModel):
+    role: str = Field(description="The strategy's name for this leg.")
+    market: str
+    symbol: str
+    quantity: float = Field(description="Base quantity held now; long +, short −.")
+    price: float = Field(description="What the leg is valued at: spot mid, or the derivative's mark price.")
+    value_usd: float = Field(description="quantity × price: signed, negative for a short.")
+    margin_ratio_pct: float | None = Field(None, description="Leveraged legs: margin balance / maintenance margin × 100 "
+                                           "(liquidation at 100 %); null for an owned spot leg.")
+    liquidation_price: float | None = None
+    distance_to_liquidation_pct: float | None = Field(None, description="How far the price must move against the leg to "
+                                                      "liquidate it, percent of its mark.")
+
+
 class DeltaReport(BaseModel):
     position_id: int
     symbol: str
-    spot_quantity: float
-    perp_quantity: float = Field(description="Signed; negative = short.")
+    strategy: str = "cash_and_carry"
+    legs: list[LegDelta] = Field(default_factory=list, description="Every leg: quantity, value and, for leveraged legs, margin.")
+    spot_quantity: float = Field(description="Spot legs held (base units; 0 when the strategy has none).")
+    perp_quantity: float = Field(description="Perp and future legs held, signed; negative = short.")
     spot_value_usd: float
     perp_value_usd: float = Field(description="Signed notional at mark; negative for a short.")
-    net_delta_usd: float = Field(description="spot_value + perp_value; ≈ 0 when hedged.")
-    imbalance_pct: float = Field(description="|net_delta| / spot_value × 100.")
+    net_delta_usd: float = Field(description="Sum of every leg's signed value; ≈ 0 when hedged.")
+    imbalance_pct: float = Field(description="How far apart the legs are: (most − fewest hedge units) / most × 100.")
     mark_price: float
-    margin_ratio_pct: float = Field(description="Margin balance / maintenance margin × 100. Liquidation at 100 %.")
-    liquidation_price: float
-    distance_to_liquidation_pct: float = Field(description="How far mark must move to liquidate, percent of mark.")
-    isolated_margin_usd: float
+    margin_ratio_pct: float = Field(description="The lowest over the leveraged legs: margin balance / maintenance margin × 100. "
+                                    "Liquidation at 100 %.")
+    liquidation_price: float = Field(description="Of the leveraged leg with the lowest margin ratio.")
+    distance_to_liquidation_pct: float = Field(description="How far mark must move to liquidate, percent of mark (that leg).")
+    isolated_margin_usd: float = Field(description="Isolated margin of every leveraged leg, summed.")
     unrealized_pnl_usd: float = Field(description="Mark-to-market of both legs at mids, before exit costs.")
     funding_received_usd: float
     current_basis_pct: float

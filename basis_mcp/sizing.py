@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from basis_mcp.costs import PairCosts
+from basis_mcp.costs import LegCosts, PairCosts
 
 
 @dataclass(frozen=True)
@@ -113,3 +113,14 @@ def size_position(
         margin_usd=margin,
         fees_and_slippage_usd=entry_costs,
     )
+
+
+def leg_capital_usd(market: str, side: str, qty: float, mid: float, leverage: float, costs: LegCosts) -> float:
+    """Cash one leg of an entry ties up, as the venue charges it: an owned spot leg pays its fill
+    plus the fee; a leveraged leg (perp, future, borrowed spot) posts fill ÷ leverage as margin
+    plus the fee. Fills are taken at the modelled price for the leg's side (mid ± slippage)."""
+    buys = side == "long"
+    fill = costs.fill_price(mid, "buy" if buys else "sell", qty * mid)
+    if market == "spot":
+        return qty * fill * (1 + costs.taker_fee)
+    return qty * fill * (1.0 / leverage + costs.taker_fee)

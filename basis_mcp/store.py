@@ -28,6 +28,28 @@ from basis_mcp.redact import bound_args, scrub
 
 log = logging.getLogger("basis_mcp")
 
+LEGS_DDL = """
+CREATE TABLE IF NOT EXISTS legs (
+    id           INTEGER PRIMARY KEY,
+    position_id  INTEGER NOT NULL REFERENCES positions(id),
+    idx          INTEGER NOT NULL,  -- its place in the strategy's declaration
+    role         TEXT NOT NULL,     -- the strategy's name for it ('spot', 'perp', ...)
+    market       TEXT NOT NULL CHECK (market IN ('spot','margin_spot','perp','future')),
+    venue        TEXT NOT NULL,
+    symbol       TEXT NOT NULL,     -- base asset
+    expiry       REAL,              -- dated futures: settlement time
+    side         TEXT NOT NULL CHECK (side IN ('long','short')),
+    ratio        REAL NOT NULL,     -- base units per unit of the position's quantity, fixed at entry
+    quantity     REAL NOT NULL,     -- target base quantity (what the leg holds when the position is hedged)
+    entry_price  REAL,              -- average open fill price
+    exit_price   REAL,              -- last close fill price
+    margin_usd   REAL,              -- leveraged legs: isolated margin at entry
+    UNIQUE (position_id, idx)
+);
+CREATE INDEX IF NOT EXISTS legs_instrument ON legs(venue, market, symbol);
+CREATE INDEX IF NOT EXISTS legs_position ON legs(position_id);
+"""
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
@@ -42,20 +64,16 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 
 CREATE TABLE IF NOT EXISTS positions (
     id               INTEGER PRIMARY KEY,
-    symbol           TEXT NOT NULL,
-    strategy         TEXT NOT NULL,
-    playbook         TEXT NOT NULL DEFAULT 'convergence' CHECK (playbook IN ('convergence','carry')),
+    symbol           TEXT NOT NULL,   -- the symbol the agent named (a leg may name another)
+    strategy         TEXT NOT NULL,   -- a registered strategy (basis_mcp.strategies): its legs and rules
+    playbook         TEXT NOT NULL DEFAULT 'convergence',
     venue            TEXT NOT NULL,
     status           TEXT NOT NULL CHECK (status IN ('opening','open','closing','closed','liquidated','failed')),
-    quantity         REAL NOT NULL,
+    quantity         REAL NOT NULL,   -- the reference (first) leg's base quantity
     leverage         REAL NOT NULL,
-    notional_usd     REAL NOT NULL,
-    margin_usd       REAL,
-    entry_spot       REAL,
-    entry_perp       REAL,
+    notional_usd     REAL NOT NULL,   -- the reference leg's notional at entry: what the caps count
+    margin_usd       REAL,            -- margin posted on the leveraged legs at entry
     entry_basis_pct  REAL,
-    exit_spot        REAL,
-    exit_perp        REAL,
     exit_basis_pct   REAL,
     opened_at        REAL NOT NULL,
     closed_at        REAL,
@@ -68,13 +86,14 @@ CREATE TABLE IF NOT EXISTS positions (
     execute_at       REAL  -- replay with a fill delay: the intents rest until this market time
 );
 CREATE INDEX IF NOT EXISTS positions_status ON positions(status);
-
+""" + LEGS_DDL + """
 CREATE TABLE IF NOT EXISTS orders (
     id              INTEGER PRIMARY KEY,
     client_order_id TEXT NOT NULL UNIQUE,
     position_id     INTEGER NOT NULL REFERENCES positions(id),
+    leg_id          INTEGER NOT NULL REFERENCES legs(id),
     purpose         TEXT NOT NULL CHECK (purpose IN ('open','close','unwind','rebalance','liquidation')),
-    market          TEXT NOT NULL CHECK (market IN ('spot','perp')),
+    market          TEXT NOT NULL CHECK (market IN ('spot','margin_spot','perp','future')),
     side            TEXT NOT NULL CHECK (side IN ('buy','sell')),
     quantity        REAL NOT NULL CHECK (quantity > 0),
     reduce_only     INTEGER NOT NULL,
@@ -94,6 +113,7 @@ CREATE TABLE IF NOT EXISTS fills (
     id          INTEGER PRIMARY KEY,
     order_id    INTEGER NOT NULL UNIQUE REFERENCES orders(id),
     position_id INTEGER NOT NULL REFERENCES positions(id),
+    leg_id      INTEGER NOT NULL REFERENCES legs(id),
     market      TEXT NOT NULL,
     side        TEXT NOT NULL,
     quantity    REAL NOT NULL,
@@ -107,13 +127,28 @@ CREATE INDEX IF NOT EXISTS fills_position ON fills(position_id);
 CREATE TABLE IF NOT EXISTS funding_payments (
     id          INTEGER PRIMARY KEY,
     position_id INTEGER NOT NULL REFERENCES positions(id),
+    leg_id      INTEGER NOT NULL REFERENCES legs(id),
     symbol      TEXT NOT NULL,
     ts          REAL NOT NULL,
     rate        REAL NOT NULL,
     mark_price  REAL NOT NULL,
     quantity    REAL NOT NULL,
     amount_usd  REAL NOT NULL,
-    UNIQUE (position_id, ts)
+    UNIQUE (leg_id, ts)
+);
+CREATE INDEX IF NOT EXISTS funding_position ON funding_payments(position_id);
+
+CREATE TABLE IF NOT EXISTS borrow_payments (
+    id          INTEGER PRIMARY KEY,
+    position_id INTEGER NOT NULL REFERENCES positions(id),
+    leg_id      INTEGER NOT NULL REFERENCES legs(id),
+    asset       TEXT NOT NULL,
+    ts          REAL NOT NULL,
+    rate        REAL NOT NULL,   -- per hour, a fraction of the borrowed quantity
+    quantity    REAL NOT NULL,   -- base units borrowed over the hour
+    price       REAL NOT NULL,
+    amount_usd  REAL NOT NULL,   -- negative: paid
+    UNIQUE (leg_id, ts)
 );
 
 CREATE TABLE IF NOT EXISTS basis_samples (
@@ -314,9 +349,13 @@ class Database:
 
 @dataclass(frozen=True)
 class Migration:
+    """One schema step. ``rebuilds``: it copies tables into new shapes, so it runs with foreign
+    keys off (SQLite ignores that pragma inside a transaction) and checks them before committing."""
+
     version: int
     name: str
     apply: Callable[[Store], None]
+    rebuilds: bool = False
 
 
 def _v2_keyed_audit(store: Store) -> None:
@@ -341,10 +380,51 @@ def _v4_scheduled_fills(store: Store) -> None:
         store.x("ALTER TABLE positions ADD COLUMN execute_at REAL")
 
 
+def _v5_legs(store: Store) -> None:
+    """v4 → v5: positions are made of legs. Every existing position (cash-and-carry) gets its
+    spot and perp legs, carrying the entry and exit prices and the perp's margin that used to
+    be columns of the position; orders, fills and funding payments point at their leg; the
+    market of an order may be any instrument kind; the playbook is checked by the code (a
+    strategy may declare its own)."""
+    c = store.conn
+    c.execute(_table_ddl("legs"))
+    c.execute("""INSERT INTO legs(position_id, idx, role, market, venue, symbol, side, ratio, quantity, entry_price, exit_price,
+                                  margin_usd)
+                 SELECT id, 0, 'spot', 'spot', venue, symbol, 'long', 1.0, quantity, entry_spot, exit_spot, NULL FROM positions""")
+    c.execute("""INSERT INTO legs(position_id, idx, role, market, venue, symbol, side, ratio, quantity, entry_price, exit_price,
+                                  margin_usd)
+                 SELECT id, 1, 'perp', 'perp', venue, symbol, 'short', 1.0, quantity, entry_perp, exit_perp, margin_usd
+                 FROM positions""")
+    leg_of = "(SELECT l.id FROM legs l WHERE l.position_id = t.position_id AND l.market = t.market)"
+    perp_leg = "(SELECT l.id FROM legs l WHERE l.position_id = t.position_id AND l.market = 'perp')"
+    position_cols = [r["name"] for r in store.q("PRAGMA table_info(positions)")
+                     if r["name"] not in ("entry_spot", "entry_perp", "exit_spot", "exit_perp")]
+    copies = {
+        "positions": (position_cols, ", ".join(position_cols)),
+        "orders": (["id", "client_order_id", "position_id", "leg_id", "purpose", "market", "side", "quantity", "reduce_only",
+                    "status", "venue_order_id", "filled_qty", "avg_price", "reason", "created_at", "updated_at", "created_wall"],
+                   "id, client_order_id, position_id, " + leg_of + ", purpose, market, side, quantity, reduce_only, status,"
+                   " venue_order_id, filled_qty, avg_price, reason, created_at, updated_at, created_wall"),
+        "fills": (["id", "order_id", "position_id", "leg_id", "market", "side", "quantity", "price", "mid_price", "fee_usd", "ts"],
+                  "id, order_id, position_id, " + leg_of + ", market, side, quantity, price, mid_price, fee_usd, ts"),
+        "funding_payments": (["id", "position_id", "leg_id", "symbol", "ts", "rate", "mark_price", "quantity", "amount_usd"],
+                             "id, position_id, " + perp_leg + ", symbol, ts, rate, mark_price, quantity, amount_usd"),
+    }
+    for table, (cols, select) in copies.items():
+        c.execute(_table_ddl(table, f"{table}_v5"))
+        c.execute(f"INSERT INTO {table}_v5({', '.join(cols)}) SELECT {select} FROM {table} t")
+        c.execute(f"DROP TABLE {table}")
+        c.execute(f"ALTER TABLE {table}_v5 RENAME TO {table}")
+    for stmt in _statements(SCHEMA):
+        if stmt.startswith("CREATE INDEX") or stmt.startswith("CREATE TABLE IF NOT EXISTS borrow_payments"):
+            c.execute(stmt)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "audit chain keyed with HMAC-SHA256 and anchored in a journal outside the database", _v2_keyed_audit),
     Migration(3, "positions state their playbook (convergence or carry)", _v3_playbooks),
     Migration(4, "positions may rest until a fill time (replay fill delay)", _v4_scheduled_fills),
+    Migration(5, "positions are made of legs: orders, fills, funding and margin belong to legs", _v5_legs, rebuilds=True),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -412,16 +492,28 @@ class Store(Database):
                 self.x("INSERT OR REPLACE INTO schema_migrations(version, name, applied_at) VALUES (?,?,?)",
                        (SCHEMA_VERSION, f"new book at schema v{SCHEMA_VERSION}", time.time()))
             return
+        with self.tx():  # the ledger of migrations itself (a v1 book predates it)
+            self.conn.execute(_table_ddl("schema_migrations"))
         for m in MIGRATIONS:
             if m.version <= version:
                 continue
-            with self.tx():  # one transaction per migration: it lands whole or not at all
-                for stmt in _statements(SCHEMA):  # new tables of later versions (IF NOT EXISTS)
-                    self.conn.execute(stmt)
-                m.apply(self)
-                self.set_meta("schema_version", str(m.version))
-                self.x("INSERT INTO schema_migrations(version, name, applied_at) VALUES (?,?,?)", (m.version, m.name, time.time()))
-        with self.tx():
+            if m.rebuilds:
+                self.conn.execute("PRAGMA foreign_keys=OFF")
+            try:
+                with self.tx():  # one transaction per migration: it lands whole or not at all
+                    m.apply(self)
+                    if m.rebuilds:
+                        broken = self.q("PRAGMA foreign_key_check")
+                        if broken:
+                            raise RuntimeError(f"migration to v{m.version} left {len(broken)} dangling references "
+                                               f"(first: {dict(broken[0])}); nothing was changed")
+                    self.set_meta("schema_version", str(m.version))
+                    self.x("INSERT INTO schema_migrations(version, name, applied_at) VALUES (?,?,?)",
+                           (m.version, m.name, time.time()))
+            finally:
+                if m.rebuilds:
+                    self.conn.execute("PRAGMA foreign_keys=ON")
+        with self.tx():  # anything a later version added that no migration had to shape (IF NOT EXISTS)
             for stmt in _statements(SCHEMA):
                 self.conn.execute(stmt)
 
@@ -504,4 +596,19 @@ def _refuse_newer(path: Path) -> None:
 
 
 def _statements(script: str) -> list[str]:
-    return [s.strip() for s in script.split(";") if s.strip()]
+    out = []
+    for stmt in script.split(";"):
+        lines = [ln.split("--", 1)[0].rstrip() for ln in stmt.splitlines()]
+        text = "\n".join(ln for ln in lines if ln.strip())
+        if text:
+            out.append(text)
+    return out
+
+
+def _table_ddl(name: str, as_name: str | None = None) -> str:
+    """The current schema's CREATE TABLE statement for ``name`` (optionally creating it as ``as_name``)."""
+    head = f"CREATE TABLE IF NOT EXISTS {name} ("
+    for stmt in _statements(SCHEMA):
+        if stmt.startswith(head):
+            return stmt if as_name is None else stmt.replace(head, f"CREATE TABLE {as_name} (", 1)
+    raise KeyError(name)

@@ -119,7 +119,7 @@ async def desk_replay(db: Path, symbols: list[str], start: str, end: str, p: Bac
                 continue
             b = snap.basis_pct
             z = desk.compute_zscore(sym, p.zscore_window).zscore
-            pos = desk._open_position(sym)
+            pos = desk.book.position_for_symbol(sym)
             if pos is not None:
                 if pos["status"] != "open" or pos["opened_at"] >= desk.now():
                     continue  # orders resting, or it filled on this bar: decided from the next one (as the backtest does)
@@ -186,9 +186,9 @@ async def test_replay_orders_rest_until_the_fill_delay_has_passed(tmp_path: Path
     assert desk.now() == parse_time("2024-03-01T00:00:00Z")
     await desk.advance(1)
     later = desk.feed.snapshot("BTC")
-    row = desk._open_position("BTC")
+    row = desk.book.position_for_symbol("BTC")
     assert row["status"] == "open" and row["opened_at"] == parse_time("2024-03-01T01:00:00Z")
-    fills = {f["market"]: f for f in desk._fills(row["id"])}
+    fills = {f["market"]: f for f in desk.book.fills(row["id"])}
     assert fills["spot"]["mid_price"] == later.spot and fills["perp"]["mid_price"] == later.perp
     assert any(a.rule == "entry_filled" for a in desk.pop_alerts())
     out = await desk.exit(row["id"], "d1-x")

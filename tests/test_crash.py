@@ -31,7 +31,8 @@ ENTRY_STEPS = [
     "entry.leg1_filled",  # spot fill recorded, perp not sent
     "entry.leg2_marked_sent",  # perp marked sent, not at the venue
     "venue.executed.2",  # perp executed at the venue, fill not recorded
-    "entry.both_filled",  # both fills recorded, position row not final
+    "entry.leg2_filled",  # perp fill recorded, nothing trimmed yet
+    "entry.all_filled",  # every fill recorded, position row not final
 ]
 EXIT_STEPS = [
     "exit.intent_written",
@@ -40,7 +41,8 @@ EXIT_STEPS = [
     "exit.leg1_filled",
     "exit.leg2_marked_sent",
     "venue.executed.2",  # spot sale executed at the venue, not recorded
-    "exit.both_filled",
+    "exit.leg2_filled",
+    "exit.all_filled",
 ]
 
 
@@ -141,7 +143,7 @@ async def test_sigkill_during_entry(db: Path, tmp_path: Path, step: str) -> None
     positions = db_rows(db, "SELECT * FROM positions")
     assert len(positions) == 1
     p = positions[0]
-    both_legs_reached_venue = step in ("venue.executed.2", "entry.both_filled")
+    both_legs_reached_venue = step in ("venue.executed.2", "entry.leg2_filled", "entry.all_filled")
     assert p["status"] == ("open" if both_legs_reached_venue else "failed"), p["close_reason"]
     assert any(a["rule"] == "recovered" and "mid-entry" in a["message"] for a in state["alerts"])
     # a retry with the same key never trades twice: it returns the first outcome

@@ -234,7 +234,7 @@ async def test_rate_limit_is_retried_and_a_5xx_order_is_looked_up_not_resent(db:
 # ----------------------------------------------------------------------------- crash in live mode
 
 
-@pytest.mark.parametrize("step", ["entry.leg1_filled", "entry.both_filled"])
+@pytest.mark.parametrize("step", ["entry.leg1_filled", "entry.all_filled"])
 async def test_kill9_between_legs_in_live_mode_recovers_from_the_venue(db: Path, sim, tmp_path: Path, step: str) -> None:
     env = {"BASIS_MCP_VENUE_URL": sim.url, "BINANCE_API_KEY": KEY, "BINANCE_API_SECRET": SECRET,
            "BASIS_MCP_FAULTS": json.dumps({"pause_at": step, "pause_dir": str(tmp_path)})}

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from basis_mcp import margin as mm
 from basis_mcp.config import DEFAULT_SPECS, SymbolSpec
 from basis_mcp.costs import LegCosts
-from basis_mcp.ledger import leg_quantities, pnl
+from basis_mcp.ledger import held_by_leg, leg_key, pnl
 from basis_mcp.signals import (
     RollingZScore,
     estimate_net_return,
@@ -180,6 +180,7 @@ def test_sizing_names_the_binding_cap() -> None:
 
 fill = st.fixed_dictionaries({
     "market": st.sampled_from(["spot", "perp"]),
+    "leg_id": st.sampled_from([None, 1, 2, 3]),  # desk fills belong to a leg; backtest fills only name their market
     "side": st.sampled_from(["buy", "sell"]),
     "quantity": st.floats(min_value=0.001, max_value=10),
     "price": st.floats(min_value=1, max_value=200_000),
@@ -189,13 +190,16 @@ fill = st.fixed_dictionaries({
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(fill, max_size=12), st.lists(st.floats(min_value=-50, max_value=50), max_size=10))
-def test_ledger_identity(fills: list[dict], funding: list[float]) -> None:
+@given(st.lists(fill, max_size=12), st.lists(st.floats(min_value=-50, max_value=50), max_size=10),
+       st.lists(st.floats(min_value=-5, max_value=0), max_size=5))
+def test_ledger_identity(fills: list[dict], funding: list[float], borrow: list[float]) -> None:
     rows = [{**f, "mid_price": f["price"] / (1 + f["slip"])} for f in fills]
-    spot_q, perp_q = leg_quantities(rows)
-    marks = {"spot": 1000.0, "perp": 1001.0}
-    p = pnl(rows, funding, marks)
+    held = held_by_leg(rows)
+    marks = {"spot": 1000.0, "perp": 1001.0, 1: 990.0, 2: 1010.0, 3: 5.0}
+    p = pnl(rows, funding, marks, borrow)
     cash = sum((1 if f["side"] == "sell" else -1) * f["quantity"] * f["price"] for f in rows)
-    assert p.total_usd == pytest.approx(cash + spot_q * 1000 + perp_q * 1001 - sum(f["fee_usd"] for f in rows) + sum(funding), abs=1e-6)
-    assert p.total_usd == pytest.approx(p.basis_pnl_usd - p.slippage_usd - p.fees_usd + p.funding_usd, abs=1e-6)
+    open_value = sum(q * marks[k] for k, q in held.items())
+    assert set(held) == {leg_key(f) for f in rows}
+    assert p.total_usd == pytest.approx(cash + open_value - sum(f["fee_usd"] for f in rows) + sum(funding) + sum(borrow), abs=1e-6)
+    assert p.total_usd == pytest.approx(p.basis_pnl_usd - p.slippage_usd - p.fees_usd + p.funding_usd + p.borrow_usd, abs=1e-6)
     assert math.isfinite(p.total_usd)

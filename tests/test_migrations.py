@@ -32,13 +32,20 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "basis_mcp", *args], capture_output=True, text=True, cwd=REPO, timeout=60)
 
 
-def dump(db: Path, table: str) -> list[tuple]:
+def dump(db: Path, table: str) -> list[dict]:
     conn = sqlite3.connect(db)
+    conn.row_factory = sqlite3.Row
     try:
-        cols = "id, ts, market_ts, severity, rule, message, data_json" if table == "alerts" else "*"  # not 'delivered'
-        return [tuple(r) for r in conn.execute(f"SELECT {cols} FROM {table} ORDER BY 1, 2")]
+        rows = [dict(r) for r in conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2")]
     finally:
         conn.close()
+    for r in rows:
+        r.pop("delivered", None)  # alerts: delivering them is what reading the book does
+    return rows
+
+
+MOVED_TO_LEGS = {"entry_spot": ("spot", "entry_price"), "exit_spot": ("spot", "exit_price"),
+                 "entry_perp": ("perp", "entry_price"), "exit_perp": ("perp", "exit_price")}
 
 
 @pytest.fixture
@@ -71,13 +78,37 @@ async def test_a_v1_book_upgrades_intact_and_carries_on_trading(v1: Path) -> Non
         assert [p["symbol"] for p in book["open_positions"]] == ["ETH", "BTC"]
         assert len(book["closed_positions"]) == 1
         after = {t: dump(v1, t) for t in KEPT}
-        for t in KEPT:  # every old row and column intact (columns added by later schemas come after them)
-            width = len(before[t][0]) if before[t] else 0
-            assert [r[:width] for r in after[t][: len(before[t])]] == before[t], f"{t} changed in the upgrade"
+        legs = {(r["position_id"], r["market"]): r for r in dump(v1, "legs")}
+        for t in KEPT:  # every old row and every old value intact, by column name
+            assert len(after[t]) >= len(before[t]), f"{t}: {len(before[t])} rows before, {len(after[t])} after"
+            for old, new in zip(before[t], after[t][: len(before[t])], strict=True):  # (new rows may follow: an alert)
+                for col, value in old.items():
+                    if t == "positions" and col in MOVED_TO_LEGS:  # these live on the position's legs now
+                        market, leg_col = MOVED_TO_LEGS[col]
+                        assert legs[(old["id"], market)][leg_col] == value, f"position {old['id']} {col}"
+                    else:
+                        assert new[col] == value, f"{t} row {old.get('id')} column {col} changed in the upgrade"
         assert {r["playbook"] for r in db_rows(v1, "SELECT playbook FROM positions")} == {"convergence"}
-        after = {t: [r[: len(before[t][0])] if before[t] else r for r in rows] for t, rows in after.items()}
-        assert after["positions"] == before["positions"] and after["fills"] == before["fills"]
-        assert after["funding_payments"] == before["funding_payments"]
+        # every position is a cash-and-carry of two legs; every order, fill and funding payment points at its leg
+        assert len(legs) == 2 * len(before["positions"])
+        for p in before["positions"]:
+            spot, perp = legs[(p["id"], "spot")], legs[(p["id"], "perp")]
+            assert (spot["role"], spot["side"], perp["role"], perp["side"]) == ("spot", "long", "perp", "short")
+            assert perp["margin_usd"] == p["margin_usd"] and spot["quantity"] == perp["quantity"] == p["quantity"]
+        for t in ("orders", "fills"):
+            for r in after[t]:
+                assert legs[(r["position_id"], r["market"])]["id"] == r["leg_id"], f"{t} {r['id']} on the wrong leg"
+        assert all(legs[(r["position_id"], "perp")]["id"] == r["leg_id"] for r in after["funding_payments"])
+        problems = db_rows(v1, "PRAGMA foreign_key_check")
+        assert problems == [] and db_rows(v1, "PRAGMA integrity_check")[0][0] == "ok"
+        # the book's P&L reads the same through the legs as it did through the old columns
+        closed = book["closed_positions"][0]
+        fills = [r for r in before["fills"] if r["position_id"] == closed["position_id"]]
+        funding = [r for r in before["funding_payments"] if r["position_id"] == closed["position_id"]]
+        recomputed = (sum((1 if f["side"] == "sell" else -1) * f["quantity"] * f["price"] for f in fills)
+                      - sum(f["fee_usd"] for f in fills) + sum(f["amount_usd"] for f in funding))
+        assert closed["pnl"]["total_usd"] == pytest.approx(recomputed, abs=1e-6)
+        assert closed["entry_spot_price"] == next(p["entry_spot"] for p in before["positions"] if p["id"] == closed["position_id"])
         # it carries on: exit one position, open another, across funding
         eth = next(p for p in book["open_positions"] if p["symbol"] == "ETH")
         out = await call(client, "exit_trade", {"position_id": eth["position_id"], "idempotency_key": "after-upgrade-exit"})

@@ -26,6 +26,7 @@ from basis_mcp.config import DEFAULT_SPECS
 from basis_mcp.history import load_extract
 from basis_mcp.live.exchanges import Credentials, make_exchange
 from basis_mcp.sim.binance import SimState, parse_time, running_sim
+from basis_mcp.sim.trading import TradingApi
 
 pytestmark = pytest.mark.anyio
 
@@ -323,21 +324,22 @@ async def test_reduce_only_that_would_open_or_grow_is_refused(sim):
 
 def test_filters_and_balances_in_process():
     st = SimState(start=START, spot_usdt=1_000.0)
+    trading = TradingApi(st)  # the order API over the state (composition, no I/O)
     with pytest.raises(Exception, match="LOT_SIZE"):
-        st.place_order("spot", {"symbol": "BTCUSDT", "side": "BUY", "type": "MARKET", "quantity": "0.000015"})
+        trading.place_order("spot", {"symbol": "BTCUSDT", "side": "BUY", "type": "MARKET", "quantity": "0.000015"})
     with pytest.raises(Exception, match="-1111"):
-        st.place_order("perp", {"symbol": "BTCUSDT", "side": "BUY", "type": "MARKET", "quantity": "0.0015"})
+        trading.place_order("perp", {"symbol": "BTCUSDT", "side": "BUY", "type": "MARKET", "quantity": "0.0015"})
     with pytest.raises(Exception, match="NOTIONAL"):
-        st.place_order("spot", {"symbol": "BTCUSDT", "side": "BUY", "type": "MARKET", "quantity": "0.001"})
+        trading.place_order("spot", {"symbol": "BTCUSDT", "side": "BUY", "type": "MARKET", "quantity": "0.001"})
     with pytest.raises(Exception, match="insufficient balance"):
-        st.place_order("spot", {"symbol": "BTCUSDT", "side": "BUY", "type": "MARKET", "quantity": "0.1"})
+        trading.place_order("spot", {"symbol": "BTCUSDT", "side": "BUY", "type": "MARKET", "quantity": "0.1"})
     with pytest.raises(Exception, match="Invalid orderType"):
-        st.place_order(
+        trading.place_order(
             "spot", {"symbol": "ETHUSDT", "side": "BUY", "type": "LIMIT", "quantity": "0.1", "price": "1"}
         )
     with pytest.raises(Exception, match="Market is closed"):  # SOL has no data in March 2024
-        st.place_order("spot", {"symbol": "SOLUSDT", "side": "BUY", "type": "MARKET", "quantity": "1"})
-    o = st.place_order("spot", {"symbol": "ETHUSDT", "side": "BUY", "type": "MARKET", "quoteOrderQty": "500"})
+        trading.place_order("spot", {"symbol": "SOLUSDT", "side": "BUY", "type": "MARKET", "quantity": "1"})
+    o = trading.place_order("spot", {"symbol": "ETHUSDT", "side": "BUY", "type": "MARKET", "quoteOrderQty": "500"})
     assert o["status"] == "FILLED" and float(o["cummulativeQuoteQty"]) <= 500
     assert st.spot_bal["USDT"] == pytest.approx(1_000 - float(o["cummulativeQuoteQty"]), abs=1e-8)
     assert not st.orders[0].reduce_only and st.total_usdt() == pytest.approx(st.spot_bal["USDT"] + 100_000)

@@ -245,26 +245,31 @@ async def test_max_hold_waits_for_a_settlement_worth_collecting_then_exits(make_
 
 
 def test_emergency_exits_never_wait_planned_ones_do() -> None:
+    from basis_mcp.guardrails import LegRisk
     from basis_mcp.playbooks import Signals
 
     lim = WatchdogLimits()
-    base = dict(position_id=1, symbol="BTC", status="open", entry_basis_pct=0.1, spot_quantity=1.0, perp_quantity=-1.0,
-                held_seconds=3600, seconds_to_funding=600, next_funding_usd=30.0, margin_needed_usd=0.0)
+    base = dict(position_id=1, symbol="BTC", status="open", entry_basis_pct=0.1, held={"spot": 1.0, "perp": -1.0},
+                imbalance_pct=0.0, held_seconds=3600, seconds_to_funding=600, next_funding_usd=30.0)
+
+    def margin(ratio: float) -> tuple[LegRisk, ...]:
+        return (LegRisk(role="perp", symbol="BTC", margin_ratio=ratio),)
+
     calm = Signals(basis_pct=0.1, basis_smooth_pct=0.1, basis_std_pct=0.05, funding_recent_8h_pct=0.03,
                    funding_carry_8h_pct=0.03)
-    blowout = PositionReadings(signals=Signals(0.5, 0.5, 0.05, 0.03, 0.03), margin_ratio=5.0, **base)
+    blowout = PositionReadings(signals=Signals(0.5, 0.5, 0.05, 0.03, 0.03), margins=margin(5.0), **base)
     acts = watchdog_actions(blowout, lim)
     assert acts[0].rule == "basis_blowout" and acts[0].emergency
-    spike = PositionReadings(signals=Signals(0.9, 0.2, 0.05, 0.03, 0.03), margin_ratio=5.0, **base)  # one print, not the average
+    spike = PositionReadings(signals=Signals(0.9, 0.2, 0.05, 0.03, 0.03), margins=margin(5.0), **base)  # one print, not the average
     assert watchdog_actions(spike, lim) == []
-    margin = PositionReadings(signals=calm, margin_ratio=1.2, **base)
-    assert watchdog_actions(margin, lim)[0].emergency
-    old = PositionReadings(signals=calm, margin_ratio=5.0, **{**base, "held_seconds": 31 * 86400})
+    low = PositionReadings(signals=calm, margins=margin(1.2), **base)
+    assert watchdog_actions(low, lim)[0].emergency
+    old = PositionReadings(signals=calm, margins=margin(5.0), **{**base, "held_seconds": 31 * 86400})
     act = watchdog_actions(old, lim)[0]
     assert act.rule == "max_hold" and not act.emergency and defer_planned_exit(old, lim)
-    carry_old = PositionReadings(signals=calm, margin_ratio=5.0, playbook="carry", **{**base, "held_seconds": 31 * 86400})
+    carry_old = PositionReadings(signals=calm, margins=margin(5.0), playbook="carry", **{**base, "held_seconds": 31 * 86400})
     assert watchdog_actions(carry_old, lim) == []  # carry holds up to a year
-    small = PositionReadings(signals=calm, margin_ratio=5.0, **{**base, "held_seconds": 31 * 86400, "next_funding_usd": 4.0})
+    small = PositionReadings(signals=calm, margins=margin(5.0), **{**base, "held_seconds": 31 * 86400, "next_funding_usd": 4.0})
     assert not defer_planned_exit(small, lim)
 
 

@@ -6,7 +6,6 @@ This is what the CLI (`basis-mcp backtest`) and the MCP tool (`backtest`) call.
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -284,16 +283,3 @@ def run_from_data(
     progress: Progress | None = None,
 ) -> BacktestResult:
     return run(load_markets(load_any(data), symbols, start, end, params), params, engine, progress)
-
-
-def write_outputs(result: BacktestResult, out_dir: Path, chart: bool = True) -> dict[str, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"backtest_{'-'.join(result.symbols)}_{result.start[:10]}_{result.end[:10]}"
-    paths = {"json": out_dir / f"{stem}.json"}
-    paths["json"].write_text(json.dumps(result.to_json(), indent=2))
-    if chart:
-        from basis_mcp.backtest.chart import backtest_chart
-
-        paths["png"] = out_dir / f"{stem}.png"
-        paths["png"].write_bytes(backtest_chart(result))
-    return paths

@@ -1,0 +1,256 @@
+"""Market data: the feeds, each symbol's snapshot, and the basis history the rules read.
+
+Owns the feeds (one per watched venue; the first trades), the basis samples (one per symbol
+per bucket, in ``basis_samples``) and the rolling z-score trackers, and turns them into the
+`Signals` the playbooks read. Calls only the store and `Events`/`VenueHealth`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from basis_mcp.clock import Clock, iso
+from basis_mcp.config import Settings
+from basis_mcp.desk.events import Events, VenueHealth
+from basis_mcp.errors import Rejected
+from basis_mcp.feed import MarketDataUnavailable, Snapshot, base_asset
+from basis_mcp.playbooks import Signals
+from basis_mcp.signals import ZSCORE_MIN_SAMPLES, RollingZScore, realised_vol_1h_pct
+from basis_mcp.store import Store
+from basis_mcp.venue.base import VenueError, VenueTimeout
+
+FUND_DIGITS = 12  # funding means are rounded like the backtest's (basis_mcp.backtest.engine.FUND_DIGITS)
+
+
+class MarketData:
+    def __init__(self, settings: Settings, store: Store, feed: Any, clock: Clock, events: Events, health: VenueHealth):
+        self.settings = settings
+        self.store = store
+        self.feed = feed  # the trading venue's feed
+        self.feeds: dict[str, Any] = {feed.venue: feed}
+        self.clock = clock
+        self.events = events
+        self.health = health
+        self.z: dict[str, RollingZScore] = {}
+        self._pending_samples: list[tuple[str, int, float, float, float]] = []
+        self._last_sample_ts: dict[str, int | None] = {}
+
+    # ------------------------------------------------------------------ time and freshness
+
+    def now(self) -> float:
+        return self.clock.now()
+
+    @property
+    def live(self) -> bool:
+        return not self.clock.simulated
+
+    async def ensure_fresh(self, max_age_s: float = 1.0) -> None:
+        """Live: refresh the feeds if the last refresh is older than ``max_age_s``."""
+        if not self.live:
+            return
+        for f in self.feeds.values():
+            if f.last_refresh is None or self.now() - f.last_refresh > max_age_s:
+                try:
+                    await f.refresh()
+                except (VenueError, VenueTimeout) as e:
+                    self.health.down(str(e))
+                    if f is self.feed:
+                        return
+        self.health.up()
+
+    def stale_limit(self) -> float:
+        return self.settings.max_stale_seconds_replay if self.clock.simulated else self.settings.max_stale_seconds_live
+
+    def fill_time(self, *symbols: str) -> float | None:
+        """Replay with a fill delay: the market time orders on ``symbols`` placed now fill at (the first
+        bar at or after now + delay fresh on every one of them), so no agent sees a price before the
+        clock reaches it. None: at once."""
+        delay = self.settings.fill_delay_seconds
+        if delay <= 0 or not self.clock.simulated:
+            return None
+        t = self.now() + delay
+        for _ in range(len(symbols) + 1):  # the latest first-fresh bar over the symbols, checked again on each
+            times = [self.feed.first_fresh_at_or_after(sym, t) for sym in symbols]
+            missing = [sym for sym, x in zip(symbols, times, strict=True) if x is None]
+            if missing:
+                raise Rejected("fill_delay_seconds", delay, f"no fresh {missing[0]} price {delay:g} s after {iso(self.now())} "
+                               "to fill at: the replay data ends first")
+            if max(times) == t:  # type: ignore[type-var]
+                return t
+            t = max(times)  # type: ignore[type-var]
+        return t
+
+    # ------------------------------------------------------------------ symbols and prices
+
+    @property
+    def symbols(self) -> list[str]:
+        return self.feed.symbols
+
+    def known_symbols(self) -> list[str]:
+        return sorted(set(self.feed.symbols) | set(getattr(self.feed, "listed", [])))
+
+    def resolve(self, raw: str, field: str = "symbol") -> str:
+        """The base asset ``raw`` names on the trading venue, or a refusal naming ``field``."""
+        try:
+            base = base_asset(raw)
+        except ValueError as e:
+            raise Rejected(field, raw, str(e)) from None
+        if base not in self.known_symbols():
+            raise Rejected(field, raw, f"unknown symbol on {self.feed.venue}; this desk trades {', '.join(self.feed.symbols)}")
+        return base
+
+    def snapshot(self, symbol: str, field: str = "symbol") -> Snapshot:
+        try:
+            return self.feed.snapshot(symbol)
+        except MarketDataUnavailable as e:
+            raise Rejected(field, symbol, f"no market data at {iso(self.now())}: {e}") from None
+
+    def mid(self, market: str, symbol: str) -> float:
+        """Mid price of an instrument now (MarketDataUnavailable if none)."""
+        snap = self.feed.snapshot(symbol)
+        return snap.spot if market in ("spot", "margin_spot") else snap.perp
+
+    def mark(self, market: str, symbol: str) -> float:
+        """What an open holding of an instrument is valued at: spot mid, or the derivative's mark price."""
+        snap = self.feed.snapshot(symbol)
+        return snap.spot if market in ("spot", "margin_spot") else snap.mark
+
+    def venue_symbol(self, market: str, symbol: str) -> str:
+        return self.feed.spot_symbol(symbol) if market in ("spot", "margin_spot") else self.feed.perp_symbol(symbol)
+
+    def realised_vol_1h_pct(self, snap: Snapshot) -> float | None:
+        if snap.prev_perp is None:
+            return None
+        return realised_vol_1h_pct(snap.mark_high, snap.mark_low, snap.prev_perp, snap.perp)
+
+    # ------------------------------------------------------------------ basis history
+
+    def sample_bucket(self, t: float) -> int:
+        step = self.settings.zscore_sample_seconds
+        return int(t // step * step)
+
+    def warm_history(self) -> None:
+        """First start in replay: backfill one window of samples (the last ``window`` fresh bars) before now."""
+        if not self.clock.simulated:
+            return
+        now = self.now()
+        w = self.settings.zscore_window
+        rows = []
+        for sym in self.feed.symbols:
+            have = self.store.one("SELECT COUNT(*) AS n FROM basis_samples WHERE symbol = ? AND ts <= ?", (sym, now))["n"]
+            if have >= w:
+                continue
+            # the window is the last `w` fresh samples, not the last `w` hours: reach back past any gaps
+            h = self.feed.h[sym]
+            times, basis = self.feed.basis_series(sym, h.t0, now)
+            times, basis = times[-w:], basis[-w:]
+            for t, b in zip(times.tolist(), basis.tolist(), strict=True):
+                i = h.index_at(t)
+                rows.append((sym, int(t), float(h.spot[i]), float(h.perp[i]), float(b)))
+        if rows:
+            with self.store.tx():
+                self.store.conn.executemany(
+                    "INSERT OR IGNORE INTO basis_samples(symbol, ts, spot, perp, basis_pct) VALUES (?,?,?,?,?)", rows)
+
+    async def warm_history_live(self) -> None:
+        """Live: backfill one window of hourly samples from the venue's klines (best effort)."""
+        w = min(self.settings.zscore_window, 1000)
+        for sym in self.feed.symbols:
+            have = self.store.one("SELECT COUNT(*) AS n FROM basis_samples WHERE symbol = ?", (sym,))["n"]
+            if have >= w:
+                continue
+            try:
+                rows = await self.feed.basis_history(sym, w)
+            except (VenueError, VenueTimeout) as e:
+                self.events.audit("system", "zscore_warmup_skipped", {"symbol": sym}, "warning", str(e))
+                continue
+            with self.store.tx():
+                self.store.conn.executemany(
+                    "INSERT OR IGNORE INTO basis_samples(symbol, ts, spot, perp, basis_pct) VALUES (?,?,?,?,?)",
+                    [(sym, t, sp, pp, (pp - sp) / sp * 100.0) for t, sp, pp in rows])
+
+    def load_tracker(self, symbol: str) -> None:
+        tr = RollingZScore(self.settings.zscore_window)
+        rows = self.store.q("SELECT basis_pct FROM basis_samples WHERE symbol = ? AND ts <= ? ORDER BY ts DESC LIMIT ?",
+                            (symbol, self.now(), self.settings.zscore_window))
+        for r in reversed(rows):
+            tr.add(r["basis_pct"])
+        self.z[symbol] = tr
+        last = self.store.one("SELECT MAX(ts) AS t FROM basis_samples WHERE symbol = ?", (symbol,))
+        self._last_sample_ts[symbol] = last["t"] if last and last["t"] is not None else None
+
+    def queue_sample(self, snap: Snapshot) -> None:
+        """Queue a basis sample if both legs were observed in the current bucket."""
+        bucket = self.sample_bucket(snap.now)
+        if self.sample_bucket(snap.spot_time) != bucket or self.sample_bucket(snap.perp_time) != bucket:
+            return
+        if self._last_sample_ts.get(snap.symbol) is not None and bucket <= self._last_sample_ts[snap.symbol]:
+            return
+        self._last_sample_ts[snap.symbol] = bucket
+        self._pending_samples.append((snap.symbol, bucket, snap.spot, snap.perp, snap.basis_pct))
+
+    def sample_all(self) -> None:
+        """Queue a sample of every symbol the trading feed has a price for now."""
+        for sym in self.feed.symbols:
+            try:
+                self.queue_sample(self.feed.snapshot(sym))
+            except MarketDataUnavailable:
+                continue
+
+    def flush_samples(self, extra_meta: dict[str, str] | None = None) -> int:
+        rows = self._pending_samples
+        if not rows and not extra_meta:
+            return 0
+        self._pending_samples = []
+        with self.store.tx():
+            self.store.conn.executemany(
+                "INSERT OR IGNORE INTO basis_samples(symbol, ts, spot, perp, basis_pct) VALUES (?,?,?,?,?)", rows)
+            for k, v in (extra_meta or {}).items():
+                self.store.set_meta(k, v)
+        for sym, _, _, _, b in rows:
+            self.z[sym].add(b)
+        return len(rows)
+
+    def recent_basis(self, symbol: str, window: int) -> tuple[np.ndarray, list[Any]]:
+        """The last ``window`` recorded basis samples up to now (oldest first) and their rows newest first."""
+        rows = self.store.q("SELECT ts, basis_pct FROM basis_samples WHERE symbol = ? AND ts <= ? ORDER BY ts DESC LIMIT ?",
+                            (symbol, self.now(), window))
+        return np.array([r["basis_pct"] for r in reversed(rows)], dtype=np.float64), rows
+
+    # ------------------------------------------------------------------ what the rules read
+
+    def signals(self, sym: str, snap: Snapshot) -> Signals:
+        """The basis averaged over the funding window (fresh samples only), its std over the
+        z-score window, and the funding means (per 8 h, percent)."""
+        r = self.settings.exit_rules
+        now = self.now()
+        row = self.store.one("SELECT AVG(basis_pct) AS a, COUNT(*) AS n FROM basis_samples WHERE symbol = ? AND ts > ? AND ts <= ?",
+                             (sym, now - r.basis_smoothing_hours * 3600.0, now))
+        tr = self.z.get(sym)
+        std = tr.std if tr is not None and tr.n >= ZSCORE_MIN_SAMPLES else None
+        iv = snap.funding_interval_hours
+
+        def mean_8h(span_s: float) -> float | None:
+            m = self.feed.mean_funding_rate(sym, now - span_s, now)
+            return None if m is None else float(np.round(m * 8.0 / iv * 100.0, FUND_DIGITS))
+
+        return Signals(basis_pct=snap.basis_pct, basis_smooth_pct=row["a"] if row and row["n"] else None, basis_std_pct=std,
+                       funding_recent_8h_pct=mean_8h(r.funding_exit_hours * 3600.0),
+                       funding_carry_8h_pct=mean_8h(r.carry_lookback_days * 86400.0))
+
+    def funding_assumption(self, sym: str, snap: Snapshot, override_8h_pct: float | None,
+                           playbook: str = "convergence") -> tuple[float, str]:
+        """(rate per interval as a fraction, source). carry: the carry lookback mean the entry rule reads."""
+        if override_8h_pct is not None:
+            return override_8h_pct / 100.0 * snap.funding_interval_hours / 8.0, "given"
+        if playbook == "carry":
+            fc = self.signals(sym, snap).funding_carry_8h_pct
+            days = self.settings.carry_lookback_days
+            if fc is not None:
+                return fc / 100.0 / 8.0 * snap.funding_interval_hours, f"mean_settled_{days:g}d"
+        mean = self.feed.mean_funding_rate(sym, self.now() - 30 * 86400, self.now())
+        if mean is not None:
+            return mean, "mean_settled_30d"
+        return snap.funding_rate, snap.funding_rate_source

@@ -1,0 +1,365 @@
+"""Research: what the agent reads before it trades. Scans, z-scores, return estimates, sizing,
+the funding clock, charts and backtests. Reads market data and the book; changes nothing but
+the basis samples it records on the way.
+
+Calls `MarketData`, `Book`, `Risk` (limits and capital) and the venue (read only).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import numpy as np
+
+from basis_mcp.clock import Clock, iso
+from basis_mcp.config import Settings
+from basis_mcp.desk.book import Book, _r
+from basis_mcp.desk.market import MarketData
+from basis_mcp.desk.risk import Risk
+from basis_mcp.errors import Rejected
+from basis_mcp.feed import MarketDataUnavailable, Snapshot
+from basis_mcp.models import (
+    BasisSnapshot,
+    CapOut,
+    NetApyEstimate,
+    ScanBasisOutput,
+    SecondsToFundingOutput,
+    SizePositionOutput,
+    Unavailable,
+    ZScoreOutput,
+)
+from basis_mcp.signals import estimate_net_return, funding_8h_pct, funding_apr_pct, zscore_stats
+from basis_mcp.sizing import size_position
+from basis_mcp.store import Store
+from basis_mcp.venue.base import VenueError, VenueTimeout
+
+
+class Research:
+    def __init__(self, settings: Settings, store: Store, venue: Any, clock: Clock, market: MarketData, book: Book, risk: Risk,
+                 mode: str):
+        self.settings = settings
+        self.store = store
+        self.venue = venue
+        self.clock = clock
+        self.market = market
+        self.book = book
+        self.risk = risk
+        self.mode = mode
+
+    async def scan(self, symbols: list[str] | None, venues: list[str] | None = None) -> ScanBasisOutput:
+        syms = self.market.feed.symbols if not symbols else list(dict.fromkeys(self.market.resolve(s, "symbols") for s in symbols))
+        feeds = list(self.market.feeds.values())
+        if venues:
+            unknown = [v for v in venues if v.lower() not in self.market.feeds]
+            if unknown:
+                raise Rejected("venues", unknown[0], f"not a venue this server watches ({', '.join(self.market.feeds)})")
+            feeds = [self.market.feeds[v.lower()] for v in venues]
+        await self.market.ensure_fresh()
+        snaps: list[BasisSnapshot] = []
+        unavailable: list[Unavailable] = []
+        for feed in feeds:
+            for sym in syms:
+                try:
+                    snap = feed.snapshot(sym)
+                except MarketDataUnavailable as e:
+                    unavailable.append(Unavailable(symbol=sym, reason=str(e)))
+                    continue
+                if feed is self.market.feed:
+                    self.market.queue_sample(snap)
+                snaps.append(self._snapshot_out(snap))
+        self.market.flush_samples()
+        for s in snaps:  # z after the flush so this snapshot's own sample counts; z is kept for the trading venue
+            tr = self.market.z.get(s.symbol)
+            if tr is None or s.venue != self.market.feed.venue:
+                continue
+            s.zscore = _r(tr.zscore(s.basis_pct), 6)
+            s.zscore_samples = tr.n
+        snaps.sort(key=lambda s: s.basis_pct, reverse=True)
+        return ScanBasisOutput(market_time=iso(self.market.now()) or "", mode=self.mode, snapshots=snaps, unavailable=unavailable)
+
+    def _snapshot_out(self, snap: Snapshot) -> BasisSnapshot:
+        return BasisSnapshot(
+            symbol=snap.symbol,
+            venue=snap.venue,
+            market_time=iso(snap.now) or "",
+            spot_price=snap.spot,
+            perp_price=snap.perp,
+            mark_price=snap.mark,
+            basis_usd=_r(snap.basis_usd, 8) or 0.0,
+            basis_pct=_r(snap.basis_pct, 8) or 0.0,
+            zscore=None,
+            zscore_samples=0,
+            funding_rate_pct=_r(snap.funding_rate * 100, 8) or 0.0,
+            funding_rate_source=snap.funding_rate_source,
+            funding_rate_8h_pct=_r(funding_8h_pct(snap.funding_rate, snap.funding_interval_hours), 8) or 0.0,
+            funding_apr_pct=_r(funding_apr_pct(snap.funding_rate, snap.funding_interval_hours), 6) or 0.0,
+            funding_interval_hours=snap.funding_interval_hours,
+            next_funding_time=iso(snap.next_funding_time) or "",
+            seconds_to_funding=snap.seconds_to_funding,
+            data_age_seconds=snap.data_age_seconds,
+            spot_gap=snap.perp_time - snap.spot_time >= 60.0,
+            mark_is_proxy=snap.mark_is_proxy,
+        )
+
+    def compute_zscore(self, symbol: str, window: int) -> ZScoreOutput:
+        sym = self.market.resolve(symbol)
+        self.market.flush_samples()
+        tr = self.market.z[sym]
+        if window == tr.window:
+            values = tr.values()
+        else:
+            rows = self.store.q(
+                "SELECT basis_pct FROM basis_samples WHERE symbol = ? AND ts <= ? ORDER BY ts DESC LIMIT ?",
+                (sym, self.market.now(), window),
+            )
+            values = np.array([r["basis_pct"] for r in reversed(rows)], dtype=np.float64)
+        st = zscore_stats(values, window)
+        if st.n and window == tr.window:  # the O(1) tracker is the reference for its own window
+            st = st.__class__(**{**st.__dict__, "zscore": tr.zscore(st.latest), "mean": tr.mean, "std": tr.std})
+        span = self.store.q(
+            "SELECT ts FROM basis_samples WHERE symbol = ? AND ts <= ? ORDER BY ts DESC LIMIT ?",
+            (sym, self.market.now(), max(st.n, 1)),
+        )
+        return ZScoreOutput(
+            symbol=sym,
+            window=window,
+            samples=st.n,
+            ready=st.zscore is not None,
+            basis_pct=_r(st.latest, 8),
+            zscore=_r(st.zscore, 6),
+            mean_pct=_r(st.mean, 8),
+            std_pct=_r(st.std, 8),
+            p10_pct=_r(st.p10, 8),
+            p90_pct=_r(st.p90, 8),
+            min_pct=_r(st.minimum, 8),
+            max_pct=_r(st.maximum, 8),
+            first_sample_time=iso(span[-1]["ts"]) if span and st.n else None,
+            last_sample_time=iso(span[0]["ts"]) if span and st.n else None,
+            sample_interval_seconds=self.settings.zscore_sample_seconds,
+        )
+
+    async def estimate_net_apy(
+        self,
+        symbol: str,
+        notional_usd: float,
+        hold_days: float,
+        leverage: float | None,
+        funding_rate_8h_pct: float | None,
+        exit_basis_pct: float,
+        basis_pct: float | None,
+        playbook: str = "convergence",
+    ) -> NetApyEstimate:
+        sym = self.market.resolve(symbol)
+        lev = self.risk.check_leverage(leverage)
+        await self.market.ensure_fresh()
+        snap = self.market.snapshot(sym)
+        entry_basis = snap.basis_pct if basis_pct is None else basis_pct
+        spot = snap.spot
+        perp = spot * (1 + entry_basis / 100.0)
+        rate, source = self.market.funding_assumption(sym, snap, funding_rate_8h_pct, playbook)
+        q = notional_usd / spot
+        costs = self.settings.spec(sym).costs
+        fees, slip = costs.round_trip_usd(q, spot, perp)
+        slip_source = "model (half-spread + sqrt impact)"
+        if self.market.live:
+            try:
+                sb = await self.market.feed.book_slippage(sym, "spot", q * spot)
+                pb = await self.market.feed.book_slippage(sym, "perp", q * perp)
+                if sb and pb:
+                    slip = q * spot * (sb[0] + sb[1]) + q * perp * (pb[0] + pb[1])
+                    slip_source = f"{self.market.feed.venue} order books now (both legs, in and out)"
+            except (VenueError, VenueTimeout):
+                pass
+        est = estimate_net_return(
+            notional_usd=notional_usd,
+            spot_price=spot,
+            perp_price=perp,
+            hold_days=hold_days,
+            exit_basis_pct=exit_basis_pct,
+            funding_rate=rate,
+            funding_interval_hours=snap.funding_interval_hours,
+            seconds_to_next_funding=snap.seconds_to_funding,
+            leverage=lev,
+            entry_exit_cost_usd=(fees, slip),
+        )
+        if playbook == "carry":
+            why = self.risk.carry_refusal(sym, snap, q, hold_days)
+            cr = self.settings.exit_rules
+            note = (f"carry: enters when the last {cr.carry_lookback_days:g} days of funding averaged ≥ "
+                    f"{cr.carry_entry_8h_pct:g}%/8h and the funding expected over the hold pays the round trip "
+                    f"{cr.carry_cost_cover:g}x; the server exits when that average falls below {cr.carry_exit_8h_pct:g}%/8h "
+                    f"(max hold {cr.carry_max_hold_days:g} d). " + ("Passes now." if why is None else f"Refused now: {why}."))
+            entry_ok = why is None
+        else:
+            entry_ok = est.net_usd > 0
+            note = ("convergence: enters when the expected net over the hold is > 0 (basis converging to exit_basis_pct, "
+                    f"funding, costs); max hold {self.settings.max_hold_days:g} d. "
+                    + ("Passes now." if entry_ok else "Refused now: the expected net is not positive."))
+        return NetApyEstimate(
+            symbol=sym,
+            playbook=playbook,
+            playbook_entry_ok=entry_ok,
+            playbook_note=note,
+            notional_usd=notional_usd,
+            quantity=q,
+            hold_days=hold_days,
+            leverage=lev,
+            entry_basis_pct=_r(entry_basis, 8) or 0.0,
+            exit_basis_pct=exit_basis_pct,
+            funding_rate_8h_pct=_r(funding_8h_pct(rate, snap.funding_interval_hours), 8) or 0.0,
+            funding_rate_source=source,
+            settlements_in_hold=est.settlements,
+            basis_capture_usd=_r(est.basis_capture_usd, 6) or 0.0,
+            funding_usd=_r(est.funding_usd, 6) or 0.0,
+            fees_usd=_r(est.fees_usd, 6) or 0.0,
+            slippage_usd=_r(est.slippage_usd, 6) or 0.0,
+            net_usd=_r(est.net_usd, 6) or 0.0,
+            capital_employed_usd=_r(est.capital_employed_usd, 6) or 0.0,
+            net_return_pct=_r(est.net_return_pct, 6) or 0.0,
+            apy_pct=_r(est.apy_pct, 6) or 0.0,
+            apy_on_notional_pct=_r(est.apy_on_notional_pct, 6) or 0.0,
+            break_even_hold_days=_r(est.break_even_hold_days, 4),
+            slippage_source=slip_source,
+            formula=(
+                "net = q*(basis_entry - basis_exit) [once] + q*perp*rate*settlements_in_hold "
+                f"- fees (spot {costs.spot.taker_fee * 100:g}% + perp {costs.perp.taker_fee * 100:g}%, in and out) "
+                "- slippage (half-spread + sqrt impact, in and out); "
+                "apy = net / (notional + notional/leverage) / hold_days * 365"
+            ),
+        )
+
+    async def size(self, symbol: str, leverage: float | None, target_notional_usd: float | None,
+                   playbook: str = "convergence") -> SizePositionOutput:
+        sym = self.market.resolve(symbol)
+        lev = self.risk.check_leverage(leverage)
+        snap = self.market.snapshot(sym)
+        spec = self.settings.spec(sym)
+        free = await self.risk.free_capital_usd()
+        res = size_position(
+            spot_price=snap.spot,
+            leverage=lev,
+            costs=spec.costs,
+            free_capital_usd=free,
+            caps=self.risk.caps(sym),
+            qty_step=spec.qty_step,
+            min_notional_usd=spec.min_notional_usd,
+            target_notional_usd=target_notional_usd,
+            perp_price=snap.perp,
+        )
+        return SizePositionOutput(
+            symbol=sym,
+            playbook=playbook,
+            max_hold_days=self.risk.hold_limit(playbook),
+            tier=self.settings.tier_of(sym),
+            leverage=lev,
+            recommended_notional_usd=_r(res.notional_usd, 6) or 0.0,
+            quantity=res.quantity,
+            binding_cap=res.binding_cap,
+            caps=[CapOut(name=c.name, limit_usd=_r(c.limit_usd, 6) or 0.0, detail=c.detail) for c in res.caps],
+            free_capital_usd=_r(free, 6) or 0.0,
+            capital_required_usd=_r(res.capital_required_usd, 6) or 0.0,
+            margin_usd=_r(res.margin_usd, 6) or 0.0,
+            entry_costs_usd=_r(res.fees_and_slippage_usd, 6) or 0.0,
+        )
+
+    async def seconds_to_funding(self, symbol: str) -> SecondsToFundingOutput:
+        sym = self.market.resolve(symbol)
+        snap = self.market.snapshot(sym)
+        expected = None
+        if self.book.position_on("perp", sym) is not None:  # the desk's perp leg on this symbol
+            pos = await self.venue.fetch_perp_position(sym)
+            if pos is not None:
+                expected = -pos.quantity * snap.mark * snap.funding_rate
+        return SecondsToFundingOutput(
+            symbol=sym,
+            seconds_to_funding=snap.seconds_to_funding,
+            next_funding_time=iso(snap.next_funding_time) or "",
+            funding_interval_hours=snap.funding_interval_hours,
+            funding_rate_pct=_r(snap.funding_rate * 100, 8) or 0.0,
+            funding_rate_source=snap.funding_rate_source,
+            expected_payment_usd=_r(expected, 8),
+        )
+
+    # ================================================================== backtest and charts
+
+    async def backtest(self, inp: Any, ctx: Any) -> Any:
+        """Run the backtest engine in a worker thread, reporting progress per symbol."""
+        from pydantic import ValidationError
+
+        from basis_mcp.backtest.chart import backtest_chart
+        from basis_mcp.backtest.params import BacktestParams, parse_duration
+        from basis_mcp.backtest.runner import load_markets, parse_when, run
+        from basis_mcp.errors import Violation
+        from basis_mcp.history import load_extract
+        from basis_mcp.models import BacktestOutput
+        from basis_mcp.tools.registry import WithImages
+
+        fields = [k for k in BacktestParams.model_fields if k in type(inp).model_fields]
+        try:
+            delay = parse_duration(inp.fill_delay, "fill_delay")
+        except ValueError as e:
+            raise Rejected("fill_delay", inp.fill_delay, str(e).split(": ", 1)[-1]) from None
+        try:
+            params = BacktestParams(**{k: getattr(inp, k) for k in fields}, fill_delay_seconds=delay)
+        except ValidationError as e:
+            raise Rejected(violations=[Violation(".".join(map(str, er["loc"])) or "params", er.get("input"), er["msg"])
+                                       for er in e.errors()]) from None
+        histories = self.market.feed.h if self.clock.simulated else load_extract()
+        if inp.end is None:
+            end = self.market.now() if self.clock.simulated else float(max(h.t_end for h in histories.values()))
+        else:
+            end = parse_when("end", inp.end)
+        if self.clock.simulated and end > self.market.now():
+            raise Rejected("end", inp.end, f"in replay mode a backtest cannot look past the replay clock ({iso(self.market.now())})")
+        markets = load_markets(histories, inp.symbols, inp.start, end, params, self.settings)
+
+        async def report(done: float, total: float, msg: str) -> None:
+            await ctx.report_progress(done, total, message=msg)
+
+        def work():
+            res = run(markets, params, "vectorized", lambda d, t, msg: anyio.from_thread.run(report, d, t, msg),
+                      settings=self.settings)
+            return res, (backtest_chart(res) if inp.chart else None)
+
+        res, png = await anyio.to_thread.run_sync(work)
+        data = res.to_json()
+        out = BacktestOutput(
+            symbols=data["symbols"], start=data["start"], end=data["end"], params=data["params"], summary=data["summary"],
+            by_year=data["by_year"], by_symbol=data["by_symbol"], spot_gaps=data["spot_gaps"], trades=data["trades"][:200],
+            trades_total=len(data["trades"]), fill_delay_sensitivity=data["fill_delay_sensitivity"],
+            always_on_carry=data["always_on_carry"], stale_bars=data["stale_bars"],
+        )
+        return WithImages(out, [png] if png else [])
+
+    async def plot_basis(self, symbol: str, days: float) -> Any:
+        from basis_mcp.backtest.chart import basis_chart
+        from basis_mcp.models import PlotBasisOutput
+        from basis_mcp.tools.registry import WithImages
+
+        sym = self.market.resolve(symbol)
+        self.market.flush_samples()
+        t1 = self.market.now()
+        t0 = t1 - days * 86400.0
+        rows = self.store.q("SELECT ts, basis_pct FROM basis_samples WHERE symbol = ? AND ts > ? AND ts <= ? ORDER BY ts", (sym, t0, t1))
+        if not rows:
+            raise Rejected("symbol", sym, f"no basis samples recorded in the last {days:g} days")
+        times = np.array([r["ts"] for r in rows], dtype=np.float64)
+        basis = np.array([r["basis_pct"] for r in rows])
+        if self.clock.simulated:
+            h = self.market.feed.h[sym]
+            sel = (h.funding_time > t0) & (h.funding_time <= t1)
+            f_t, f_r = h.funding_time[sel].astype(np.float64), h.funding_rate[sel]
+        else:
+            hist = [(t, r) for t, r, _ in self.market.feed.settled.get(sym, []) if t0 < t <= t1]
+            f_t, f_r = np.array([t for t, _ in hist]), np.array([r for _, r in hist])
+        window = max(min(self.settings.zscore_window, basis.size // 2), 2)
+        png = await anyio.to_thread.run_sync(lambda: basis_chart(sym, times, basis, f_t, f_r, window))
+        out = PlotBasisOutput(
+            symbol=sym, from_time=iso(times[0]) or "", to_time=iso(times[-1]) or "", samples=int(basis.size),
+            basis_pct_last=round(float(basis[-1]), 8), basis_pct_mean=round(float(basis.mean()), 8),
+            basis_pct_std=round(float(basis.std()), 8), settlements=int(f_r.size),
+            funding_rate_pct_mean=round(float(f_r.mean()) * 100, 8) if f_r.size else None,
+        )
+        return WithImages(out, [png])
+

@@ -1,0 +1,282 @@
+"""Risk: the trading state, the limits, and every reading the pre-trade checks look at.
+
+Owns the trading state (ACTIVE / REDUCING / HALTED, in ``meta``), the leverage, allowlist,
+rate, tier and capital limits, each leveraged leg's margin readings from the venue, and the
+entry readings `basis_mcp.guardrails.pre_trade_violations` decides on. Decides nothing by
+itself: the rules are the pure functions in `guardrails` and `playbooks`. Calls the store,
+`MarketData`, `Book` and the venue (balances and margin, never orders).
+
+A new pre-trade guardrail goes here (its reading) and in `guardrails` (its rule).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from basis_mcp import margin as mm
+from basis_mcp.config import HARD, Settings
+from basis_mcp.desk.book import Book, Leg
+from basis_mcp.desk.events import Events, VenueHealth
+from basis_mcp.desk.market import MarketData
+from basis_mcp.errors import Rejected
+from basis_mcp.feed import MarketDataUnavailable, Snapshot
+from basis_mcp.guardrails import EntryReadings, LegRisk, TradingState, WatchdogLimits
+from basis_mcp.legs import PlannedLeg, plan_legs
+from basis_mcp.playbooks import carry_entry_check, expected_carry_usd, stop_level_pct
+from basis_mcp.signals import entry_expected_net_usd, settlements_in
+from basis_mcp.sizing import Cap, leg_capital_usd
+from basis_mcp.store import Store
+from basis_mcp.strategies.base import LegSpec, StrategySpec
+from basis_mcp.venue.base import VenueTimeout, VenueUnavailable
+
+LIVE_CAPITAL_BUFFER = 1.002  # live fills can land a little off the modelled price: reserve 0.2 % more
+
+
+def spot_like(market: str) -> bool:
+    return market in ("spot", "margin_spot")
+
+
+class Risk:
+    def __init__(self, settings: Settings, store: Store, market: MarketData, book: Book, venue: Any, events: Events,
+                 health: VenueHealth):
+        self.settings = settings
+        self.store = store
+        self.market = market
+        self.book = book
+        self.venue = venue
+        self.events = events
+        self.health = health
+
+    # ------------------------------------------------------------------ trading state
+
+    def trading_state(self) -> tuple[TradingState, str]:
+        """Read from the database every time, so `basis-mcp resume` takes effect on a running server."""
+        return (self.store.get_meta("trading_state") or "ACTIVE"), (self.store.get_meta("trading_state_reason") or "")  # type: ignore[return-value]
+
+    def set_trading_state(self, state: TradingState, reason: str, data: dict[str, Any]) -> None:
+        current, _ = self.trading_state()
+        if current == "HALTED" and state == "REDUCING":
+            return  # HALTED is the stronger state; only the operator leaves it
+        if current == state and self.store.get_meta("trading_state_reason") == reason:
+            return
+        with self.store.tx():
+            self.store.set_meta("trading_state", state)
+            self.store.set_meta("trading_state_reason", reason)
+            self.store.set_meta("trading_state_since", repr(self.events.now()))
+        self.events.alert("critical", f"state_{state.lower()}", f"trading state {current} → {state}: {reason}",
+                          {"from": current, "to": state, **data})
+
+    # ------------------------------------------------------------------ limits
+
+    def check_leverage(self, leverage: float | None) -> float:
+        lev = self.settings.default_leverage if leverage is None else float(leverage)
+        cap = min(self.settings.max_leverage, HARD.max_leverage)
+        if not math.isfinite(lev) or lev < 1:
+            raise Rejected("leverage", leverage, "must be a finite number >= 1")
+        if lev > HARD.max_leverage:
+            raise Rejected("leverage", leverage, f"above the hard ceiling of {HARD.max_leverage:g}x (never allowed)")
+        if lev > cap:
+            raise Rejected("leverage", leverage, f"above the operator's cap of {cap:g}x")
+        return lev
+
+    def allowlist(self) -> list[str]:
+        allowed = self.settings.symbol_allowlist
+        return [s for s in self.market.symbols if allowed is None or s in allowed]
+
+    def orders_last_minute(self) -> int:
+        """Orders in the last 60 s of market time (wall time live; simulated time in replay, so a fast
+        replay is judged by the pace of its own market, not by how quickly the machine runs it)."""
+        return int(self.store.one("SELECT COUNT(*) AS n FROM orders WHERE created_at > ?", (self.events.now() - 60.0,))["n"])
+
+    def hold_limit(self, playbook: str) -> float:
+        return self.settings.carry_max_hold_days if playbook == "carry" else self.settings.max_hold_days
+
+    def watchdog_limits(self) -> WatchdogLimits:
+        s = self.settings
+        return WatchdogLimits(margin_add_ratio=s.margin_add_ratio, margin_close_ratio=s.margin_close_ratio,
+                              max_imbalance_pct=s.max_imbalance_pct,
+                              liquidation_distance_add_pct=s.liquidation_distance_add_pct,
+                              liquidation_distance_target_pct=s.liquidation_distance_target_pct, rules=s.exit_rules)
+
+    def caps(self, sym: str) -> list[Cap]:
+        tier = self.settings.tier_of(sym)
+        cap = self.book.capital_usd
+        single = self.settings.tier_single_position[tier] * cap
+        alloc = self.settings.tier_allocation[tier] * cap
+        used = self.book.tier_in_use(tier)
+        return [
+            Cap("max_position_notional", self.settings.max_position_notional_usd, "operator's per-position notional cap"),
+            Cap("tier_single_position", single,
+                f"{tier} tier: one position ≤ {self.settings.tier_single_position[tier]:.0%} of ${cap:,.0f} capital"),
+            Cap("tier_allocation_headroom", max(alloc - used, 0.0),
+                f"{tier} tier: ≤ {self.settings.tier_allocation[tier]:.0%} of capital (${alloc:,.0f}); ${used:,.2f} already in use"),
+        ]
+
+    # ------------------------------------------------------------------ capital
+
+    async def free_cash(self) -> float:
+        return (await self.venue.fetch_balances()).get("USDT", 0.0)
+
+    async def free_capital_usd(self) -> float:
+        """Venue cash minus what in-flight entries have reserved."""
+        reserved = float(self.store.one("SELECT COALESCE(SUM(reserved_usd), 0) AS s FROM positions WHERE status = 'opening'")["s"])
+        return await self.free_cash() - reserved
+
+    async def free_capital_or_zero(self) -> float:
+        try:
+            return await self.free_capital_usd()
+        except (VenueUnavailable, VenueTimeout) as e:
+            self.health.down(str(e))
+            return 0.0
+
+    # ------------------------------------------------------------------ margin of leveraged legs
+
+    async def leg_margin(self, leg: Leg | PlannedLeg | str, mark: float) -> tuple[float | None, float | None, float]:
+        """(liquidation price, margin ratio as a fraction, isolated wallet) of a leveraged leg, from the venue."""
+        sym = leg if isinstance(leg, str) else leg.symbol
+        pos = await self.venue.fetch_perp_position(sym)
+        if pos is None:
+            return None, None, 0.0
+        table = self.settings.spec(sym).brackets
+        lp = mm.liquidation_price(pos.isolated_wallet_usd, pos.quantity, pos.entry_price, table)
+        ratio = mm.margin_ratio(pos.isolated_wallet_usd, pos.quantity, pos.entry_price, mark, table)
+        return lp, ratio, pos.isolated_wallet_usd
+
+    async def leg_risk(self, leg: Leg, lim: WatchdogLimits) -> LegRisk | None:
+        """What the watchdog reads on one leveraged leg: its margin ratio, what brings it back to the
+        target, the liquidation distance on the losing side and what restores the target distance."""
+        pos = await self.venue.fetch_perp_position(leg.symbol)
+        if pos is None:
+            return None
+        mark = self.market.mark(leg.market, leg.symbol)
+        table = self.settings.spec(leg.symbol).brackets
+        ratio: float | None = mm.margin_ratio(pos.isolated_wallet_usd, pos.quantity, pos.entry_price, mark, table)
+        mmargin = mm.maintenance_margin(abs(pos.quantity) * mark, table)
+        mbal = pos.isolated_wallet_usd + mm.unrealised_pnl(pos.quantity, pos.entry_price, mark)
+        needed = max(lim.margin_target_ratio * mmargin - mbal, 0.0)
+        if ratio is not None and not math.isfinite(ratio):
+            ratio = None
+        distance = None
+        for_distance = 0.0
+        if pos.quantity != 0 and mark > 0:
+            lp = mm.liquidation_price(pos.isolated_wallet_usd, pos.quantity, pos.entry_price, table)
+            if math.isfinite(lp) and lp > 0:
+                short = pos.quantity < 0
+                distance = ((lp - mark) if short else (mark - lp)) / mark * 100.0
+                step = lim.liquidation_distance_target_pct / 100.0
+                target = mark * (1.0 + step) if short else mark * (1.0 - step)
+                for_distance = max(mm.wallet_for_liquidation_price(target, pos.quantity, pos.entry_price, table)
+                                   - pos.isolated_wallet_usd, 0.0)
+        return LegRisk(role=leg.role, symbol=leg.symbol, margin_ratio=ratio, margin_needed_usd=needed,
+                       liquidation_distance_pct=distance, margin_for_distance_usd=for_distance)
+
+    # ------------------------------------------------------------------ playbook entry rules
+
+    def carry_refusal(self, sym: str, snap: Snapshot, qty: float, hold_days: float) -> str | None:
+        """Why the carry entry rule refuses ``qty`` of ``sym`` now (None: it may enter)."""
+        r = self.settings.exit_rules
+        fc = self.market.signals(sym, snap).funding_carry_8h_pct
+        rate = 0.0 if fc is None else fc / 100.0 / 8.0 * snap.funding_interval_hours
+        n = settlements_in(snap.seconds_to_funding, snap.funding_interval_hours, hold_days * 86400.0)
+        fees, slip = self.settings.spec(sym).costs.round_trip_usd(qty, snap.spot, snap.perp)
+        return carry_entry_check(fc, expected_carry_usd(qty, snap.perp, rate, n), fees + slip, r)
+
+    def stop_fires_at_entry(self, sym: str, snap: Snapshot) -> str | None:
+        """An entry the basis stop would close at once (the smoothed basis already beyond it) is refused."""
+        sig = self.market.signals(sym, snap)
+        if sig.basis_smooth_pct is None:
+            return None
+        stop = stop_level_pct(snap.basis_pct, sig.basis_std_pct, self.settings.exit_rules)
+        if sig.basis_smooth_pct > stop:
+            return (f"the basis averaged over {self.settings.basis_smoothing_hours:g} h ({sig.basis_smooth_pct:.4f}%) is "
+                    f"already beyond the stop this entry would get ({stop:.4f}%)")
+        return None
+
+    # ------------------------------------------------------------------ the entry's readings
+
+    def plan(self, strategy: StrategySpec, sym: str, notional_usd: float) -> list[PlannedLeg]:
+        """The legs an entry of ``notional_usd`` on ``sym`` would send, at mid prices now."""
+        def price(spec: LegSpec, s: str) -> float:
+            try:
+                return self.market.mid(spec.market, s)
+            except (MarketDataUnavailable, KeyError):
+                raise Rejected("symbol", s, f"no market data for the {spec.role} leg") from None
+
+        return plan_legs(strategy, sym, notional_usd, price, lambda s: self.settings.spec(s).qty_step)
+
+    def leg_costs(self, market: str, symbol: str) -> Any:
+        costs = self.settings.spec(symbol).costs
+        return costs.spot if spot_like(market) else costs.perp
+
+    def capital_required_usd(self, planned: list[PlannedLeg], lev: float) -> float:
+        """Cash the entry ties up: every leg's fill (owned spot) or margin (leveraged legs) plus fees."""
+        total = sum(leg_capital_usd(p.spec.market, p.spec.side, p.quantity, p.mid, lev, self.leg_costs(p.spec.market, p.symbol))
+                    for p in planned)
+        return total * (1.0 if self.market.clock.simulated else LIVE_CAPITAL_BUFFER)
+
+    async def entry_readings(self, strategy: StrategySpec, sym: str, notional_usd: float, lev: float, expected_hold_days: float,
+                             playbook: str) -> tuple[EntryReadings, Snapshot, list[PlannedLeg]]:
+        """Everything the pre-trade rules look at, measured now: (readings, snapshot of ``sym``, the planned legs)."""
+        snap = self.market.snapshot(sym)
+        planned = self.plan(strategy, sym, notional_usd)
+        ref = planned[0]
+        spec = self.settings.spec(ref.symbol)
+        others = sorted({p.symbol for p in planned} - {sym})
+        snaps = [snap] + [self.market.snapshot(s) for s in others]
+        stale = max(snaps, key=lambda s: s.data_age_seconds)
+        vols = [(v, s.symbol) for s in snaps if (v := self.market.realised_vol_1h_pct(s)) is not None]
+        vol = max(vols) if vols else None
+        has_basis = strategy.basis_legs is not None
+        expected_net = None
+        if playbook == "convergence" and has_basis:
+            expected_net = entry_expected_net_usd(
+                qty=ref.quantity, spot=snap.spot, perp=snap.perp, leverage=lev, costs=spec.costs, hold_days=expected_hold_days,
+                funding_rate=self.market.funding_assumption(sym, snap, None)[0],
+                funding_interval_hours=snap.funding_interval_hours, seconds_to_next_funding=snap.seconds_to_funding)
+        dup = None
+        for p in planned:
+            row = self.book.position_on(p.spec.market, p.symbol)
+            if row is not None:
+                dup = row["id"]
+                break
+        below = tuple(
+            f"the {p.spec.role} leg ({p.quantity:g} {p.symbol}, ${p.quantity * p.mid:,.2f}) is below the {p.symbol} venue minimum "
+            f"of ${self.settings.spec(p.symbol).min_notional_usd:,.2f}"
+            for p in planned[1:] if p.symbol != ref.symbol and p.quantity * p.mid < self.settings.spec(p.symbol).min_notional_usd)
+        state, reason = self.trading_state()
+        allow = self.allowlist()
+        readings = EntryReadings(
+            symbol=sym,
+            state=state,
+            state_reason=reason,
+            allowlisted=all(s in allow for s in [sym, *others]),
+            allowlist=tuple(allow),
+            leverage=lev,
+            leverage_cap=min(self.settings.max_leverage, HARD.max_leverage),
+            hard_leverage_cap=HARD.max_leverage,
+            notional_usd=notional_usd,
+            caps=[(c.name, c.limit_usd, c.detail) for c in self.caps(sym)],
+            free_capital_usd=await self.free_capital_or_zero(),
+            capital_required_usd=self.capital_required_usd(planned, lev),
+            data_age_seconds=stale.data_age_seconds,
+            stale_limit_seconds=self.market.stale_limit(),
+            realised_vol_1h_pct=None if vol is None else vol[0],
+            vol_limit_pct=self.settings.max_realised_vol_1h_pct,
+            expected_net_usd=expected_net,
+            expected_hold_days=expected_hold_days,
+            duplicate_position_id=dup,
+            orders_last_minute=self.orders_last_minute(),
+            orders_per_minute_limit=self.settings.max_orders_per_minute,
+            min_notional_usd=spec.min_notional_usd,
+            quantity=ref.quantity,
+            rounded_notional_usd=ref.quantity * ref.mid,
+            venue_reachable=self.health.reachable,
+            venue_down_seconds=self.health.down_seconds(),
+            playbook=playbook,
+            carry_refusal=self.carry_refusal(sym, snap, ref.quantity, expected_hold_days) if playbook == "carry" else None,
+            stop_now=self.stop_fires_at_entry(sym, snap) if has_basis and playbook != "none" else None,
+            orders_per_entry=len(planned),
+            legs_below_minimum=below,
+        )
+        return readings, snap, planned

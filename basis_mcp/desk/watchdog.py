@@ -1,0 +1,238 @@
+"""The watchdog: runs on every market tick, whether or not the agent is calling tools.
+
+Per tick (the caller holds the desk lock): finish anything caught mid-flight, check the venue
+is reachable, check drawdown, then apply the position rules of `guardrails.watchdog_actions`
+to every leg of every position and verify the ledger against the venue. Every action is
+audited with its rule and numbers and raised as an alert for the agent's next response.
+Calls `Recovery`, `Reconcile`, `Execution`, `Orders`, `Risk`, `Book`, `MarketData` and `Events`.
+
+A new position rule goes in `guardrails.watchdog_actions` (the decision) and, if it needs a
+new reading, in `readings` here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from basis_mcp.clock import iso
+from basis_mcp.config import Settings
+from basis_mcp.desk.book import Book
+from basis_mcp.desk.events import Events, VenueHealth
+from basis_mcp.desk.execution import Execution
+from basis_mcp.desk.market import MarketData
+from basis_mcp.desk.orders import Orders
+from basis_mcp.desk.reconcile import Reconcile
+from basis_mcp.desk.recovery import Recovery
+from basis_mcp.desk.risk import Risk
+from basis_mcp.errors import Rejected
+from basis_mcp.feed import MarketDataUnavailable
+from basis_mcp.guardrails import Action, PositionReadings, defer_planned_exit, drawdown, watchdog_actions
+from basis_mcp.legs import imbalance_pct, trims
+from basis_mcp.store import Store
+from basis_mcp.venue.base import VenueError, VenueTimeout, VenueUnavailable
+
+VENUE_DOWN_LIMIT_S = 600.0
+CRITICAL_RULES = ("margin_ratio_below_130", "basis_blowout", "margin_ratio_below_150")
+
+
+class Watchdog:
+    def __init__(self, settings: Settings, store: Store, venue: Any, events: Events, health: VenueHealth, market: MarketData,
+                 book: Book, orders: Orders, execution: Execution, recovery: Recovery, reconcile: Reconcile, risk: Risk):
+        self.settings = settings
+        self.store = store
+        self.venue = venue
+        self.events = events
+        self.health = health
+        self.market = market
+        self.book = book
+        self.orders = orders
+        self.execution = execution
+        self.recovery = recovery
+        self.reconcile = reconcile
+        self.risk = risk
+
+    async def tick(self) -> list[dict[str, Any]]:
+        """One pass over the book. The caller holds the desk lock. Returns the actions taken."""
+        actions: list[dict[str, Any]] = []
+        try:
+            await self.venue.fetch_balances()
+            if not self.market.feed.healthy():
+                raise VenueUnavailable(f"{self.market.feed.venue} market data has not refreshed for over a minute")
+            self.health.up()
+        except (VenueUnavailable, VenueTimeout) as e:
+            self.health.down(str(e))
+            down = self.health.down_seconds()
+            if down > VENUE_DOWN_LIMIT_S and self.store.get_meta("close_all_when_reachable") is None:
+                self.store.set_meta("close_all_when_reachable", repr(self.events.now()))
+                self.events.alert("critical", "venue_unreachable", f"venue unreachable for {down / 60:.0f} min: no entries; "
+                                  "every position will be closed when it is reachable", {"down_seconds": round(down, 1)})
+            return actions
+        await self.recovery.recover_all()
+        close_all = self.store.get_meta("close_all_when_reachable") is not None
+        equity = self.book.equity_usd()
+        dd = drawdown(equity, self.book.capital_usd)
+        if dd > self.settings.max_drawdown and self.risk.trading_state()[0] == "ACTIVE":
+            self.risk.set_trading_state("REDUCING", f"drawdown {dd * 100:.2f}% of capital > {self.settings.max_drawdown * 100:g}% limit",
+                                        {"equity_usd": round(equity, 2), "capital_usd": self.book.capital_usd})
+        lim = self.risk.watchdog_limits()
+        now = self.events.now()
+        for row in self.book.positions(("open", "closing")):
+            if self.orders.unresolved(row["id"]):
+                continue  # its fills are not known yet: acting on them could trade twice; recovery chases it
+            if row["status"] == "open" and row["opened_at"] >= now:
+                continue  # it filled on this very tick: judged from the next one (as the backtest does)
+            if row["status"] == "closing":
+                # an exit the watchdog is finishing may hold a hedged remainder for a while: keep its margin safe
+                readings = await self.readings(row)
+                for act in watchdog_actions(readings, lim) if readings is not None else []:
+                    if act.kind == "add_margin":
+                        actions.append(await self.apply(row, act, readings))
+                continue
+            if close_all:
+                msg = "venue was unreachable > 10 min: closing now that it answers"
+                data = {"position_id": row["id"], "symbol": row["symbol"], "rule": "venue_was_unreachable",
+                        "unreachable_since": self.store.get_meta("close_all_when_reachable")}
+                self.events.audit("watchdog", "venue_was_unreachable", data, "triggered", msg)
+                actions.append(await self.close(row, "venue_was_unreachable", msg, data))
+                continue
+            readings = await self.readings(row)
+            if readings is None:
+                continue
+            for act in watchdog_actions(readings, lim):
+                if act.kind == "close" and not act.emergency and defer_planned_exit(readings, lim):
+                    self.note_deferral(row["id"], act.rule, readings)
+                    continue
+                actions.append(await self.apply(row, act, readings))
+                if act.kind == "close":
+                    break
+        if close_all and not self.book.has_open():
+            self.store.x("DELETE FROM meta WHERE key = 'close_all_when_reachable'")
+        await self.reconcile.check_ledger()
+        return actions
+
+    async def readings(self, row: Any) -> PositionReadings | None:
+        """What the rules read on one position now, or None while any of its prices is stale or missing."""
+        pid = row["id"]
+        strategy = self.book.strategy(row)
+        legs = self.book.legs(pid)
+        snaps = {}
+        for sym in dict.fromkeys([row["symbol"], *(leg.symbol for leg in legs)]):
+            try:
+                snap = self.market.feed.snapshot(sym)
+            except MarketDataUnavailable:
+                return None
+            if snap.data_age_seconds > self.market.stale_limit():
+                self.events.note_once(f"stale:{sym}", "warning", "market_data_stale",
+                                      f"{sym} market data is {snap.data_age_seconds:.0f}s old: the watchdog will not act on stale prices",
+                                      {"symbol": sym, "data_age_seconds": snap.data_age_seconds})
+                return None
+            self.events.clear_note(f"stale:{sym}")
+            snaps[sym] = snap
+        held = self.book.held(pid)
+        held_abs = self.book.held_abs(legs, held)
+        lim = self.risk.watchdog_limits()
+        margins = []
+        next_funding = 0.0
+        for leg in legs:
+            if not leg.leveraged:
+                continue
+            risk = await self.risk.leg_risk(leg, lim)
+            if risk is not None:
+                margins.append(risk)
+            if leg.market == "perp":  # a short receives positive funding
+                s = snaps[leg.symbol]
+                next_funding += -held.get(leg.id, 0.0) * s.mark * s.funding_rate
+        snap = snaps[row["symbol"]]
+        return PositionReadings(
+            position_id=pid,
+            symbol=row["symbol"],
+            status=row["status"],
+            entry_basis_pct=row["entry_basis_pct"] or 0.0,
+            signals=self.market.signals(row["symbol"], snap) if strategy.basis_legs is not None else None,
+            held={leg.role: held.get(leg.id, 0.0) for leg in legs},
+            imbalance_pct=imbalance_pct([max(q, 0.0) for q in held_abs], [leg.ratio for leg in legs]),
+            held_seconds=self.events.now() - row["opened_at"],
+            seconds_to_funding=min(s.seconds_to_funding for s in snaps.values()),
+            next_funding_usd=next_funding,
+            margins=tuple(margins),
+            playbook=row["playbook"],
+        )
+
+    async def apply(self, row: Any, act: Action, r: PositionReadings) -> dict[str, Any]:
+        pid, sym = row["id"], row["symbol"]
+        data = {"position_id": pid, "symbol": sym, "rule": act.rule, **act.numbers}
+        self.events.audit("watchdog", act.rule, data, "triggered", act.message)
+        if act.kind == "close":
+            return await self.close(row, act.rule, act.message, data)
+        if act.kind == "add_margin":
+            leg = next(leg for leg in self.book.legs(pid) if leg.role == act.leg)
+            free = await self.risk.free_cash()
+            amount = min(act.amount_usd, max(free, 0.0))
+            if amount >= 1.0:
+                try:
+                    await self.venue.add_margin(leg.symbol, amount)
+                except (VenueError, VenueTimeout) as e:
+                    amount = 0.0
+                    data["error"] = str(e)
+            if amount >= act.amount_usd - 0.01:
+                self.events.alert("warning", act.rule, f"position {pid} {sym}: {act.message}", {**data, "added_usd": round(amount, 2)})
+                return {**data, "action": "add_margin", "added_usd": amount}
+            if row["status"] == "closing":  # already being closed: say so, the exit retries on its own
+                self.events.note_once(f"margin:{pid}", "critical", act.rule,
+                                      f"position {pid} {sym} (closing): {act.message}; could add only ${amount:,.2f}", data)
+                return {**data, "action": "add_margin_failed", "added_usd": amount}
+            # not enough free capital: reduce instead (close; half-measures leave the same ratio)
+            return await self.close(row, act.rule, f"{act.message}; not enough free capital (${free:,.2f}): closing", data)
+        # rebalance: trim every leg down to the smallest
+        key = f"wd{pid}-{int(self.events.now())}"
+        legs = self.book.legs(pid)
+        try:
+            held_abs = self.book.held_abs(legs, self.book.held(pid))
+            cuts = trims([max(q, 0.0) for q in held_abs], [leg.ratio for leg in legs], [self.orders.flat_threshold(leg) for leg in legs])
+            for leg, cut in zip(legs, cuts, strict=True):
+                if cut > 0:
+                    await self.orders.fill_leg(leg, key, leg.order_side(opening=False), cut, "rebalance", True)
+        except (VenueUnavailable, VenueTimeout) as e:  # unknown outcome: looked up next tick before anything else is sent
+            self.events.alert("warning", act.rule, f"position {pid} {sym}: rebalance did not complete ({e}); retried next tick",
+                              {**data, "error": str(e)})
+            return {**data, "action": "rebalance_failed", "error": str(e)}
+        held = self.book.held(pid)
+        held_abs = self.book.held_abs(legs, held)
+        with self.store.tx():
+            self.store.x("UPDATE positions SET quantity = ? WHERE id = ?",
+                         (max(min(q / leg.ratio for leg, q in zip(legs, held_abs, strict=True)), 0.0), pid))
+        now_held = {f"{leg.role}_quantity": held.get(leg.id, 0.0) for leg in legs}
+        self.events.alert("warning", act.rule, f"position {pid} {sym}: {act.message}; now "
+                          + " / ".join(f"{held.get(leg.id, 0.0):g} {leg.role}" for leg in legs), {**data, **now_held})
+        return {**data, "action": "rebalance"}
+
+    async def close(self, row: Any, rule: str, message: str, data: dict[str, Any]) -> dict[str, Any]:
+        pid, sym = row["id"], row["symbol"]
+        key = f"wd{pid}-{rule}"[:64]
+        try:
+            fill_at = self.market.fill_time(*dict.fromkeys(leg.symbol for leg in self.book.legs(pid))) if row["status"] == "open" else None
+        except Rejected:  # no price that late (the data ends): close at once
+            fill_at = None
+        with self.store.tx():
+            self.store.x("UPDATE positions SET status = 'closing', close_reason = ?, execute_at = ? WHERE id = ? AND status = 'open'",
+                         (f"watchdog: {rule}", fill_at, pid))
+            self.execution.write_close_intents(pid, key)
+        if fill_at is not None:  # replay with a fill delay: the close orders rest until their fill time
+            self.events.alert("warning", rule, f"position {pid} {sym}: the watchdog closes it ({message}); the orders fill at "
+                              f"{iso(fill_at)}", {**data, "fills_at": iso(fill_at)})
+            return {**data, "action": "close_scheduled", "fills_at": iso(fill_at)}
+        try:
+            out = await self.execution.execute_exit(pid, "", f"watchdog: {rule}", emergency=True)
+            realized = out.realized.total_usd if out.realized else 0.0
+            self.events.alert("critical" if rule in CRITICAL_RULES else "warning", rule,
+                              f"position {pid} {sym} closed by the watchdog: {message}", {**data, "realized_pnl_usd": round(realized, 2)})
+            return {**data, "action": "close", "realized_pnl_usd": realized}
+        except Rejected as e:
+            return {**data, "action": "close_failed", "error": str(e)}
+
+    def note_deferral(self, pid: int, rule: str, r: PositionReadings) -> None:
+        self.events.note_once(f"defer:{pid}:{rule}", "info", "exit_deferred",
+                              f"position {pid}: planned exit ({rule}) waits {r.seconds_to_funding / 60:.0f} min for a settlement "
+                              f"worth ${r.next_funding_usd:,.2f}",
+                              {"position_id": pid, "rule": rule, "seconds_to_funding": r.seconds_to_funding,
+                               "next_funding_usd": round(r.next_funding_usd, 4)})

@@ -1,0 +1,276 @@
+"""The simulator's vocabulary: constants, `BinanceError`, request-parameter parsing and wire
+number formatting, the instruments priced from the shipped data (`Instrument`) and the records
+the state keeps (`Faults`, `Position`, `Order`). Imports nothing else from `basis_mcp.sim`."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from basis_mcp.config import SymbolSpec
+from basis_mcp.costs import LegCosts
+from basis_mcp.history import HOUR, SymbolHistory, load_extract
+from basis_mcp.margin import Bracket
+
+SPOT_STEPS = {"BTC": 0.00001, "ETH": 0.0001, "SOL": 0.001}  # Binance spot LOT_SIZE steps
+QUOTE = "USDT"
+TICK = 0.01
+ISOLATED, CROSSED = "ISOLATED", "CROSSED"
+MSG_INSUFFICIENT_SPOT = "Account has insufficient balance for requested action."
+MSG_MARGIN = "Margin is insufficient."
+NUMBER_RE = r"^([0-9]{1,20})(\.[0-9]{1,20})?$"
+
+
+class BinanceError(Exception):
+    """An error Binance would answer: ``{"code": code, "msg": msg}`` with HTTP ``status``."""
+
+    def __init__(self, code: int, msg: str, status: int = 400):
+        super().__init__(f"{code} {msg}")
+        self.code, self.msg, self.status = code, msg, status
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def parse_time(v: str | int | float) -> int:
+    """Epoch seconds from an ISO-8601 string (``Z`` allowed) or a number."""
+    if isinstance(v, int | float):
+        return int(v)
+    s = str(v).strip()
+    with contextlib.suppress(ValueError):
+        return int(float(s))
+    dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
+    return int((dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp())
+
+
+def _s8(x: float) -> str:
+    return f"{x + 0.0:.8f}" if abs(x) >= 5e-9 else "0.00000000"
+
+
+def _r8(x: float) -> float:
+    return round(x, 8) + 0.0
+
+
+def _dec(step: float) -> int:
+    return max(0, -math.floor(math.log10(step) + 1e-9))
+
+
+def _need(p: dict[str, str], name: str) -> str:
+    v = p.get(name)
+    if v is None or v == "":
+        raise BinanceError(-1102, f"Mandatory parameter '{name}' was not sent, was empty/null, or malformed.")
+    return v
+
+
+def _num(p: dict[str, str], name: str) -> float:
+    raw = _need(p, name)
+    try:
+        v = float(raw)
+    except ValueError:
+        raise BinanceError(
+            -1100,
+            f"Illegal characters found in parameter '{name}'; legal range is '{NUMBER_RE}'.",
+        ) from None
+    if not math.isfinite(v):
+        raise BinanceError(-1100, f"Illegal characters found in parameter '{name}'.")
+    return v
+
+
+def _bool(v: str | None) -> bool:
+    return str(v).lower() == "true"
+
+
+def _ffill(a: np.ndarray) -> np.ndarray:
+    idx = np.where(~np.isnan(a), np.arange(a.size), 0)
+    np.maximum.accumulate(idx, out=idx)
+    return a[idx]
+
+
+@functools.lru_cache(maxsize=1)
+def _shipped() -> dict[str, SymbolHistory]:
+    return load_extract()
+
+
+
+
+@dataclass(frozen=True)
+class _Series:
+    """One data source on the hourly grid, gaps carried forward."""
+
+    t0: int
+    spot: np.ndarray
+    perp: np.ndarray
+    mark: np.ndarray
+    f_time: np.ndarray
+    f_rate: np.ndarray
+
+    @classmethod
+    def of(cls, h: SymbolHistory) -> _Series:
+        return cls(h.t0, _ffill(h.spot), _ffill(h.perp), _ffill(h.mark), h.funding_time, h.funding_rate)
+
+
+@dataclass
+class Instrument:
+    """A base asset traded as ``{base}USDT`` spot and ``{base}USDT`` perpetual."""
+
+    base: str
+    series: _Series
+    spec: SymbolSpec
+    scale: float = 1.0  # synthetic symbols: the source's prices × scale
+    interval_h: int = 8  # funding interval
+
+    @property
+    def id(self) -> str:
+        return self.base + QUOTE
+
+    @functools.cached_property
+    def brackets(self) -> list[Bracket]:
+        return self.spec.brackets
+
+    @property
+    def qdec(self) -> int:
+        return _dec(self.spec.qty_step)
+
+    def step(self, market: str) -> float:
+        """Lot step: Binance's spot steps are much finer than the perps' (BTC 0.00001 vs 0.001)."""
+        if market == "spot":
+            return SPOT_STEPS.get(self.base, 0.00001)
+        return self.spec.qty_step
+
+    def dec(self, market: str) -> int:
+        return _dec(self.step(market))
+
+    def _i(self, t: float) -> int:
+        s = self.series
+        if t < s.t0:
+            return -1
+        return int(min((t - s.t0) // HOUR, s.perp.size - 1))
+
+    def has_data(self, t: float) -> bool:
+        i = self._i(t)
+        return i >= 0 and not (math.isnan(self.series.spot[i]) or math.isnan(self.series.perp[i]))
+
+    def _at(self, arr: np.ndarray, t: float) -> float:
+        i = self._i(t)
+        if i < 0 or math.isnan(arr[i]):
+            raise BinanceError(-1013, "Market is closed.")
+        return float(arr[i]) * self.scale
+
+    def spot(self, t: float) -> float:
+        return self._at(self.series.spot, t)
+
+    def perp(self, t: float) -> float:
+        return self._at(self.series.perp, t)
+
+    def mark(self, t: float) -> float:
+        return self._at(self.series.mark, t)
+
+    def window(self, arr_name: str, t: float, hours: int = 24) -> np.ndarray:
+        arr, i = getattr(self.series, arr_name), self._i(t)
+        return arr[max(0, i - hours) : i + 1] * self.scale
+
+    def funding_rate(self, T: int) -> float | None:
+        """Rate settling at ``T``: the data's rate of the first settlement at or after ``T``, scaled
+        to the interval (a 4 h symbol settles half the 8 h rate twice)."""
+        j = int(np.searchsorted(self.series.f_time, T, side="left"))
+        if j >= self.series.f_time.size:
+            return None
+        return float(self.series.f_rate[j]) * self.interval_h / 8.0
+
+    def next_funding(self, t: float) -> int:
+        step = self.interval_h * HOUR
+        return (int(t) // step + 1) * step
+
+    def settlements(self, a: float, b: float) -> list[int]:
+        """Settlement times T with a < T <= b that have data."""
+        out, T = [], self.next_funding(a)
+        while T <= b:
+            if self.has_data(T) and self.funding_rate(T) is not None:
+                out.append(T)
+            T += self.interval_h * HOUR
+        return out
+
+    def quote(self, market: str, t: float) -> tuple[float, float, float]:
+        """(bid, mid, ask) for "spot" or "perp", rounded to the tick."""
+        mid = self.spot(t) if market == "spot" else self.perp(t)
+        hs = (self.spec.spot_half_spread_bps if market == "spot" else self.spec.perp_half_spread_bps) / 1e4
+        bid, ask = round(mid * (1 - hs), 2), round(mid * (1 + hs), 2)
+        return bid, mid, max(ask, bid + TICK)
+
+    def leg(self, market: str) -> LegCosts:
+        return self.spec.costs.leg(market)
+
+
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass
+class Faults:
+    """Fault switches. Counters (``*_next``) are consumed one per matching request."""
+
+    latency_ms: float = 0.0  # added to every exchange request
+    http_5xx_next: int = 0  # next N exchange requests answer 503 (HTML body, like the edge)
+    rate_limit_next: int = 0  # next N answer 429 {"code":-1003}
+    timeout_after_execute_next: int = 0  # next N order requests execute, then answer after timeout_delay_s
+    timeout_delay_s: float = 3.0
+    partial_fill_next: int = 0  # next N orders fill partial_fraction (status EXPIRED, like a market order)
+    partial_fraction: float = 0.5
+    reject_next: int = 0  # next N orders rejected with reject_code / reject_msg
+    reject_code: int | None = None  # None: -2010 insufficient balance (spot) / -2019 margin (perp)
+    reject_msg: str | None = None
+
+    def update(self, d: dict[str, Any]) -> None:
+        names = {f.name for f in fields(self)}
+        bad = set(d) - names
+        if bad:
+            raise ValueError(f"unknown fault(s): {', '.join(sorted(bad))}")
+        for k, v in d.items():
+            cur = getattr(self, k)
+            setattr(self, k, v if cur is None or v is None else type(cur)(v))
+
+    def take(self, name: str) -> bool:
+        n = getattr(self, name)
+        if n > 0:
+            setattr(self, name, n - 1)
+            return True
+        return False
+
+
+@dataclass
+class Position:
+    symbol: str
+    amt: float = 0.0  # signed base quantity, negative = short
+    entry: float = 0.0
+    iso_wallet: float = 0.0
+    update_ms: int = 0
+
+
+@dataclass
+class Order:
+    market: str  # "spot" | "perp"
+    symbol: str
+    order_id: int
+    client_order_id: str
+    side: str
+    orig_qty: float
+    executed_qty: float
+    cum_quote: float
+    status: str
+    time_ms: int
+    qdec: int
+    reduce_only: bool = False
+    commission: float = 0.0
+    commission_asset: str = QUOTE
+    trade_id: int = 0
+
+    @property
+    def avg_price(self) -> float:
+        return self.cum_quote / self.executed_qty if self.executed_qty else 0.0

@@ -1,0 +1,299 @@
+"""Public market data: exchange info, tickers, order books, premium index, funding, klines."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from basis_mcp.history import HOUR
+from basis_mcp.sim.instruments import QUOTE, TICK, BinanceError, _need, _s8
+from basis_mcp.sim.state import SimState
+
+PERPETUAL_DELIVERY_MS = 4133404800000
+
+# wire fields that never change in this simulator (Binance sends them on every row)
+SPOT_SYMBOL_STATIC: dict[str, Any] = {
+    "baseAssetPrecision": 8,
+    "quotePrecision": 8,
+    "quoteAssetPrecision": 8,
+    "baseCommissionPrecision": 8,
+    "quoteCommissionPrecision": 8,
+    "orderTypes": ["MARKET"],  # the only type simulated; ccxt refuses others client-side
+    "icebergAllowed": False,
+    "ocoAllowed": False,
+    "quoteOrderQtyMarketAllowed": True,
+    "allowTrailingStop": False,
+    "cancelReplaceAllowed": False,
+    "isSpotTradingAllowed": True,
+    "isMarginTradingAllowed": False,
+    "permissions": [],
+    "permissionSets": [["SPOT"]],
+    "defaultSelfTradePreventionMode": "EXPIRE_MAKER",
+    "allowedSelfTradePreventionModes": ["EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH"],
+}
+PERP_SYMBOL_STATIC: dict[str, Any] = {
+    "contractType": "PERPETUAL",
+    "deliveryDate": PERPETUAL_DELIVERY_MS,
+    "maintMarginPercent": "2.5000",
+    "requiredMarginPercent": "5.0000",
+    "quoteAsset": QUOTE,
+    "marginAsset": QUOTE,
+    "pricePrecision": 2,
+    "baseAssetPrecision": 8,
+    "quotePrecision": 8,
+    "underlyingType": "COIN",
+    "underlyingSubType": [],
+    "triggerProtect": "0.0500",
+    "liquidationFee": "0.012500",
+    "marketTakeBound": "0.05",
+    "maxMoveOrderLimit": 10000,
+    "orderTypes": ["MARKET"],
+    "timeInForce": ["GTC", "IOC", "FOK", "GTX", "GTD"],
+}
+
+
+class MarketDataApi:
+    """Binance's public market-data endpoints (spot and USD-M), read from a `SimState`."""
+
+    def __init__(self, state: SimState):
+        self.state = state
+
+    def exchange_info(self, market: str) -> dict[str, Any]:
+        with self.state.lock:
+            syms = []
+            for inst in self.state.instruments.values():
+                step, mn = inst.step(market), inst.spec.min_notional_usd
+                status = "TRADING" if inst.has_data(self.state.t) else "BREAK"
+                q = inst.dec(market)
+                if market == "spot":
+                    row = {"symbol": inst.id, "status": status, "baseAsset": inst.base, "quoteAsset": QUOTE}
+                    row |= SPOT_SYMBOL_STATIC
+                    row["filters"] = [
+                        {
+                            "filterType": "PRICE_FILTER",
+                            "minPrice": _s8(TICK),
+                            "maxPrice": "1000000.00000000",
+                            "tickSize": _s8(TICK),
+                        },
+                        {
+                            "filterType": "LOT_SIZE",
+                            "minQty": _s8(step),
+                            "maxQty": "9000.00000000",
+                            "stepSize": _s8(step),
+                        },
+                        {
+                            "filterType": "MARKET_LOT_SIZE",
+                            "minQty": "0.00000000",
+                            "maxQty": "100.00000000",
+                            "stepSize": "0.00000000",
+                        },
+                        {
+                            "filterType": "NOTIONAL",
+                            "minNotional": _s8(mn),
+                            "applyMinToMarket": True,
+                            "maxNotional": "9000000.00000000",
+                            "applyMaxToMarket": False,
+                            "avgPriceMins": 5,
+                        },
+                    ]
+                else:
+                    row = {"symbol": inst.id, "pair": inst.id, "status": status, "baseAsset": inst.base}
+                    row |= PERP_SYMBOL_STATIC | {"onboardDate": inst.series.t0 * 1000, "quantityPrecision": q}
+                    lot = {"minQty": f"{step:.{q}f}", "stepSize": f"{step:.{q}f}"}
+                    row["filters"] = [
+                        {
+                            "filterType": "PRICE_FILTER",
+                            "minPrice": "0.01",
+                            "maxPrice": "1000000",
+                            "tickSize": "0.01",
+                        },
+                        {"filterType": "LOT_SIZE", "maxQty": "1000"} | lot,
+                        {"filterType": "MARKET_LOT_SIZE", "maxQty": "120"} | lot,
+                        {"filterType": "MAX_NUM_ORDERS", "limit": 200},
+                        {"filterType": "MAX_NUM_ALGO_ORDERS", "limit": 10},
+                        {"filterType": "MIN_NOTIONAL", "notional": f"{mn:g}"},
+                        {
+                            "filterType": "PERCENT_PRICE",
+                            "multiplierUp": "1.0500",
+                            "multiplierDown": "0.9500",
+                            "multiplierDecimal": "4",
+                        },
+                    ]
+                syms.append(row)
+            out: dict[str, Any] = {
+                "timezone": "UTC",
+                "serverTime": self.state.ms,
+                "rateLimits": [
+                    {
+                        "rateLimitType": "REQUEST_WEIGHT",
+                        "interval": "MINUTE",
+                        "intervalNum": 1,
+                        "limit": 2400,
+                    },
+                    {"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1, "limit": 1200},
+                ],
+                "exchangeFilters": [],
+                "symbols": syms,
+            }
+            if market == "perp":
+                out["futuresType"] = "U_MARGINED"
+                out["assets"] = [{"asset": QUOTE, "marginAvailable": True, "autoAssetExchange": "-10000"}]
+            return out
+
+    def book_ticker(self, market: str, symbol: str | None = None, symbols: str | None = None) -> Any:
+        with self.state.lock:
+            rows = []
+            for inst in self.state.live(symbol, symbols):
+                bid, mid, ask = inst.quote(market, self.state.t)
+                depth = 250_000 / mid
+                row = {
+                    "symbol": inst.id,
+                    "bidPrice": _s8(bid),
+                    "bidQty": f"{depth:.{inst.qdec}f}",
+                    "askPrice": _s8(ask),
+                    "askQty": f"{depth:.{inst.qdec}f}",
+                }
+                if market == "perp":
+                    row |= {"time": self.state.ms, "lastUpdateId": self.state.t}
+                rows.append(row)
+            return rows[0] if symbol else rows
+
+    def ticker_24h(self, market: str, symbol: str | None = None, symbols: str | None = None) -> Any:
+        with self.state.lock:
+            rows = []
+            for inst in self.state.live(symbol, symbols):
+                bid, last, ask = inst.quote(market, self.state.t)
+                w = inst.window("spot" if market == "spot" else "perp", self.state.t)
+                opn = float(w[0])
+                row = {
+                    "symbol": inst.id,
+                    "priceChange": _s8(last - opn),
+                    "priceChangePercent": f"{(last / opn - 1) * 100:.3f}",
+                    "weightedAvgPrice": _s8(float(np.mean(w))),
+                    "lastPrice": _s8(last),
+                    "lastQty": "0.00000000",
+                    "openPrice": _s8(opn),
+                    "highPrice": _s8(float(np.max(w))),
+                    "lowPrice": _s8(float(np.min(w))),
+                    "volume": "0.00000000",
+                    "quoteVolume": "0.00000000",
+                    "openTime": self.state.ms - 86_400_000,
+                    "closeTime": self.state.ms,
+                    "firstId": 0,
+                    "lastId": 0,
+                    "count": 0,
+                }
+                if market == "spot":
+                    row |= {
+                        "prevClosePrice": _s8(opn),
+                        "bidPrice": _s8(bid),
+                        "bidQty": "1.00000000",
+                        "askPrice": _s8(ask),
+                        "askQty": "1.00000000",
+                    }
+                rows.append(row)
+            return rows[0] if symbol else rows
+
+    def depth(self, market: str, symbol: str, limit: int | None = None) -> dict[str, Any]:
+        """A book whose walk reproduces the cost model: level k's price is the marginal
+        price of the square-root impact curve at the notional ahead of it."""
+        with self.state.lock:
+            inst = self.state.inst(symbol)
+            limit = min(int(limit or (100 if market == "spot" else 500)), 1000)
+            bid, mid, ask = inst.quote(market, self.state.t)
+            leg, step, q = inst.leg(market), inst.step(market), inst.dec(market)
+            bids, asks, prev = [], [], 0.0
+            for k in range(limit):
+                cum = 5_000.0 * (k + 1) ** 2
+                slip = 1.5 * leg.impact_bps_per_sqrt_musd * math.sqrt(prev / 1e6) / 1e4
+                pa = max(ask + TICK * k, round(ask + mid * slip, 2))
+                pb = min(bid - TICK * k, round(bid - mid * slip, 2))
+                size = max(step, math.floor((cum - prev) / mid / step) * step)
+                asks.append([f"{pa:.2f}", f"{size:.{q}f}"])
+                if pb > 0:
+                    bids.append([f"{pb:.2f}", f"{size:.{q}f}"])
+                prev = cum
+            out: dict[str, Any] = {"lastUpdateId": self.state.t, "bids": bids, "asks": asks}
+            if market == "perp":
+                out |= {"E": self.state.ms, "T": self.state.ms}
+            return out
+
+    def premium_index(self, symbol: str | None = None) -> Any:
+        with self.state.lock:
+            rows = []
+            for inst in self.state.live(symbol):
+                nxt = inst.next_funding(self.state.t)
+                rate = inst.funding_rate(nxt)
+                rows.append(
+                    {
+                        "symbol": inst.id,
+                        "markPrice": _s8(inst.mark(self.state.t)),
+                        "indexPrice": _s8(inst.spot(self.state.t)),
+                        "estimatedSettlePrice": _s8(inst.mark(self.state.t)),
+                        "lastFundingRate": _s8(rate or 0.0),
+                        "interestRate": "0.00010000",
+                        "nextFundingTime": nxt * 1000,
+                        "time": self.state.ms,
+                    }
+                )
+            return rows[0] if symbol else rows
+
+    def funding_info(self) -> list[dict[str, Any]]:
+        with self.state.lock:
+            return [
+                {
+                    "symbol": i.id,
+                    "adjustedFundingRateCap": "0.02000000",
+                    "adjustedFundingRateFloor": "-0.02000000",
+                    "fundingIntervalHours": i.interval_h,
+                    "disclaimer": False,
+                }
+                for i in self.state.instruments.values()
+                if i.interval_h != 8
+            ]
+
+    def klines(self, market: str, p: dict[str, str]) -> list[list[Any]]:
+        """Hourly candles (only ``1h``) from the data: open = high = low = close = the hour's close.
+
+        A candle opened at T closes at T + 1 h, whose close is the price observed at T + 1 h.
+        """
+        with self.state.lock:
+            if p.get("interval", "1h") != "1h":
+                raise BinanceError(-1120, "Invalid interval.")
+            inst = self.state.inst(_need(p, "symbol"))
+            limit = min(int(p.get("limit") or 500), 1500)
+            arr = inst.series.spot if market == "spot" else inst.series.perp
+            now_open = (self.state.t // HOUR) * HOUR - HOUR  # the last candle that has closed
+            start = int(p["startTime"]) // 1000 if p.get("startTime") else now_open - (limit - 1) * HOUR
+            start = (start + HOUR - 1) // HOUR * HOUR
+            rows = []
+            t = start
+            while t <= now_open and len(rows) < limit:
+                i = inst._i(t + HOUR)
+                if i >= 0 and not math.isnan(arr[i]):
+                    c = _s8(float(arr[i]) * inst.scale)
+                    rows.append([t * 1000, c, c, c, c, "0", (t + HOUR) * 1000 - 1, "0", 0, "0", "0", "0"])
+                t += HOUR
+            return rows
+
+    def funding_rate_history(self, p: dict[str, str]) -> list[dict[str, Any]]:
+        with self.state.lock:
+            limit = min(int(p.get("limit") or 100), 1000)
+            end = int(p.get("endTime") or self.state.ms) // 1000
+            start = int(p["startTime"]) // 1000 - 1 if p.get("startTime") else None
+            rows = []
+            for inst in self.state.live(p.get("symbol")):
+                lo = start if start is not None else end - limit * inst.interval_h * HOUR
+                for T in inst.settlements(lo, min(end, self.state.t)):
+                    rows.append(
+                        {
+                            "symbol": inst.id,
+                            "fundingTime": T * 1000,
+                            "fundingRate": _s8(inst.funding_rate(T) or 0.0),
+                            "markPrice": _s8(inst.mark(T)),
+                        }
+                    )
+            rows.sort(key=lambda r: r["fundingTime"])
+            return rows[:limit] if start is not None else rows[-limit:]
