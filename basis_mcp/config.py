@@ -214,6 +214,10 @@ class Settings(BaseModel):
     carry_cost_cover: float = Field(2.0, ge=0, le=100, description="carry: expected funding over the hold must pay the round trip this many times")
     carry_max_hold_days: float = Field(365.0, gt=0, description="carry playbook: planned exit (a re-size) after this many days")
     fill_delay_seconds: float = Field(0.0, ge=0, le=86_400, description="replay: paper fills land at the first fresh bar this long after the order")
+    borrow_scenario: Literal["calm", "spike"] = Field(
+        "calm", description="paper and backtests: the MODELLED borrow-rate series for short spot legs (basis_mcp.borrow)")
+    borrow_spike_apr_pct: float = Field(50.0, gt=0, le=1000, description="watchdog: close a borrowed-spot leg when its borrow "
+                                        "rate is above this (percent a year): a squeeze, and recall risk with it")
     max_advance_hours: float = Field(24.0 * 92, gt=0, le=24.0 * 366)
     live_confirmation: bool = Field(True, description="live mode: enter/exit need a confirmation token first")
     confirmation_ttl_seconds: float = Field(60.0, ge=5, le=600)

@@ -51,7 +51,7 @@ class EntryReadings:
     carry_refusal: str | None = None  # carry: why the carry entry rule says no (None: it may enter)
     stop_now: str | None = None  # the basis stop would fire at once
     orders_per_entry: int = 2  # one per leg
-    legs_below_minimum: tuple[str, ...] = ()  # legs on another coin whose size is under that coin's venue minimum
+    leg_problems: tuple[str, ...] = ()  # legs on another coin: under that coin's venue minimum, or over its tier's caps
 
 
 def pre_trade_violations(r: EntryReadings) -> list[Violation]:
@@ -70,7 +70,7 @@ def pre_trade_violations(r: EntryReadings) -> list[Violation]:
             v.append(Violation("notional_usd", r.notional_usd, f"above {name} ${limit:,.2f} ({detail})"))
     if r.quantity <= 0 or r.rounded_notional_usd < r.min_notional_usd:
         v.append(Violation("notional_usd", r.notional_usd, f"below the venue minimum of ${r.min_notional_usd:,.2f} after lot rounding"))
-    for why in r.legs_below_minimum:
+    for why in r.leg_problems:
         v.append(Violation("notional_usd", r.notional_usd, why))
     if r.capital_required_usd > r.free_capital_usd + 1e-9:
         v.append(
@@ -130,6 +130,7 @@ class WatchdogLimits:
     max_imbalance_pct: float = 2.0
     liquidation_distance_add_pct: float = 15.0  # add margin when the liquidation price is closer than this to the mark
     liquidation_distance_target_pct: float = 25.0  # ... to put it this far away again
+    borrow_spike_apr_pct: float = 50.0  # a borrowed-spot leg whose borrow rate is above this is closed
     settlement_wait_seconds: float = 1800.0
     settlement_wait_min_usd: float = 5.0
     rules: ExitRules = field(default_factory=ExitRules)  # the basis, funding and hold rules (see `playbooks`)
@@ -161,6 +162,8 @@ class PositionReadings:
     next_funding_usd: float  # + received by this position at the next settlement
     margins: tuple[LegRisk, ...] = ()
     playbook: str = "convergence"
+    rebalance_possible: bool = True  # False: the legs are apart by less than a lot step can correct
+    borrow_apr_pct: float | None = None  # a borrowed-spot leg's borrow rate now, percent a year
 
     @property
     def margin_ratio(self) -> float | None:
@@ -207,6 +210,11 @@ def watchdog_actions(p: PositionReadings, lim: WatchdogLimits) -> list[Action]:
         sig = None
     if sig is not None and sig.emergency:
         acts.append(Action("close", sig.rule, True, sig.message, sig.numbers))
+    if p.borrow_apr_pct is not None and p.borrow_apr_pct > lim.borrow_spike_apr_pct:
+        acts.append(Action("close", "borrow_spike", True,
+                           f"borrow rate {p.borrow_apr_pct:.1f}%/yr > {lim.borrow_spike_apr_pct:g}%/yr: a squeeze on the borrowed "
+                           "spot (and the venue may recall the loan): closing every leg",
+                           {"borrow_apr_pct": round(p.borrow_apr_pct, 3)}))
     for m in p.margins:
         low_ratio = m.margin_ratio is not None and m.margin_ratio < lim.margin_add_ratio
         if (m.liquidation_distance_pct is not None and m.liquidation_distance_pct < lim.liquidation_distance_add_pct
@@ -223,7 +231,7 @@ def watchdog_actions(p: PositionReadings, lim: WatchdogLimits) -> list[Action]:
                                f"{m.role} leg margin ratio {m.margin_ratio * 100:.1f}% < {lim.margin_add_ratio * 100:.0f}%: adding "
                                f"${amount:,.2f} margin", {"margin_ratio_pct": round(m.margin_ratio * 100, 2), "leg": m.role},
                                amount_usd=amount, leg=m.role))
-    if p.imbalance_pct > lim.max_imbalance_pct:
+    if p.imbalance_pct > lim.max_imbalance_pct and p.rebalance_possible:
         acts.append(Action("rebalance", "delta_imbalance", True,
                            f"legs differ by {p.imbalance_pct:.2f}% of quantity (> {lim.max_imbalance_pct:g}%): trimming the larger leg",
                            {"imbalance_pct": round(p.imbalance_pct, 4), **{f"{role}_quantity": q for role, q in p.held.items()}}))

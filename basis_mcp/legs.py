@@ -69,20 +69,52 @@ def imbalance_pct(held_abs: Sequence[float], ratios: Sequence[float]) -> float:
     return (top - min(h)) / top * 100.0 if top > 0 else 0.0
 
 
-def trims(held_abs: Sequence[float], ratios: Sequence[float], thresholds: Sequence[float]) -> list[float]:
-    """Base quantity to take off each leg so all hold the fewest hedge units (0 where within its threshold)."""
-    common = min(hedge_units(held_abs, ratios)) if held_abs else 0.0
+def hedge_targets(held_abs: Sequence[float], ratios: Sequence[float], steps: Sequence[float]) -> list[float]:
+    """What each leg should hold so the legs hedge each other as closely as their lot steps allow
+    (step 0: any quantity, as spot), never more than a leg holds.
+
+    The leg with the coarsest step (in hedge units) is set first: the fewest hedge units any leg
+    holds, rounded down to its step. Every other leg then holds that many hedge units to its
+    nearest step (capped at what it holds), so legs whose ratios do not divide their steps are
+    left at most half a step apart instead of trimming each other down step by step.
+    """
+    n = len(held_abs)
+    if n == 0:
+        return []
+    units = max(min(hedge_units(held_abs, ratios)), 0.0)
+    coarse = max(range(n), key=lambda i: steps[i] / ratios[i])
+    if steps[coarse] > 0:
+        units = floor_to_step(units * ratios[coarse], steps[coarse]) / ratios[coarse]
+    targets = []
+    for i, (q, r, step) in enumerate(zip(held_abs, ratios, steps, strict=True)):
+        want = units * r
+        if i != coarse and step > 0:
+            want = floor_to_step(want + step / 2.0, step)
+        elif i == coarse and step > 0:
+            want = floor_to_step(want, step)
+        else:
+            want = round(want, 12)
+        targets.append(min(want, q) if q >= 0 else 0.0)
+    return targets
+
+
+def trims(held_abs: Sequence[float], ratios: Sequence[float], thresholds: Sequence[float],
+          steps: Sequence[float] | None = None) -> list[float]:
+    """Base quantity to take off each leg so all hold the same hedge units (`hedge_targets`; without
+    ``steps``, exactly the fewest any leg holds); 0 where the excess is within the leg's threshold."""
+    targets = hedge_targets(held_abs, ratios, steps if steps is not None else [0.0] * len(held_abs))
     out = []
-    for q, r, th in zip(held_abs, ratios, thresholds, strict=True):
-        excess = q - common * r
+    for q, t, th in zip(held_abs, targets, thresholds, strict=True):
+        excess = q - t
         out.append(excess if excess > th else 0.0)
     return out
 
 
-def later_leg_quantity(filled_units: float, ratio: float, step: float, market: str) -> float:
-    """What a later leg of an entry sends: the hedge units the earlier legs filled, × its ratio, on its step."""
+def later_leg_quantity(filled_units: float, ratio: float, step: float) -> float:
+    """What a later leg of an entry sends: the hedge units the earlier legs filled, × its ratio, on its
+    step (0: any quantity)."""
     q = filled_units * ratio
-    return floor_to_step(q, step) if market != "spot" else round(q, 12)
+    return floor_to_step(q, step) if step > 0 else round(q, 12)
 
 
 def close_amount(held_abs: float, ratio: float, earlier_left_units: float) -> float:

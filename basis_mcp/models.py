@@ -112,8 +112,16 @@ class ComputeZScoreInput(InputModel):
     )
 
 
+STRATEGY_FIELD = Field(
+    "cash_and_carry", min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$",
+    description="The trade shape: cash_and_carry = buy spot, short the perpetual (for a positive basis / positive funding); "
+    "reverse_cash_and_carry = borrow and sell spot, buy the perpetual (for a negative basis / negative funding; pays hourly "
+    "borrow interest, MODELLED on paper). An unknown name is refused with the list.")
+
+
 class EstimateNetApyInput(InputModel):
     symbol: Symbol
+    strategy: str = STRATEGY_FIELD
     playbook: PlaybookName = "convergence"
     notional_usd: FiniteFloat = Field(gt=0, le=1e9, description="Spot-leg notional in USD (both legs are this size).")
     hold_days: FiniteFloat = Field(ge=1 / 24, le=365, description="Expected holding period in days (at least one hour = 0.0417); carry holds run to months.")
@@ -141,10 +149,7 @@ class EnterTradeInput(InputModel):
     notional_usd: FiniteFloat = Field(gt=0, le=1e12, description="Notional of the strategy's first leg in USD (cash_and_carry: the spot leg); rounded DOWN to the venue's lot step.")
     idempotency_key: IdempotencyKey
     leverage: FiniteFloat | None = Field(None, ge=1, description="Perp leverage (isolated margin); default: the desk's default; never above the cap.")
-    strategy: str = Field(
-        "cash_and_carry", min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$",
-        description="The trade shape, a registered strategy: cash_and_carry = buy spot and short the perpetual in equal base "
-        "quantity (the only one this release ships). An unknown name is refused with the list.")
+    strategy: str = STRATEGY_FIELD
     playbook: PlaybookName = "convergence"
     expected_hold_days: FiniteFloat | None = Field(
         None, ge=1 / 24, le=365,
@@ -264,6 +269,12 @@ class BasisSnapshot(BaseModel):
     data_age_seconds: float = Field(description="Age of the older leg's price. Entries are refused above the desk's staleness limit.")
     spot_gap: bool = Field(description="True if the spot price is carried over a gap in the data.")
     mark_is_proxy: bool = Field(description="True if no mark price exists at this time and the perp price stands in.")
+    strategy: str = Field("cash_and_carry", description="The trade this basis points to: cash_and_carry for a positive "
+                          "basis (short the rich perp), reverse_cash_and_carry for a negative one (long the cheap perp "
+                          "against borrowed spot, paying borrow_apr_pct). Check it with estimate_net_apy(strategy=...).")
+    borrow_apr_pct: float | None = Field(None, description="reverse_cash_and_carry: the borrow rate on the spot, percent "
+                                         "a year (MODELLED on paper: see borrow_rate_source).")
+    borrow_rate_source: str | None = None
 
 
 class Unavailable(BaseModel):
@@ -298,6 +309,11 @@ class ZScoreOutput(ToolOutput):
 
 class NetApyEstimate(ToolOutput):
     symbol: str
+    strategy: str = Field("cash_and_carry", description="The trade shape this estimate is for.")
+    borrow_usd: float = Field(0.0, description="Borrow interest on the short spot over the hold (≤ 0; reverse trades only).")
+    borrow_apr_pct: float | None = Field(None, description="The borrow rate assumed, percent a year (reverse trades).")
+    borrow_rate_source: str | None = Field(None, description="Where the borrow rate comes from: 'modelled:calm' or "
+                                           "'modelled:spike' on paper (no venue publishes a long history).")
     playbook: str = Field(description="The playbook this estimate is for.")
     playbook_entry_ok: bool = Field(description="Would the playbook's entry rule let this trade in now (see playbook_note)?")
     playbook_note: str = Field(description="The playbook's entry rule, and why it passes or not.")

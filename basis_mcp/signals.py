@@ -239,6 +239,7 @@ class NetReturnEstimate:
     apy_pct: float
     apy_on_notional_pct: float
     break_even_hold_days: float | None
+    borrow_usd: float = 0.0  # interest on borrowed spot over the hold (≤ 0), reverse trades only
 
 
 def estimate_net_return(
@@ -253,8 +254,14 @@ def estimate_net_return(
     seconds_to_next_funding: float,
     leverage: float,
     entry_exit_cost_usd: tuple[float, float],
+    direction: int = 1,
+    borrow_rate_hourly: float = 0.0,
 ) -> NetReturnEstimate:
     """Honest expected return of a cash-and-carry (long spot, short perp) over a hold.
+
+    ``direction`` −1 is the reverse trade (short borrowed spot, long perp): the basis capture
+    and funding change sign, borrow interest at ``borrow_rate_hourly`` (a fraction of the spot
+    value per hour) is paid over the hold, and the spot leg ties up only its margin.
 
     - basis capture happens ONCE: q × (basis_entry − basis_exit), q = notional / spot;
     - funding accrues per settlement: q × perp × rate × settlements in the hold;
@@ -267,18 +274,20 @@ def estimate_net_return(
     q = notional_usd / spot_price
     basis_entry_usd = perp_price - spot_price
     basis_exit_usd = exit_basis_pct / 100.0 * spot_price
-    basis_capture = q * (basis_entry_usd - basis_exit_usd)
+    basis_capture = direction * q * (basis_entry_usd - basis_exit_usd)
     n_settle = settlements_in(seconds_to_next_funding, funding_interval_hours, hold_days * 86400.0)
-    funding_per_settlement = q * perp_price * funding_rate
+    funding_per_settlement = direction * q * perp_price * funding_rate
     funding = funding_per_settlement * n_settle
+    borrow = -q * spot_price * borrow_rate_hourly * hold_days * 24.0
     fees, slip = entry_exit_cost_usd
-    net = basis_capture + funding - fees - slip
-    capital = notional_usd + q * perp_price / leverage
+    net = basis_capture + funding + borrow - fees - slip
+    spot_capital = notional_usd if direction == 1 else notional_usd / leverage
+    capital = spot_capital + q * perp_price / leverage
     net_return_pct = net / capital * 100.0
     apy = net_return_pct / hold_days * DAYS_PER_YEAR
     apy_notional = net / notional_usd * 100.0 / hold_days * DAYS_PER_YEAR
     shortfall = fees + slip - basis_capture
-    funding_per_day = funding_per_settlement * 24.0 / funding_interval_hours
+    funding_per_day = funding_per_settlement * 24.0 / funding_interval_hours - q * spot_price * borrow_rate_hourly * 24.0
     if shortfall <= 0:
         break_even: float | None = 0.0
     elif funding_per_day > 0:
@@ -299,6 +308,7 @@ def estimate_net_return(
         apy_pct=apy,
         apy_on_notional_pct=apy_notional,
         break_even_hold_days=break_even,
+        borrow_usd=borrow,
     )
 
 
@@ -313,6 +323,8 @@ def entry_expected_net_usd(
     funding_rate: float,
     funding_interval_hours: float,
     seconds_to_next_funding: float,
+    direction: int = 1,
+    borrow_rate_hourly: float = 0.0,
 ) -> float:
     """The pre-trade "net expected return > 0" number: basis to 0, funding at ``funding_rate`` over
     the planned hold, round-trip fees and slippage, for ``qty`` already rounded to the lot step.
@@ -329,4 +341,6 @@ def entry_expected_net_usd(
         seconds_to_next_funding=seconds_to_next_funding,
         leverage=leverage,
         entry_exit_cost_usd=costs.round_trip_usd(qty, spot, perp),
+        direction=direction,
+        borrow_rate_hourly=borrow_rate_hourly,
     ).net_usd

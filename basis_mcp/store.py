@@ -151,6 +151,14 @@ CREATE TABLE IF NOT EXISTS borrow_payments (
     UNIQUE (leg_id, ts)
 );
 
+CREATE TABLE IF NOT EXISTS borrow_rates (
+    asset   TEXT NOT NULL,
+    ts      REAL NOT NULL,
+    rate    REAL NOT NULL,   -- per hour, a fraction of the borrowed value
+    source  TEXT NOT NULL,   -- the venue it was read from, or 'modelled:<scenario>' (paper)
+    PRIMARY KEY (asset, ts)
+) WITHOUT ROWID;
+
 CREATE TABLE IF NOT EXISTS basis_samples (
     symbol    TEXT NOT NULL,
     ts        INTEGER NOT NULL,

@@ -166,3 +166,90 @@ async def test_a_desk_killed_mid_trade_recovers_every_leg(pair, tmp_path: Path, 
         assert await desk.reconcile.cash_discrepancy_usd() == pytest.approx(0.0, abs=0.01)
     finally:
         desk.close()
+
+
+PAIR_BTC_FIRST = StrategySpec(
+    name="btc_eth_pair",
+    title="Short BTC perp, long ETH perp, BTC sent first (test shape)",
+    summary="equal dollars; the coarser BTC leg goes first",
+    legs=PAIR.legs,
+    entry_order=(1, 0),
+    playbooks=(),
+)
+
+
+async def test_a_partial_coarse_leg_leaves_legs_the_steps_can_match(make_server, db: Path) -> None:
+    """The BTC leg (0.001 lots, ~$60) fills a third; the ETH leg is sized to it and both are trimmed
+    to hedge units every leg can hold on its own step: no naked-leg alert, no endless rebalancing."""
+    strategies.register(PAIR_BTC_FIRST)
+    try:
+        async with Client(make_server(faults=FaultPlan(partial_nth={2: 0.33}))) as client:
+            out = await call(client, "enter_trade", {"symbol": "ETH", "notional_usd": 3000, "strategy": "btc_eth_pair",
+                                                     "idempotency_key": "k"})
+            assert not any(a["rule"] == "naked_leg" for a in out["alerts"])
+            adv = await call(client, "advance_time", {"hours": 6})
+            assert adv["watchdog_actions"] == []
+            d = (await call(client, "check_delta", {"position_id": out["position"]["position_id"]}))["positions"][0]
+            assert d["recommended_action"] == "hold" and d["imbalance_pct"] < 2.0
+    finally:
+        strategies.unregister(PAIR_BTC_FIRST.name)
+
+
+async def test_legs_on_markets_the_venue_does_not_trade_are_refused_before_anything_is_written(make_server, db: Path) -> None:
+    dated = StrategySpec(name="perp_vs_future", title="", summary="", playbooks=(),
+                         legs=(LegSpec("perp", "perp", "long"), LegSpec("future", "future", "short")))
+    strategies.register(dated)
+    try:
+        async with Client(make_server()) as client:
+            text = await call_error(client, "enter_trade", {"symbol": "BTC", "notional_usd": 2000, "strategy": "perp_vs_future",
+                                                            "idempotency_key": "f-1"})
+            assert "strategy" in text and "future (future)" in text and "nothing was sent" in text
+        assert db_rows(db, "SELECT COUNT(*) AS n FROM orders")[0]["n"] == 0
+    finally:
+        strategies.unregister(dated.name)
+
+
+async def test_caps_count_every_coin_a_position_trades(pair, make_server, db: Path) -> None:
+    from basis_mcp.config import Settings
+
+    # anchor tier (BTC, ETH) limited to $5,000: a $3,000 pair puts ~$6,000 of BTC and ETH in it
+    settings = Settings(capital_usd=100_000, tier_allocation={"anchor": 0.05, "mid": 0.35, "speculative": 0.15})
+    async with Client(make_server(settings)) as client:
+        text = await call_error(client, "enter_trade", {"symbol": "ETH", "notional_usd": 3000, "strategy": "eth_btc_pair",
+                                                        "idempotency_key": "c-1"})
+        assert "anchor tier" in text and "headroom" in text
+        # the position is named by its first leg's coin, never by another one (a SOL-named ETH/BTC pair)
+        text = await call_error(client, "enter_trade", {"symbol": "SOL", "notional_usd": 1000, "strategy": "eth_btc_pair",
+                                                        "idempotency_key": "c-2"})
+        assert "symbol" in text and "first leg" in text
+        out = await call(client, "enter_trade", {"symbol": "ETH", "notional_usd": 2000, "strategy": "eth_btc_pair",
+                                                 "idempotency_key": "c-3"})
+        anchor = next(t for t in (await call(client, "portfolio_status", {}))["tiers"] if t["tier"] == "anchor")
+        legs = out["position"]["legs"]
+        assert anchor["in_use_usd"] == pytest.approx(
+            out["position"]["notional_usd"] + abs(legs[1]["held_quantity"]) * legs[1]["entry_price"], rel=1e-9)
+
+
+async def test_a_book_with_a_strategy_this_server_does_not_know_is_still_watched_and_closable(pair, tmp_path: Path) -> None:
+    from basis_mcp.config import Settings
+    from basis_mcp.desk import Desk
+
+    db = tmp_path / "book.db"
+    desk = Desk.open_replay(Settings(), db)
+    await desk.start()
+    pid = (await desk.enter("ETH", 3000, None, "u-1", "eth_btc_pair")).position.position_id
+    desk.close()
+    strategies.unregister(PAIR.name)  # a server started without the plugin that declared it
+
+    desk = Desk.open_replay(Settings(), db)
+    await desk.start()
+    try:
+        state, reason = desk.trading_state()
+        assert state == "REDUCING" and f"position {pid} (eth_btc_pair)" in reason
+        adv = await desk.advance(3)
+        assert adv.ticks == 3 and not [a for a in desk.pop_alerts() if a.rule == "watchdog_error"]
+        out = await desk.exit(pid, "u-1-x")
+        assert out.position.status == "closed"
+        assert all(abs(q) < 1e-12 for q in desk.book.held(pid).values())
+    finally:
+        desk.close()

@@ -22,7 +22,7 @@ from basis_mcp.ledger import PnL, held_by_leg, pnl
 from basis_mcp.legs import PlannedLeg
 from basis_mcp.models import FillOut, LegOut, PnLBreakdown, PositionOut
 from basis_mcp.store import Store
-from basis_mcp.strategies.base import StrategySpec
+from basis_mcp.strategies.base import LegSpec, StrategySpec
 
 OPEN_STATES = ("opening", "open", "closing")
 FINISHED_STATES = ("closed", "liquidated", "failed")
@@ -89,9 +89,18 @@ class Book:
     def has_open(self) -> bool:
         return self.store.one("SELECT 1 FROM positions WHERE status IN ('opening','open','closing') LIMIT 1") is not None
 
-    @staticmethod
-    def strategy(row: sqlite3.Row) -> StrategySpec:
-        return strategies.get(row["strategy"])
+    def strategy(self, row: sqlite3.Row) -> StrategySpec:
+        """The position's strategy; one this process does not know (a plugin not loaded, a renamed
+        strategy) is rebuilt from its recorded legs, so it can still be watched and closed: entered
+        in leg order, closed in reverse, no basis for the playbooks to read."""
+        try:
+            return strategies.get(row["strategy"])
+        except KeyError:
+            legs = self.legs(row["id"])
+            return StrategySpec(
+                name=row["strategy"], title=row["strategy"], summary="not registered here: managed from its recorded legs",
+                legs=tuple(LegSpec(role=leg.role, market=leg.market, side=leg.side, symbol=leg.symbol) for leg in legs),  # type: ignore[arg-type]
+                playbooks=(), basis_legs=None)
 
     def legs(self, pid: int) -> list[Leg]:
         return [Leg.from_row(r) for r in self.store.q("SELECT * FROM legs WHERE position_id = ? ORDER BY idx", (pid,))]
@@ -122,11 +131,29 @@ class Book:
             "SELECT p.* FROM positions p WHERE p.status IN ('opening','open','closing') AND (p.symbol = ? OR EXISTS"
             " (SELECT 1 FROM legs l WHERE l.position_id = p.id AND l.symbol = ?)) ORDER BY p.id DESC LIMIT 1", (symbol, symbol))
 
+    def exposure_by_symbol(self, row: sqlite3.Row) -> dict[str, float]:
+        """A position's notional per coin its legs trade (the largest leg on each coin): the position's
+        own notional on its symbol, a leg on another coin at its quantity × entry price (its plan before it filled)."""
+        out: dict[str, float] = {row["symbol"]: float(row["notional_usd"])}
+        for r in self.store.q("SELECT symbol, quantity, entry_price FROM legs WHERE position_id = ?", (row["id"],)):
+            if r["symbol"] == row["symbol"]:
+                continue
+            price = r["entry_price"]
+            if price is None:
+                try:
+                    price = self.market.mid("perp", r["symbol"])
+                except (MarketDataUnavailable, KeyError):
+                    price = 0.0
+            out[r["symbol"]] = max(out.get(r["symbol"], 0.0), float(r["quantity"]) * price)
+        return out
+
     def tier_in_use(self, tier: str) -> float:
+        """Notional in the tier's coins over every open position, each leg's coin counted in its own tier."""
         total = 0.0
-        for r in self.store.q("SELECT symbol, notional_usd FROM positions WHERE status IN ('opening','open','closing')"):
-            if self.settings.tier_of(r["symbol"]) == tier:
-                total += r["notional_usd"]
+        for r in self.positions():
+            for sym, notional in self.exposure_by_symbol(r).items():
+                if self.settings.tier_of(sym) == tier:
+                    total += notional
         return total
 
     # ------------------------------------------------------------------ the ledger of one position

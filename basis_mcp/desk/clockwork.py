@@ -103,9 +103,11 @@ class Clockwork:
         liqs: list[dict[str, Any]] = []
         if report.funding or report.liquidations:
             funding, liqs = await self.recovery.sync_venue_events()
+        elif report.borrow:
+            await self.recovery.sync_borrow()
         await self.execute_due(t)
         self.market.sample_all()
-        if self.has_book() or report.funding or report.liquidations:
+        if self.has_book() or report.funding or report.liquidations or report.borrow:
             self.market.flush_samples()
             actions = await self.watchdog.tick()
         else:

@@ -30,8 +30,9 @@ from basis_mcp.desk.risk import Risk
 from basis_mcp.errors import Rejected
 from basis_mcp.feed import MarketDataUnavailable
 from basis_mcp.ledger import pnl
-from basis_mcp.legs import QTY_EPS, close_amount, hedge_units, later_leg_quantity, trims
+from basis_mcp.legs import QTY_EPS, close_amount, hedge_units, later_leg_quantity
 from basis_mcp.models import EnterTradeOutput, ExitTradeOutput
+from basis_mcp.sizing import floor_to_step
 from basis_mcp.store import Store
 from basis_mcp.venue.base import VenueError, VenueTimeout, VenueUnavailable
 from basis_mcp.venue.faults import FaultPlan
@@ -108,7 +109,7 @@ class Execution:
             leg = legs[i]
             oid = intents[leg.id]
             if units is not None:
-                qty = later_leg_quantity(units, leg.ratio, self.settings.spec(leg.symbol).qty_step, leg.market)
+                qty = later_leg_quantity(units, leg.ratio, self.orders.lot_step(leg))
                 if qty * self._mid(leg) < self.settings.spec(leg.symbol).min_notional_usd:
                     return await self.unwind_and_fail(pid, key, args, f"the legs before the {leg.role} leg filled too little to hedge")
                 if qty != self.store.one("SELECT quantity FROM orders WHERE id = ?", (oid,))["quantity"]:
@@ -208,15 +209,14 @@ class Execution:
         strategy = self.book.strategy(row)
         legs = self.book.legs(pid)
         ratios = [leg.ratio for leg in legs]
-        th = self.thresholds(legs)
         try:  # a trim the venue refuses leaves the legs apart: the alert below says so, the watchdog rebalances
-            for leg, cut in zip(legs, trims(self.held_abs(pid, legs), ratios, th), strict=True):
+            for leg, cut in zip(legs, self.orders.cuts(legs, self.held_abs(pid, legs)), strict=True):
                 if cut > 0:
                     await self.orders.fill_leg(leg, key, leg.order_side(opening=False), cut, "rebalance", True)
         except VenueUnavailable:
             pass
         held = self.held_abs(pid, legs)
-        if any(t > 0 for t in trims(held, ratios, th)):
+        if any(t > 0 for t in self.orders.cuts(legs, held)):
             self.events.alert("critical", "naked_leg", f"position {pid}: legs still differ after trimming ("
                               + ", ".join(f"{leg.role} {q:g}" for leg, q in zip(legs, held, strict=True)) + ")",
                               {"position_id": pid, **{f"{leg.role}_quantity": leg.sign * q for leg, q in zip(legs, held, strict=True)}})
@@ -317,8 +317,9 @@ class Execution:
 
                 if amount() > th and leg.id in intents:
                     oid = intents.pop(leg.id)
-                    if n > 1:
-                        self.orders.resize_intent(oid, amount())
+                    if n > 1:  # only down to what still hedges the earlier legs, on the leg's lot step
+                        step = self.orders.lot_step(leg)
+                        self.orders.resize_intent(oid, floor_to_step(amount(), step) if step > 0 else amount())
                     try:
                         res = await self.orders.send(oid, step=f"exit.leg{n}")
                     except VenueUnavailable:
@@ -348,7 +349,7 @@ class Execution:
             units = hedge_units([max(q, 0.0) for q in held], [leg.ratio for leg in legs])
             with self.store.tx():
                 self.store.x("UPDATE positions SET quantity = ? WHERE id = ?", (max(min(units), 0.0), pid))
-            hedged = not any(t > 0 for t in trims([max(q, 0.0) for q in held], [leg.ratio for leg in legs], th))
+            hedged = not any(t > 0 for t in self.orders.cuts(legs, held))
             state = " and ".join(f"{leg.sign * q:g} {leg.role}" for leg, q in zip(legs, held, strict=True)) + " remain" + (
                 " (still hedged)" if hedged else "")
             msg = (f"position {pid} {row['symbol']}: exit incomplete, {state}" + (f"; {trouble}" if trouble else "")

@@ -116,7 +116,7 @@ class Desk:
         self.watchdog = Watchdog(settings, store, venue, events, health, market, book, orders, execution, recovery, reconcile, risk)
         self.clockwork = Clockwork(settings, store, venue, clock, events, health, market, book, execution, recovery, self.watchdog)
         self.research = Research(settings, store, venue, clock, market, book, risk, mode)
-        self.monitor = Monitor(settings, store, health, market, book, risk, reconcile, mode)
+        self.monitor = Monitor(settings, store, health, market, book, risk, orders, reconcile, mode)
         self._settings = settings
 
     # ------------------------------------------------------------------ construction
@@ -324,6 +324,13 @@ class Desk:
                     await self.reconcile.check_ledger()
             except (VenueError, VenueTimeout) as e:
                 self.risk.set_trading_state("REDUCING", f"could not reconcile with the venue at start-up: {e}", {})
+        unknown = [(r["id"], r["strategy"]) for r in self.book.positions() if r["strategy"] not in strategies.names()]
+        if unknown:
+            self.risk.set_trading_state(
+                "REDUCING", "open positions of strategies this server does not know: " + ", ".join(
+                    f"position {pid} ({name})" for pid, name in unknown) + "; they are watched and closed from their recorded "
+                "legs (margin, balance and max hold only, no basis rules): register the strategy or close them",
+                {"positions": [pid for pid, _ in unknown]})
         problem = self.store.audit_problem()
         if problem:
             self.events.alert("critical", "audit_tampered", f"audit log check at start-up failed: {problem}. Run `basis-mcp audit "
@@ -396,9 +403,10 @@ class Desk:
 
     async def estimate_net_apy(self, symbol: str, notional_usd: float, hold_days: float, leverage: float | None,
                                funding_rate_8h_pct: float | None, exit_basis_pct: float, basis_pct: float | None,
-                               playbook: str = "convergence") -> NetApyEstimate:
+                               playbook: str = "convergence", strategy: str = "cash_and_carry") -> NetApyEstimate:
+        spec, playbook = self._strategy(strategy, playbook)
         return await self.research.estimate_net_apy(symbol, notional_usd, hold_days, leverage, funding_rate_8h_pct,
-                                                    exit_basis_pct, basis_pct, playbook)
+                                                    exit_basis_pct, basis_pct, playbook, spec)
 
     async def size(self, symbol: str, leverage: float | None, target_notional_usd: float | None,
                    playbook: str = "convergence") -> SizePositionOutput:
@@ -434,6 +442,9 @@ class Desk:
             spec = strategies.get(name)
         except KeyError:
             raise Rejected("strategy", name, f"unknown strategy; one of {', '.join(strategies.names())}") from None
+        missing = [f"{leg.role} ({leg.market})" for leg in spec.legs if leg.market not in getattr(self.venue, "markets", {"spot", "perp"})]
+        if missing:
+            raise Rejected("strategy", name, f"{self.venue.name} does not trade the {', '.join(missing)} leg; nothing was sent")
         if not spec.playbooks:
             return spec, "none"  # no basis for a playbook to read: the risk rules and the max hold apply
         if playbook not in PLAYBOOKS or playbook not in spec.playbooks:
@@ -447,6 +458,9 @@ class Desk:
             raise Rejected("mode", "readonly", "this server was started read-only: no trading")
         spec, playbook = self._strategy(strategy, playbook)
         sym = self.market.resolve(symbol)
+        if spec.legs[0].symbol is not None and spec.legs[0].symbol != sym:
+            raise Rejected("symbol", symbol, f"strategy {spec.name} trades {spec.legs[0].symbol} as its first leg: name that symbol "
+                           "(caps and tiers are counted on it)")
         if expected_hold_days is None:
             expected_hold_days = 90.0 if playbook == "carry" else 7.0
         args: dict[str, Any] = {"symbol": sym, "notional_usd": notional_usd, "leverage": leverage, "strategy": strategy,

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from basis_mcp.borrow import BorrowModel, borrow_8h_pct
 from basis_mcp.clock import Clock, iso
 from basis_mcp.config import Settings
 from basis_mcp.desk.events import Events, VenueHealth
@@ -19,6 +20,7 @@ from basis_mcp.feed import MarketDataUnavailable, Snapshot, base_asset
 from basis_mcp.playbooks import Signals
 from basis_mcp.signals import ZSCORE_MIN_SAMPLES, RollingZScore, realised_vol_1h_pct
 from basis_mcp.store import Store
+from basis_mcp.strategies.base import StrategySpec
 from basis_mcp.venue.base import VenueError, VenueTimeout
 
 FUND_DIGITS = 12  # funding means are rounded like the backtest's (basis_mcp.backtest.engine.FUND_DIGITS)
@@ -239,6 +241,21 @@ class MarketData:
         return Signals(basis_pct=snap.basis_pct, basis_smooth_pct=row["a"] if row and row["n"] else None, basis_std_pct=std,
                        funding_recent_8h_pct=mean_8h(r.funding_exit_hours * 3600.0),
                        funding_carry_8h_pct=mean_8h(r.carry_lookback_days * 86400.0))
+
+    def borrow_apr_pct(self, asset: str) -> tuple[float, str]:
+        """The borrow rate of ``asset`` now, percent a year, and where it comes from. This release
+        trades borrowed spot on paper only, so it is the MODELLED series (`basis_mcp.borrow`)."""
+        model = BorrowModel(self.settings.borrow_scenario)
+        return float(model.apr_pct_at(asset, self.now())), model.label
+
+    def borrows(self, strategy: StrategySpec) -> bool:
+        return any(leg.market == "margin_spot" for leg in strategy.legs)
+
+    def signals_for(self, strategy: StrategySpec, sym: str, snap: Snapshot) -> Signals:
+        """The signals as a position of ``strategy`` reads them: mirrored for a reverse trade, its carry
+        net of the borrow interest on a borrowed-spot leg."""
+        borrow = borrow_8h_pct(self.borrow_apr_pct(sym)[0]) if self.borrows(strategy) else 0.0
+        return self.signals(sym, snap).seen_by(strategy.direction, borrow)
 
     def funding_assumption(self, sym: str, snap: Snapshot, override_8h_pct: float | None,
                            playbook: str = "convergence") -> tuple[float, str]:

@@ -14,6 +14,7 @@ from basis_mcp.config import HARD, Settings
 from basis_mcp.desk.book import Book, Leg, _r
 from basis_mcp.desk.events import VenueHealth
 from basis_mcp.desk.market import MarketData
+from basis_mcp.desk.orders import Orders
 from basis_mcp.desk.reconcile import Reconcile
 from basis_mcp.desk.risk import Risk, spot_like
 from basis_mcp.errors import Rejected
@@ -35,13 +36,14 @@ from basis_mcp.store import Store
 
 class Monitor:
     def __init__(self, settings: Settings, store: Store, health: VenueHealth, market: MarketData, book: Book, risk: Risk,
-                 reconcile: Reconcile, mode: str):
+                 orders: Orders, reconcile: Reconcile, mode: str):
         self.settings = settings
         self.store = store
         self.health = health
         self.market = market
         self.book = book
         self.risk = risk
+        self.orders = orders
         self.reconcile = reconcile
         self.mode = mode
 
@@ -110,7 +112,7 @@ class Monitor:
         elif ratio is not None and ratio < self.settings.margin_add_ratio:
             action, reason = "add_margin", (f"margin ratio {ratio_pct:.0f}% is below {self.settings.margin_add_ratio * 100:.0f}%: "
                                             "add margin or reduce")
-        elif imb > self.settings.max_imbalance_pct:
+        elif imb > self.settings.max_imbalance_pct and any(c > 0 for c in self.orders.cuts(legs, held_abs)):
             action, reason = "rebalance", f"legs differ by {imb:.2f}% of quantity (> {self.settings.max_imbalance_pct:g}%)"
         else:
             action, reason = "hold", "hedged; margin healthy"

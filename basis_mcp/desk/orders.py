@@ -20,7 +20,7 @@ from basis_mcp.clock import Clock
 from basis_mcp.config import Settings
 from basis_mcp.desk.book import Book, Leg
 from basis_mcp.desk.events import Events, VenueHealth
-from basis_mcp.legs import QTY_EPS
+from basis_mcp.legs import QTY_EPS, trims
 from basis_mcp.sizing import floor_to_step
 from basis_mcp.store import Store
 from basis_mcp.venue.base import OrderRequest, OrderResult, VenueError, VenueTimeout, VenueUnavailable
@@ -59,6 +59,17 @@ class Orders:
     def flat_threshold(self, leg: Leg) -> float:
         """Below this a leg counts as flat: the venue's spot dust, or a float's noise."""
         return self.dust(leg.symbol) if leg.market == "spot" else QTY_EPS
+
+    def lot_step(self, leg: Leg) -> float:
+        """The quantity step a leg trades in (0: any quantity, as spot and borrowed spot here)."""
+        return 0.0 if leg.market in ("spot", "margin_spot") else self.settings.spec(leg.symbol).qty_step
+
+    def cuts(self, legs: list[Leg], held_abs: list[float]) -> list[float]:
+        """What to take off each leg to bring the legs back together on their lot steps (`legs.trims`);
+        less than a lot step cannot be traded and is left alone."""
+        steps = [self.lot_step(leg) for leg in legs]
+        return trims([max(q, 0.0) for q in held_abs], [leg.ratio for leg in legs],
+                     [max(self.flat_threshold(leg), step * (1 - 1e-9)) for leg, step in zip(legs, steps, strict=True)], steps)
 
     # ------------------------------------------------------------------ intents
 
@@ -189,9 +200,9 @@ class Orders:
         every caller decides what they mean for its position.
         """
         filled = 0.0
-        step = self.settings.spec(leg.symbol).qty_step
+        step = self.lot_step(leg)
         for _ in range(MAX_LEG_ATTEMPTS):
-            remaining = round(qty - filled, 12) if leg.market == "spot" else floor_to_step(qty - filled, step)
+            remaining = floor_to_step(qty - filled, step) if step > 0 else round(qty - filled, 12)
             if remaining <= self.flat_threshold(leg):
                 break
             with self.store.tx():

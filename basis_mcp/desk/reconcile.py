@@ -35,32 +35,35 @@ class Reconcile:
         self.risk = risk
         self.mode = mode
 
-    async def venue_holdings(self) -> tuple[dict[str, float], dict[str, Any]]:
-        """(balances per asset, perp position per symbol) at the venue."""
+    async def venue_holdings(self) -> tuple[dict[str, float], dict[tuple[str, str], Any]]:
+        """(balances per asset, isolated position per (market, symbol): perps, and borrowed spot where
+        the venue trades it) at the venue."""
         balances = await self.venue.fetch_balances()
-        perps = {}
-        for sym in self.market.symbols:  # every leg is on a symbol the trading feed carries
-            p = await self.venue.fetch_perp_position(sym)
-            if p is not None:
-                perps[sym] = p
-        return balances, perps
+        isolated: dict[tuple[str, str], Any] = {}
+        for market in sorted(set(getattr(self.venue, "markets", {"perp"})) - {"spot"}):
+            for sym in self.market.symbols:  # every leg is on a symbol the trading feed carries
+                p = await self.risk.position(market, sym)
+                if p is not None:
+                    isolated[(market, sym)] = p
+        return balances, isolated
 
-    def ledger_discrepancies(self, balances: dict[str, float], perps: dict[str, Any],
+    def ledger_discrepancies(self, balances: dict[str, float], isolated: dict[tuple[str, str], Any],
                              holdings: dict[tuple[str, str], float]) -> list[str]:
         """Differences between what the desk recorded (``holdings``, from `Book.holdings`) and what the venue holds."""
         out: list[str] = []
         desk_spot = {sym: q for (market, sym), q in holdings.items() if market == "spot"}
-        desk_perp = {sym: q for (market, sym), q in holdings.items() if market == "perp"}
         exact = self.mode != "live"  # a live account may hold other spot coins; the desk's must be there
         for sym in set(desk_spot) | ({a for a in balances if a != "USDT"} if exact else set()):
             venue_q = balances.get(sym, 0.0)
             want = desk_spot.get(sym, 0.0)
             if (exact and abs(venue_q - want) > 1e-8) or (not exact and venue_q + 1e-8 < want):
                 out.append(f"{sym} spot: venue holds {venue_q:g}, desk ledger says {want:g}")
-        for sym in set(desk_perp) | set(perps):
-            venue_q = perps[sym].quantity if sym in perps else 0.0
-            if abs(venue_q - desk_perp.get(sym, 0.0)) > 1e-8:
-                out.append(f"{sym} perp: venue position {venue_q:g}, desk ledger says {desk_perp.get(sym, 0.0):g}")
+        desk_isolated = {k: q for k, q in holdings.items() if k[0] != "spot"}
+        for market, sym in sorted(set(desk_isolated) | set(isolated)):
+            venue_q = isolated[(market, sym)].quantity if (market, sym) in isolated else 0.0
+            want = desk_isolated.get((market, sym), 0.0)
+            if abs(venue_q - want) > 1e-8:
+                out.append(f"{sym} {market}: venue position {venue_q:g}, desk ledger says {want:g}")
         return out
 
     async def account_equity_usd(self) -> float:
@@ -74,15 +77,15 @@ class Reconcile:
                     equity += qty * self.market.mid("spot", asset)
                 except (MarketDataUnavailable, KeyError):
                     pass
-        for sym, p in perps.items():
-            equity += p.isolated_wallet_usd + p.quantity * (self.market.mark("perp", sym) - p.entry_price)
+        for (market, sym), p in perps.items():
+            equity += p.isolated_wallet_usd + p.quantity * (self.market.mark(market, sym) - p.entry_price)
         return equity
 
     async def cash_discrepancy_usd(self) -> float:
         """(venue USDT + isolated wallets) − what the desk's fills, funding and borrow imply.
 
         Identity: USDT + Σ wallets = capital + Σ fill cash flows − fees + funding + borrow
-        + Σ over open perps of (signed quantity × venue entry price).
+        + Σ over open isolated positions (perps, borrowed spot) of (signed quantity × venue entry price).
         """
         balances, perps = await self.venue_holdings()
         venue_side = balances.get("USDT", 0.0) + sum(p.isolated_wallet_usd for p in perps.values())

@@ -153,14 +153,39 @@ class Recovery:
                                                         rate_pct=ev.rate * 100, mark_price=ev.mark_price, quantity=ev.quantity,
                                                         amount_usd=ev.amount_usd))
                 self.store.set_meta("funding_cursor", repr(max(ev.time for ev in events)))
+        await self.sync_borrow()
         liq_out: list[dict[str, Any]] = []
         lcursor = float(self.store.get_meta("liquidation_cursor") or 0)
         held = [r["symbol"] for r in self.store.q(
-            "SELECT DISTINCT l.symbol FROM legs l JOIN positions p ON p.id = l.position_id WHERE l.market = 'perp'"
+            "SELECT DISTINCT l.symbol FROM legs l JOIN positions p ON p.id = l.position_id WHERE l.market != 'spot'"
             " AND p.status IN ('opening','open','closing')")]
         for ev in sorted(await self.venue.liquidations(lcursor, held), key=lambda e: e.time):
             liq_out.append(await self.on_liquidation(ev))
         return settled, liq_out
+
+    async def sync_borrow(self) -> int:
+        """Copy the venue's hourly borrow interest onto the borrowed-spot leg open at that hour (idempotent)."""
+        history = getattr(self.venue, "borrow_history", None)
+        if history is None:
+            return 0
+        cursor = float(self.store.get_meta("borrow_cursor") or 0)
+        events = await history(cursor)
+        if not events:
+            return 0
+        with self.store.tx():
+            for ev in events:
+                leg = self.store.one(
+                    "SELECT l.id, l.position_id FROM legs l JOIN positions p ON p.id = l.position_id WHERE l.market = 'margin_spot'"
+                    " AND l.symbol = ? AND p.opened_at <= ? AND (p.closed_at IS NULL OR p.closed_at >= ?)"
+                    " AND p.status != 'failed' ORDER BY p.id DESC LIMIT 1", (ev.symbol, ev.time, ev.time))
+                if leg is not None:
+                    self.store.x("INSERT OR IGNORE INTO borrow_payments(position_id, leg_id, asset, ts, rate, quantity, price,"
+                                 " amount_usd) VALUES (?,?,?,?,?,?,?,?)",
+                                 (leg["position_id"], leg["id"], ev.symbol, ev.time, ev.rate, ev.quantity, ev.price, ev.amount_usd))
+                self.store.x("INSERT OR IGNORE INTO borrow_rates(asset, ts, rate, source) VALUES (?,?,?,?)",
+                             (ev.symbol, ev.time, ev.rate, ev.source))
+            self.store.set_meta("borrow_cursor", repr(max(ev.time for ev in events)))
+        return len(events)
 
     def _advance_liquidation_cursor(self, t: float) -> None:
         if t > float(self.store.get_meta("liquidation_cursor") or 0):
@@ -173,17 +198,18 @@ class Recovery:
             with self.store.tx():  # already booked (crash after the fill, before the cursor moved): don't book it twice
                 self._advance_liquidation_cursor(ev.time)
             return {**info, "already_recorded": True}
-        row = self.book.position_on("perp", ev.symbol)
+        market = getattr(ev, "market", "perp")
+        row = self.book.position_on(market, ev.symbol)
         if row is None:
             with self.store.tx():
                 self._advance_liquidation_cursor(ev.time)
-            self.events.alert("critical", "liquidation", f"{ev.symbol} perp liquidated at {ev.price:.2f} with no desk position", info)
+            self.events.alert("critical", "liquidation", f"{ev.symbol} {market} liquidated at {ev.price:.2f} with no desk position", info)
             return info
         pid = row["id"]
         info["position_id"] = pid
-        leg = next(leg for leg in self.book.legs(pid) if leg.market == "perp" and leg.symbol == ev.symbol)
+        leg = next(leg for leg in self.book.legs(pid) if leg.market == market and leg.symbol == ev.symbol)
         side = "buy" if ev.quantity < 0 else "sell"
-        liq = OrderResult(ev.client_order_id, ev.client_order_id, ev.symbol, "perp", side,
+        liq = OrderResult(ev.client_order_id, ev.client_order_id, ev.symbol, market, side,  # type: ignore[arg-type]
                           "filled", abs(ev.quantity), abs(ev.quantity), ev.price, 0.0, ev.price, ev.time)
         # the venue's fill, the position's new state and the cursor land in one transaction: a crash
         # between them cannot book the liquidation twice or lose it

@@ -32,6 +32,8 @@ from basis_mcp.models import (
 from basis_mcp.signals import estimate_net_return, funding_8h_pct, funding_apr_pct, zscore_stats
 from basis_mcp.sizing import size_position
 from basis_mcp.store import Store
+from basis_mcp.strategies.base import StrategySpec
+from basis_mcp.strategies.cash_and_carry import CASH_AND_CARRY
 from basis_mcp.venue.base import VenueError, VenueTimeout
 
 
@@ -100,7 +102,15 @@ class Research:
             data_age_seconds=snap.data_age_seconds,
             spot_gap=snap.perp_time - snap.spot_time >= 60.0,
             mark_is_proxy=snap.mark_is_proxy,
+            **self._strategy_hint(snap),
         )
+
+    def _strategy_hint(self, snap: Snapshot) -> dict[str, Any]:
+        """Which trade the basis points to, and for the reverse trade what borrowing costs."""
+        if snap.basis_pct >= 0:
+            return {"strategy": "cash_and_carry"}
+        apr, source = self.market.borrow_apr_pct(snap.symbol)
+        return {"strategy": "reverse_cash_and_carry", "borrow_apr_pct": _r(apr, 4), "borrow_rate_source": source}
 
     def compute_zscore(self, symbol: str, window: int) -> ZScoreOutput:
         sym = self.market.resolve(symbol)
@@ -149,6 +159,7 @@ class Research:
         exit_basis_pct: float,
         basis_pct: float | None,
         playbook: str = "convergence",
+        strategy: StrategySpec = CASH_AND_CARRY,
     ) -> NetApyEstimate:
         sym = self.market.resolve(symbol)
         lev = self.risk.check_leverage(leverage)
@@ -182,9 +193,12 @@ class Research:
             seconds_to_next_funding=snap.seconds_to_funding,
             leverage=lev,
             entry_exit_cost_usd=(fees, slip),
+            direction=strategy.direction,
+            borrow_rate_hourly=self.risk.borrow_rate_hourly(strategy, sym),
         )
+        borrow_apr, borrow_source = self.market.borrow_apr_pct(sym) if self.market.borrows(strategy) else (None, None)
         if playbook == "carry":
-            why = self.risk.carry_refusal(sym, snap, q, hold_days)
+            why = self.risk.carry_refusal(sym, snap, q, hold_days, strategy)
             cr = self.settings.exit_rules
             note = (f"carry: enters when the last {cr.carry_lookback_days:g} days of funding averaged ≥ "
                     f"{cr.carry_entry_8h_pct:g}%/8h and the funding expected over the hold pays the round trip "
@@ -198,6 +212,10 @@ class Research:
                     + ("Passes now." if entry_ok else "Refused now: the expected net is not positive."))
         return NetApyEstimate(
             symbol=sym,
+            strategy=strategy.name,
+            borrow_usd=_r(est.borrow_usd, 6) or 0.0,
+            borrow_apr_pct=_r(borrow_apr, 6),
+            borrow_rate_source=borrow_source,
             playbook=playbook,
             playbook_entry_ok=entry_ok,
             playbook_note=note,
@@ -226,6 +244,11 @@ class Research:
                 f"- fees (spot {costs.spot.taker_fee * 100:g}% + perp {costs.perp.taker_fee * 100:g}%, in and out) "
                 "- slippage (half-spread + sqrt impact, in and out); "
                 "apy = net / (notional + notional/leverage) / hold_days * 365"
+            ) if strategy.direction == 1 else (
+                "net = q*(basis_exit - basis_entry) [once] - q*perp*rate*settlements_in_hold (the long perp pays positive "
+                "funding, receives negative) - q*spot*borrow_apr/8760*hold_hours (MODELLED borrow) "
+                f"- fees (spot {costs.spot.taker_fee * 100:g}% + perp {costs.perp.taker_fee * 100:g}%, in and out) "
+                "- slippage (in and out); apy = net / (notional/leverage + notional/leverage) / hold_days * 365"
             ),
         )
 

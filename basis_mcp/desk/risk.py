@@ -15,6 +15,7 @@ import math
 from typing import Any
 
 from basis_mcp import margin as mm
+from basis_mcp.borrow import HOURS_PER_YEAR
 from basis_mcp.config import HARD, Settings
 from basis_mcp.desk.book import Book, Leg
 from basis_mcp.desk.events import Events, VenueHealth
@@ -95,6 +96,7 @@ class Risk:
     def watchdog_limits(self) -> WatchdogLimits:
         s = self.settings
         return WatchdogLimits(margin_add_ratio=s.margin_add_ratio, margin_close_ratio=s.margin_close_ratio,
+                              borrow_spike_apr_pct=s.borrow_spike_apr_pct,
                               max_imbalance_pct=s.max_imbalance_pct,
                               liquidation_distance_add_pct=s.liquidation_distance_add_pct,
                               liquidation_distance_target_pct=s.liquidation_distance_target_pct, rules=s.exit_rules)
@@ -132,10 +134,17 @@ class Risk:
 
     # ------------------------------------------------------------------ margin of leveraged legs
 
+    async def position(self, market: str, symbol: str) -> Any:
+        """The venue's isolated position behind a leveraged leg (perp, or borrowed spot)."""
+        if market == "perp":
+            return await self.venue.fetch_perp_position(symbol)
+        return await self.venue.fetch_position(market, symbol)
+
     async def leg_margin(self, leg: Leg | PlannedLeg | str, mark: float) -> tuple[float | None, float | None, float]:
         """(liquidation price, margin ratio as a fraction, isolated wallet) of a leveraged leg, from the venue."""
         sym = leg if isinstance(leg, str) else leg.symbol
-        pos = await self.venue.fetch_perp_position(sym)
+        market = "perp" if isinstance(leg, str) else (leg.market if isinstance(leg, Leg) else leg.spec.market)
+        pos = await self.position(market, sym)
         if pos is None:
             return None, None, 0.0
         table = self.settings.spec(sym).brackets
@@ -146,7 +155,7 @@ class Risk:
     async def leg_risk(self, leg: Leg, lim: WatchdogLimits) -> LegRisk | None:
         """What the watchdog reads on one leveraged leg: its margin ratio, what brings it back to the
         target, the liquidation distance on the losing side and what restores the target distance."""
-        pos = await self.venue.fetch_perp_position(leg.symbol)
+        pos = await self.position(leg.market, leg.symbol)
         if pos is None:
             return None
         mark = self.market.mark(leg.market, leg.symbol)
@@ -173,25 +182,29 @@ class Risk:
 
     # ------------------------------------------------------------------ playbook entry rules
 
-    def carry_refusal(self, sym: str, snap: Snapshot, qty: float, hold_days: float) -> str | None:
-        """Why the carry entry rule refuses ``qty`` of ``sym`` now (None: it may enter)."""
+    def carry_refusal(self, sym: str, snap: Snapshot, qty: float, hold_days: float, strategy: StrategySpec) -> str | None:
+        """Why the carry entry rule refuses ``qty`` of ``sym`` now (None: it may enter). A reverse trade
+        reads the funding longs receive, net of its borrow interest."""
         r = self.settings.exit_rules
-        fc = self.market.signals(sym, snap).funding_carry_8h_pct
+        fc = self.market.signals_for(strategy, sym, snap).funding_carry_8h_pct
         rate = 0.0 if fc is None else fc / 100.0 / 8.0 * snap.funding_interval_hours
         n = settlements_in(snap.seconds_to_funding, snap.funding_interval_hours, hold_days * 86400.0)
         fees, slip = self.settings.spec(sym).costs.round_trip_usd(qty, snap.spot, snap.perp)
         return carry_entry_check(fc, expected_carry_usd(qty, snap.perp, rate, n), fees + slip, r)
 
-    def stop_fires_at_entry(self, sym: str, snap: Snapshot) -> str | None:
+    def stop_fires_at_entry(self, sym: str, snap: Snapshot, strategy: StrategySpec) -> str | None:
         """An entry the basis stop would close at once (the smoothed basis already beyond it) is refused."""
-        sig = self.market.signals(sym, snap)
+        sig = self.market.signals_for(strategy, sym, snap)
         if sig.basis_smooth_pct is None:
             return None
-        stop = stop_level_pct(snap.basis_pct, sig.basis_std_pct, self.settings.exit_rules)
+        stop = stop_level_pct(sig.basis_pct, sig.basis_std_pct, self.settings.exit_rules)
         if sig.basis_smooth_pct > stop:
             return (f"the basis averaged over {self.settings.basis_smoothing_hours:g} h ({sig.basis_smooth_pct:.4f}%) is "
                     f"already beyond the stop this entry would get ({stop:.4f}%)")
         return None
+
+    def borrow_rate_hourly(self, strategy: StrategySpec, sym: str) -> float:
+        return self.market.borrow_apr_pct(sym)[0] / 100.0 / HOURS_PER_YEAR if self.market.borrows(strategy) else 0.0
 
     # ------------------------------------------------------------------ the entry's readings
 
@@ -233,17 +246,38 @@ class Risk:
             expected_net = entry_expected_net_usd(
                 qty=ref.quantity, spot=snap.spot, perp=snap.perp, leverage=lev, costs=spec.costs, hold_days=expected_hold_days,
                 funding_rate=self.market.funding_assumption(sym, snap, None)[0],
-                funding_interval_hours=snap.funding_interval_hours, seconds_to_next_funding=snap.seconds_to_funding)
+                funding_interval_hours=snap.funding_interval_hours, seconds_to_next_funding=snap.seconds_to_funding,
+                direction=strategy.direction, borrow_rate_hourly=self.borrow_rate_hourly(strategy, sym))
         dup = None
         for p in planned:
             row = self.book.position_on(p.spec.market, p.symbol)
             if row is not None:
                 dup = row["id"]
                 break
-        below = tuple(
-            f"the {p.spec.role} leg ({p.quantity:g} {p.symbol}, ${p.quantity * p.mid:,.2f}) is below the {p.symbol} venue minimum "
-            f"of ${self.settings.spec(p.symbol).min_notional_usd:,.2f}"
-            for p in planned[1:] if p.symbol != ref.symbol and p.quantity * p.mid < self.settings.spec(p.symbol).min_notional_usd)
+        problems: list[str] = []
+        per_symbol: dict[str, float] = {sym: notional_usd}  # the entry's notional per coin (largest leg on each)
+        for p in planned:
+            if p.symbol != sym:
+                per_symbol[p.symbol] = max(per_symbol.get(p.symbol, 0.0), p.quantity * p.mid)
+        cap = self.book.capital_usd
+        per_tier: dict[str, float] = {}
+        for s_, usd in per_symbol.items():
+            tier = self.settings.tier_of(s_)
+            per_tier[tier] = per_tier.get(tier, 0.0) + usd
+            if s_ == sym:
+                continue  # the position's own coin: the caps above
+            minimum = self.settings.spec(s_).min_notional_usd
+            if usd < minimum:
+                problems.append(f"the {s_} leg (${usd:,.2f}) is below the {s_} venue minimum of ${minimum:,.2f}")
+            single = self.settings.tier_single_position[tier] * cap
+            for name, limit in (("max_position_notional", self.settings.max_position_notional_usd), ("tier_single_position", single)):
+                if usd > limit + 1e-9:
+                    problems.append(f"the {s_} leg (${usd:,.2f}) is above {name} ${limit:,.2f} ({tier} tier)")
+        for tier, usd in per_tier.items():
+            headroom = max(self.settings.tier_allocation[tier] * cap - self.book.tier_in_use(tier), 0.0)
+            if usd > headroom + 1e-9 and not (tier == self.settings.tier_of(sym) and usd == notional_usd):
+                problems.append(f"the legs put ${usd:,.2f} in the {tier} tier, above its headroom of ${headroom:,.2f}")
+        below = tuple(problems)
         state, reason = self.trading_state()
         allow = self.allowlist()
         readings = EntryReadings(
@@ -274,9 +308,9 @@ class Risk:
             venue_reachable=self.health.reachable,
             venue_down_seconds=self.health.down_seconds(),
             playbook=playbook,
-            carry_refusal=self.carry_refusal(sym, snap, ref.quantity, expected_hold_days) if playbook == "carry" else None,
-            stop_now=self.stop_fires_at_entry(sym, snap) if has_basis and playbook != "none" else None,
+            carry_refusal=self.carry_refusal(sym, snap, ref.quantity, expected_hold_days, strategy) if playbook == "carry" else None,
+            stop_now=self.stop_fires_at_entry(sym, snap, strategy) if has_basis and playbook != "none" else None,
             orders_per_entry=len(planned),
-            legs_below_minimum=below,
+            leg_problems=below,
         )
         return readings, snap, planned

@@ -27,12 +27,12 @@ from basis_mcp.desk.risk import Risk
 from basis_mcp.errors import Rejected
 from basis_mcp.feed import MarketDataUnavailable
 from basis_mcp.guardrails import Action, PositionReadings, defer_planned_exit, drawdown, watchdog_actions
-from basis_mcp.legs import imbalance_pct, trims
+from basis_mcp.legs import imbalance_pct
 from basis_mcp.store import Store
 from basis_mcp.venue.base import VenueError, VenueTimeout, VenueUnavailable
 
 VENUE_DOWN_LIMIT_S = 600.0
-CRITICAL_RULES = ("margin_ratio_below_130", "basis_blowout", "margin_ratio_below_150")
+CRITICAL_RULES = ("margin_ratio_below_130", "basis_blowout", "margin_ratio_below_150", "borrow_spike")
 
 
 class Watchdog:
@@ -77,37 +77,52 @@ class Watchdog:
         lim = self.risk.watchdog_limits()
         now = self.events.now()
         for row in self.book.positions(("open", "closing")):
-            if self.orders.unresolved(row["id"]):
-                continue  # its fills are not known yet: acting on them could trade twice; recovery chases it
-            if row["status"] == "open" and row["opened_at"] >= now:
-                continue  # it filled on this very tick: judged from the next one (as the backtest does)
-            if row["status"] == "closing":
-                # an exit the watchdog is finishing may hold a hedged remainder for a while: keep its margin safe
-                readings = await self.readings(row)
-                for act in watchdog_actions(readings, lim) if readings is not None else []:
-                    if act.kind == "add_margin":
-                        actions.append(await self.apply(row, act, readings))
-                continue
-            if close_all:
-                msg = "venue was unreachable > 10 min: closing now that it answers"
-                data = {"position_id": row["id"], "symbol": row["symbol"], "rule": "venue_was_unreachable",
-                        "unreachable_since": self.store.get_meta("close_all_when_reachable")}
-                self.events.audit("watchdog", "venue_was_unreachable", data, "triggered", msg)
-                actions.append(await self.close(row, "venue_was_unreachable", msg, data))
-                continue
-            readings = await self.readings(row)
-            if readings is None:
-                continue
-            for act in watchdog_actions(readings, lim):
-                if act.kind == "close" and not act.emergency and defer_planned_exit(readings, lim):
-                    self.note_deferral(row["id"], act.rule, readings)
-                    continue
-                actions.append(await self.apply(row, act, readings))
-                if act.kind == "close":
-                    break
+            try:
+                actions += await self.position(row, lim, close_all, now)
+            except (VenueError, VenueTimeout):
+                raise
+            except Exception as e:  # noqa: BLE001 - one position's failure must not blind the watchdog to the others
+                self.events.note_once(f"watchdog_error:{row['id']}", "critical", "watchdog_error",
+                                      f"position {row['id']} {row['symbol']}: the watchdog could not check it ({type(e).__name__}: "
+                                      f"{str(e)[:200]}); the other positions are still watched", {"position_id": row["id"]})
+                self.events.audit("watchdog", "position_check_failed", {"position_id": row["id"], "error": type(e).__name__},
+                                  "error", str(e)[:500])
         if close_all and not self.book.has_open():
             self.store.x("DELETE FROM meta WHERE key = 'close_all_when_reachable'")
         await self.reconcile.check_ledger()
+        return actions
+
+    async def position(self, row: Any, lim: Any, close_all: bool, now: float) -> list[dict[str, Any]]:
+        """The rules for one position this tick; returns the actions taken."""
+        actions: list[dict[str, Any]] = []
+        if self.orders.unresolved(row["id"]):
+            return actions  # its fills are not known yet: acting on them could trade twice; recovery chases it
+        if row["status"] == "open" and row["opened_at"] >= now:
+            return actions  # it filled on this very tick: judged from the next one (as the backtest does)
+        if row["status"] == "closing":
+            # an exit the watchdog is finishing may hold a hedged remainder for a while: keep its margin safe
+            readings = await self.readings(row)
+            for act in watchdog_actions(readings, lim) if readings is not None else []:
+                if act.kind == "add_margin":
+                    actions.append(await self.apply(row, act, readings))
+            return actions
+        if close_all:
+            msg = "venue was unreachable > 10 min: closing now that it answers"
+            data = {"position_id": row["id"], "symbol": row["symbol"], "rule": "venue_was_unreachable",
+                    "unreachable_since": self.store.get_meta("close_all_when_reachable")}
+            self.events.audit("watchdog", "venue_was_unreachable", data, "triggered", msg)
+            actions.append(await self.close(row, "venue_was_unreachable", msg, data))
+            return actions
+        readings = await self.readings(row)
+        if readings is None:
+            return actions
+        for act in watchdog_actions(readings, lim):
+            if act.kind == "close" and not act.emergency and defer_planned_exit(readings, lim):
+                self.note_deferral(row["id"], act.rule, readings)
+                continue
+            actions.append(await self.apply(row, act, readings))
+            if act.kind == "close":
+                break
         return actions
 
     async def readings(self, row: Any) -> PositionReadings | None:
@@ -147,15 +162,17 @@ class Watchdog:
             position_id=pid,
             symbol=row["symbol"],
             status=row["status"],
-            entry_basis_pct=row["entry_basis_pct"] or 0.0,
-            signals=self.market.signals(row["symbol"], snap) if strategy.basis_legs is not None else None,
+            entry_basis_pct=strategy.direction * (row["entry_basis_pct"] or 0.0),
+            signals=self.market.signals_for(strategy, row["symbol"], snap) if strategy.basis_legs is not None else None,
             held={leg.role: held.get(leg.id, 0.0) for leg in legs},
             imbalance_pct=imbalance_pct([max(q, 0.0) for q in held_abs], [leg.ratio for leg in legs]),
+            rebalance_possible=any(c > 0 for c in self.orders.cuts(legs, held_abs)),
             held_seconds=self.events.now() - row["opened_at"],
             seconds_to_funding=min(s.seconds_to_funding for s in snaps.values()),
             next_funding_usd=next_funding,
             margins=tuple(margins),
             playbook=row["playbook"],
+            borrow_apr_pct=self.market.borrow_apr_pct(row["symbol"])[0] if self.market.borrows(strategy) else None,
         )
 
     async def apply(self, row: Any, act: Action, r: PositionReadings) -> dict[str, Any]:
@@ -170,7 +187,10 @@ class Watchdog:
             amount = min(act.amount_usd, max(free, 0.0))
             if amount >= 1.0:
                 try:
-                    await self.venue.add_margin(leg.symbol, amount)
+                    if leg.market == "perp":
+                        await self.venue.add_margin(leg.symbol, amount)
+                    else:
+                        await self.venue.add_margin(leg.symbol, amount, market=leg.market)
                 except (VenueError, VenueTimeout) as e:
                     amount = 0.0
                     data["error"] = str(e)
@@ -188,8 +208,7 @@ class Watchdog:
         legs = self.book.legs(pid)
         try:
             held_abs = self.book.held_abs(legs, self.book.held(pid))
-            cuts = trims([max(q, 0.0) for q in held_abs], [leg.ratio for leg in legs], [self.orders.flat_threshold(leg) for leg in legs])
-            for leg, cut in zip(legs, cuts, strict=True):
+            for leg, cut in zip(legs, self.orders.cuts(legs, held_abs), strict=True):
                 if cut > 0:
                     await self.orders.fill_leg(leg, key, leg.order_side(opening=False), cut, "rebalance", True)
         except (VenueUnavailable, VenueTimeout) as e:  # unknown outcome: looked up next tick before anything else is sent

@@ -91,7 +91,11 @@ class LiveVenue:
         await self._read("check API keys (spot balance)", self.ex.fetch_balance)
         await self._read("check API keys (futures balance)", self.ex.fetch_balance, {"type": "future"})
 
+    markets = frozenset({"spot", "perp"})  # what this venue trades through ccxt (a leg on anything else is refused)
+
     def _unified(self, symbol: str, market: Market) -> str:
+        if market not in self.markets:
+            raise VenueError(f"{market} is not traded on {self.name}", "bad_market")
         return self.feed.spot_symbol(symbol) if market == "spot" else self.feed.perp_symbol(symbol)
 
     def _spot_step(self, symbol: str) -> float:

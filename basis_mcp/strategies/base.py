@@ -69,6 +69,9 @@ class StrategySpec:
     reference × 100 at mid prices, the number the playbooks' basis rules read (for
     cash-and-carry, spot and perp). None: the strategy has no basis the rules can read,
     and only the risk rules (margin, liquidation distance, leg balance) apply to it.
+    ``direction``: +1 when the position is short the rich leg (earns as a positive basis falls
+    and from positive funding); −1 for the mirror image (earns as a negative basis rises and
+    from negative funding): the rules read mirrored signals.
     """
 
     name: str
@@ -80,6 +83,7 @@ class StrategySpec:
     playbooks: tuple[str, ...] = ("convergence", "carry")
     basis_legs: tuple[int, int] | None = None
     risks: tuple[str, ...] = field(default_factory=tuple)
+    direction: int = 1  # +1: earns as the basis falls and from positive funding; −1: the mirror (see Signals.seen_by)
 
     def __post_init__(self) -> None:
         n = len(self.legs)
@@ -97,6 +101,8 @@ class StrategySpec:
         for label, order in (("entry_order", self.entry_order), ("exit_order", self.exit_order)):
             if sorted(order) != list(range(n)):
                 raise ValueError(f"strategy {self.name!r}: {label} {order} is not an order of the {n} legs")
+        if self.direction not in (1, -1):
+            raise ValueError(f"strategy {self.name!r}: direction must be +1 or -1")
         if self.basis_legs is not None and (len(set(self.basis_legs)) != 2 or not all(0 <= i < n for i in self.basis_legs)):
             raise ValueError(f"strategy {self.name!r}: basis_legs {self.basis_legs} must name two different legs")
 

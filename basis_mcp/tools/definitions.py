@@ -23,7 +23,7 @@ async def _zscore(desk, inp: m.ComputeZScoreInput, ctx: Context) -> m.ZScoreOutp
 async def _apy(desk, inp: m.EstimateNetApyInput, ctx: Context) -> m.NetApyEstimate:
     return await desk.estimate_net_apy(
         inp.symbol, inp.notional_usd, inp.hold_days, inp.leverage, inp.funding_rate_8h_pct, inp.exit_basis_pct, inp.basis_pct,
-        inp.playbook,
+        inp.playbook, inp.strategy,
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from basis_mcp.costs import Market, Side
@@ -83,6 +83,20 @@ class LiquidationEvent:
     price: float
     loss_usd: float
     client_order_id: str
+    market: str = "perp"
+
+
+@dataclass(frozen=True)
+class BorrowEvent:
+    """Interest charged on a borrowed-spot position for one hour."""
+
+    symbol: str
+    time: float
+    rate: float  # per hour, a fraction of the borrowed value
+    price: float
+    quantity: float  # signed borrowed position (negative)
+    amount_usd: float  # − paid
+    source: str  # where the rate came from: the venue, or "modelled:<scenario>"
 
 
 @dataclass(frozen=True)
@@ -90,6 +104,7 @@ class TickReport:
     time: float
     funding: list[FundingEvent]
     liquidations: list[LiquidationEvent]
+    borrow: list[BorrowEvent] = field(default_factory=list)
 
 
 class Venue(Protocol):

@@ -8,6 +8,10 @@
 - Liquidation when the hour's mark high (short) or low (long) reaches the liquidation
   price from Binance's bracket model; the isolated wallet is lost (closed at the
   bankruptcy price).
+- Borrowed spot (``margin_spot``): selling coins the venue lends is an isolated short on the
+  spot price, margined like a perp (collateral = value ÷ leverage, the perp's brackets), with
+  no funding: interest accrues every hour on the borrowed value at the MODELLED rate of
+  `basis_mcp.borrow` and is taken from the collateral; liquidation at the spot close.
 
 State lives in ``paper_*`` tables in the same SQLite file, committed in the venue's own
 transactions, so a desk crash between "order sent" and "fill recorded" looks exactly
@@ -19,12 +23,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from basis_mcp import margin as mm
+from basis_mcp.borrow import BorrowModel, interest_usd
 from basis_mcp.clock import Clock
 from basis_mcp.config import Settings
 from basis_mcp.costs import Market
 from basis_mcp.feed import MarketDataUnavailable, MarketFeed
 from basis_mcp.store import BUSY_PATIENT_MS, Database
 from basis_mcp.venue.base import (
+    BorrowEvent,
     FundingEvent,
     LiquidationEvent,
     OrderRequest,
@@ -49,6 +55,24 @@ CREATE TABLE IF NOT EXISTS paper_perp (
     entry_price     REAL NOT NULL,
     isolated_wallet REAL NOT NULL,
     leverage        REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS paper_margin (
+    symbol          TEXT PRIMARY KEY,  -- borrowed spot, sold: an isolated short on the spot price
+    quantity        REAL NOT NULL,     -- signed, negative: the coins owed
+    entry_price     REAL NOT NULL,
+    isolated_wallet REAL NOT NULL,     -- collateral posted beyond the sale proceeds
+    leverage        REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS paper_borrow (
+    id          INTEGER PRIMARY KEY,
+    symbol      TEXT NOT NULL,
+    time        REAL NOT NULL,
+    rate        REAL NOT NULL,  -- per hour, a fraction of the borrowed value
+    price       REAL NOT NULL,
+    quantity    REAL NOT NULL,
+    amount_usd  REAL NOT NULL,  -- negative: paid
+    source      TEXT NOT NULL,
+    UNIQUE (symbol, time)
 );
 CREATE TABLE IF NOT EXISTS paper_orders (
     seq             INTEGER PRIMARY KEY,
@@ -83,23 +107,30 @@ CREATE TABLE IF NOT EXISTS paper_liquidations (
     quantity        REAL NOT NULL,
     price           REAL NOT NULL,
     loss_usd        REAL NOT NULL,
-    client_order_id TEXT NOT NULL
+    client_order_id TEXT NOT NULL,
+    market          TEXT NOT NULL DEFAULT 'perp'
 );
 """
 
 QTY_EPS = 1e-12
+TABLES = {"perp": "paper_perp", "margin_spot": "paper_margin"}  # the isolated books, one per leveraged market
 
 
 class PaperVenue:
     remote = False
     def __init__(self, path: Path | str, feed: MarketFeed, settings: Settings, clock: Clock, faults: FaultPlan | None = None):
         self.name = f"paper:{feed.venue}"
+        self.markets = frozenset({"spot", "margin_spot", "perp"})  # what this venue trades (anything else is refused)
+        self.borrow = BorrowModel(settings.borrow_scenario)
         self.db = Database(path, PAPER_SCHEMA, busy_ms=BUSY_PATIENT_MS)  # the exchange never gives up on a lock
         self.faults = faults or FaultPlan()
         self.feed = feed
         self.settings = settings
         self.clock = clock
         with self.db.tx():
+            cols = {r["name"] for r in self.db.q("PRAGMA table_info(paper_liquidations)")}
+            if "market" not in cols:  # a book from before borrowed-spot legs: its liquidations were all perps
+                self.db.x("ALTER TABLE paper_liquidations ADD COLUMN market TEXT NOT NULL DEFAULT 'perp'")
             if self.db.one("SELECT 1 FROM paper_balances LIMIT 1") is None:
                 self.db.x("INSERT INTO paper_balances(asset, free) VALUES (?, ?)", (QUOTE, settings.capital_usd))
             if self._state("last_tick") is None:
@@ -133,8 +164,8 @@ class PaperVenue:
             (asset, amount),
         )
 
-    def _perp(self, symbol: str) -> PerpPosition | None:
-        r = self.db.one("SELECT * FROM paper_perp WHERE symbol = ?", (symbol,))
+    def _perp(self, symbol: str, market: str = "perp") -> PerpPosition | None:
+        r = self.db.one(f"SELECT * FROM {TABLES[market]} WHERE symbol = ?", (symbol,))
         if r is None or abs(r["quantity"]) < QTY_EPS:
             return None
         return PerpPosition(symbol, r["quantity"], r["entry_price"], r["isolated_wallet"], r["leverage"])
@@ -172,6 +203,15 @@ class PaperVenue:
         self._reachable()
         return self._perp(symbol)
 
+    async def fetch_position(self, market: str, symbol: str) -> PerpPosition | None:
+        """A leveraged holding: the perp, or borrowed spot (margined the same way)."""
+        self._reachable()
+        return self._perp(symbol, market)
+
+    async def borrow_history(self, since: float) -> list[BorrowEvent]:
+        rows = self.db.q("SELECT * FROM paper_borrow WHERE time > ? ORDER BY time, symbol", (since,))
+        return [BorrowEvent(r["symbol"], r["time"], r["rate"], r["price"], r["quantity"], r["amount_usd"], r["source"]) for r in rows]
+
     async def fetch_order(self, client_order_id: str, symbol: str, market: Market) -> OrderResult | None:
         self._reachable()
         if self.faults.lookups_fail > 0:
@@ -180,19 +220,19 @@ class PaperVenue:
         r = self.db.one("SELECT * FROM paper_orders WHERE client_order_id = ?", (client_order_id,))
         return None if r is None else self._result(r)
 
-    async def add_margin(self, symbol: str, amount_usd: float) -> None:
+    async def add_margin(self, symbol: str, amount_usd: float, market: str = "perp") -> None:
         self._reachable()
         if amount_usd <= 0:
             raise VenueError("margin amount must be positive", "bad_amount")
         if self.faults.reject_add_margin:
             raise VenueError("margin transfer refused (injected)", "transfer_refused")
         with self.db.tx():
-            if self._perp(symbol) is None:
-                raise VenueError(f"no {symbol} perp position to add margin to", "no_position")
+            if self._perp(symbol, market) is None:
+                raise VenueError(f"no {symbol} {market} position to add margin to", "no_position")
             if self._balance(QUOTE) < amount_usd:
                 raise VenueError(f"insufficient {QUOTE} to add ${amount_usd:,.2f} margin", "insufficient_balance")
             self._credit(QUOTE, -amount_usd)
-            self.db.x("UPDATE paper_perp SET isolated_wallet = isolated_wallet + ? WHERE symbol = ?", (amount_usd, symbol))
+            self.db.x(f"UPDATE {TABLES[market]} SET isolated_wallet = isolated_wallet + ? WHERE symbol = ?", (amount_usd, symbol))
 
     async def funding_history(self, since: float) -> list[FundingEvent]:
         rows = self.db.q("SELECT * FROM paper_funding WHERE time > ? ORDER BY time, symbol", (since,))
@@ -200,7 +240,8 @@ class PaperVenue:
 
     async def liquidations(self, since: float, symbols: list[str] | None = None) -> list[LiquidationEvent]:
         rows = self.db.q("SELECT * FROM paper_liquidations WHERE time > ? ORDER BY time", (since,))
-        return [LiquidationEvent(r["symbol"], r["time"], r["quantity"], r["price"], r["loss_usd"], r["client_order_id"]) for r in rows]
+        return [LiquidationEvent(r["symbol"], r["time"], r["quantity"], r["price"], r["loss_usd"], r["client_order_id"], r["market"])
+                for r in rows]
 
     async def place_order(self, req: OrderRequest) -> OrderResult:
         f = self.faults
@@ -240,6 +281,8 @@ class PaperVenue:
         )
 
     def _execute(self, req: OrderRequest, fill_fraction: float = 1.0) -> OrderResult:
+        if req.market not in self.markets:
+            raise VenueError(f"{req.market} is not traded on {self.name}", "bad_market")
         if req.quantity <= 0:
             raise VenueError(f"quantity must be positive, got {req.quantity}", "bad_quantity")
         try:
@@ -247,10 +290,11 @@ class PaperVenue:
         except (MarketDataUnavailable, KeyError) as e:
             raise VenueError(f"{req.symbol}: no market ({e})", "no_market") from None
         spec = self.settings.spec(req.symbol)
-        leg = spec.costs.leg(req.market)
-        mid = snap.spot if req.market == "spot" else snap.perp
+        leg = spec.costs.leg("spot" if req.market == "margin_spot" else req.market)
+        on_spot = req.market in ("spot", "margin_spot")
+        mid = snap.spot if on_spot else snap.perp
         qty = req.quantity * fill_fraction
-        bid, ask = (snap.spot_bid, snap.spot_ask) if req.market == "spot" else (snap.perp_bid, snap.perp_ask)
+        bid, ask = (snap.spot_bid, snap.spot_ask) if on_spot else (snap.perp_bid, snap.perp_ask)
         if bid and ask:  # live prices: take the real touch
             mid = (bid + ask) / 2.0
             price = leg.fill_from_touch(ask if req.side == "buy" else bid, req.side, qty * mid)
@@ -293,7 +337,11 @@ class PaperVenue:
             self._credit(QUOTE, qty * price - fee)
 
     def _fill_perp(self, req: OrderRequest, qty: float, price: float, fee: float, spec) -> None:
-        pos = self._perp(req.symbol)
+        """A perp, or borrowed spot (the same isolated book in its own table)."""
+        table = TABLES[req.market]
+        if req.market == "margin_spot" and req.side == "buy" and self._perp(req.symbol, "margin_spot") is None:
+            raise VenueError("margin buy with nothing borrowed: a borrowed-spot leg is only ever short here", "reduce_only")
+        pos = self._perp(req.symbol, req.market)
         cur_qty = pos.quantity if pos else 0.0
         signed = qty if req.side == "buy" else -qty
         reducing = cur_qty != 0 and (cur_qty > 0) != (signed > 0)
@@ -313,10 +361,10 @@ class PaperVenue:
             remaining = cur_qty + signed
             if abs(remaining) < QTY_EPS:
                 released = pos.isolated_wallet_usd
-                self.db.x("DELETE FROM paper_perp WHERE symbol = ?", (req.symbol,))
+                self.db.x(f"DELETE FROM {table} WHERE symbol = ?", (req.symbol,))
             else:
                 self.db.x(
-                    "UPDATE paper_perp SET quantity = ?, isolated_wallet = isolated_wallet - ? WHERE symbol = ?",
+                    f"UPDATE {table} SET quantity = ?, isolated_wallet = isolated_wallet - ? WHERE symbol = ?",
                     (remaining, released, req.symbol),
                 )
             self._credit(QUOTE, released + realised - fee)
@@ -329,7 +377,7 @@ class PaperVenue:
         self._credit(QUOTE, -need)
         if pos is None:
             self.db.x(
-                "INSERT INTO paper_perp(symbol, quantity, entry_price, isolated_wallet, leverage) VALUES (?,?,?,?,?)"
+                f"INSERT INTO {table}(symbol, quantity, entry_price, isolated_wallet, leverage) VALUES (?,?,?,?,?)"
                 " ON CONFLICT(symbol) DO UPDATE SET quantity = excluded.quantity, entry_price = excluded.entry_price,"
                 " isolated_wallet = excluded.isolated_wallet, leverage = excluded.leverage",
                 (req.symbol, signed, price, margin, lev),
@@ -338,7 +386,7 @@ class PaperVenue:
             new_qty = cur_qty + signed
             entry = (abs(cur_qty) * pos.entry_price + qty * price) / abs(new_qty)
             self.db.x(
-                "UPDATE paper_perp SET quantity = ?, entry_price = ?, isolated_wallet = isolated_wallet + ? WHERE symbol = ?",
+                f"UPDATE {table} SET quantity = ?, entry_price = ?, isolated_wallet = isolated_wallet + ? WHERE symbol = ?",
                 (new_qty, entry, margin, req.symbol),
             )
 
@@ -349,15 +397,18 @@ class PaperVenue:
         self._set_state("last_tick", repr(self._last_tick))
 
     def on_tick(self, t: float) -> TickReport:
-        """Settle funding due in (last_tick, t] and liquidate breached positions at t."""
+        """Settle funding and borrow interest due in (last_tick, t] and liquidate breached positions at t."""
         last = self._last_tick
         funding: list[FundingEvent] = []
         liquidations: list[LiquidationEvent] = []
-        if self.db.one("SELECT 1 FROM paper_perp LIMIT 1") is None:
+        borrow: list[BorrowEvent] = []
+        has_perp = self.db.one("SELECT 1 FROM paper_perp LIMIT 1") is not None
+        has_margin = self.db.one("SELECT 1 FROM paper_margin LIMIT 1") is not None
+        if not (has_perp or has_margin):
             self._last_tick = max(last, t)
             return TickReport(t, funding, liquidations)
         with self.db.tx():
-            for s in self.feed.settlements_between(last, t):
+            for s in self.feed.settlements_between(last, t) if has_perp else []:
                 pos = self._perp(s.symbol)
                 if pos is None:
                     continue
@@ -369,18 +420,44 @@ class PaperVenue:
                 if cur.rowcount:
                     self.db.x("UPDATE paper_perp SET isolated_wallet = isolated_wallet + ? WHERE symbol = ?", (amount, s.symbol))
                     funding.append(FundingEvent(s.symbol, s.time, s.rate, s.mark, pos.quantity, amount))
-            for r in self.db.q("SELECT symbol FROM paper_perp"):
-                ev = self._maybe_liquidate(r["symbol"], t)
-                if ev:
-                    liquidations.append(ev)
-            if funding or liquidations:
+            if has_margin:
+                borrow = self._accrue_borrow(last, t)
+            for market, table in TABLES.items():
+                for r in self.db.q(f"SELECT symbol FROM {table}"):
+                    ev = self._maybe_liquidate(r["symbol"], t, market)
+                    if ev:
+                        liquidations.append(ev)
+            if funding or liquidations or borrow:
                 self._mark_tick(t)
             else:
                 self._last_tick = max(last, t)
-        return TickReport(t, funding, liquidations)
+        return TickReport(t, funding, liquidations, borrow)
 
-    def _maybe_liquidate(self, symbol: str, t: float) -> LiquidationEvent | None:
-        pos = self._perp(symbol)
+    def _accrue_borrow(self, last: float, t: float) -> list[BorrowEvent]:
+        """Interest for every whole hour in (last, t] on every borrowed-spot position, at that hour's
+        spot price and the modelled rate, taken from the position's collateral."""
+        out: list[BorrowEvent] = []
+        first = (int(last // 3600) + 1) * 3600
+        for h in range(first, int(t) + 1, 3600):
+            for r in self.db.q("SELECT symbol FROM paper_margin ORDER BY symbol"):
+                pos = self._perp(r["symbol"], "margin_spot")
+                if pos is None:
+                    continue
+                try:
+                    price = self.feed.snapshot(pos.symbol, at=float(h)).spot
+                except MarketDataUnavailable:
+                    continue
+                rate = self.borrow.hourly_rate(pos.symbol, float(h))
+                amount = -interest_usd(pos.quantity, price, rate)
+                cur = self.db.x("INSERT OR IGNORE INTO paper_borrow(symbol, time, rate, price, quantity, amount_usd, source)"
+                                " VALUES (?,?,?,?,?,?,?)", (pos.symbol, float(h), rate, price, pos.quantity, amount, self.borrow.label))
+                if cur.rowcount:
+                    self.db.x("UPDATE paper_margin SET isolated_wallet = isolated_wallet + ? WHERE symbol = ?", (amount, pos.symbol))
+                    out.append(BorrowEvent(pos.symbol, float(h), rate, price, pos.quantity, amount, self.borrow.label))
+        return out
+
+    def _maybe_liquidate(self, symbol: str, t: float, market: str = "perp") -> LiquidationEvent | None:
+        pos = self._perp(symbol, market)
         if pos is None:
             return None
         try:
@@ -389,21 +466,24 @@ class PaperVenue:
             return None
         table = self.settings.spec(symbol).brackets
         lp = mm.liquidation_price(pos.isolated_wallet_usd, pos.quantity, pos.entry_price, table)
-        breached = snap.mark_high >= lp if pos.quantity < 0 else snap.mark_low <= lp
+        if market == "perp":
+            breached = snap.mark_high >= lp if pos.quantity < 0 else snap.mark_low <= lp
+        else:  # borrowed spot: judged on the spot close
+            breached = snap.spot >= lp if pos.quantity < 0 else snap.spot <= lp
         if not breached and pos.isolated_wallet_usd > 0:
             return None
         price = mm.bankruptcy_price(pos.isolated_wallet_usd, pos.quantity, pos.entry_price)
-        coid = f"liq-{symbol}-{int(t)}"
+        coid = f"liq-{symbol}-{int(t)}" if market == "perp" else f"liq-{symbol}-m-{int(t)}"
         side = "buy" if pos.quantity < 0 else "sell"
-        self.db.x("DELETE FROM paper_perp WHERE symbol = ?", (symbol,))
+        self.db.x(f"DELETE FROM {TABLES[market]} WHERE symbol = ?", (symbol,))
         self.db.x(
             "INSERT INTO paper_orders(client_order_id, symbol, market, side, requested_qty, filled_qty, avg_price, fee_usd,"
             " mid_price, status, reduce_only, reason, ts) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (coid, symbol, "perp", side, abs(pos.quantity), abs(pos.quantity), price, 0.0, snap.mark, "filled", 1,
-             f"liquidation: mark reached {lp:.2f}", t),
+            (coid, symbol, market, side, abs(pos.quantity), abs(pos.quantity), price, 0.0,
+             snap.mark if market == "perp" else snap.spot, "filled", 1, f"liquidation: price reached {lp:.2f}", t),
         )
         self.db.x(
-            "INSERT INTO paper_liquidations(symbol, time, quantity, price, loss_usd, client_order_id) VALUES (?,?,?,?,?,?)",
-            (symbol, t, pos.quantity, price, pos.isolated_wallet_usd, coid),
+            "INSERT INTO paper_liquidations(symbol, time, quantity, price, loss_usd, client_order_id, market) VALUES (?,?,?,?,?,?,?)",
+            (symbol, t, pos.quantity, price, pos.isolated_wallet_usd, coid, market),
         )
-        return LiquidationEvent(symbol, t, pos.quantity, price, pos.isolated_wallet_usd, coid)
+        return LiquidationEvent(symbol, t, pos.quantity, price, pos.isolated_wallet_usd, coid, market)

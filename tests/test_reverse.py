@@ -1,0 +1,147 @@
+"""Reverse cash-and-carry: short borrowed spot, long perp. Opened, carried across funding
+settlements and hourly borrow accruals and closed through the MCP tools over stdio; the money
+reconciles to fills, fees, funding and borrow; the watchdog closes on a borrow squeeze and
+the carry playbook exits when borrow costs more than the funding received."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mcp import Client
+
+from basis_mcp.borrow import BorrowModel, borrow_8h_pct
+from basis_mcp.clock import parse_time
+from basis_mcp.config import Settings
+from basis_mcp.playbooks import Signals
+from tests import scripted
+from tests.conftest import call, call_error, db_rows, stdio_params
+
+pytestmark = pytest.mark.anyio
+START = "2024-01-05T00:00:00Z"
+
+
+def backwardation(tmp: Path, rate: float = -0.0003) -> Path:
+    """BTC with the perp 0.5 % below spot and funding negative (longs receive), for 45 days."""
+    return scripted.write(tmp, BTC=scripted.Market(hours=24 * 45, basis_pct=-0.5, rate=rate),
+                          ETH=scripted.Market(hours=24 * 45, spot=2_000.0))
+
+
+SQUEEZE = "2024-02-02T00:00:00Z"  # the modelled spike scenario squeezes borrow ×10 for 72 h every 45 days: one starts here
+
+
+def test_the_borrow_model_is_deterministic_and_labelled() -> None:
+    calm, spike = BorrowModel("calm"), BorrowModel("spike")
+    t = parse_time("2024-01-05T00:00:00Z")
+    assert calm.apr_pct_at("BTC", t) == calm.apr_pct_at("BTC", t) and 1.4 <= calm.apr_pct_at("BTC", t) <= 2.6
+    assert calm.apr_pct_at("DOGE", t) > calm.apr_pct_at("ETH", t) > calm.apr_pct_at("BTC", t)
+    in_spike = 45 * 86400 * 400 + 3600  # an hour into a squeeze
+    assert spike.apr_pct_at("BTC", in_spike) == pytest.approx(10 * calm.apr_pct_at("BTC", in_spike))
+    assert spike.label == "modelled:spike" and borrow_8h_pct(8760.0) == pytest.approx(8.0)
+
+
+def test_a_reverse_position_reads_the_signals_mirrored_and_net_of_borrow() -> None:
+    s = Signals(basis_pct=-0.5, basis_smooth_pct=-0.4, basis_std_pct=0.05, funding_recent_8h_pct=-0.03, funding_carry_8h_pct=-0.02)
+    r = s.seen_by(-1, borrow_8h_pct=0.005)
+    assert (r.basis_pct, r.basis_smooth_pct, r.basis_std_pct) == (0.5, 0.4, 0.05)
+    assert r.funding_recent_8h_pct == pytest.approx(0.025) and r.funding_carry_8h_pct == pytest.approx(0.015)
+    assert s.seen_by(1) is s
+
+
+async def test_reverse_cash_and_carry_end_to_end_over_stdio(db: Path, tmp_path: Path) -> None:
+    data = backwardation(tmp_path)
+    args = ("--data", str(data), "--start", START)
+    async with Client(stdio_params(db, *args)) as client:
+        est = await call(client, "estimate_net_apy", {"symbol": "BTC", "notional_usd": 4000, "hold_days": 7,
+                                                      "strategy": "reverse_cash_and_carry"})
+        assert est["playbook_entry_ok"] and est["borrow_usd"] < 0 and est["borrow_rate_source"] == "modelled:calm"
+        assert est["basis_capture_usd"] > 0 and est["funding_usd"] > 0  # the long perp receives negative funding
+        out = await call(client, "enter_trade", {"symbol": "BTC", "notional_usd": 4000, "strategy": "reverse_cash_and_carry",
+                                                 "idempotency_key": "rev-1"})
+        pos = out["position"]
+        spot, perp = pos["legs"]
+        assert (spot["market"], spot["side"], perp["market"], perp["side"]) == ("margin_spot", "short", "perp", "long")
+        assert spot["held_quantity"] == pytest.approx(-perp["held_quantity"]) and perp["held_quantity"] > 0
+        assert pos["entry_basis_pct"] == pytest.approx(-0.5, abs=0.01) and spot["margin_usd"] > 0 and perp["margin_usd"] > 0
+        adv = await call(client, "advance_time", {"hours": 48})
+        mine = [f for f in adv["funding"] if f["position_id"] == pos["position_id"]]
+        assert len(mine) == 6 and all(f["amount_usd"] > 0 for f in mine)
+        assert adv["watchdog_actions"] == []
+        d = (await call(client, "check_delta", {"position_id": pos["position_id"]}))["positions"][0]
+        assert d["recommended_action"] == "hold" and {leg["market"] for leg in d["legs"]} == {"margin_spot", "perp"}
+        closed = await call(client, "exit_trade", {"position_id": pos["position_id"], "idempotency_key": "rev-1-x"})
+        assert closed["position"]["status"] == "closed"
+        realized = closed["realized"]
+        risk = await call(client, "risk_status", {})
+        assert risk["trading_state"] == "ACTIVE", risk["trading_state_reason"]
+    pid = pos["position_id"]
+    fills = db_rows(db, "SELECT * FROM fills WHERE position_id = ?", (pid,))
+    funding = sum(r["amount_usd"] for r in db_rows(db, "SELECT amount_usd FROM funding_payments WHERE position_id = ?", (pid,)))
+    borrow = db_rows(db, "SELECT * FROM borrow_payments WHERE position_id = ?", (pid,))
+    assert len(borrow) == 48 and all(b["amount_usd"] < 0 for b in borrow)  # one accrual an hour
+    assert db_rows(db, "SELECT COUNT(*) AS n FROM borrow_rates WHERE source = 'modelled:calm'")[0]["n"] >= 48
+    cash = sum((1 if f["side"] == "sell" else -1) * f["quantity"] * f["price"] for f in fills)
+    fees = sum(f["fee_usd"] for f in fills)
+    borrow_usd = sum(b["amount_usd"] for b in borrow)
+    assert realized["borrow_usd"] == pytest.approx(borrow_usd, abs=1e-6)
+    assert realized["total_usd"] == pytest.approx(cash - fees + funding + borrow_usd, abs=0.01)
+    usdt = db_rows(db, "SELECT free FROM paper_balances WHERE asset = 'USDT'")[0]["free"]
+    assert db_rows(db, "SELECT COUNT(*) AS n FROM paper_margin")[0]["n"] == 0  # the loan is repaid
+    assert usdt == pytest.approx(Settings().capital_usd + realized["total_usd"], abs=0.01)
+
+
+async def test_a_borrow_squeeze_closes_the_reverse_position(make_server, db: Path, tmp_path: Path) -> None:
+    data = backwardation(tmp_path)
+    settings = Settings(borrow_scenario="spike", borrow_spike_apr_pct=15.0)
+    async with Client(make_server(settings, start="2024-01-31T00:00:00Z", data_path=data)) as client:
+        out = await call(client, "enter_trade", {"symbol": "BTC", "notional_usd": 4000, "strategy": "reverse_cash_and_carry",
+                                                 "idempotency_key": "sq-1"})
+        assert out["position"]["status"] == "open"
+        adv = await call(client, "advance_time", {"hours": 50})
+        act = next(a for a in adv["watchdog_actions"] if a["rule"] == "borrow_spike")
+        assert act["action"] == "close" and act["borrow_apr_pct"] > 15
+    row = db_rows(db, "SELECT status, close_reason, closed_at FROM positions")[0]
+    assert row["status"] == "closed" and row["close_reason"] == "watchdog: borrow_spike"
+    assert row["closed_at"] == parse_time(SQUEEZE)
+
+
+async def test_the_carry_playbook_exits_when_borrow_costs_more_than_the_funding_received(make_server, db: Path,
+                                                                                      tmp_path: Path) -> None:
+    m = scripted.Market(hours=24 * 45, basis_pct=-0.5, rate=-0.0003)
+    m.set_rates_from("2024-01-26T00:00:00Z", -0.00001)  # the funding longs receive falls to 0.001 %/8h
+    data = scripted.write(tmp_path, BTC=m)
+    # the borrow squeeze from SQUEEZE on costs ~0.018 %/8h: more than the funding received (the spike rule is set aside)
+    settings = Settings(borrow_scenario="spike", borrow_spike_apr_pct=500.0)
+    async with Client(make_server(settings, start="2024-01-25T00:00:00Z", data_path=data)) as client:
+        await call(client, "enter_trade", {"symbol": "BTC", "notional_usd": 4000, "strategy": "reverse_cash_and_carry",
+                                           "playbook": "carry", "idempotency_key": "c-1"})
+        adv = await call(client, "advance_time", {"hours": 24 * 7})  # to 2024-02-01: calm borrow, the carry still pays
+        assert adv["watchdog_actions"] == []
+        adv = await call(client, "advance_time", {"hours": 24})
+        act = next(a for a in adv["watchdog_actions"] if a["rule"] == "carry_funding_exit")
+        assert act["funding_carry_8h_pct"] < -0.005
+    row = db_rows(db, "SELECT status, closed_at FROM positions")[0]
+    assert row["status"] == "closed" and row["closed_at"] >= parse_time(SQUEEZE)
+
+
+async def test_a_reverse_trade_on_a_venue_that_does_not_lend_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    """Live venues in this release trade spot and perps only: a borrowed-spot leg is refused there, nothing sent."""
+    from basis_mcp.desk import Desk
+    from basis_mcp.errors import Rejected
+
+    desk = Desk.open_replay(Settings(), tmp_path / "b.db", data_path=backwardation(tmp_path), start=START)
+    await desk.start()
+    try:
+        desk.venue.markets = frozenset({"spot", "perp"})  # what the ccxt venue offers
+        with pytest.raises(Rejected, match=r"does not trade the spot \(margin_spot\) leg; nothing was sent"):
+            await desk.enter("BTC", 4000, None, "x-1", "reverse_cash_and_carry")
+        assert desk.store.one("SELECT COUNT(*) AS n FROM positions")["n"] == 0
+    finally:
+        desk.close()
+
+
+async def test_bad_strategy_input_names_the_field(make_server, tmp_path: Path) -> None:
+    async with Client(make_server(start=START, data_path=backwardation(tmp_path))) as client:
+        text = await call_error(client, "estimate_net_apy", {"symbol": "BTC", "notional_usd": 4000, "hold_days": 7,
+                                                             "strategy": "calendar_spread"})
+        assert "strategy" in text and "reverse_cash_and_carry" in text
