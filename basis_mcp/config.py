@@ -323,6 +323,8 @@ _ENV_FIELDS = {
     "max_drawdown",
     "max_realised_vol_1h_pct",
     "max_orders_per_minute",
+    "borrow_scenario",
+    "borrow_spike_apr_pct",
 }
 
 

@@ -139,6 +139,7 @@ class EstimateNetApyInput(InputModel):
 
 class SizePositionInput(InputModel):
     symbol: Symbol
+    strategy: str = STRATEGY_FIELD
     playbook: PlaybookName = "convergence"
     leverage: FiniteFloat | None = Field(None, ge=1, description="Perp leverage; default: the desk's default. Must not exceed the desk's cap.")
     target_notional_usd: FiniteFloat | None = Field(None, gt=0, le=1e12, description="Notional you would like; the answer is capped by every limit.")
@@ -348,18 +349,31 @@ class CapOut(BaseModel):
 
 class SizePositionOutput(ToolOutput):
     symbol: str
+    strategy: str = Field("cash_and_carry", description="The trade shape sized: its legs decide the capital per dollar.")
     playbook: str
     max_hold_days: float = Field(description="The playbook's max hold: the server plans the exit after it.")
     tier: str
     leverage: float
-    recommended_notional_usd: float = Field(description="Largest spot-leg notional every cap allows, rounded down to the lot step.")
-    quantity: float = Field(description="Base quantity for each leg.")
-    binding_cap: str = Field(description="Name of the cap that limits the size.")
+    recommended_notional_usd: float = Field(description="The size to trade: max_notional_usd × the volatility regime and "
+                                            "basis stability scales (see sizing_note), rounded down to the lot step.")
+    max_notional_usd: float = Field(0.0, description="Largest spot-leg notional every cap allows (what enter_trade enforces).")
+    quantity: float = Field(description="Base quantity for each leg at recommended_notional_usd.")
+    binding_cap: str = Field(description="Name of the cap that limits max_notional_usd.")
     caps: list[CapOut]
     free_capital_usd: float
-    capital_required_usd: float = Field(description="Spot cost + perp margin + entry fees/slippage.")
+    capital_required_usd: float = Field(description="Cash the entry ties up: owned spot + margin of every leveraged leg "
+                                        "(perp, borrowed spot) + entry fees/slippage.")
     margin_usd: float
     entry_costs_usd: float
+    regime: str = Field("unknown", description="Realised-volatility regime of the last 7 days of hourly spot returns: low "
+                        "(< 40 %/yr), medium (< 70 %), high (< 120 %), extreme, or unknown (fewer than 96 hourly returns).")
+    realised_vol_7d_pct: float | None = Field(None, description="That volatility, annualised, percent.")
+    regime_scale: float = Field(1.0, description="Size multiplier of the regime: 1.0 / 0.8 / 0.5 / 0.2, 0.3 unknown.")
+    basis_std_pct: float | None = Field(None, description="Std of the basis over the z-score window, percent.")
+    basis_stability_scale: float = Field(1.0, description="Size multiplier for an erratic basis: 1.0 up to a std of 0.05 %, "
+                                         "down to 0.5 at 0.25 %.")
+    sizing_note: str = Field("", description="Which scales applied to recommended_notional_usd and why (advice: "
+                             "enter_trade enforces the caps, not the scales).")
 
 
 class FillOut(BaseModel):

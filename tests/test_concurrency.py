@@ -489,7 +489,7 @@ async def test_sequential_size_position_then_enter_stays_within_tier_allocation(
         await call(client, "enter_trade", {"symbol": "BTC", "notional_usd": 1_213.63, "idempotency_key": "btc-17"})
         size = await call(client, "size_position", {"symbol": "ETH"})
         assert size["binding_cap"] == "tier_allocation_headroom"
-        await call(client, "enter_trade", {"symbol": "ETH", "notional_usd": size["recommended_notional_usd"], "idempotency_key": "eth-fill"})
+        await call(client, "enter_trade", {"symbol": "ETH", "notional_usd": size["max_notional_usd"], "idempotency_key": "eth-fill"})
         rs = await call(client, "risk_status")
         tier = next(lim for lim in rs["limits"] if lim["name"] == "tier_allocation_anchor")
         assert tier["ok"] and tier["current"] <= tier["limit"] + EPS, tier
@@ -510,7 +510,7 @@ async def test_sequential_free_capital_check_covers_the_perp_margin(db: Path, ma
         await call(client, "enter_trade", {"symbol": "BTC", "notional_usd": 2_500.0, "idempotency_key": "btc-2500"})
         size = await call(client, "size_position", {"symbol": "ETH"})
         r = await client.call_tool(
-            "enter_trade", {"symbol": "ETH", "notional_usd": size["recommended_notional_usd"], "idempotency_key": "eth-sized"}
+            "enter_trade", {"symbol": "ETH", "notional_usd": size["max_notional_usd"], "idempotency_key": "eth-sized"}
         )
         text = r.content[0].text if r.is_error and r.content else ""
         assert not (r.is_error and "refused by the venue" in text), f"guardrail admitted an entry the venue refused: {text}"

@@ -145,3 +145,46 @@ async def test_bad_strategy_input_names_the_field(make_server, tmp_path: Path) -
         text = await call_error(client, "estimate_net_apy", {"symbol": "BTC", "notional_usd": 4000, "hold_days": 7,
                                                              "strategy": "calendar_spread"})
         assert "strategy" in text and "reverse_cash_and_carry" in text
+
+
+async def test_a_replay_from_june_2025_finds_and_opens_the_reverse_trade(make_server, db: Path) -> None:
+    """Summer 2025: every basis is slightly negative (−0.04 %) with positive funding, so neither trade
+    pays its round trip and the guardrails refuse both (honestly). The agent keeps scanning; in the
+    2025-10-10 crash SOL's perp trades 1.4 % under spot: the scan points to the reverse trade, the
+    estimate passes and the position opens."""
+    async with Client(make_server(start="2025-06-01T00:00:00Z")) as client:
+        scan = await call(client, "scan_basis", {})
+        assert {s["strategy"] for s in scan["snapshots"]} == {"reverse_cash_and_carry"}
+        est = await call(client, "estimate_net_apy", {"symbol": "SOL", "notional_usd": 2000, "hold_days": 3,
+                                                      "strategy": "reverse_cash_and_carry"})
+        assert not est["playbook_entry_ok"] and est["borrow_rate_source"] == "modelled:calm"
+        target = parse_time("2025-10-10T22:00:00Z")
+        while True:
+            now = parse_time((await call(client, "risk_status", {}))["market_time"])
+            if now >= target:
+                break
+            await call(client, "advance_time", {"hours": min(720.0, (target - now) / 3600)})
+        sol = next(s for s in (await call(client, "scan_basis", {"symbols": ["SOL"]}))["snapshots"])
+        assert sol["strategy"] == "reverse_cash_and_carry" and sol["basis_pct"] < -1.0
+        est = await call(client, "estimate_net_apy", {"symbol": "SOL", "notional_usd": 2000, "hold_days": 3,
+                                                      "strategy": "reverse_cash_and_carry"})
+        assert est["playbook_entry_ok"] and est["net_usd"] > 0
+        out = await call(client, "enter_trade", {"symbol": "SOL", "notional_usd": 2000, "strategy": "reverse_cash_and_carry",
+                                                 "expected_hold_days": 3, "idempotency_key": "crash-1"})
+        assert out["position"]["status"] == "open" and out["position"]["entry_basis_pct"] < -1.0
+
+
+async def test_size_position_counts_the_reverse_trades_capital(make_server, tmp_path: Path) -> None:
+    """Borrowed spot ties up margin, not its whole value: at 2x the same notional needs two thirds
+    of a cash-and-carry's capital (spot margin + perp margin vs the whole spot + perp margin)."""
+    settings = Settings(capital_usd=6_000, max_position_notional_usd=50_000)
+    async with Client(make_server(settings, start=START, data_path=backwardation(tmp_path))) as client:
+        cc = await call(client, "size_position", {"symbol": "BTC", "target_notional_usd": 2000})
+        rev = await call(client, "size_position", {"symbol": "BTC", "target_notional_usd": 2000, "strategy": "reverse_cash_and_carry"})
+        assert rev["strategy"] == "reverse_cash_and_carry" and rev["max_notional_usd"] == pytest.approx(cc["max_notional_usd"])
+        assert rev["recommended_notional_usd"] == pytest.approx(cc["recommended_notional_usd"])
+        assert rev["capital_required_usd"] == pytest.approx(2 / 3 * cc["capital_required_usd"], rel=0.01)
+        assert rev["margin_usd"] == pytest.approx(rev["recommended_notional_usd"], rel=0.01)  # spot and perp margin at 2x
+        big = await call(client, "size_position", {"symbol": "BTC", "strategy": "reverse_cash_and_carry"})
+        small = await call(client, "size_position", {"symbol": "BTC"})
+        assert big["binding_cap"] == small["binding_cap"] == "tier_single_position"

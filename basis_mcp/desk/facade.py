@@ -409,8 +409,9 @@ class Desk:
                                                     exit_basis_pct, basis_pct, playbook, spec)
 
     async def size(self, symbol: str, leverage: float | None, target_notional_usd: float | None,
-                   playbook: str = "convergence") -> SizePositionOutput:
-        return await self.research.size(symbol, leverage, target_notional_usd, playbook)
+                   playbook: str = "convergence", strategy: str = "cash_and_carry") -> SizePositionOutput:
+        spec, playbook = self._strategy(strategy, playbook)
+        return await self.research.size(symbol, leverage, target_notional_usd, playbook, spec)
 
     async def seconds_to_funding(self, symbol: str) -> SecondsToFundingOutput:
         return await self.research.seconds_to_funding(symbol)

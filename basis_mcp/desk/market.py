@@ -221,6 +221,20 @@ class MarketData:
                             (symbol, self.now(), window))
         return np.array([r["basis_pct"] for r in reversed(rows)], dtype=np.float64), rows
 
+    def hourly_returns(self, symbol: str, span_s: float) -> np.ndarray:
+        """Log returns of the spot price between consecutive hourly samples over the last ``span_s``
+        (a gap breaks the chain: no return spans it)."""
+        rows = self.store.q("SELECT ts, spot FROM basis_samples WHERE symbol = ? AND ts > ? AND ts <= ? ORDER BY ts",
+                            (symbol, self.now() - span_s, self.now()))
+        if len(rows) < 2:
+            return np.zeros(0)
+        t = np.array([r["ts"] for r in rows], dtype=np.float64)
+        p = np.array([r["spot"] for r in rows], dtype=np.float64)
+        consecutive = np.diff(t) == self.settings.zscore_sample_seconds
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = np.diff(np.log(p))
+        return r[consecutive]
+
     # ------------------------------------------------------------------ what the rules read
 
     def signals(self, sym: str, snap: Snapshot) -> Signals:

@@ -29,8 +29,14 @@ from basis_mcp.models import (
     Unavailable,
     ZScoreOutput,
 )
-from basis_mcp.signals import estimate_net_return, funding_8h_pct, funding_apr_pct, zscore_stats
-from basis_mcp.sizing import size_position
+from basis_mcp.signals import (
+    ZSCORE_MIN_SAMPLES,
+    estimate_net_return,
+    funding_8h_pct,
+    funding_apr_pct,
+    zscore_stats,
+)
+from basis_mcp.sizing import Cap, basis_stability_scale, size_position, vol_regime
 from basis_mcp.store import Store
 from basis_mcp.strategies.base import StrategySpec
 from basis_mcp.strategies.cash_and_carry import CASH_AND_CARRY
@@ -253,23 +259,45 @@ class Research:
         )
 
     async def size(self, symbol: str, leverage: float | None, target_notional_usd: float | None,
-                   playbook: str = "convergence") -> SizePositionOutput:
+                   playbook: str = "convergence", strategy: StrategySpec = CASH_AND_CARRY) -> SizePositionOutput:
         sym = self.market.resolve(symbol)
         lev = self.risk.check_leverage(leverage)
         snap = self.market.snapshot(sym)
         spec = self.settings.spec(sym)
         free = await self.risk.free_capital_usd()
-        res = size_position(
-            spot_price=snap.spot,
-            leverage=lev,
-            costs=spec.costs,
-            free_capital_usd=free,
-            caps=self.risk.caps(sym),
-            qty_step=spec.qty_step,
-            min_notional_usd=spec.min_notional_usd,
-            target_notional_usd=target_notional_usd,
-            perp_price=snap.perp,
-        )
+        capital_fn = None
+        if strategy is not CASH_AND_CARRY:  # another shape: the capital its planned legs tie up, per dollar of first leg
+            def capital_fn(notional: float) -> float:
+                planned = self.risk.plan(strategy, sym, max(notional, spec.min_notional_usd))
+                first = planned[0].quantity * planned[0].mid
+                return self.risk.capital_required_usd(planned, lev) / first if first > 0 else 1.0 + 1.0 / lev
+
+        def sized(extra: list[Cap]) -> Any:
+            return size_position(spot_price=snap.spot, leverage=lev, costs=spec.costs, free_capital_usd=free,
+                                 caps=self.risk.caps(sym) + extra, qty_step=spec.qty_step, min_notional_usd=spec.min_notional_usd,
+                                 target_notional_usd=target_notional_usd, perp_price=snap.perp,
+                                 capital_per_notional_fn=capital_fn)
+
+        res = sized([])
+        regime = vol_regime(self.market.hourly_returns(sym, 7 * 86400.0))
+        tr = self.market.z.get(sym)
+        std = tr.std if tr is not None and tr.n >= ZSCORE_MIN_SAMPLES else None
+        stability = basis_stability_scale(std)
+        scale = regime.scale * stability
+        vol_txt = "unknown (too few hourly returns)" if regime.realised_vol_pct is None else f"{regime.realised_vol_pct:.0f}%/yr"
+        note = (f"7-day realised vol {vol_txt}: {regime.name} regime ×{regime.scale:g}; basis std "
+                + ("not measured yet" if std is None else f"{std:.3f}%") + f" ×{stability:.3g}")
+        limits = res  # what the caps allow (what enter_trade enforces)
+        if scale < 1.0 and res.notional_usd > 0:
+            res = sized([Cap("volatility_regime", res.notional_usd * scale,
+                             f"{res.binding_cap} limit ${res.notional_usd:,.2f} × {scale:.3g} ({note})")])
+            if res.quantity <= 0:
+                note += f": the scaled size is below the venue minimum of ${spec.min_notional_usd:,.2f}"
+        margin, costs = res.margin_usd, res.fees_and_slippage_usd
+        if capital_fn is not None and res.quantity > 0:
+            planned = self.risk.plan(strategy, sym, res.notional_usd)
+            margin = sum(p.quantity * p.mid / lev for p in planned if p.spec.market != "spot")
+            costs = res.capital_required_usd - margin - sum(p.quantity * p.mid for p in planned if p.spec.market == "spot")
         return SizePositionOutput(
             symbol=sym,
             playbook=playbook,
@@ -278,12 +306,20 @@ class Research:
             leverage=lev,
             recommended_notional_usd=_r(res.notional_usd, 6) or 0.0,
             quantity=res.quantity,
-            binding_cap=res.binding_cap,
+            binding_cap=limits.binding_cap,
+            max_notional_usd=_r(limits.notional_usd, 6) or 0.0,
             caps=[CapOut(name=c.name, limit_usd=_r(c.limit_usd, 6) or 0.0, detail=c.detail) for c in res.caps],
             free_capital_usd=_r(free, 6) or 0.0,
             capital_required_usd=_r(res.capital_required_usd, 6) or 0.0,
-            margin_usd=_r(res.margin_usd, 6) or 0.0,
-            entry_costs_usd=_r(res.fees_and_slippage_usd, 6) or 0.0,
+            margin_usd=_r(margin, 6) or 0.0,
+            entry_costs_usd=_r(costs, 6) or 0.0,
+            strategy=strategy.name,
+            regime=regime.name,
+            realised_vol_7d_pct=_r(regime.realised_vol_pct, 4),
+            regime_scale=regime.scale,
+            basis_std_pct=_r(std, 6),
+            basis_stability_scale=_r(stability, 4) or 0.0,
+            sizing_note=note + (f": recommended size ×{scale:.3g} of max_notional_usd" if scale < 1.0 else ": full size"),
         )
 
     async def seconds_to_funding(self, symbol: str) -> SecondsToFundingOutput:

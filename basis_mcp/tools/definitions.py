@@ -28,7 +28,7 @@ async def _apy(desk, inp: m.EstimateNetApyInput, ctx: Context) -> m.NetApyEstima
 
 
 async def _size(desk, inp: m.SizePositionInput, ctx: Context) -> m.SizePositionOutput:
-    return await desk.size(inp.symbol, inp.leverage, inp.target_notional_usd, inp.playbook)
+    return await desk.size(inp.symbol, inp.leverage, inp.target_notional_usd, inp.playbook, inp.strategy)
 
 
 async def _enter(desk, inp: m.EnterTradeInput, ctx: Context) -> m.EnterTradeOutput:
