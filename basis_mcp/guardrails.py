@@ -52,6 +52,8 @@ class EntryReadings:
     stop_now: str | None = None  # the basis stop would fire at once
     orders_per_entry: int = 2  # one per leg
     leg_problems: tuple[str, ...] = ()  # legs on another coin: under that coin's venue minimum, or over its tier's caps
+    borrow_apr_pct: float | None = None  # a borrowed-spot leg's borrow rate now, percent a year
+    borrow_limit_apr_pct: float = 50.0  # the watchdog closes above this: no entry above it either
 
 
 def pre_trade_violations(r: EntryReadings) -> list[Violation]:
@@ -98,6 +100,10 @@ def pre_trade_violations(r: EntryReadings) -> list[Violation]:
         )
     if r.stop_now:
         v.append(Violation("basis_pct", "smoothed", r.stop_now))
+    if r.borrow_apr_pct is not None and r.borrow_apr_pct > r.borrow_limit_apr_pct:
+        v.append(Violation("borrow_apr_pct", round(r.borrow_apr_pct, 3),
+                           f"borrowing {r.symbol} costs more than {r.borrow_limit_apr_pct:g}%/yr now: the watchdog would close "
+                           "the position at once (borrow_spike)"))
     if r.playbook == "carry":
         if r.carry_refusal:
             v.append(Violation("playbook", "carry", f"carry entry rule: {r.carry_refusal}"))

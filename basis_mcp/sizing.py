@@ -140,7 +140,8 @@ def leg_capital_usd(market: str, side: str, qty: float, mid: float, leverage: fl
 REGIMES: tuple[tuple[float, str, float], ...] = ((40.0, "low", 1.0), (70.0, "medium", 0.8), (120.0, "high", 0.5),
                                                  (math.inf, "extreme", 0.2))
 UNKNOWN_SCALE = 0.3
-MIN_REGIME_RETURNS = 96  # four of the seven days: fewer hourly returns and the regime is unknown
+MIN_REGIME_HOURS = 96.0  # four of the seven days: returns covering less and the regime is unknown
+MIN_REGIME_RETURNS = 96  # (hourly returns)
 STABLE_BASIS_STD_PCT = 0.05  # a basis this steady (std over the z-score window) gets the full size
 ERRATIC_BASIS_STD_PCT = 0.25  # ... this erratic, half of it
 
@@ -153,15 +154,15 @@ class Regime:
     returns: int
 
 
-def vol_regime(hourly_log_returns: np.ndarray) -> Regime:
-    """The realised-volatility regime of the last 7 days of hourly returns (annualised √8760):
-    low < 40 %, medium < 70 %, high < 120 %, extreme above; sized 1.0 / 0.8 / 0.5 / 0.2, and
-    0.3 when fewer than `MIN_REGIME_RETURNS` returns say anything."""
-    r = np.asarray(hourly_log_returns, dtype=np.float64)
+def vol_regime(log_returns: np.ndarray, period_s: float = 3600.0) -> Regime:
+    """The realised-volatility regime of the last 7 days of returns, each ``period_s`` long (hourly by
+    default), annualised by √(periods a year): low < 40 %, medium < 70 %, high < 120 %, extreme
+    above; sized 1.0 / 0.8 / 0.5 / 0.2, and 0.3 when the returns cover less than four days."""
+    r = np.asarray(log_returns, dtype=np.float64)
     r = r[np.isfinite(r)]
-    if r.size < MIN_REGIME_RETURNS:
+    if r.size < 2 or r.size * period_s / 3600.0 < MIN_REGIME_HOURS:
         return Regime("unknown", None, UNKNOWN_SCALE, int(r.size))
-    vol = float(np.std(r, ddof=1)) * math.sqrt(8760.0) * 100.0
+    vol = float(np.std(r, ddof=1)) * math.sqrt(365.0 * 86400.0 / period_s) * 100.0
     for limit, name, scale in REGIMES:
         if vol < limit:
             return Regime(name, vol, scale, int(r.size))

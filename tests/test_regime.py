@@ -68,3 +68,37 @@ async def test_size_position_scales_a_volatile_market_down_and_says_why(make_ser
     scale = 0.2 * eth["basis_stability_scale"]
     assert eth["max_notional_usd"] * scale - 2_040 * 0.0001 <= eth["recommended_notional_usd"] <= eth["max_notional_usd"] * scale
     assert btc["recommended_notional_usd"] == btc["max_notional_usd"]
+
+
+def test_returns_of_any_length_are_annualised_by_their_own_length() -> None:
+    two_hourly = returns_with_vol(90.0, 84) * math.sqrt(2.0)  # the same 90 %/yr market seen every 2 h
+    reg = vol_regime(two_hourly, period_s=7200.0)
+    assert reg.name == "high" and reg.realised_vol_pct == pytest.approx(90.0)
+    assert vol_regime(two_hourly[:40], period_s=7200.0).name == "unknown"  # 80 h: less than four days
+
+
+@pytest.mark.parametrize("sample_seconds", [300, 3600, 7200])
+async def test_the_regime_does_not_depend_on_the_sampling_interval(tmp_path: Path, sample_seconds: int) -> None:
+    """Five-minute samples (live) are read at the last sample of each hour; two-hour samples as
+    two-hour returns: a 100 %/yr market is 'high' either way (never 'low', never 'unknown')."""
+    from basis_mcp.config import Settings
+    from basis_mcp.desk import Desk
+
+    data = scripted.write(tmp_path, BTC=scripted.Market(hours=24 * 30))
+    desk = Desk.open_replay(Settings(zscore_sample_seconds=sample_seconds), tmp_path / "b.db", data_path=data,
+                            start="2024-01-15T00:00:00Z")
+    try:
+        now = desk.now()
+        n = int(7 * 86400 / sample_seconds)
+        sigma = 100.0 / 100.0 / math.sqrt(365 * 86400 / sample_seconds)  # a random walk at 100 %/yr
+        path = 100_000.0 * np.exp(np.cumsum(np.random.default_rng(3).standard_normal(n) * sigma))
+        ts = now - sample_seconds * np.arange(n)[::-1]
+        with desk.store.tx():
+            desk.store.x("DELETE FROM basis_samples")
+            desk.store.conn.executemany("INSERT INTO basis_samples(symbol, ts, spot, perp, basis_pct) VALUES ('BTC',?,?,?,0.1)",
+                                        [(int(t), float(p), float(p) * 1.001) for t, p in zip(ts, path, strict=True)])
+        returns, period = desk.market.spot_returns("BTC", 7 * 86400.0)
+        reg = vol_regime(returns, period)
+        assert period == max(sample_seconds, 3600) and reg.name == "high", (reg, returns.size)
+    finally:
+        desk.close()

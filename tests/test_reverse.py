@@ -188,3 +188,23 @@ async def test_size_position_counts_the_reverse_trades_capital(make_server, tmp_
         big = await call(client, "size_position", {"symbol": "BTC", "strategy": "reverse_cash_and_carry"})
         small = await call(client, "size_position", {"symbol": "BTC"})
         assert big["binding_cap"] == small["binding_cap"] == "tier_single_position"
+
+
+async def test_no_reverse_entry_into_a_borrow_squeeze(make_server, tmp_path: Path) -> None:
+    settings = Settings(borrow_scenario="spike", borrow_spike_apr_pct=15.0)
+    async with Client(make_server(settings, start="2024-02-02T02:00:00Z", data_path=backwardation(tmp_path))) as client:
+        text = await call_error(client, "enter_trade", {"symbol": "BTC", "notional_usd": 4000, "strategy": "reverse_cash_and_carry",
+                                                        "idempotency_key": "sq-2"})
+        assert "borrow_apr_pct" in text and "borrow_spike" in text
+        text = await call_error(client, "enter_trade", {"symbol": "BTC", "notional_usd": 4000, "idempotency_key": "cc-2"})
+        assert "borrow" not in text  # the forward trade does not borrow (it is refused here only for its economics)
+
+
+async def test_a_reverse_position_shows_its_spot_prices(make_server, tmp_path: Path) -> None:
+    async with Client(make_server(start=START, data_path=backwardation(tmp_path))) as client:
+        out = await call(client, "enter_trade", {"symbol": "BTC", "notional_usd": 4000, "strategy": "reverse_cash_and_carry",
+                                                 "idempotency_key": "p-1"})
+        pos = out["position"]
+        assert pos["entry_spot_price"] == pos["legs"][0]["entry_price"] and pos["entry_perp_price"] == pos["legs"][1]["entry_price"]
+        closed = await call(client, "exit_trade", {"position_id": pos["position_id"], "idempotency_key": "p-1-x"})
+        assert closed["position"]["exit_spot_price"] == closed["position"]["legs"][0]["exit_price"] is not None

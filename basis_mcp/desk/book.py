@@ -228,9 +228,9 @@ class Book:
         legs = self.legs(pid)
         held = self.held(pid, fills)
         p = pnl(fills, self.funding_amounts(pid), None, self.borrow_amounts(pid))
-        first = {}
-        for leg in legs:
-            first.setdefault(leg.market, leg)
+        first: dict[str, Leg] = {}
+        for leg in legs:  # the first spot-like leg (owned or borrowed) and the first perp
+            first.setdefault("spot" if leg.market in ("spot", "margin_spot") else leg.market, leg)
         spot, perp = first.get("spot"), first.get("perp")
         return PositionOut(
             position_id=pid,

@@ -221,19 +221,24 @@ class MarketData:
                             (symbol, self.now(), window))
         return np.array([r["basis_pct"] for r in reversed(rows)], dtype=np.float64), rows
 
-    def hourly_returns(self, symbol: str, span_s: float) -> np.ndarray:
-        """Log returns of the spot price between consecutive hourly samples over the last ``span_s``
-        (a gap breaks the chain: no return spans it)."""
+    def spot_returns(self, symbol: str, span_s: float) -> tuple[np.ndarray, float]:
+        """(log returns of the spot price over the last ``span_s``, seconds each return spans). Samples
+        finer than an hour are taken at the last one of each hour, so the returns are hourly whatever
+        the sampling interval; a coarser interval gives returns of that length. A gap breaks the
+        chain: no return spans it."""
         rows = self.store.q("SELECT ts, spot FROM basis_samples WHERE symbol = ? AND ts > ? AND ts <= ? ORDER BY ts",
                             (symbol, self.now() - span_s, self.now()))
+        period = float(max(self.settings.zscore_sample_seconds, 3600))
         if len(rows) < 2:
-            return np.zeros(0)
+            return np.zeros(0), period
         t = np.array([r["ts"] for r in rows], dtype=np.float64)
         p = np.array([r["spot"] for r in rows], dtype=np.float64)
-        consecutive = np.diff(t) == self.settings.zscore_sample_seconds
+        bucket = np.floor(t / period)
+        last = np.flatnonzero(np.append(np.diff(bucket) != 0, True))  # the last sample of each period
+        bucket, p = bucket[last], p[last]
         with np.errstate(invalid="ignore", divide="ignore"):
             r = np.diff(np.log(p))
-        return r[consecutive]
+        return r[np.diff(bucket) == 1], period
 
     # ------------------------------------------------------------------ what the rules read
 

@@ -279,7 +279,7 @@ class Research:
                                  capital_per_notional_fn=capital_fn)
 
         res = sized([])
-        regime = vol_regime(self.market.hourly_returns(sym, 7 * 86400.0))
+        regime = vol_regime(*self.market.spot_returns(sym, 7 * 86400.0))
         tr = self.market.z.get(sym)
         std = tr.std if tr is not None and tr.n >= ZSCORE_MIN_SAMPLES else None
         stability = basis_stability_scale(std)

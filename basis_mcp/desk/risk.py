@@ -312,5 +312,7 @@ class Risk:
             stop_now=self.stop_fires_at_entry(sym, snap, strategy) if has_basis and playbook != "none" else None,
             orders_per_entry=len(planned),
             leg_problems=below,
+            borrow_apr_pct=self.market.borrow_apr_pct(sym)[0] if self.market.borrows(strategy) else None,
+            borrow_limit_apr_pct=self.settings.borrow_spike_apr_pct,
         )
         return readings, snap, planned
