@@ -461,3 +461,40 @@ def load_any(path: Path | str | None, symbols: list[str] | None = None) -> dict[
     if not p.exists():
         raise DataError(f"data path not found: {p}")
     return load_extract(p, symbols)
+
+
+# --------------------------------------------------------------------------- funding on several venues
+
+FUNDING_VENUES_FILE = "funding_venues.npz"
+
+
+@dataclass(frozen=True)
+class FundingSeries:
+    """One venue's settled funding for one perpetual: settlement times (epoch s) and rates (fractions)."""
+
+    venue: str
+    symbol: str
+    time: np.ndarray  # int64
+    rate: np.ndarray  # float64
+
+    @property
+    def interval_hours(self) -> float:
+        """The venue's usual settlement interval (the most common gap between settlements)."""
+        gaps, counts = np.unique(np.diff(self.time), return_counts=True)
+        return float(gaps[np.argmax(counts)]) / HOUR if gaps.size else 8.0
+
+
+def load_funding_venues(path: Path | str | None = None) -> dict[tuple[str, str], FundingSeries]:
+    """Real funding history of Binance, Bybit, Gate and dYdX (BTC, ETH, 2020/21–2023), shipped with the
+    package (see `basis_mcp/data/README.md` for the source and its licence), keyed (venue, symbol)."""
+    path = Path(path) if path is not None else Path(__file__).parent / "data" / FUNDING_VENUES_FILE
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    out: dict[tuple[str, str], FundingSeries] = {}
+    with np.load(path) as z:
+        scale = float(z["scale"][0])
+        for key in (str(k) for k in z["series"]):
+            venue, sym = key.split("/")
+            t = np.concatenate((z[key + "/time0"], z[key + "/time0"][0] + np.cumsum(z[key + "/dtime"].astype(np.int64))))
+            out[(venue, sym)] = FundingSeries(venue, sym, t, z[key + "/rate"].astype(np.int64) / scale)
+    return out

@@ -344,3 +344,22 @@ def entry_expected_net_usd(
         direction=direction,
         borrow_rate_hourly=borrow_rate_hourly,
     ).net_usd
+
+
+def funding_apr_pct_between(times: np.ndarray, rates: np.ndarray, t0: float, t1: float) -> float:
+    """What a SHORT received from one venue's perp over (t0, t1], as percent a year of notional: the
+    settlements in the span summed and divided by the span's length, so venues paying every hour
+    and every 8 hours are compared per unit of time, each on its own schedule (a missing settlement
+    simply pays nothing)."""
+    if t1 <= t0:
+        raise ValueError("t1 must be after t0")
+    lo = int(np.searchsorted(times, t0, side="right"))
+    hi = int(np.searchsorted(times, t1, side="right"))
+    return float(np.sum(rates[lo:hi])) / (t1 - t0) * 365.0 * 86400.0 * 100.0
+
+
+def funding_differential_apr_pct(rich: tuple[np.ndarray, np.ndarray], cheap: tuple[np.ndarray, np.ndarray],
+                                 t0: float, t1: float) -> float:
+    """The cross-exchange carry over (t0, t1]: short the perp on the venue whose funding is richer,
+    long it where it is cheaper; percent a year of notional per leg, before costs."""
+    return funding_apr_pct_between(*rich, t0, t1) - funding_apr_pct_between(*cheap, t0, t1)
