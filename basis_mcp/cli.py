@@ -196,8 +196,13 @@ def _backtest(args: argparse.Namespace) -> int:
           f"{params.sizing} sizing, fills {'at the signal bar' if delay == 0 else f'{delay / 3600:g} h after the signal'} "
           f"({args.engine} engine)")
     print(f"trades {s['trades']}  win rate {s['win_rate_pct']}%  avg hold {s['avg_hold_days']} d  exposure {s['exposure_pct']}%")
-    print(f"basis ${s['basis_pnl_usd']:,.2f}  funding ${s['funding_usd']:,.2f}  fees ${s['fees_usd']:,.2f}  "
-          f"slippage ${s['slippage_usd']:,.2f}  =  P&L ${s['total_pnl_usd']:,.2f}")
+    borrow = s.get("borrow_usd", 0.0)
+    print(f"basis ${s['basis_pnl_usd']:,.2f}  funding ${s['funding_usd']:,.2f}  "
+          + (f"borrow ${borrow:,.2f} (modelled: {params.borrow_scenario})  " if params.direction == -1 else "")
+          + f"fees ${s['fees_usd']:,.2f}  slippage ${s['slippage_usd']:,.2f}  =  P&L ${s['total_pnl_usd']:,.2f}")
+    if params.direction == -1:
+        print("strategy reverse_cash_and_carry: short borrowed spot, long perp; borrow interest MODELLED "
+              "(basis_mcp/borrow.py), margin top-ups not modelled in the backtest")
     print(f"return {s['total_return_pct']}% of ${params.capital_usd:,.0f}  APY {s['apy_pct']}%  "
           f"APY while invested {s['apy_while_invested_pct']}%  Sharpe {s['sharpe']}  max drawdown {s['max_drawdown_pct']}%")
     print("exits: " + ", ".join(f"{k} {v}" for k, v in s["exit_reasons"].items()) + f"  (emergency {s['emergency_exit_pct']}%)")

@@ -193,6 +193,12 @@ DateStr = Annotated[str, StringConstraints(min_length=4, max_length=32, pattern=
 class BacktestInput(InputModel):
     symbols: list[Symbol] = Field(default_factory=lambda: ["BTC", "ETH"], min_length=1, max_length=10,
                                   description="symbols to backtest (base assets), at most 10")
+    strategy: Literal["cash_and_carry", "reverse_cash_and_carry"] = Field(
+        "cash_and_carry", description="cash_and_carry, or reverse_cash_and_carry (short borrowed spot, long perp; pays the "
+        "MODELLED borrow interest every hour, see borrow_scenario)")
+    borrow_scenario: Literal["calm", "spike"] = Field(
+        "calm", description="reverse_cash_and_carry: the modelled borrow series (calm; or spike: ×10 squeezes of 72 h every "
+        "45 days)")
     playbook: PlaybookName = "convergence"
     fill_delay: Annotated[str, StringConstraints(max_length=16, pattern=r"^[0-9][0-9.]*\s*(s|m|min|h|d)?$")] = Field(
         "1h", description="fills land at the first fresh bar this long after the signal: '0' = at the signal's own close, "

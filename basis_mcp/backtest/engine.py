@@ -30,6 +30,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from basis_mcp.backtest.params import BacktestParams
 from basis_mcp.backtest.prepare import Market
 from basis_mcp.backtest.results import Trade
+from basis_mcp.borrow import HOURS_PER_YEAR, BorrowModel
 from basis_mcp.history import HOUR, funding_schedule, mean_rate
 from basis_mcp.playbooks import Signals, exit_signal
 from basis_mcp.signals import entry_expected_net_usd, rolling_zscore_std, settlements_in
@@ -45,8 +46,10 @@ def features(m: Market, p: BacktestParams) -> dict[str, np.ndarray]:
     valid = m.valid
     n = m.t.size
     with np.errstate(invalid="ignore", divide="ignore"):
-        basis = (m.perp - m.spot) / m.spot * 100.0
-    basis[~valid] = np.nan
+        basis_raw = (m.perp - m.spot) / m.spot * 100.0
+    basis_raw[~valid] = np.nan
+    direction = p.direction
+    basis = basis_raw if direction == 1 else -basis_raw  # the rules read the basis as the position does (mirrored: reverse)
     z = np.full(n, np.nan)
     sd = np.full(n, np.nan)
     vi = np.flatnonzero(valid)
@@ -89,17 +92,25 @@ def features(m: Market, p: BacktestParams) -> dict[str, np.ndarray]:
     iv = iv_tab[np.minimum(k, iv_tab.size - 1)]
     to_8h = 8.0 / iv * 100.0
     span_r, span_c = p.funding_exit_hours * 3600.0, p.carry_lookback_days * DAY
-    recent = mean_rate(ft, m.f_rate, m.t - span_r, m.t, lo=_count_before(m.t, ft, k, span_r), hi=k) * to_8h
-    carry = mean_rate(ft, m.f_rate, m.t - span_c, m.t, lo=_count_before(m.t, ft, k, span_c), hi=k) * to_8h
+    recent = np.round(mean_rate(ft, m.f_rate, m.t - span_r, m.t, lo=_count_before(m.t, ft, k, span_r), hi=k) * to_8h, FUND_DIGITS)
+    carry = np.round(mean_rate(ft, m.f_rate, m.t - span_c, m.t, lo=_count_before(m.t, ft, k, span_c), hi=k) * to_8h, FUND_DIGITS)
+    borrow_h = np.zeros(n)
+    if direction == -1:  # the funding a long receives, net of the MODELLED borrow on its short spot (as `Signals.seen_by`)
+        apr = np.asarray(BorrowModel(p.borrow_scenario).apr_pct_at(m.symbol, m.t), dtype=np.float64)
+        b8 = apr / HOURS_PER_YEAR * 8.0
+        recent, carry = -recent - b8, -carry - b8
+        borrow_h = apr / 100.0 / HOURS_PER_YEAR
     return {
         "valid": valid,
         "basis": basis,
+        "basis_raw": basis_raw,
+        "borrow_h": borrow_h,
         "z": z,
         "std": sd,
         "smooth": smooth,
         "vol_ok": vol_ok,
-        "fund_recent": np.round(recent, FUND_DIGITS),
-        "fund_carry": np.round(carry, FUND_DIGITS),
+        "fund_recent": recent,
+        "fund_carry": carry,
         "settled": k,
         "settled_30d_ago": k_30,
         "f_time": ft,
@@ -193,7 +204,7 @@ class TradeFinder:
         # the entry check at the fixed size, for every candidate at once: where it is far from zero the array
         # answer stands; within a cent of zero the scalar function decides (array and scalar orders differ ~1e-9)
         self.fixed_sizing = fixed
-        approx = _entry_margin(m, p, cand_idx, nxt_c, iv_c, rate_c)
+        approx = _entry_margin(m, p, cand_idx, nxt_c, iv_c, rate_c, f["borrow_h"][cand_idx])
         keep = approx > -SLACK_USD if fixed else np.ones(cand_idx.size, dtype=bool)
         self.sure = (approx[keep] > SLACK_USD).tolist() if fixed else [False] * int(keep.sum())
         cand_idx, nxt_c, iv_c, rate_c = cand_idx[keep], nxt_c[keep], iv_c[keep], rate_c[keep]
@@ -231,6 +242,7 @@ class TradeFinder:
         return entry_expected_net_usd(
             qty=qty, spot=spot, perp=perp, leverage=p.leverage, costs=m.costs, hold_days=p.expected_hold_days,
             funding_rate=self.rate[k], funding_interval_hours=self.iv[k], seconds_to_next_funding=self.nxt[k] - t,
+            direction=p.direction, borrow_rate_hourly=float(self.f["borrow_h"][c]),
         ) > 0
 
     def next_trade(self, start: int, qty_of) -> tuple[int, int, float, str] | None:
@@ -296,7 +308,8 @@ class TradeFinder:
 SLACK_USD = 0.01
 
 
-def _entry_margin(m: Market, p: BacktestParams, idx: np.ndarray, nxt: np.ndarray, iv: np.ndarray, rate: np.ndarray) -> np.ndarray:
+def _entry_margin(m: Market, p: BacktestParams, idx: np.ndarray, nxt: np.ndarray, iv: np.ndarray, rate: np.ndarray,
+                  borrow_h: np.ndarray | None = None) -> np.ndarray:
     """The entry check's margin at the fixed size, for many candidates at once (the same formulas as
     `entry_expected_net_usd` and `playbooks.carry_entry_check`, array evaluation order): convergence,
     the expected net; carry, expected funding minus ``carry_cost_cover`` round trips. > 0 passes."""
@@ -315,10 +328,12 @@ def _entry_margin(m: Market, p: BacktestParams, idx: np.ndarray, nxt: np.ndarray
     hold = p.carry_expected_hold_days if p.playbook == "carry" else p.expected_hold_days
     horizon = hold * DAY
     n_settle = np.where(horizon >= to_next, np.floor((horizon - to_next) / (iv * 3600.0)) + 1, 0)
-    if p.playbook == "carry":
+    if p.playbook == "carry":  # (a reverse trade's rate is already the net funding it receives)
         out = np_ * rate * n_settle - p.carry_cost_cover * costs
     else:
-        out = qty * (perp - spot) + np_ * rate * n_settle - costs
+        d = p.direction
+        borrow = ns * borrow_h * hold * 24.0 if borrow_h is not None and d == -1 else 0.0
+        out = d * qty * (perp - spot) + d * np_ * rate * n_settle - costs - borrow
     return np.where(qty > 0, out, -np.inf)
 
 
@@ -328,7 +343,10 @@ def book_trades(m: Market, p: BacktestParams, f: dict[str, np.ndarray], e: np.nd
     if e.size == 0:
         return []
     c = m.costs
-    legs = [(m.spot[e], c.spot, "buy"), (m.perp[e], c.perp, "sell"), (m.perp[x], c.perp, "buy"), (m.spot[x], c.spot, "sell")]
+    d = p.direction
+    side_in, side_out = ("buy", "sell") if d == 1 else ("sell", "buy")  # the spot leg's; the perp's are the opposite
+    legs = [(m.spot[e], c.spot, side_in), (m.perp[e], c.perp, side_out), (m.perp[x], c.perp, side_in),
+            (m.spot[x], c.spot, side_out)]
     cash = np.zeros(e.size)
     fees = np.zeros(e.size)
     slip = np.zeros(e.size)
@@ -343,9 +361,13 @@ def book_trades(m: Market, p: BacktestParams, f: dict[str, np.ndarray], e: np.nd
     cum = np.concatenate(([0.0], np.cumsum(unit)))
     lo = np.searchsorted(ft, m.t[e], side="right")
     hi = np.searchsorted(ft, m.t[x], side="right")
-    funding = q * (cum[hi] - cum[lo])
-    total = cash - fees + funding
-    basis = f["basis"]
+    funding = d * q * (cum[hi] - cum[lo])
+    borrow = np.zeros(e.size)
+    if d == -1:  # interest for every hour in (entry, exit] on the borrowed spot at that hour's (last) spot price
+        cb = np.concatenate(([0.0], np.cumsum(_carried(m.spot) * f["borrow_h"])))
+        borrow = -q * (cb[x + 1] - cb[e + 1])
+    total = cash - fees + funding + borrow
+    basis = f["basis_raw"]
     b_in, b_out = basis[e], basis[x]
     stamps = np.datetime_as_string(m.t[np.concatenate((e, x))].astype("datetime64[s]"), unit="s")
     t_in, t_out = [s + "Z" for s in stamps[: e.size]], [s + "Z" for s in stamps[e.size :]]
@@ -354,15 +376,24 @@ def book_trades(m: Market, p: BacktestParams, f: dict[str, np.ndarray], e: np.nd
     cols = zip(e.tolist(), x.tolist(), t_in, t_out, q.tolist(), b_in.tolist(), b_out.tolist(), (cash + slip).tolist(),
                funding.tolist(), fees.tolist(), slip.tolist(), total.tolist(), n_settle.tolist(), held.tolist(),
                reasons, strict=True)
+    borrow_l = borrow.tolist()
     notional = q * m.spot[e]
     # the same settlements paid on the entry notional: per settlement mark × rate / (last fresh spot)
     fresh = np.where(np.isnan(m.spot) | np.isnan(m.perp), 0, np.arange(m.t.size))
     np.maximum.accumulate(fresh, out=fresh)
     f_bar = ((ft - m.t[0]) // HOUR).astype(np.int64)
     per_dollar = np.concatenate(([0.0], np.cumsum(m.mark[f_bar] * m.f_rate / m.spot[fresh[f_bar]])))
-    const = notional * (per_dollar[hi] - per_dollar[lo])
-    return [Trade(m.symbol, *c, playbook=p.playbook, notional_usd=n, funding_at_constant_notional_usd=k)
-            for c, n, k in zip(cols, notional.tolist(), const.tolist(), strict=True)]
+    const = d * notional * (per_dollar[hi] - per_dollar[lo])
+    return [Trade(m.symbol, *c, playbook=p.playbook, notional_usd=n, funding_at_constant_notional_usd=k, borrow_usd=b,
+                  strategy=p.strategy)
+            for c, n, k, b in zip(cols, notional.tolist(), const.tolist(), borrow_l, strict=True)]
+
+
+def _carried(a: np.ndarray) -> np.ndarray:
+    """The last known value at every bar (a price carried over a gap, as the feed does)."""
+    idx = np.where(np.isnan(a), 0, np.arange(a.size))
+    np.maximum.accumulate(idx, out=idx)
+    return a[idx]
 
 
 def always_on_trades(m: Market, p: BacktestParams, f: dict[str, np.ndarray] | None = None) -> list[Trade]:

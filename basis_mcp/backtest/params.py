@@ -45,6 +45,10 @@ class BacktestParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    strategy: Literal["cash_and_carry", "reverse_cash_and_carry"] = Field(
+        "cash_and_carry", description="cash_and_carry (long spot, short perp) or reverse_cash_and_carry (short borrowed spot, "
+        "long perp: the rules read the basis and funding mirrored, and pay the MODELLED borrow interest every hour)")
+    borrow_scenario: Literal["calm", "spike"] = Field("calm", description="reverse_cash_and_carry: the modelled borrow series")
     playbook: Literal["convergence", "carry"] = Field("convergence", description="convergence or carry")
     min_basis_pct: float = Field(0.05, ge=-5, le=5, allow_inf_nan=False, description="convergence: enter at or above this basis, percent")
     min_zscore: float = Field(1.5, ge=-10, le=10, allow_inf_nan=False, description="convergence: enter at or above this z-score")
@@ -121,6 +125,11 @@ class BacktestParams(BaseModel):
             carry_exit_8h_pct=self.carry_exit_8h_pct, carry_cost_cover=self.carry_cost_cover,
             max_hold_days=self.max_hold_days, carry_max_hold_days=self.carry_max_hold_days,
         )
+
+    @property
+    def direction(self) -> int:
+        """+1 cash-and-carry, −1 the reverse trade (see `strategies.base.StrategySpec.direction`)."""
+        return -1 if self.strategy == "reverse_cash_and_carry" else 1
 
     @property
     def hold_days(self) -> float:

@@ -16,6 +16,9 @@ order across symbols:
 - a top-up the cash cannot pay closes the position (``liquidation_distance``, an emergency
   exit), filled after the same delay as any other order.
 
+Reverse trades (short borrowed spot, long perp) tie up margin on both legs; their margin
+top-ups are not modelled here yet (with the default capital nothing binds).
+
 With enough capital (the default: $5,000 positions on $100,000) nothing binds and the trades
 are exactly the rules engine's; the tests hold the desk replay to them.
 """
@@ -33,10 +36,18 @@ from basis_mcp.backtest.params import BacktestParams
 from basis_mcp.backtest.prepare import Market
 from basis_mcp.backtest.results import Trade
 from basis_mcp.config import Settings
+from basis_mcp.costs import PairCosts
 from basis_mcp.margin import Bracket
-from basis_mcp.sizing import Cap, entry_capital_usd, size_position
+from basis_mcp.sizing import Cap, entry_capital_usd, leg_capital_usd, size_position
 
 HOUR = 3600.0
+
+
+def reverse_capital_usd(qty: float, spot: float, perp: float, leverage: float, costs: PairCosts) -> float:
+    """Cash a reverse entry ties up: margin on the borrowed spot it sells and on the perp it buys, plus
+    fees, as the desk's pre-trade check counts it (`sizing.leg_capital_usd` per leg)."""
+    return (leg_capital_usd("margin_spot", "short", qty, spot, leverage, costs.spot)
+            + leg_capital_usd("perp", "long", qty, perp, leverage, costs.perp))
 
 
 def wallet_for_liquidation_prices(lp: np.ndarray, qty: float, entry_price: float, table: list[Bracket]) -> np.ndarray:
@@ -192,10 +203,17 @@ def simulate(markets: list[Market], params: BacktestParams, feats: dict[str, dic
                 Cap("tier_single_position", settings.tier_single_position[tier] * cap_usd, f"{tier} tier single position"),
                 Cap("tier_allocation_headroom", max(settings.tier_allocation[tier] * cap_usd - in_tier, 0.0), f"{tier} headroom"),
             ]
+            per = (None if params.direction == 1 else
+                   (lambda n, m=m, spot=spot, perp=perp: reverse_capital_usd(n / spot, spot, perp, lev, m.costs) / n))
             qty = size_position(spot_price=spot, leverage=lev, costs=m.costs, free_capital_usd=free_cash(), caps=caps,
                                 qty_step=m.qty_step, min_notional_usd=m.min_notional_usd,
-                                target_notional_usd=params.notional_usd, perp_price=perp).quantity
-        needed = entry_capital_usd(qty, spot, perp, lev, m.costs) if qty > 0 else 0.0
+                                target_notional_usd=params.notional_usd, perp_price=perp, capital_per_notional_fn=per).quantity
+        if qty <= 0:
+            needed = 0.0
+        elif params.direction == 1:
+            needed = entry_capital_usd(qty, spot, perp, lev, m.costs)
+        else:
+            needed = reverse_capital_usd(qty, spot, perp, lev, m.costs)
         if qty > 0 and needed > free_cash() + 1e-9:
             stats.entries_refused_for_capital += 1
             cursor[s] = k + 1
@@ -210,7 +228,7 @@ def simulate(markets: list[Market], params: BacktestParams, feats: dict[str, dic
         e, x, q, reason = res  # type: ignore[misc]
         table = settings.spec(s).brackets
         topups = margin_topups(m, feats[s], e, x, q, lev, table, settings.liquidation_distance_add_pct,
-                               settings.liquidation_distance_target_pct)
+                               settings.liquidation_distance_target_pct) if params.direction == 1 else []
         open_[s] = _Open(s, tier, e, x, q, reason, q * spot, needed, topups)
         stats.peak_capital_in_use_usd = max(stats.peak_capital_in_use_usd, sum(o.tied for o in open_.values()))
     out = {}

@@ -18,6 +18,7 @@ import numpy as np
 from basis_mcp.backtest.params import BacktestParams
 from basis_mcp.backtest.prepare import Market
 from basis_mcp.backtest.results import Trade, close_trade
+from basis_mcp.borrow import HOURS_PER_YEAR, BorrowModel
 from basis_mcp.playbooks import Signals, carry_entry_check, exit_signal, expected_carry_usd, stop_level_pct
 from basis_mcp.signals import (
     ZSCORE_MIN_SAMPLES,
@@ -40,6 +41,9 @@ def _mean_8h(window: deque[tuple[float, float]], interval_h: float) -> float | N
 def run_reference(m: Market, p: BacktestParams) -> list[Trade]:
     r = p.rules
     carry = p.playbook == "carry"
+    sign = p.direction  # −1: the reverse trade reads the basis and funding mirrored and pays borrow every hour
+    model = BorrowModel(p.borrow_scenario)
+    last_spot = math.nan
     history = np.empty(m.t.size)  # every fresh basis sample so far
     n_hist = 0
     ft, fr = m.f_time, m.f_rate
@@ -64,8 +68,13 @@ def run_reference(m: Market, p: BacktestParams) -> list[Trade]:
                 d.append((T, rate))
             last_rate = rate
             if pos is not None:
-                pos["funding"].append(pos["qty"] * float(m.mark[int((T - m.t[0]) // HOUR)]) * rate)
+                pos["funding"].append(sign * pos["qty"] * float(m.mark[int((T - m.t[0]) // HOUR)]) * rate)
             k += 1
+        if not math.isnan(m.spot[i]):
+            last_spot = float(m.spot[i])
+        apr = float(model.apr_pct_at(m.symbol, t)) if sign == -1 else 0.0
+        if pos is not None and sign == -1 and i > pos["i"]:  # this hour's interest on the borrowed spot
+            pos["borrow"].append(-pos["qty"] * last_spot * (apr / 100.0 / HOURS_PER_YEAR))
         for d, span in ((month, 30 * DAY), (recent, r.funding_exit_hours * 3600.0), (lookback, r.carry_lookback_days * DAY)):
             while d and d[0][0] <= t - span:
                 d.popleft()
@@ -74,7 +83,8 @@ def run_reference(m: Market, p: BacktestParams) -> list[Trade]:
         spot, perp = m.spot[i], m.perp[i]
         if math.isnan(spot) or math.isnan(perp):
             continue  # a stale bar: no sample, no decision, no fill
-        b = (perp - spot) / spot * 100.0
+        b_raw = (perp - spot) / spot * 100.0
+        b = b_raw if sign == 1 else -b_raw
         history[n_hist] = b
         n_hist += 1
         smooth_win.append((t, b))
@@ -99,17 +109,23 @@ def run_reference(m: Market, p: BacktestParams) -> list[Trade]:
             interval_h = 8.0
         sig = Signals(basis_pct=b, basis_smooth_pct=smooth, basis_std_pct=sd,
                       funding_recent_8h_pct=_mean_8h(recent, interval_h), funding_carry_8h_pct=_mean_8h(lookback, interval_h))
+        if sign == -1:
+            b8 = apr / HOURS_PER_YEAR * 8.0
+            sig = Signals(basis_pct=b, basis_smooth_pct=smooth, basis_std_pct=sd,
+                          funding_recent_8h_pct=None if sig.funding_recent_8h_pct is None else -sig.funding_recent_8h_pct - b8,
+                          funding_carry_8h_pct=None if sig.funding_carry_8h_pct is None else -sig.funding_carry_8h_pct - b8)
         # orders in flight fill at the first fresh bar at or after their time
         if pending_entry is not None and (t >= pending_entry["at"]):
             if i >= last_valid:
                 pending_entry = None  # too late to open: the range ends here
             else:
-                pos = {"i": i, "t": t, "qty": pending_entry["qty"], "basis": b, "funding": []}
+                pos = {"i": i, "t": t, "qty": pending_entry["qty"], "basis": b, "funding": [], "borrow": []}
                 pending_entry = None
                 continue  # the bar it filled on: no exit decision
         closed_here = False
         if pending_exit is not None and (t >= pending_exit["at"] or i == last_valid):
-            trades.append(close_trade(m, pos["i"], i, pos["qty"], pos["funding"], pending_exit["reason"], p.playbook))
+            trades.append(close_trade(m, pos["i"], i, pos["qty"], pos["funding"], pending_exit["reason"], p.playbook, sign,
+                                      pos["borrow"], p.strategy))
             pos, pending_exit, closed_here = None, None, True
         elif pos is not None and pending_exit is None:
             b_in = pos["basis"]
@@ -125,7 +141,8 @@ def run_reference(m: Market, p: BacktestParams) -> list[Trade]:
                 reason = "end_of_range"
             if reason is not None:
                 if delay <= 0 or i == last_valid:
-                    trades.append(close_trade(m, pos["i"], i, pos["qty"], pos["funding"], reason, p.playbook))
+                    trades.append(close_trade(m, pos["i"], i, pos["qty"], pos["funding"], reason, p.playbook, sign, pos["borrow"],
+                                              p.strategy))
                     pos, closed_here = None, True
                 else:
                     pending_exit = {"at": t + delay, "reason": reason}
@@ -153,12 +170,12 @@ def run_reference(m: Market, p: BacktestParams) -> list[Trade]:
                 ok = entry_expected_net_usd(
                     qty=qty, spot=float(spot), perp=float(perp), leverage=p.leverage, costs=m.costs,
                     hold_days=p.expected_hold_days, funding_rate=rate, funding_interval_hours=interval_h,
-                    seconds_to_next_funding=nxt - t,
+                    seconds_to_next_funding=nxt - t, direction=sign, borrow_rate_hourly=apr / 100.0 / HOURS_PER_YEAR,
                 ) > 0
             if not ok:
                 continue
             if delay <= 0:
-                pos = {"i": i, "t": t, "qty": qty, "basis": b, "funding": []}
+                pos = {"i": i, "t": t, "qty": qty, "basis": b, "funding": [], "borrow": []}
             else:
                 pending_entry = {"at": t + delay, "qty": qty}
     return trades

@@ -38,6 +38,8 @@ class Trade:
     playbook: str = "convergence"
     notional_usd: float = 0.0  # spot-leg notional at the entry fill (mid)
     funding_at_constant_notional_usd: float = 0.0  # the same settlements paid on the entry notional
+    borrow_usd: float = 0.0  # reverse trades: MODELLED borrow interest on the short spot (≤ 0), in pnl_usd
+    strategy: str = "cash_and_carry"
 
     @property
     def pnl_at_constant_notional_usd(self) -> float:
@@ -50,10 +52,12 @@ class Trade:
         return asdict(self)
 
 
-def fills_for(m: Market, i: int, j: int, qty: float) -> list[dict[str, Any]]:
-    """The four fills of a round trip opened at bar i and closed at bar j, as the paper venue fills them."""
+def fills_for(m: Market, i: int, j: int, qty: float, direction: int = 1) -> list[dict[str, Any]]:
+    """The four fills of a round trip opened at bar i and closed at bar j, as the paper venue fills them
+    (direction −1: the reverse trade, spot sold first and bought back)."""
     out = []
-    for bar, leg, side in ((i, "spot", "buy"), (i, "perp", "sell"), (j, "perp", "buy"), (j, "spot", "sell")):
+    s_in, s_out = ("buy", "sell") if direction == 1 else ("sell", "buy")
+    for bar, leg, side in ((i, "spot", s_in), (i, "perp", s_out), (j, "perp", s_in), (j, "spot", s_out)):
         mid = float(m.spot[bar] if leg == "spot" else m.perp[bar])
         costs = m.costs.leg(leg)  # type: ignore[arg-type]
         price = costs.fill_price(mid, side, qty * mid)  # type: ignore[arg-type]
@@ -62,8 +66,9 @@ def fills_for(m: Market, i: int, j: int, qty: float) -> list[dict[str, Any]]:
     return out
 
 
-def close_trade(m: Market, i: int, j: int, qty: float, funding: list[float], reason: str, playbook: str = "convergence") -> Trade:
-    p = pnl(fills_for(m, i, j, qty), funding)
+def close_trade(m: Market, i: int, j: int, qty: float, funding: list[float], reason: str, playbook: str = "convergence",
+                direction: int = 1, borrow: list[float] | None = None, strategy: str = "cash_and_carry") -> Trade:
+    p = pnl(fills_for(m, i, j, qty, direction), funding, None, borrow or ())
     b_in = (m.perp[i] - m.spot[i]) / m.spot[i] * 100.0
     b_out = (m.perp[j] - m.spot[j]) / m.spot[j] * 100.0
     return Trade(
@@ -85,7 +90,9 @@ def close_trade(m: Market, i: int, j: int, qty: float, funding: list[float], rea
         reason=reason,
         playbook=playbook,
         notional_usd=float(qty * m.spot[i]),
-        funding_at_constant_notional_usd=constant_notional_funding(m, i, j, float(qty * m.spot[i])),
+        funding_at_constant_notional_usd=direction * constant_notional_funding(m, i, j, float(qty * m.spot[i])),
+        borrow_usd=p.borrow_usd,
+        strategy=strategy,
     )
 
 
@@ -192,6 +199,7 @@ def stats(trades: list[Trade], times: np.ndarray, equity: np.ndarray, capital: f
         "avg_hold_days": round(float(np.mean([t.hold_hours for t in trades])) / 24, 3) if trades else None,
         "basis_pnl_usd": round(sum(t.basis_pnl_usd for t in trades), 2),
         "funding_usd": round(sum(t.funding_usd for t in trades), 2),
+        "borrow_usd": round(sum(t.borrow_usd for t in trades), 2),
         "fees_usd": round(sum(t.fees_usd for t in trades), 2),
         "slippage_usd": round(sum(t.slippage_usd for t in trades), 2),
         "total_pnl_usd": round(total, 2),
@@ -236,6 +244,7 @@ def per_year(trades: list[Trade], capital: float, times: np.ndarray, equity: np.
             "win_rate_pct": round(100.0 * sum(t.pnl_usd > 0 for t in ts) / len(ts), 2) if ts else None,
             "basis_pnl_usd": round(sum(t.basis_pnl_usd for t in ts), 2),
             "funding_usd": round(sum(t.funding_usd for t in ts), 2),
+            "borrow_usd": round(sum(t.borrow_usd for t in ts), 2),
             "costs_usd": round(sum(t.fees_usd + t.slippage_usd for t in ts), 2),
             "pnl_closed_usd": round(sum(t.pnl_usd for t in ts), 2),
             "pnl_usd": round(pnl_y, 2),

@@ -189,11 +189,13 @@ TOOLS: list[ToolSpec] = [
         name="exit_trade",
         title="Close a position",
         description=(
-            "Closes both legs of an open position: buys back the perp (reduce-only, so it can never open a new "
-            "position) and sells the spot. Returns realised P&L itemised: basis_pnl_usd (price P&L at mids = "
-            "quantity × (entry basis − exit basis)), funding_usd received, fees_usd and slippage_usd paid, and "
-            "total_usd = basis + funding − fees − slippage, which equals the recorded fills, fees and funding "
-            "payments exactly. idempotency_key is required; a retry returns the first result. LIVE mode: like "
+            "Closes every leg of an open position in its strategy's exit order (cash_and_carry: buys back the perp, "
+            "reduce-only so it can never open a new position, then sells the spot; reverse_cash_and_carry: sells the "
+            "perp, then buys back and repays the borrowed spot); a later leg is closed only down to what no longer "
+            "hedges an earlier one. Returns realised P&L itemised: basis_pnl_usd (price P&L at mids = "
+            "quantity × (entry basis − exit basis) for cash_and_carry), funding_usd received, borrow_usd paid (≤ 0), "
+            "fees_usd and slippage_usd paid, and total_usd = basis + funding + borrow − fees − slippage, which equals "
+            "the recorded fills, fees, funding and borrow payments exactly. idempotency_key is required; a retry returns the first result. LIVE mode: like "
             "enter_trade, the first call returns a confirmation token and sends nothing." + UNITS
         ),
         input_model=m.ExitTradeInput,
