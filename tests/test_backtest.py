@@ -104,8 +104,9 @@ async def desk_replay(db: Path, symbols: list[str], start: str, end: str, p: Bac
     settings = Settings(
         max_position_notional_usd=p.notional_usd, default_leverage=p.leverage, max_leverage=max(p.leverage, 3.0),
         zscore_window=p.zscore_window, max_hold_days=p.max_hold_days, capital_usd=p.capital_usd,
-        fill_delay_seconds=p.fill_delay_seconds,
+        fill_delay_seconds=p.fill_delay_seconds, borrow_scenario=p.borrow_scenario,
     )
+    d = p.direction  # the reverse trade reads the basis and its z-score mirrored
     desk = Desk.open_replay(settings, db, start=start)
     await desk.start()
     t_end = parse_time(end)
@@ -117,8 +118,9 @@ async def desk_replay(db: Path, symbols: list[str], start: str, end: str, p: Bac
             snap = desk.feed.snapshot(sym)
             if snap.spot_time != snap.now or snap.perp_time != snap.now:  # the agent only acts on fresh bars
                 continue
-            b = snap.basis_pct
+            b = d * snap.basis_pct
             z = desk.compute_zscore(sym, p.zscore_window).zscore
+            z = None if z is None else d * z
             pos = desk.book.position_for_symbol(sym)
             if pos is not None:
                 if pos["status"] != "open" or pos["opened_at"] >= desk.now():
@@ -132,7 +134,7 @@ async def desk_replay(db: Path, symbols: list[str], start: str, end: str, p: Bac
                 n += 1
                 hold = p.carry_expected_hold_days if p.playbook == "carry" else p.expected_hold_days
                 try:
-                    await desk.enter(sym, p.notional_usd, p.leverage, f"e{n}", "cash_and_carry", hold, playbook=p.playbook)
+                    await desk.enter(sym, p.notional_usd, p.leverage, f"e{n}", p.strategy, hold, playbook=p.playbook)
                 except Rejected:
                     pass  # the desk's guardrails said no (the backtest applies the same rules)
         if last_bar:
@@ -173,6 +175,26 @@ async def test_desk_replay_agrees_with_the_backtest(tmp_path: Path, histories, p
     bt_pnl = sum(t.pnl_usd for t in bt.trades)
     assert desk_pnl == pytest.approx(bt_pnl, rel=0.005)  # the issue's bar: within 0.5 %
     assert desk_pnl == pytest.approx(bt_pnl, abs=0.01)  # in fact to the cent
+
+
+@pytest.mark.parametrize(("playbook", "symbols", "start", "end"), [
+    ("carry", ["BTC", "ETH"], "2022-08-20T00:00:00Z", "2022-10-05T00:00:00Z"),  # ETH around the Merge: carry exits, stops
+    ("convergence", ["SOL"], "2025-10-05T00:00:00Z", "2025-10-20T00:00:00Z"),  # the 2025-10-10 dislocation
+])
+async def test_desk_replay_agrees_with_the_backtest_for_the_reverse_trade(tmp_path: Path, playbook: str, symbols: list[str],
+                                                                          start: str, end: str) -> None:
+    """The desk's borrowed-spot leg, hourly modelled borrow and mirrored rules against the backtest's:
+    the same trades, closed for the same reasons, P&L to the cent."""
+    p = BacktestParams(strategy="reverse_cash_and_carry", playbook=playbook, fill_delay_seconds=0)
+    rows = await desk_replay(tmp_path / "parity.db", symbols, start, end, p)
+    markets = load_markets(load_extract(symbols=symbols), symbols, start, end, p)
+    bt = run(markets, p, extras=False)
+    assert bt.trades and all(t.borrow_usd < 0 for t in bt.trades), "the period must trade"
+    assert sorted((r["symbol"], r["opened_at"], r["closed_at"]) for r in rows) == \
+        sorted((t.symbol, parse_time(t.entry_time), parse_time(t.exit_time)) for t in bt.trades)
+    reasons = {(r["symbol"], r["opened_at"]): r["close_reason"].replace("watchdog: ", "") for r in rows}
+    assert all(reasons[(t.symbol, parse_time(t.entry_time))] == t.reason for t in bt.trades)
+    assert sum(r["realized_pnl_usd"] for r in rows) == pytest.approx(sum(t.pnl_usd for t in bt.trades), abs=0.01)
 
 
 async def test_replay_orders_rest_until_the_fill_delay_has_passed(tmp_path: Path) -> None:
