@@ -202,7 +202,7 @@ def _backtest(args: argparse.Namespace) -> int:
           + f"fees ${s['fees_usd']:,.2f}  slippage ${s['slippage_usd']:,.2f}  =  P&L ${s['total_pnl_usd']:,.2f}")
     if params.direction == -1:
         print("strategy reverse_cash_and_carry: short borrowed spot, long perp; borrow interest MODELLED "
-              "(basis_mcp/borrow.py), margin top-ups not modelled in the backtest")
+              f"(basis_mcp/borrow.py, scenario {params.borrow_scenario})")
     print(f"return {s['total_return_pct']}% of ${params.capital_usd:,.0f}  APY {s['apy_pct']}%  "
           f"APY while invested {s['apy_while_invested_pct']}%  Sharpe {s['sharpe']}  max drawdown {s['max_drawdown_pct']}%")
     print("exits: " + ", ".join(f"{k} {v}" for k, v in s["exit_reasons"].items()) + f"  (emergency {s['emergency_exit_pct']}%)")

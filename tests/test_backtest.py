@@ -144,7 +144,10 @@ async def desk_replay(db: Path, symbols: list[str], start: str, end: str, p: Bac
     for r in desk.store.q("SELECT id FROM positions WHERE status = 'open'"):
         await desk.exit(r["id"], f"end{r['id']}", reason="end_of_range")
     rows = [dict(r) for r in desk.store.q("SELECT * FROM positions WHERE status != 'failed' ORDER BY id")]
+    topups = [json.loads(r["args_json"]) for r in desk.store.q(
+        "SELECT args_json FROM audit WHERE kind = 'alert' AND name IN ('liquidation_distance', 'margin_ratio_below_150')")]
     desk.close()
+    desk_replay.topups = topups  # type: ignore[attr-defined]  # the watchdog's margin top-ups, for the tests that read them
     return rows
 
 
@@ -177,15 +180,19 @@ async def test_desk_replay_agrees_with_the_backtest(tmp_path: Path, histories, p
     assert desk_pnl == pytest.approx(bt_pnl, abs=0.01)  # in fact to the cent
 
 
-@pytest.mark.parametrize(("playbook", "symbols", "start", "end"), [
-    ("carry", ["BTC", "ETH"], "2022-08-20T00:00:00Z", "2022-10-05T00:00:00Z"),  # ETH around the Merge: carry exits, stops
-    ("convergence", ["SOL"], "2025-10-05T00:00:00Z", "2025-10-20T00:00:00Z"),  # the 2025-10-10 dislocation
+@pytest.mark.parametrize(("playbook", "symbols", "start", "end", "leverage", "notional"), [
+    ("carry", ["BTC", "ETH"], "2022-08-20T00:00:00Z", "2022-10-05T00:00:00Z", 2, 5_000),  # ETH around the Merge: exits, stops
+    ("convergence", ["SOL"], "2025-10-05T00:00:00Z", "2025-10-20T00:00:00Z", 2, 5_000),  # the 2025-10-10 dislocation
+    # $25k at 3x through ETH's +20 % of June-July 2022: the borrowed spot's collateral is topped up
+    ("carry", ["ETH"], "2022-06-10T00:00:00Z", "2022-07-15T00:00:00Z", 3, 25_000),
 ])
 async def test_desk_replay_agrees_with_the_backtest_for_the_reverse_trade(tmp_path: Path, playbook: str, symbols: list[str],
-                                                                          start: str, end: str) -> None:
-    """The desk's borrowed-spot leg, hourly modelled borrow and mirrored rules against the backtest's:
-    the same trades, closed for the same reasons, P&L to the cent."""
-    p = BacktestParams(strategy="reverse_cash_and_carry", playbook=playbook, fill_delay_seconds=0)
+                                                                          start: str, end: str, leverage: float,
+                                                                          notional: float) -> None:
+    """The desk's borrowed-spot leg, hourly modelled borrow, margin top-ups and mirrored rules against
+    the backtest's: the same trades, closed for the same reasons, P&L to the cent."""
+    p = BacktestParams(strategy="reverse_cash_and_carry", playbook=playbook, fill_delay_seconds=0, leverage=leverage,
+                       notional_usd=notional)
     rows = await desk_replay(tmp_path / "parity.db", symbols, start, end, p)
     markets = load_markets(load_extract(symbols=symbols), symbols, start, end, p)
     bt = run(markets, p, extras=False)
@@ -195,6 +202,11 @@ async def test_desk_replay_agrees_with_the_backtest_for_the_reverse_trade(tmp_pa
     reasons = {(r["symbol"], r["opened_at"]): r["close_reason"].replace("watchdog: ", "") for r in rows}
     assert all(reasons[(t.symbol, parse_time(t.entry_time))] == t.reason for t in bt.trades)
     assert sum(r["realized_pnl_usd"] for r in rows) == pytest.approx(sum(t.pnl_usd for t in bt.trades), abs=0.01)
+    desk_topups = desk_replay.topups  # type: ignore[attr-defined]
+    assert len(desk_topups) == bt.summary["margin"]["margin_topups"]
+    assert sum(t["added_usd"] for t in desk_topups) == pytest.approx(bt.summary["margin"]["margin_added_usd"], rel=0.01)
+    if notional > 5_000:
+        assert len(desk_topups) >= 2
 
 
 async def test_replay_orders_rest_until_the_fill_delay_has_passed(tmp_path: Path) -> None:

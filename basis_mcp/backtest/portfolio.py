@@ -16,8 +16,9 @@ order across symbols:
 - a top-up the cash cannot pay closes the position (``liquidation_distance``, an emergency
   exit), filled after the same delay as any other order.
 
-Reverse trades (short borrowed spot, long perp) tie up margin on both legs; their margin
-top-ups are not modelled here yet (with the default capital nothing binds).
+Reverse trades (short borrowed spot, long perp) tie up margin on both legs, and both legs get
+top-ups: the long perp in a fall, the borrowed spot (a short on the spot price whose collateral
+pays the hourly borrow) in a rally.
 
 With enough capital (the default: $5,000 positions on $100,000) nothing binds and the trades
 are exactly the rules engine's; the tests hold the desk replay to them.
@@ -31,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from basis_mcp.backtest.engine import SKIP, TradeFinder, book_trades
+from basis_mcp.backtest.engine import SKIP, TradeFinder, _carried, book_trades
 from basis_mcp.backtest.params import BacktestParams
 from basis_mcp.backtest.prepare import Market
 from basis_mcp.backtest.results import Trade
@@ -50,37 +51,26 @@ def reverse_capital_usd(qty: float, spot: float, perp: float, leverage: float, c
             + leg_capital_usd("perp", "long", qty, perp, leverage, costs.perp))
 
 
-def wallet_for_liquidation_prices(lp: np.ndarray, qty: float, entry_price: float, table: list[Bracket]) -> np.ndarray:
-    """`margin.wallet_for_liquidation_price` for many target prices at once (a short of ``qty``)."""
+def wallet_for_liquidation_prices(lp: np.ndarray, qty: float, entry_price: float, table: list[Bracket],
+                                  short: bool = True) -> np.ndarray:
+    """`margin.wallet_for_liquidation_price` for many target prices at once (a short of ``qty``, or a long)."""
     caps = np.array([b.notional_cap_usd for b in table])
     idx = np.minimum(np.searchsorted(caps, qty * lp, side="left"), len(table) - 1)
     mmr = np.array([b.mmr for b in table])[idx]
     cum = np.array([b.cum_usd for b in table])[idx]
-    return lp * qty * (1.0 + mmr) - cum - qty * entry_price
+    if short:
+        return lp * qty * (1.0 + mmr) - cum - qty * entry_price
+    return qty * entry_price - cum - lp * qty * (1.0 - mmr)
 
 
-def margin_topups(m: Market, f: dict[str, np.ndarray], e: int, x: int, qty: float, leverage: float, table: list[Bracket],
-                  add_pct: float, target_pct: float) -> list[tuple[int, float]]:
-    """(bar, amount) of every margin top-up the watchdog makes while a short of ``qty``, filled at bar
-    ``e``, is open until bar ``x`` (fresh bars strictly between them; funding credited to the wallet)."""
-    if x <= e + 1:
-        return []
-    ep = float(m.costs.perp.fill_price(m.perp[e], "sell", qty * m.perp[e]))
-    w0 = qty * ep / leverage
-    bars = np.arange(e + 1, x)
-    fresh = bars[f["valid"][e + 1 : x]]
-    if fresh.size == 0:
-        return []
-    ft = m.f_time.astype(np.float64)
-    f_bar = ((ft - m.t[0]) // HOUR).astype(np.int64)
-    paid = qty * m.mark[f_bar] * m.f_rate  # a short receives mark × rate per settlement
-    sel = (ft > m.t[e]) & (ft <= m.t[x])
-    cum = np.zeros(m.t.size + 1)
-    np.add.at(cum, f_bar[sel] + 1, paid[sel])
-    funded = np.cumsum(cum)[1:][fresh]  # funding credited up to and including each bar
-    mark = m.mark[fresh]
-    need = wallet_for_liquidation_prices(mark * (1.0 + add_pct / 100.0), qty, ep, table) - w0 - funded
-    goal = wallet_for_liquidation_prices(mark * (1.0 + target_pct / 100.0), qty, ep, table) - w0 - funded
+def _topups(fresh: np.ndarray, price: np.ndarray, credited: np.ndarray, qty: float, ep: float, w0: float,
+            table: list[Bracket], add_pct: float, target_pct: float, short: bool) -> list[tuple[int, float]]:
+    """The watchdog's top-ups on one isolated leg: whenever the liquidation price comes within ``add_pct``
+    of ``price`` (at the fresh bars), enough margin to put it ``target_pct`` away; ``credited`` is what
+    the wallet gained (funding) or lost (funding paid, borrow) up to each of those bars."""
+    sign = 1.0 if short else -1.0
+    need = wallet_for_liquidation_prices(price * (1.0 + sign * add_pct / 100.0), qty, ep, table, short) - w0 - credited
+    goal = wallet_for_liquidation_prices(price * (1.0 + sign * target_pct / 100.0), qty, ep, table, short) - w0 - credited
     out: list[tuple[int, float]] = []
     added = 0.0
     start = 0
@@ -94,6 +84,40 @@ def margin_topups(m: Market, f: dict[str, np.ndarray], e: int, x: int, qty: floa
             out.append((int(fresh[k]), amount))
             added += amount
         start = k + 1
+    return out
+
+
+def margin_topups(m: Market, f: dict[str, np.ndarray], e: int, x: int, qty: float, leverage: float, table: list[Bracket],
+                  add_pct: float, target_pct: float, direction: int = 1) -> list[tuple[int, float]]:
+    """(bar, amount) of every margin top-up the watchdog makes on the leveraged legs of a position of
+    ``qty`` filled at bar ``e`` and open until bar ``x`` (fresh bars strictly between them), in bar order.
+    Cash-and-carry: the short perp, funding credited to its wallet. Reverse: the long perp (funding
+    paid from its wallet, liquidated in a fall) and the borrowed spot, a short on the spot price
+    whose collateral pays the hourly borrow."""
+    if x <= e + 1:
+        return []
+    bars = np.arange(e + 1, x)
+    fresh = bars[f["valid"][e + 1 : x]]
+    if fresh.size == 0:
+        return []
+    ft = m.f_time.astype(np.float64)
+    f_bar = ((ft - m.t[0]) // HOUR).astype(np.int64)
+    paid = qty * m.mark[f_bar] * m.f_rate  # what a short receives (a long pays) per settlement
+    sel = (ft > m.t[e]) & (ft <= m.t[x])
+    cum = np.zeros(m.t.size + 1)
+    np.add.at(cum, f_bar[sel] + 1, paid[sel])
+    funded = np.cumsum(cum)[1:][fresh]  # funding up to and including each bar
+    perp_side = "sell" if direction == 1 else "buy"
+    ep = float(m.costs.perp.fill_price(m.perp[e], perp_side, qty * m.perp[e]))
+    out = _topups(fresh, m.mark[fresh], direction * funded, qty, ep, qty * ep / leverage, table, add_pct, target_pct,
+                  short=direction == 1)
+    if direction == -1:  # the borrowed spot: a short on the (carried) spot price, its collateral paying the borrow
+        spot = _carried(m.spot)
+        sp = float(m.costs.spot.fill_price(m.spot[e], "sell", qty * m.spot[e]))
+        paid_h = np.concatenate(([0.0], np.cumsum(qty * spot * f["borrow_h"])))
+        borrowed = paid_h[fresh + 1] - paid_h[e + 1]  # interest for the hours in (e, bar]
+        out += _topups(fresh, spot[fresh], -borrowed, qty, sp, qty * sp / leverage, table, add_pct, target_pct, short=True)
+        out.sort()
     return out
 
 
@@ -228,7 +252,7 @@ def simulate(markets: list[Market], params: BacktestParams, feats: dict[str, dic
         e, x, q, reason = res  # type: ignore[misc]
         table = settings.spec(s).brackets
         topups = margin_topups(m, feats[s], e, x, q, lev, table, settings.liquidation_distance_add_pct,
-                               settings.liquidation_distance_target_pct) if params.direction == 1 else []
+                               settings.liquidation_distance_target_pct, params.direction)
         open_[s] = _Open(s, tier, e, x, q, reason, q * spot, needed, topups)
         stats.peak_capital_in_use_usd = max(stats.peak_capital_in_use_usd, sum(o.tied for o in open_.values()))
     out = {}
