@@ -559,7 +559,8 @@ class PortfolioOutput(ToolOutput):
     unrealized_pnl_usd: float
     funding_received_usd: float
     fees_paid_usd: float
-    capital_in_use_usd: float
+    capital_in_use_usd: float = Field(description="Owned spot at its entry notional plus the margin posted on every "
+                                      "leveraged leg (perp, borrowed spot) of the open positions.")
     tiers: list[TierUsage]
     open_positions: list[PositionOut]
     closed_positions: list[PositionOut]

@@ -261,3 +261,15 @@ async def test_the_backtest_tool_runs_the_reverse_trade(make_server) -> None:
                                               "chart": False})
     assert out["params"]["strategy"] == "reverse_cash_and_carry" and out["summary"]["borrow_usd"] < 0
     assert out["trades"] and all(t["strategy"] == "reverse_cash_and_carry" for t in out["trades"])
+
+
+async def test_the_portfolio_counts_a_reverse_positions_margin_not_its_borrowed_notional(make_server, tmp_path: Path) -> None:
+    async with Client(make_server(start=START, data_path=backwardation(tmp_path))) as client:
+        out = await call(client, "enter_trade", {"symbol": "BTC", "notional_usd": 4000, "strategy": "reverse_cash_and_carry",
+                                                 "idempotency_key": "pf-1"})
+        pf = await call(client, "portfolio_status", {})
+    pos = out["position"]
+    assert pf["capital_in_use_usd"] == pytest.approx(pos["margin_usd"], abs=1e-6)
+    assert pos["margin_usd"] == pytest.approx(sum(leg["margin_usd"] for leg in pos["legs"]))
+    assert pf["cash_usd"] == pytest.approx(Settings().capital_usd - pos["margin_usd"] - sum(f["fee_usd"] for f in pos["fills"]),
+                                           abs=0.01)

@@ -151,7 +151,9 @@ class Monitor:
         unreal = sum(p.price_pnl_usd for p in opens)
         funding = float(self.store.one("SELECT COALESCE(SUM(amount_usd), 0) AS s FROM funding_payments")["s"])
         fees = float(self.store.one("SELECT COALESCE(SUM(fee_usd), 0) AS s FROM fills")["s"])
-        in_use = sum(r["notional_usd"] + (r["margin_usd"] or 0.0) for r in open_rows)
+        # owned spot at its notional, every leveraged leg (perp, borrowed spot) at its margin
+        in_use = sum((r["notional_usd"] if any(leg.market == "spot" for leg in self.book.legs(r["id"])) else 0.0)
+                     + (r["margin_usd"] or 0.0) for r in open_rows)
         cap = self.book.capital_usd
         tiers = [TierUsage(tier=t, allocation_limit_usd=self.settings.tier_allocation[t] * cap,
                            in_use_usd=_r(self.book.tier_in_use(t), 6) or 0.0,
