@@ -279,6 +279,8 @@ class BasisSnapshot(BaseModel):
     strategy: str = Field("cash_and_carry", description="The trade this basis points to: cash_and_carry for a positive "
                           "basis (short the rich perp), reverse_cash_and_carry for a negative one (long the cheap perp "
                           "against borrowed spot, paying borrow_apr_pct). Check it with estimate_net_apy(strategy=...).")
+    edge_pct: float = Field(0.0, description="The basis as that trade earns it: basis_pct for cash_and_carry, −basis_pct "
+                            "for reverse_cash_and_carry (before costs, funding and borrow). Snapshots are ranked by it.")
     borrow_apr_pct: float | None = Field(None, description="reverse_cash_and_carry: the borrow rate on the spot, percent "
                                          "a year (MODELLED on paper: see borrow_rate_source).")
     borrow_rate_source: str | None = None

@@ -22,7 +22,8 @@ pytestmark = pytest.mark.anyio
 async def drive_full_trade(client: Client, db: Path, symbol: str = "BTC", key: str = "e2e-entry-1") -> dict:
     scan = await call(client, "scan_basis", {})
     assert {s["symbol"] for s in scan["snapshots"]} >= {"BTC", "ETH"}
-    assert scan["snapshots"] == sorted(scan["snapshots"], key=lambda s: -s["basis_pct"])
+    assert scan["snapshots"] == sorted(scan["snapshots"], key=lambda s: -s["edge_pct"])  # across strategies, widest first
+    assert all(s["edge_pct"] == pytest.approx(abs(s["basis_pct"])) for s in scan["snapshots"])
     snap = next(s for s in scan["snapshots"] if s["symbol"] == symbol)
     assert snap["basis_pct"] == pytest.approx((snap["perp_price"] - snap["spot_price"]) / snap["spot_price"] * 100, abs=1e-7)
 

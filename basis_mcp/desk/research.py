@@ -83,7 +83,7 @@ class Research:
                 continue
             s.zscore = _r(tr.zscore(s.basis_pct), 6)
             s.zscore_samples = tr.n
-        snaps.sort(key=lambda s: s.basis_pct, reverse=True)
+        snaps.sort(key=lambda s: s.edge_pct, reverse=True)  # across strategies: the widest basis either way first
         return ScanBasisOutput(market_time=iso(self.market.now()) or "", mode=self.mode, snapshots=snaps, unavailable=unavailable)
 
     def _snapshot_out(self, snap: Snapshot) -> BasisSnapshot:
@@ -114,9 +114,10 @@ class Research:
     def _strategy_hint(self, snap: Snapshot) -> dict[str, Any]:
         """Which trade the basis points to, and for the reverse trade what borrowing costs."""
         if snap.basis_pct >= 0:
-            return {"strategy": "cash_and_carry"}
+            return {"strategy": "cash_and_carry", "edge_pct": _r(snap.basis_pct, 8) or 0.0}
         apr, source = self.market.borrow_apr_pct(snap.symbol)
-        return {"strategy": "reverse_cash_and_carry", "borrow_apr_pct": _r(apr, 4), "borrow_rate_source": source}
+        return {"strategy": "reverse_cash_and_carry", "edge_pct": _r(-snap.basis_pct, 8) or 0.0, "borrow_apr_pct": _r(apr, 4),
+                "borrow_rate_source": source}
 
     def compute_zscore(self, symbol: str, window: int) -> ZScoreOutput:
         sym = self.market.resolve(symbol)

@@ -85,7 +85,9 @@ TOOLS: list[ToolSpec] = [
             "funding rate for the next settlement per interval (funding_rate_pct), per 8 h and simple annualised "
             "(funding_apr_pct; positive = longs pay shorts, i.e. the short perp leg RECEIVES it); the interval and "
             "next settlement time; the basis z-score against the rolling history (null until 30 samples); "
-            "and data_age_seconds. Results are sorted richest basis first. Each call also records a basis "
+            "and data_age_seconds; `strategy`, the trade the basis points to (cash_and_carry when positive, "
+            "reverse_cash_and_carry when negative, with its MODELLED borrow rate), and `edge_pct`, the basis as that "
+            "trade earns it. Results are ranked by edge_pct, widest either way first. Each call also records a basis "
             "sample (at most one per symbol per hour) for the z-score history. Read-only." + UNITS
         ),
         input_model=m.ScanBasisInput,
