@@ -777,3 +777,13 @@ async def test_invisible_characters_are_refused_in_free_text(make_server, reason
     async with Client(make_server()) as client:
         text = await call_error(client, "halt_trading", {"reason": reason})
         assert "invisible" in text
+
+
+async def test_an_oversized_call_names_the_tools_own_field_and_masks_a_credential_looking_stranger(make_server) -> None:
+    """Found by the fuzzer: a 60 kB idempotency_key was reported as argument '***' (its name contains
+    "key"), so the agent could not tell which field to shorten. The tool's own names are not secrets."""
+    async with Client(make_server()) as client:
+        text = await call_error(client, "exit_trade", {"position_id": 1, "idempotency_key": "A" * 70_000})
+        assert "the largest is argument 'idempotency_key'" in text and "Nothing was done" in text
+        text = await call_error(client, "exit_trade", {"position_id": 1, "idempotency_key": "k-1", "api_token": "s" * 70_000})
+        assert "unknown argument '***'" in text and "api_token" not in text and "s" * 100 not in text

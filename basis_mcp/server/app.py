@@ -95,14 +95,18 @@ def _error_result(text: str) -> CallToolResult:
     return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)
 
 
-def _largest(args: Any) -> str:
-    """', the largest being <name> (N bytes)' for an oversized argument object, name bounded and masked."""
+def _largest(args: Any, known: frozenset[str] = frozenset()) -> str:
+    """', the largest being <name> (N bytes)' for an oversized argument object. The tool's own field
+    names (``known``) are shown as they are; any other name is bounded, masked when it looks like a
+    credential, and said to be an argument the tool does not take."""
     if not isinstance(args, dict) or not args:
         return ""
     sizes = {k: len(json.dumps(v, default=str)) + len(str(k)) for k, v in args.items()}
     name = max(sizes, key=sizes.__getitem__)
+    if name in known:
+        return f"; the largest is argument {name!r} ({sizes[name]:,} bytes)"
     shown = "***" if looks_like_credential(name) else bound_text(name, 40)
-    return f"; the largest is argument {shown!r} ({sizes[name]:,} bytes)"
+    return f"; the largest is an unknown argument {shown!r} ({sizes[name]:,} bytes), which this tool does not take"
 
 
 class CallAuditor:
@@ -217,8 +221,10 @@ class AuditMiddleware:
             size = 0
         shown_name = bound_text(name, 64)
         if size > MAX_REQUEST_ARGS_BYTES:
+            spec0 = self.specs.get(name)
+            known = frozenset(spec0.input_model.model_fields) if spec0 is not None else frozenset()
             text = (f"{shown_name}: the arguments are {size:,} bytes of JSON; at most {MAX_REQUEST_ARGS_BYTES:,} are "
-                    f"accepted{_largest(args)}. Nothing was done.")
+                    f"accepted{_largest(args, known)}. Nothing was done.")
             self.auditor.rejected(name, args, text, size)
             return _error_result(text)
         spec = self.specs.get(name)
