@@ -171,12 +171,6 @@ class PositionReadings:
     rebalance_possible: bool = True  # False: the legs are apart by less than a lot step can correct
     borrow_apr_pct: float | None = None  # a borrowed-spot leg's borrow rate now, percent a year
 
-    @property
-    def margin_ratio(self) -> float | None:
-        """The lowest margin ratio over the leveraged legs."""
-        ratios = [m.margin_ratio for m in self.margins if m.margin_ratio is not None]
-        return min(ratios) if ratios else None
-
 
 @dataclass(frozen=True)
 class Action:

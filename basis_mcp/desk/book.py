@@ -147,14 +147,17 @@ class Book:
             out[r["symbol"]] = max(out.get(r["symbol"], 0.0), float(r["quantity"]) * price)
         return out
 
-    def tier_in_use(self, tier: str) -> float:
-        """Notional in the tier's coins over every open position, each leg's coin counted in its own tier."""
-        total = 0.0
+    def tier_usage(self) -> dict[str, float]:
+        """Notional per tier over every open position, each leg's coin counted in its own tier (one read of the book)."""
+        out: dict[str, float] = {}
         for r in self.positions():
             for sym, notional in self.exposure_by_symbol(r).items():
-                if self.settings.tier_of(sym) == tier:
-                    total += notional
-        return total
+                tier = self.settings.tier_of(sym)
+                out[tier] = out.get(tier, 0.0) + notional
+        return out
+
+    def tier_in_use(self, tier: str) -> float:
+        return self.tier_usage().get(tier, 0.0)
 
     # ------------------------------------------------------------------ the ledger of one position
 
@@ -230,7 +233,7 @@ class Book:
         p = pnl(fills, self.funding_amounts(pid), None, self.borrow_amounts(pid))
         first: dict[str, Leg] = {}
         for leg in legs:  # the first spot-like leg (owned or borrowed) and the first perp
-            first.setdefault("spot" if leg.market in ("spot", "margin_spot") else leg.market, leg)
+            first.setdefault("spot" if leg.market in strategies.SPOT_LIKE else leg.market, leg)
         spot, perp = first.get("spot"), first.get("perp")
         return PositionOut(
             position_id=pid,

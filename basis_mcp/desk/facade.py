@@ -370,10 +370,6 @@ class Desk:
                 self.events.audit("system", "live_tick_failed", {"error": type(e).__name__}, "error", str(e)[:500])
             await anyio.sleep(poll_seconds)
 
-    async def watchdog_tick(self) -> list[dict[str, Any]]:
-        """One watchdog pass (the caller holds the lock)."""
-        return await self.watchdog.tick()
-
     async def advance(self, hours: float, progress: ProgressFn | None = None) -> AdvanceTimeOutput:
         async with self.lock:
             return await self.clockwork.advance(hours, progress)
@@ -386,14 +382,8 @@ class Desk:
     def trading_state(self) -> tuple[TradingState, str]:
         return self.risk.trading_state()
 
-    def set_trading_state(self, state: TradingState, reason: str, data: dict[str, Any]) -> None:
-        self.risk.set_trading_state(state, reason, data)
-
     def equity_usd(self) -> float:
         return self.book.equity_usd()
-
-    def resolve(self, raw: str, field: str = "symbol") -> str:
-        return self.market.resolve(raw, field)
 
     async def scan(self, symbols: list[str] | None, venues: list[str] | None = None) -> ScanBasisOutput:
         return await self.research.scan(symbols, venues)

@@ -20,7 +20,7 @@ from basis_mcp.feed import MarketDataUnavailable, Snapshot, base_asset
 from basis_mcp.playbooks import Signals
 from basis_mcp.signals import ZSCORE_MIN_SAMPLES, RollingZScore, realised_vol_1h_pct
 from basis_mcp.store import Store
-from basis_mcp.strategies.base import StrategySpec
+from basis_mcp.strategies.base import SPOT_LIKE, StrategySpec
 from basis_mcp.venue.base import VenueError, VenueTimeout
 
 FUND_DIGITS = 12  # funding means are rounded like the backtest's (basis_mcp.backtest.engine.FUND_DIGITS)
@@ -112,15 +112,15 @@ class MarketData:
     def mid(self, market: str, symbol: str) -> float:
         """Mid price of an instrument now (MarketDataUnavailable if none)."""
         snap = self.feed.snapshot(symbol)
-        return snap.spot if market in ("spot", "margin_spot") else snap.perp
+        return snap.spot if market in SPOT_LIKE else snap.perp
 
     def mark(self, market: str, symbol: str) -> float:
         """What an open holding of an instrument is valued at: spot mid, or the derivative's mark price."""
         snap = self.feed.snapshot(symbol)
-        return snap.spot if market in ("spot", "margin_spot") else snap.mark
+        return snap.spot if market in SPOT_LIKE else snap.mark
 
     def venue_symbol(self, market: str, symbol: str) -> str:
-        return self.feed.spot_symbol(symbol) if market in ("spot", "margin_spot") else self.feed.perp_symbol(symbol)
+        return self.feed.spot_symbol(symbol) if market in SPOT_LIKE else self.feed.perp_symbol(symbol)
 
     def realised_vol_1h_pct(self, snap: Snapshot) -> float | None:
         if snap.prev_perp is None:

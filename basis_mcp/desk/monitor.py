@@ -16,7 +16,7 @@ from basis_mcp.desk.events import VenueHealth
 from basis_mcp.desk.market import MarketData
 from basis_mcp.desk.orders import Orders
 from basis_mcp.desk.reconcile import Reconcile
-from basis_mcp.desk.risk import Risk, spot_like
+from basis_mcp.desk.risk import Risk
 from basis_mcp.errors import Rejected
 from basis_mcp.feed import MarketDataUnavailable
 from basis_mcp.guardrails import drawdown
@@ -32,6 +32,7 @@ from basis_mcp.models import (
     TierUsage,
 )
 from basis_mcp.store import Store
+from basis_mcp.strategies.base import SPOT_LIKE
 
 
 class Monitor:
@@ -95,10 +96,11 @@ class Monitor:
             wallets += wallet
             if ratio is not None and (worst is None or ratio < worst[0]):
                 worst = (ratio, d)
-        spot_q = sum(d.quantity for d, leg in zip(reports, legs, strict=True) if spot_like(leg.market))
-        perp_q = sum(d.quantity for d, leg in zip(reports, legs, strict=True) if not spot_like(leg.market))
-        spot_val = sum(d.quantity * d.price for d, leg in zip(reports, legs, strict=True) if spot_like(leg.market))
-        perp_val = sum(d.quantity * d.price for d, leg in zip(reports, legs, strict=True) if not spot_like(leg.market))
+        on_spot = [leg.market in SPOT_LIKE for leg in legs]
+        spot_q = sum(d.quantity for d, s in zip(reports, on_spot, strict=True) if s)
+        perp_q = sum(d.quantity for d, s in zip(reports, on_spot, strict=True) if not s)
+        spot_val = sum(d.quantity * d.price for d, s in zip(reports, on_spot, strict=True) if s)
+        perp_val = sum(d.quantity * d.price for d, s in zip(reports, on_spot, strict=True) if not s)
         held_abs = self.book.held_abs(legs, held)
         imb = imbalance_pct([max(q, 0.0) for q in held_abs], [leg.ratio for leg in legs])
         funding = sum(self.book.funding_amounts(pid))
@@ -155,8 +157,9 @@ class Monitor:
         in_use = sum((r["notional_usd"] if any(leg.market == "spot" for leg in self.book.legs(r["id"])) else 0.0)
                      + (r["margin_usd"] or 0.0) for r in open_rows)
         cap = self.book.capital_usd
+        usage = self.book.tier_usage()
         tiers = [TierUsage(tier=t, allocation_limit_usd=self.settings.tier_allocation[t] * cap,
-                           in_use_usd=_r(self.book.tier_in_use(t), 6) or 0.0,
+                           in_use_usd=_r(usage.get(t, 0.0), 6) or 0.0,
                            single_position_limit_usd=self.settings.tier_single_position[t] * cap)
                  for t in ("anchor", "mid", "speculative")]
         closed = self.store.q("SELECT * FROM positions WHERE status NOT IN ('opening','open','closing') ORDER BY id DESC LIMIT ?",
@@ -211,8 +214,9 @@ class Monitor:
             L(name="basis_stop_multiple", limit=s.basis_stop_multiple, hard_ceiling=3.0, current=None, unit="x entry basis", ok=True),
             L(name="symbol_allowlist", limit=",".join(self.risk.allowlist()), hard_ceiling=None, current=None, unit="symbols", ok=True),
         ]
+        usage = self.book.tier_usage()
         for t in ("anchor", "mid", "speculative"):
-            used = self.book.tier_in_use(t)
+            used = usage.get(t, 0.0)
             limits.append(L(name=f"tier_allocation_{t}", limit=round(s.tier_allocation[t] * cap, 2),
                             hard_ceiling=round(HARD.allocation(t) * cap, 2), current=round(used, 2), unit="USD notional",
                             ok=used <= s.tier_allocation[t] * cap + 1e-6))

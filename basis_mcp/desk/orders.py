@@ -23,6 +23,7 @@ from basis_mcp.desk.events import Events, VenueHealth
 from basis_mcp.legs import QTY_EPS, trims
 from basis_mcp.sizing import floor_to_step
 from basis_mcp.store import Store
+from basis_mcp.strategies.base import SPOT_LIKE
 from basis_mcp.venue.base import OrderRequest, OrderResult, VenueError, VenueTimeout, VenueUnavailable
 from basis_mcp.venue.faults import FaultPlan
 
@@ -62,7 +63,7 @@ class Orders:
 
     def lot_step(self, leg: Leg) -> float:
         """The quantity step a leg trades in (0: any quantity, as spot and borrowed spot here)."""
-        return 0.0 if leg.market in ("spot", "margin_spot") else self.settings.spec(leg.symbol).qty_step
+        return 0.0 if leg.market in SPOT_LIKE else self.settings.spec(leg.symbol).qty_step
 
     def cuts(self, legs: list[Leg], held_abs: list[float]) -> list[float]:
         """What to take off each leg to bring the legs back together on their lot steps (`legs.trims`);

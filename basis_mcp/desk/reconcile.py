@@ -81,13 +81,13 @@ class Reconcile:
             equity += p.isolated_wallet_usd + p.quantity * (self.market.mark(market, sym) - p.entry_price)
         return equity
 
-    async def cash_discrepancy_usd(self) -> float:
+    async def cash_discrepancy_usd(self, holdings: tuple[dict[str, float], dict[tuple[str, str], Any]] | None = None) -> float:
         """(venue USDT + isolated wallets) − what the desk's fills, funding and borrow imply.
 
         Identity: USDT + Σ wallets = capital + Σ fill cash flows − fees + funding + borrow
         + Σ over open isolated positions (perps, borrowed spot) of (signed quantity × venue entry price).
         """
-        balances, perps = await self.venue_holdings()
+        balances, perps = holdings if holdings is not None else await self.venue_holdings()
         venue_side = balances.get("USDT", 0.0) + sum(p.isolated_wallet_usd for p in perps.values())
         flows = self.store.one(
             "SELECT COALESCE(SUM(CASE WHEN side = 'sell' THEN quantity * price ELSE -quantity * price END), 0) AS cash,"
@@ -104,12 +104,13 @@ class Reconcile:
         says what happened to it, and recovery is already chasing that."""
         if self.store.one("SELECT 1 FROM orders WHERE status IN ('sent','unknown') LIMIT 1") is not None:
             return
-        balances, perps = await self.venue_holdings()
+        venue = await self.venue_holdings()  # one read of the venue for both checks
+        balances, perps = venue
         holdings = self.book.holdings()  # one pass over the fills for both checks
         problems = self.ledger_discrepancies(balances, perps, holdings)
         if self.mode == "live":
             self.check_spot_baseline(balances, {sym: q for (m, sym), q in holdings.items() if m == "spot"})
-        cash_gap = 0.0 if self.mode == "live" else await self.cash_discrepancy_usd()  # live fees may be paid in BNB
+        cash_gap = 0.0 if self.mode == "live" else await self.cash_discrepancy_usd(venue)  # live fees may be paid in BNB
         if abs(cash_gap) > LEDGER_TOLERANCE_USD:
             problems.append(f"cash: venue USDT + margin differs from the ledger by ${cash_gap:,.4f}")
         if problems and self.risk.trading_state()[0] == "ACTIVE":

@@ -28,14 +28,10 @@ from basis_mcp.playbooks import carry_entry_check, expected_carry_usd, stop_leve
 from basis_mcp.signals import entry_expected_net_usd, settlements_in
 from basis_mcp.sizing import Cap, leg_capital_usd
 from basis_mcp.store import Store
-from basis_mcp.strategies.base import LegSpec, StrategySpec
+from basis_mcp.strategies.base import SPOT_LIKE, LegSpec, StrategySpec
 from basis_mcp.venue.base import VenueTimeout, VenueUnavailable
 
 LIVE_CAPITAL_BUFFER = 1.002  # live fills can land a little off the modelled price: reserve 0.2 % more
-
-
-def spot_like(market: str) -> bool:
-    return market in ("spot", "margin_spot")
 
 
 class Risk:
@@ -140,14 +136,12 @@ class Risk:
             return await self.venue.fetch_perp_position(symbol)
         return await self.venue.fetch_position(market, symbol)
 
-    async def leg_margin(self, leg: Leg | PlannedLeg | str, mark: float) -> tuple[float | None, float | None, float]:
+    async def leg_margin(self, leg: Leg, mark: float) -> tuple[float | None, float | None, float]:
         """(liquidation price, margin ratio as a fraction, isolated wallet) of a leveraged leg, from the venue."""
-        sym = leg if isinstance(leg, str) else leg.symbol
-        market = "perp" if isinstance(leg, str) else (leg.market if isinstance(leg, Leg) else leg.spec.market)
-        pos = await self.position(market, sym)
+        pos = await self.position(leg.market, leg.symbol)
         if pos is None:
             return None, None, 0.0
-        table = self.settings.spec(sym).brackets
+        table = self.settings.spec(leg.symbol).brackets
         lp = mm.liquidation_price(pos.isolated_wallet_usd, pos.quantity, pos.entry_price, table)
         ratio = mm.margin_ratio(pos.isolated_wallet_usd, pos.quantity, pos.entry_price, mark, table)
         return lp, ratio, pos.isolated_wallet_usd
@@ -220,7 +214,7 @@ class Risk:
 
     def leg_costs(self, market: str, symbol: str) -> Any:
         costs = self.settings.spec(symbol).costs
-        return costs.spot if spot_like(market) else costs.perp
+        return costs.spot if market in SPOT_LIKE else costs.perp
 
     def capital_required_usd(self, planned: list[PlannedLeg], lev: float) -> float:
         """Cash the entry ties up: every leg's fill (owned spot) or margin (leveraged legs) plus fees."""
@@ -261,6 +255,7 @@ class Risk:
                 per_symbol[p.symbol] = max(per_symbol.get(p.symbol, 0.0), p.quantity * p.mid)
         cap = self.book.capital_usd
         per_tier: dict[str, float] = {}
+        usage = self.book.tier_usage()
         for s_, usd in per_symbol.items():
             tier = self.settings.tier_of(s_)
             per_tier[tier] = per_tier.get(tier, 0.0) + usd
@@ -274,7 +269,7 @@ class Risk:
                 if usd > limit + 1e-9:
                     problems.append(f"the {s_} leg (${usd:,.2f}) is above {name} ${limit:,.2f} ({tier} tier)")
         for tier, usd in per_tier.items():
-            headroom = max(self.settings.tier_allocation[tier] * cap - self.book.tier_in_use(tier), 0.0)
+            headroom = max(self.settings.tier_allocation[tier] * cap - usage.get(tier, 0.0), 0.0)
             if usd > headroom + 1e-9 and not (tier == self.settings.tier_of(sym) and usd == notional_usd):
                 problems.append(f"the legs put ${usd:,.2f} in the {tier} tier, above its headroom of ${headroom:,.2f}")
         below = tuple(problems)

@@ -5,6 +5,7 @@ from basis_mcp.strategies import cash_and_carry, reverse_cash_and_carry  # noqa:
 from basis_mcp.strategies.base import (
     LEVERAGED,
     MARKETS,
+    SPOT_LIKE,
     LegSpec,
     StrategySpec,
     get,
@@ -13,4 +14,4 @@ from basis_mcp.strategies.base import (
     unregister,
 )
 
-__all__ = ["LEVERAGED", "MARKETS", "LegSpec", "StrategySpec", "get", "names", "register", "unregister"]
+__all__ = ["LEVERAGED", "MARKETS", "SPOT_LIKE", "LegSpec", "StrategySpec", "get", "names", "register", "unregister"]

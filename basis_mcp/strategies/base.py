@@ -21,6 +21,7 @@ from typing import Literal
 Market = Literal["spot", "margin_spot", "perp", "future"]
 MARKETS: tuple[str, ...] = ("spot", "margin_spot", "perp", "future")
 LEVERAGED: frozenset[str] = frozenset({"margin_spot", "perp", "future"})
+SPOT_LIKE: frozenset[str] = frozenset({"spot", "margin_spot"})  # priced, charged and stepped as spot (owned or borrowed)
 LegSide = Literal["long", "short"]
 
 
