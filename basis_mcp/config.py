@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from basis_mcp.costs import LegCosts, PairCosts
+from basis_mcp.dated import underlying
 from basis_mcp.margin import Bracket, brackets
 from basis_mcp.playbooks import ExitRules
 
@@ -218,6 +219,8 @@ class Settings(BaseModel):
         "calm", description="paper and backtests: the MODELLED borrow-rate series for short spot legs (basis_mcp.borrow)")
     borrow_spike_apr_pct: float = Field(50.0, gt=0, le=1000, description="watchdog: close a borrowed-spot leg when its borrow "
                                         "rate is above this (percent a year): a squeeze, and recall risk with it")
+    expiry_exit_hours: float = Field(24.0, ge=1, le=24.0 * 30, description="calendar spread: the watchdog closes a dated-future "
+                                     "leg this many hours before its expiry, and no entry's planned hold may run past that time")
     max_advance_hours: float = Field(24.0 * 92, gt=0, le=24.0 * 366)
     live_confirmation: bool = Field(True, description="live mode: enter/exit need a confirmation token first")
     confirmation_ttl_seconds: float = Field(60.0, ge=5, le=600)
@@ -285,6 +288,7 @@ class Settings(BaseModel):
     # ---------------------------------------------------------------- lookups
 
     def tier_of(self, symbol: str) -> Tier:
+        symbol = underlying(symbol)  # a dated contract is in its coin's tier
         if symbol in self.tiers:
             return self.tiers[symbol]
         if symbol in ANCHOR:
@@ -294,6 +298,7 @@ class Settings(BaseModel):
         return "speculative"
 
     def spec(self, symbol: str) -> SymbolSpec:
+        symbol = underlying(symbol)  # a dated contract trades on its coin's lot step, costs and brackets
         return self.symbols.get(symbol) or DEFAULT_SPECS.get(symbol) or CONSERVATIVE_SPEC
 
     def has_spec(self, symbol: str) -> bool:
@@ -325,6 +330,7 @@ _ENV_FIELDS = {
     "max_orders_per_minute",
     "borrow_scenario",
     "borrow_spike_apr_pct",
+    "expiry_exit_hours",
 }
 
 

@@ -6,12 +6,20 @@ ccxt feed implements the same surface.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
 
 from basis_mcp.clock import Clock
+from basis_mcp.dated import (
+    funding_carry_apr,
+    is_contract,
+    iso_day,
+    parse_contract,
+    simulated_price,
+    underlying,
+)
 from basis_mcp.history import HOUR, SymbolHistory, funding_schedule, mean_rate
 from basis_mcp.signals import basis_pct
 
@@ -144,6 +152,8 @@ class ReplayFeed:
         return h.t0 <= t <= h.t_end + HOUR - 1
 
     def snapshot(self, symbol: str, at: float | None = None) -> Snapshot:
+        if is_contract(symbol):
+            return self.dated_snapshot(symbol, at)
         h = self.h.get(symbol)
         if h is None:
             raise MarketDataUnavailable(f"no data for {symbol}")
@@ -182,8 +192,38 @@ class ReplayFeed:
             prev_perp=float(h.perp[i - 1]) if i > 0 else None,  # NaN after a missing bar: only the range counts then
         )
 
+    def dated_snapshot(self, code: str, at: float | None = None) -> Snapshot:
+        """A dated contract as a snapshot: ``perp`` and ``mark`` are its SIMULATED price (`basis_mcp.dated`),
+        ``spot`` its coin's; no funding (rate 0; the schedule fields are its coin's perp's). Unavailable
+        from its expiry on: it no longer trades."""
+        base, expiry = parse_contract(code)
+        snap = self.snapshot(base, at)
+        if snap.now >= expiry:
+            raise MarketDataUnavailable(f"{code} expired at {iso_day(expiry)}")
+        h = self.h[base]
+        carry = funding_carry_apr(h.funding_time, h.funding_rate, snap.now)
+        price = float(simulated_price(snap.perp, carry, expiry - snap.now)[0])
+        return replace(snap, symbol=code, perp=price, mark=price, mark_high=price, mark_low=price,
+                       funding_rate=0.0, funding_rate_source="none (dated future)", last_settled_rate=None,
+                       mark_is_proxy=True, prev_perp=None,
+                       perp_bid=None, perp_ask=None)
+
+    def calendar_basis_series(self, code: str, t_from: float, t_to: float) -> tuple[np.ndarray, np.ndarray]:
+        """(times, calendar basis %) at every hour in [t_from, t_to] before expiry where spot and perp
+        both traded: (simulated future − perp) / perp × 100."""
+        base, expiry = parse_contract(code)
+        times, _ = self.basis_series(base, t_from, min(t_to, expiry - 1.0))
+        if times.size == 0:
+            return times, np.empty(0)
+        h = self.h[base]
+        idx = ((times - h.t0) // HOUR).astype(np.int64)
+        perp = h.perp[idx]
+        fut = simulated_price(perp, funding_carry_apr(h.funding_time, h.funding_rate, times.astype(np.float64)), expiry - times)
+        return times, (fut - perp) / perp * 100.0
+
     def first_fresh_at_or_after(self, symbol: str, t: float) -> float | None:
         """The first observation time ≥ ``t`` where both legs traded (None: past the data)."""
+        symbol = underlying(symbol)
         h = self.h[symbol]
         i = max(int(np.ceil((t - h.t0) / HOUR)), 0)
         ok = np.flatnonzero(~(np.isnan(h.spot[i:]) | np.isnan(h.perp[i:])))

@@ -53,6 +53,8 @@ class EntryReadings:
     orders_per_entry: int = 2  # one per leg
     leg_problems: tuple[str, ...] = ()  # legs on another coin: under that coin's venue minimum, or over its tier's caps
     borrow_apr_pct: float | None = None  # a borrowed-spot leg's borrow rate now, percent a year
+    seconds_to_expiry: float | None = None  # a dated-future leg: time left to its expiry
+    contract: str | None = None  # ... and its code
     borrow_limit_apr_pct: float = 50.0  # the watchdog closes above this: no entry above it either
 
 
@@ -137,6 +139,7 @@ class WatchdogLimits:
     liquidation_distance_add_pct: float = 15.0  # add margin when the liquidation price is closer than this to the mark
     liquidation_distance_target_pct: float = 25.0  # ... to put it this far away again
     borrow_spike_apr_pct: float = 50.0  # a borrowed-spot leg whose borrow rate is above this is closed
+    expiry_exit_hours: float = 24.0  # a dated-future leg is closed this long before its expiry
     settlement_wait_seconds: float = 1800.0
     settlement_wait_min_usd: float = 5.0
     rules: ExitRules = field(default_factory=ExitRules)  # the basis, funding and hold rules (see `playbooks`)
@@ -170,6 +173,8 @@ class PositionReadings:
     playbook: str = "convergence"
     rebalance_possible: bool = True  # False: the legs are apart by less than a lot step can correct
     borrow_apr_pct: float | None = None  # a borrowed-spot leg's borrow rate now, percent a year
+    seconds_to_expiry: float | None = None  # a dated-future leg: time left to its expiry
+    contract: str | None = None  # ... and its code
 
 
 @dataclass(frozen=True)
@@ -210,6 +215,11 @@ def watchdog_actions(p: PositionReadings, lim: WatchdogLimits) -> list[Action]:
         sig = None
     if sig is not None and sig.emergency:
         acts.append(Action("close", sig.rule, True, sig.message, sig.numbers))
+    if p.seconds_to_expiry is not None and p.seconds_to_expiry <= lim.expiry_exit_hours * 3600.0:
+        acts.append(Action("close", "expiry_near", True,
+                           f"{p.contract} expires in {p.seconds_to_expiry / 3600:.1f} h (≤ expiry_exit_hours "
+                           f"{lim.expiry_exit_hours:g}): closing every leg before the contract settles",
+                           {"hours_to_expiry": round(p.seconds_to_expiry / 3600, 3)}))
     if p.borrow_apr_pct is not None and p.borrow_apr_pct > lim.borrow_spike_apr_pct:
         acts.append(Action("close", "borrow_spike", True,
                            f"borrow rate {p.borrow_apr_pct:.1f}%/yr > {lim.borrow_spike_apr_pct:g}%/yr: a squeeze on the borrowed "

@@ -30,22 +30,27 @@ class PlannedLeg:
 
 def plan_legs(
     strategy: StrategySpec, symbol: str, notional_usd: float, price: Callable[[LegSpec, str], float],
-    step: Callable[[str], float],
+    step: Callable[[str], float], symbol_of: Callable[[LegSpec, str], str] | None = None,
 ) -> list[PlannedLeg]:
     """Every leg's quantity for a position of ``notional_usd`` on the reference (first) leg.
 
     The reference leg gets ``notional_usd / price`` rounded down to its lot step; a
     quantity-sized leg gets that quantity × its ratio (rounded down: never more than the
     reference), a notional-sized one the same dollars × its ratio at its own price (to the
-    nearest lot: the closest dollar match the steps allow).
+    nearest lot: the closest dollar match the steps allow). ``symbol_of(leg, symbol)`` names the
+    instrument a leg trades when it is not the symbol itself (a dated future's contract code).
     """
     out: list[PlannedLeg] = []
+    def sym_of(leg: LegSpec) -> str:
+        s = leg.symbol or symbol
+        return symbol_of(leg, s) if symbol_of is not None else s
+
     ref = strategy.legs[0]
-    ref_sym = ref.symbol or symbol
+    ref_sym = sym_of(ref)
     ref_mid = price(ref, ref_sym)
     q0 = floor_to_step(notional_usd / ref_mid, step(ref_sym))
     for i, leg in enumerate(strategy.legs):
-        sym = leg.symbol or symbol
+        sym = sym_of(leg)
         mid = ref_mid if i == 0 else price(leg, sym)
         if i == 0:
             q = q0

@@ -116,7 +116,9 @@ STRATEGY_FIELD = Field(
     "cash_and_carry", min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$",
     description="The trade shape: cash_and_carry = buy spot, short the perpetual (for a positive basis / positive funding); "
     "reverse_cash_and_carry = borrow and sell spot, buy the perpetual (for a negative basis / negative funding; pays hourly "
-    "borrow interest, MODELLED on paper). An unknown name is refused with the list.")
+    "borrow interest, MODELLED on paper); calendar_spread = buy the perpetual, sell a quarterly future (for a rich quarterly "
+    "premium; earns its roll-down, pays funding on the long perp, closed before expiry; the future's price is SIMULATED on "
+    "paper). An unknown name is refused with the list.")
 
 
 class EstimateNetApyInput(InputModel):
@@ -133,8 +135,15 @@ class EstimateNetApyInput(InputModel):
         description="Assumed funding per 8 h in percent (0.01 = 0.01 %). Default: the mean settled rate of the last 30 days "
         "(convergence) or of the carry lookback, 7 days (carry).",
     )
-    exit_basis_pct: FiniteFloat = Field(0.0, ge=-10, le=10, description="Basis you expect at exit, percent; default 0 (full convergence).")
-    basis_pct: FiniteFloat | None = Field(None, ge=-20, le=20, description="Entry basis in percent; default: the current basis.")
+    exit_basis_pct: FiniteFloat | None = Field(
+        None, ge=-10, le=10, description="Basis you expect at exit, percent. Default: 0 (full convergence); for calendar_spread "
+        "the quarterly's premium rolled down linearly toward expiry over the hold.")
+    basis_pct: FiniteFloat | None = Field(None, ge=-20, le=20, description="Entry basis in percent; default: the current basis "
+                                          "(calendar_spread: the quarterly's premium over the perp).")
+    contract: str | None = Field(
+        None, min_length=8, max_length=32, pattern=r"^[A-Za-z0-9][A-Za-z0-9/:_\-]*$",
+        description="calendar_spread only: the quarterly to price (e.g. 'BTC-260327'); default: the nearest listed one the hold "
+        "ends before (expiry_exit_hours ahead of its expiry).")
 
 
 class SizePositionInput(InputModel):
@@ -159,6 +168,11 @@ class EnterTradeInput(InputModel):
         "over it pays the round trip twice.",
     )
     confirmation_token: ConfirmationToken = None
+    contract: str | None = Field(
+        None, min_length=8, max_length=32, pattern=r"^[A-Za-z0-9][A-Za-z0-9/:_\-]*$",
+        description="calendar_spread only: the quarterly future to sell, e.g. 'BTC-260327' (also 'BTCUSDT_260327', "
+        "'BTC/USDT:USDT-260327'); must be listed (the current or next quarter) and expire more than expiry_exit_hours after "
+        "the planned hold ends. Omit it to take the nearest such contract.")
 
 
 class ExitTradeInput(InputModel):
@@ -284,6 +298,12 @@ class BasisSnapshot(BaseModel):
     borrow_apr_pct: float | None = Field(None, description="reverse_cash_and_carry: the borrow rate on the spot, percent "
                                          "a year (MODELLED on paper: see borrow_rate_source).")
     borrow_rate_source: str | None = None
+    calendar_contract: str | None = Field(None, description="The nearest listed quarterly future (paper: SIMULATED price).")
+    calendar_basis_pct: float | None = Field(None, description="That quarterly's premium over the perp, percent: what a "
+                                             "calendar_spread (long perp, short the quarterly) earns as it rolls down to expiry.")
+    calendar_edge_pct: float | None = Field(None, description="calendar_basis_pct less the funding the long perp would pay to "
+                                            "expiry at the last 30 days' rate, percent; when it beats edge_pct, strategy "
+                                            "names calendar_spread.")
 
 
 class Unavailable(BaseModel):
@@ -319,6 +339,8 @@ class ZScoreOutput(ToolOutput):
 class NetApyEstimate(ToolOutput):
     symbol: str
     strategy: str = Field("cash_and_carry", description="The trade shape this estimate is for.")
+    contract: str | None = Field(None, description="calendar_spread: the quarterly priced (its price is SIMULATED on paper).")
+    contract_expiry: str | None = Field(None, description="calendar_spread: that contract's expiry (ISO-8601 UTC).")
     borrow_usd: float = Field(0.0, description="Borrow interest on the short spot over the hold (≤ 0; reverse trades only).")
     borrow_apr_pct: float | None = Field(None, description="The borrow rate assumed, percent a year (reverse trades).")
     borrow_rate_source: str | None = Field(None, description="Where the borrow rate comes from: 'modelled:calm' or "
@@ -414,14 +436,16 @@ class LegOut(BaseModel):
     market: Literal["spot", "margin_spot", "perp", "future"] = Field(
         description="spot (owned), margin_spot (borrowed, held short), perp (perpetual), future (dated).")
     venue: str
-    symbol: str = Field(description="Base asset.")
+    symbol: str = Field(description="Base asset; for a dated future its contract code, base-YYMMDD (BTC-260327).")
     side: Literal["long", "short"]
     quantity: float = Field(description="Target base quantity: what the leg holds when the position is hedged.")
     held_quantity: float = Field(description="Base quantity held now according to the fills; long +, short −.")
     entry_price: float | None = Field(description="Average open fill price.")
     exit_price: float | None = Field(None, description="Last close fill price.")
     margin_usd: float | None = Field(None, description="Leveraged legs: isolated margin posted at entry.")
-    expiry: str | None = Field(None, description="Dated futures: settlement time.")
+    expiry: str | None = Field(None, description="Dated futures: expiry (ISO-8601 UTC). Paper and backtests price the future "
+                               "with a SIMULATED cost-of-carry model (perp × (1 + last 90 days' funding × years to expiry); settles at the spot "
+                               "index).")
 
 
 class PositionOut(BaseModel):

@@ -69,16 +69,19 @@ class Signals:
     funding_recent_8h_pct: float | None  # mean settled funding over funding_exit_hours, per 8 h
     funding_carry_8h_pct: float | None  # mean settled funding over the carry lookback, per 8 h
 
-    def seen_by(self, direction: int, borrow_8h_pct: float = 0.0) -> Signals:
-        """The signals as a position of ``direction`` reads them. +1 (short the perp): as they are.
-        −1 (long the perp against borrowed spot): the basis and funding mirrored, so the same rules
-        apply to the trade that earns from a negative basis and negative funding; the carry it
-        earns is net of the borrow interest on its short spot (``borrow_8h_pct``, % per 8 h)."""
-        if direction == 1 and borrow_8h_pct == 0.0:
+    def seen_by(self, direction: int, borrow_8h_pct: float = 0.0, funding_direction: int | None = None) -> Signals:
+        """The signals as a position of ``direction`` reads them. +1 (short the rich leg): as they are.
+        −1 (long the perp against borrowed spot): the basis mirrored, so the same rules apply to the
+        trade that earns from a negative basis. The funding means are the funding the position
+        receives: × ``funding_direction`` (default ``direction``; −1 for any position long the perp,
+        such as a calendar spread) and net of the borrow interest on a short spot leg
+        (``borrow_8h_pct``, % per 8 h)."""
+        fd = direction if funding_direction is None else funding_direction
+        if direction == 1 and fd == 1 and borrow_8h_pct == 0.0:
             return self
 
         def carry(f: float | None) -> float | None:
-            return None if f is None else direction * f - borrow_8h_pct
+            return None if f is None else fd * f - borrow_8h_pct
 
         return Signals(basis_pct=direction * self.basis_pct,
                        basis_smooth_pct=None if self.basis_smooth_pct is None else direction * self.basis_smooth_pct,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from basis_mcp.costs import PairCosts
+from basis_mcp.dated import roll_down_exit_basis_pct
 
 ZSCORE_MIN_SAMPLES = 30
 ZSCORE_STD_FLOOR = 1e-8
@@ -256,6 +257,9 @@ def estimate_net_return(
     entry_exit_cost_usd: tuple[float, float],
     direction: int = 1,
     borrow_rate_hourly: float = 0.0,
+    funding_direction: int | None = None,
+    reference_leveraged: bool | None = None,
+    funding_price: float | None = None,
 ) -> NetReturnEstimate:
     """Honest expected return of a cash-and-carry (long spot, short perp) over a hold.
 
@@ -270,18 +274,25 @@ def estimate_net_return(
     - apy_pct = net_return_pct ÷ hold_days × 365 (simple, not compounded). The one-off
       basis is NOT multiplied by settlements per year.
     ``entry_exit_cost_usd`` = (fees_usd, slippage_usd) for the full round trip.
+
+    Other two-leg shapes read the same way with ``spot_price`` the reference leg and ``perp_price``
+    the other: a calendar spread passes the perp and the dated future, ``funding_direction`` −1
+    (its long perp pays positive funding) at ``funding_price`` (the perp's), and
+    ``reference_leveraged`` (its reference leg is margined, not bought outright).
     """
+    fd = direction if funding_direction is None else funding_direction
+    ref_leveraged = (direction == -1) if reference_leveraged is None else reference_leveraged
     q = notional_usd / spot_price
     basis_entry_usd = perp_price - spot_price
     basis_exit_usd = exit_basis_pct / 100.0 * spot_price
     basis_capture = direction * q * (basis_entry_usd - basis_exit_usd)
     n_settle = settlements_in(seconds_to_next_funding, funding_interval_hours, hold_days * 86400.0)
-    funding_per_settlement = direction * q * perp_price * funding_rate
+    funding_per_settlement = fd * q * (perp_price if funding_price is None else funding_price) * funding_rate
     funding = funding_per_settlement * n_settle
     borrow = -q * spot_price * borrow_rate_hourly * hold_days * 24.0
     fees, slip = entry_exit_cost_usd
     net = basis_capture + funding + borrow - fees - slip
-    spot_capital = notional_usd if direction == 1 else notional_usd / leverage
+    spot_capital = notional_usd / leverage if ref_leveraged else notional_usd
     capital = spot_capital + q * perp_price / leverage
     net_return_pct = net / capital * 100.0
     apy = net_return_pct / hold_days * DAYS_PER_YEAR
@@ -325,10 +336,24 @@ def entry_expected_net_usd(
     seconds_to_next_funding: float,
     direction: int = 1,
     borrow_rate_hourly: float = 0.0,
+    seconds_to_expiry: float | None = None,
 ) -> float:
     """The pre-trade "net expected return > 0" number: basis to 0, funding at ``funding_rate`` over
     the planned hold, round-trip fees and slippage, for ``qty`` already rounded to the lot step.
-    One function for the desk's guardrail, the backtest and its reference loop."""
+    One function for the desk's guardrail, the backtest and its reference loop.
+
+    With ``seconds_to_expiry`` it is a calendar spread (``spot`` the perp, ``perp`` the dated
+    future): the premium is expected to roll down linearly to zero at expiry, so a hold captures
+    only its share of it (`dated.roll_down_exit_basis_pct`), and the long perp pays the funding."""
+    if seconds_to_expiry is not None:
+        entry_basis = (perp - spot) / spot * 100.0
+        return estimate_net_return(
+            notional_usd=max(qty * spot, 1e-9), spot_price=spot, perp_price=perp, hold_days=hold_days,
+            exit_basis_pct=roll_down_exit_basis_pct(entry_basis, hold_days * 86400.0, seconds_to_expiry),
+            funding_rate=funding_rate, funding_interval_hours=funding_interval_hours,
+            seconds_to_next_funding=seconds_to_next_funding, leverage=leverage,
+            entry_exit_cost_usd=costs.round_trip_usd(qty, spot, perp), direction=1, funding_direction=-1,
+            reference_leveraged=True, funding_price=spot).net_usd
     rounded = qty * spot
     return estimate_net_return(
         notional_usd=max(rounded, 1e-9),

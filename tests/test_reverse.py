@@ -144,8 +144,8 @@ async def test_a_reverse_trade_on_a_venue_that_does_not_lend_is_refused_before_a
 async def test_bad_strategy_input_names_the_field(make_server, tmp_path: Path) -> None:
     async with Client(make_server(start=START, data_path=backwardation(tmp_path))) as client:
         text = await call_error(client, "estimate_net_apy", {"symbol": "BTC", "notional_usd": 4000, "hold_days": 7,
-                                                             "strategy": "calendar_spread"})
-        assert "strategy" in text and "reverse_cash_and_carry" in text
+                                                             "strategy": "calendar_spreads"})
+        assert "strategy" in text and "reverse_cash_and_carry" in text and "calendar_spread" in text
 
 
 async def test_a_replay_from_june_2025_finds_and_opens_the_reverse_trade(make_server, db: Path) -> None:

@@ -195,16 +195,19 @@ async def test_a_partial_coarse_leg_leaves_legs_the_steps_can_match(make_server,
         strategies.unregister(PAIR_BTC_FIRST.name)
 
 
-async def test_legs_on_markets_the_venue_does_not_trade_are_refused_before_anything_is_written(make_server, db: Path) -> None:
+async def test_a_registered_strategy_with_a_dated_leg_trades_the_nearest_listed_contract(make_server, db: Path) -> None:
+    """No engine knows about a new shape: a dated leg is given the nearest listed quarterly whose last trading
+    time the hold ends before (a venue without dated futures refuses it: tests/test_calendar.py)."""
     dated = StrategySpec(name="perp_vs_future", title="", summary="", playbooks=(),
                          legs=(LegSpec("perp", "perp", "long"), LegSpec("future", "future", "short")))
     strategies.register(dated)
     try:
         async with Client(make_server()) as client:
-            text = await call_error(client, "enter_trade", {"symbol": "BTC", "notional_usd": 2000, "strategy": "perp_vs_future",
-                                                            "idempotency_key": "f-1"})
-            assert "strategy" in text and "future (future)" in text and "nothing was sent" in text
-        assert db_rows(db, "SELECT COUNT(*) AS n FROM orders")[0]["n"] == 0
+            out = await call(client, "enter_trade", {"symbol": "BTC", "notional_usd": 2000, "strategy": "perp_vs_future",
+                                                     "expected_hold_days": 7, "idempotency_key": "f-1"})
+            fut = out["position"]["legs"][1]
+            assert fut["symbol"] == "BTC-240329" and fut["expiry"] == "2024-03-29T08:00:00Z" and fut["held_quantity"] < 0
+        assert db_rows(db, "SELECT symbol FROM paper_future")[0]["symbol"] == "BTC-240329"
     finally:
         strategies.unregister(dated.name)
 

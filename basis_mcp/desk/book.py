@@ -16,6 +16,7 @@ from typing import Any
 from basis_mcp import strategies
 from basis_mcp.clock import iso
 from basis_mcp.config import Settings
+from basis_mcp.dated import parse_contract
 from basis_mcp.desk.market import MarketData
 from basis_mcp.feed import MarketDataUnavailable
 from basis_mcp.ledger import PnL, held_by_leg, pnl
@@ -112,9 +113,11 @@ class Book:
         """Record a new position's legs (inside the caller's transaction)."""
         ids = []
         for p in planned:
+            expiry = parse_contract(p.symbol)[1] if p.spec.market == "future" else None
             cur = self.store.x(
-                "INSERT INTO legs(position_id, idx, role, market, venue, symbol, side, ratio, quantity) VALUES (?,?,?,?,?,?,?,?,?)",
-                (pid, p.idx, p.spec.role, p.spec.market, venue, p.symbol, p.spec.side, p.ratio, p.quantity))
+                "INSERT INTO legs(position_id, idx, role, market, venue, symbol, expiry, side, ratio, quantity)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (pid, p.idx, p.spec.role, p.spec.market, venue, p.symbol, expiry, p.spec.side, p.ratio, p.quantity))
             ids.append(int(cur.lastrowid))
         return ids
 

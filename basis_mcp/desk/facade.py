@@ -392,11 +392,12 @@ class Desk:
         return self.research.compute_zscore(symbol, window)
 
     async def estimate_net_apy(self, symbol: str, notional_usd: float, hold_days: float, leverage: float | None,
-                               funding_rate_8h_pct: float | None, exit_basis_pct: float, basis_pct: float | None,
-                               playbook: str = "convergence", strategy: str = "cash_and_carry") -> NetApyEstimate:
+                               funding_rate_8h_pct: float | None, exit_basis_pct: float | None, basis_pct: float | None,
+                               playbook: str = "convergence", strategy: str = "cash_and_carry",
+                               contract: str | None = None) -> NetApyEstimate:
         spec, playbook = self._strategy(strategy, playbook)
         return await self.research.estimate_net_apy(symbol, notional_usd, hold_days, leverage, funding_rate_8h_pct,
-                                                    exit_basis_pct, basis_pct, playbook, spec)
+                                                    exit_basis_pct, basis_pct, playbook, spec, contract)
 
     async def size(self, symbol: str, leverage: float | None, target_notional_usd: float | None,
                    playbook: str = "convergence", strategy: str = "cash_and_carry") -> SizePositionOutput:
@@ -444,7 +445,7 @@ class Desk:
 
     async def enter(self, symbol: str, notional_usd: float, leverage: float | None, key: str, strategy: str,
                     expected_hold_days: float | None = None, confirmation_token: str | None = None,
-                    playbook: str = "convergence") -> EnterTradeOutput:
+                    playbook: str = "convergence", contract: str | None = None) -> EnterTradeOutput:
         if self.mode == "readonly":
             raise Rejected("mode", "readonly", "this server was started read-only: no trading")
         spec, playbook = self._strategy(strategy, playbook)
@@ -458,6 +459,8 @@ class Desk:
                                 "expected_hold_days": expected_hold_days}
         if playbook not in ("convergence", "none"):  # (keeps the idempotency hash of convergence entries as it always was)
             args["playbook"] = playbook
+        if contract is not None:
+            args["contract"] = contract
         async with self.lock:
             prior = self.requests.outcome(key, "enter_trade", args)
             if prior is not None:
@@ -470,7 +473,8 @@ class Desk:
             if self.mode == "live" and lev != int(lev):
                 raise Rejected("leverage", leverage, f"{self.feed.venue} takes whole-number leverage")
             await self.market.ensure_fresh()
-            readings, snap, planned = await self.risk.entry_readings(spec, sym, notional_usd, lev, expected_hold_days, playbook)
+            readings, snap, planned = await self.risk.entry_readings(spec, sym, notional_usd, lev, expected_hold_days, playbook,
+                                                                     contract)
             violations = pre_trade_violations(readings)
             if violations:
                 self.events.audit("guardrail", "entry_rejected", {"symbol": sym, "notional_usd": notional_usd, "leverage": lev,

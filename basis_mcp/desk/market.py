@@ -270,11 +270,41 @@ class MarketData:
     def borrows(self, strategy: StrategySpec) -> bool:
         return any(leg.market == "margin_spot" for leg in strategy.legs)
 
-    def signals_for(self, strategy: StrategySpec, sym: str, snap: Snapshot) -> Signals:
+    def signals_for(self, strategy: StrategySpec, sym: str, snap: Snapshot, contract: str | None = None) -> Signals:
         """The signals as a position of ``strategy`` reads them: mirrored for a reverse trade, its carry
-        net of the borrow interest on a borrowed-spot leg."""
+        net of the borrow interest on a borrowed-spot leg; a calendar spread's basis is the dated
+        ``contract``'s premium over the perp (`calendar_signals`), its funding what a long perp receives."""
         borrow = borrow_8h_pct(self.borrow_apr_pct(sym)[0]) if self.borrows(strategy) else 0.0
-        return self.signals(sym, snap).seen_by(strategy.direction, borrow)
+        base = self.signals(sym, snap)
+        if strategy.dated:
+            if contract is None:
+                raise ValueError(f"{strategy.name}: which dated contract?")
+            base = self.calendar_signals(contract, snap, base)
+        return base.seen_by(strategy.direction, borrow, strategy.funding_direction)
+
+    def calendar_basis_pct(self, contract: str, perp_snap: Snapshot) -> float:
+        """(dated future − perp) / perp × 100 now (the future's price is SIMULATED: `basis_mcp.dated`)."""
+        fut = self.feed.snapshot(contract).perp
+        return (fut - perp_snap.perp) / perp_snap.perp * 100.0
+
+    def calendar_signals(self, contract: str, perp_snap: Snapshot, base: Signals) -> Signals:
+        """A calendar spread's basis signals: the contract's premium over the perp now, averaged over
+        the smoothing window, and its std over the z-score window (hourly samples where spot and perp
+        both traded, from the replay data: dated futures are simulated on paper only)."""
+        series = getattr(self.feed, "calendar_basis_series", None)
+        if series is None:
+            raise Rejected("strategy", "calendar_spread", f"{self.feed.venue}: dated futures are simulated on paper only")
+        now = self.now()
+        r = self.settings.exit_rules
+        w = self.settings.zscore_window
+        times, basis = series(contract, now - 2.0 * w * 3600.0, now)
+        basis = basis[-w:]
+        times = times[-w:]
+        recent = basis[times > now - r.basis_smoothing_hours * 3600.0]
+        return Signals(basis_pct=self.calendar_basis_pct(contract, perp_snap),
+                       basis_smooth_pct=float(recent.mean()) if recent.size else None,
+                       basis_std_pct=float(basis.std()) if basis.size >= ZSCORE_MIN_SAMPLES else None,
+                       funding_recent_8h_pct=base.funding_recent_8h_pct, funding_carry_8h_pct=base.funding_carry_8h_pct)
 
     def funding_assumption(self, sym: str, snap: Snapshot, override_8h_pct: float | None,
                            playbook: str = "convergence") -> tuple[float, str]:

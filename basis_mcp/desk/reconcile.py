@@ -40,8 +40,11 @@ class Reconcile:
         the venue trades it) at the venue."""
         balances = await self.venue.fetch_balances()
         isolated: dict[tuple[str, str], Any] = {}
+        held = getattr(self.venue, "held_instruments", None)
         for market in sorted(set(getattr(self.venue, "markets", {"perp"})) - {"spot"}):
-            for sym in self.market.symbols:  # every leg is on a symbol the trading feed carries
+            # every leg is on a symbol the trading feed carries; dated contracts are listed by the venue
+            syms = await held(market) if market == "future" and held is not None else self.market.symbols
+            for sym in syms:
                 p = await self.risk.position(market, sym)
                 if p is not None:
                     isolated[(market, sym)] = p

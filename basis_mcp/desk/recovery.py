@@ -208,6 +208,10 @@ class Recovery:
         pid = row["id"]
         info["position_id"] = pid
         leg = next(leg for leg in self.book.legs(pid) if leg.market == market and leg.symbol == ev.symbol)
+        delivered = getattr(ev, "kind", "liquidation") == "delivery"
+        if delivered:
+            info = {k: v for k, v in info.items() if k != "margin_lost_usd"} | {"delivery_price": ev.price}
+        what = "delivered at expiry" if delivered else "liquidated"
         side = "buy" if ev.quantity < 0 else "sell"
         liq = OrderResult(ev.client_order_id, ev.client_order_id, ev.symbol, market, side,  # type: ignore[arg-type]
                           "filled", abs(ev.quantity), abs(ev.quantity), ev.price, 0.0, ev.price, ev.time)
@@ -216,18 +220,21 @@ class Recovery:
         with self.store.tx():
             oid = self.orders.new_order(leg, "", "liquidation", side, abs(ev.quantity), True, coid=ev.client_order_id)
             self.orders.record_fill(oid, liq)
-            self.store.x("UPDATE positions SET status = 'closing', close_reason = ? WHERE id = ?", (f"{leg.role} liquidated", pid))
+            self.store.x("UPDATE positions SET status = 'closing', close_reason = ? WHERE id = ?", (f"{leg.role} {what}", pid))
             self._advance_liquidation_cursor(ev.time)
         try:
             _, left = await self.execution.unwind_all(pid, row["entry_key"] or f"pos{pid}")
         except (VenueError, VenueTimeout):
             left = [leg]  # the position stays 'closing': the watchdog finishes unwinding the rest
         others = [x.role for x in self.book.legs(pid) if x.id != leg.id]
-        msg = (f"position {pid} {ev.symbol}: {leg.role} leg LIQUIDATED at {ev.price:.2f} (isolated margin ${ev.loss_usd:,.2f} lost); "
-               + (f"{' and '.join(others)} leg{'s' if len(others) > 1 else ''} unwound at once" if not left
-                  else "UNWIND OF THE OTHER LEGS FAILED: a naked leg, the watchdog retries"))
+        head = (f"position {pid} {ev.symbol}: {leg.role} leg SETTLED AT EXPIRY at the index {ev.price:.2f} (it was still open at "
+                "expiry: the watchdog could not close it in time)" if delivered else
+                f"position {pid} {ev.symbol}: {leg.role} leg LIQUIDATED at {ev.price:.2f} (isolated margin ${ev.loss_usd:,.2f} lost)")
+        msg = (head + "; " + (f"{' and '.join(others)} leg{'s' if len(others) > 1 else ''} unwound at once" if not left
+                              else "UNWIND OF THE OTHER LEGS FAILED: a naked leg, the watchdog retries"))
         if not left:
-            out = self.execution.finalize_close(pid, "liquidated", f"{leg.role} liquidated; {' and '.join(others)} unwound", None)
+            out = self.execution.finalize_close(pid, "closed" if delivered else "liquidated",
+                                                f"{leg.role} {what}; {' and '.join(others)} unwound", None)
             info["realized_pnl_usd"] = out.realized.total_usd if out.realized else None
-        self.events.alert("critical", "liquidation", msg, info)
+        self.events.alert("critical", "delivery" if delivered else "liquidation", msg, info)
         return info

@@ -12,8 +12,10 @@ from typing import Any
 import anyio
 import numpy as np
 
+from basis_mcp import dated
 from basis_mcp.clock import Clock, iso
 from basis_mcp.config import Settings
+from basis_mcp.costs import PairCosts
 from basis_mcp.desk.book import Book, _r
 from basis_mcp.desk.market import MarketData
 from basis_mcp.desk.risk import Risk
@@ -112,12 +114,29 @@ class Research:
         )
 
     def _strategy_hint(self, snap: Snapshot) -> dict[str, Any]:
-        """Which trade the basis points to, and for the reverse trade what borrowing costs."""
+        """Which trade the basis points to (the widest edge across strategies), for the reverse trade what
+        borrowing costs, and the nearest quarterly's premium over the perp (where dated futures trade)."""
         if snap.basis_pct >= 0:
-            return {"strategy": "cash_and_carry", "edge_pct": _r(snap.basis_pct, 8) or 0.0}
-        apr, source = self.market.borrow_apr_pct(snap.symbol)
-        return {"strategy": "reverse_cash_and_carry", "edge_pct": _r(-snap.basis_pct, 8) or 0.0, "borrow_apr_pct": _r(apr, 4),
-                "borrow_rate_source": source}
+            out: dict[str, Any] = {"strategy": "cash_and_carry", "edge_pct": _r(snap.basis_pct, 8) or 0.0}
+        else:
+            apr, source = self.market.borrow_apr_pct(snap.symbol)
+            out = {"strategy": "reverse_cash_and_carry", "edge_pct": _r(-snap.basis_pct, 8) or 0.0, "borrow_apr_pct": _r(apr, 4),
+                   "borrow_rate_source": source}
+        if snap.venue != self.market.feed.venue or "future" not in getattr(self.venue, "markets", ()):
+            return out
+        try:
+            code = dated.contract_code(snap.symbol, dated.listed_expiries(snap.now)[0])
+            premium = self.market.calendar_basis_pct(code, snap)
+        except (MarketDataUnavailable, KeyError, Rejected):
+            return out
+        mean = self.market.feed.mean_funding_rate(snap.symbol, snap.now - 30 * 86400.0, snap.now)
+        years = (dated.parse_contract(code)[1] - snap.now) / dated.YEAR_S
+        funding_pct = 0.0 if mean is None else mean * (8760.0 / snap.funding_interval_hours) * years * 100.0
+        edge = premium - funding_pct
+        out.update(calendar_contract=code, calendar_basis_pct=_r(premium, 8), calendar_edge_pct=_r(edge, 8))
+        if edge > out["edge_pct"]:
+            out.update(strategy="calendar_spread", edge_pct=_r(edge, 8) or 0.0)
+        return out
 
     def compute_zscore(self, symbol: str, window: int) -> ZScoreOutput:
         sym = self.market.resolve(symbol)
@@ -163,24 +182,36 @@ class Research:
         hold_days: float,
         leverage: float | None,
         funding_rate_8h_pct: float | None,
-        exit_basis_pct: float,
+        exit_basis_pct: float | None,
         basis_pct: float | None,
         playbook: str = "convergence",
         strategy: StrategySpec = CASH_AND_CARRY,
+        contract: str | None = None,
     ) -> NetApyEstimate:
         sym = self.market.resolve(symbol)
         lev = self.risk.check_leverage(leverage)
         await self.market.ensure_fresh()
         snap = self.market.snapshot(sym)
-        entry_basis = snap.basis_pct if basis_pct is None else basis_pct
-        spot = snap.spot
+        code = self.risk.choose_contract(strategy, sym, hold_days, contract)
+        expiry = dated.parse_contract(code)[1] if code is not None else None
+        if code is not None:  # calendar: the perp is the reference leg, the dated future the other (SIMULATED price)
+            entry_basis = self.market.calendar_basis_pct(code, snap) if basis_pct is None else basis_pct
+            spot = snap.perp
+            if exit_basis_pct is None:
+                exit_basis_pct = dated.roll_down_exit_basis_pct(entry_basis, hold_days * 86400.0, expiry - self.market.now())
+        else:
+            entry_basis = snap.basis_pct if basis_pct is None else basis_pct
+            spot = snap.spot
+        exit_basis_pct = 0.0 if exit_basis_pct is None else exit_basis_pct
         perp = spot * (1 + entry_basis / 100.0)
         rate, source = self.market.funding_assumption(sym, snap, funding_rate_8h_pct, playbook)
         q = notional_usd / spot
         costs = self.settings.spec(sym).costs
+        if code is not None:
+            costs = PairCosts(costs.perp, costs.perp)
         fees, slip = costs.round_trip_usd(q, spot, perp)
         slip_source = "model (half-spread + sqrt impact)"
-        if self.market.live:
+        if self.market.live and code is None:
             try:
                 sb = await self.market.feed.book_slippage(sym, "spot", q * spot)
                 pb = await self.market.feed.book_slippage(sym, "perp", q * perp)
@@ -202,6 +233,9 @@ class Research:
             entry_exit_cost_usd=(fees, slip),
             direction=strategy.direction,
             borrow_rate_hourly=self.risk.borrow_rate_hourly(strategy, sym),
+            funding_direction=strategy.funding_direction,
+            reference_leveraged=strategy.legs[0].market != "spot",
+            funding_price=spot if code is not None else None,
         )
         borrow_apr, borrow_source = self.market.borrow_apr_pct(sym) if self.market.borrows(strategy) else (None, None)
         if playbook == "carry":
@@ -220,6 +254,8 @@ class Research:
         return NetApyEstimate(
             symbol=sym,
             strategy=strategy.name,
+            contract=code,
+            contract_expiry=iso(expiry) if expiry is not None else None,
             borrow_usd=_r(est.borrow_usd, 6) or 0.0,
             borrow_apr_pct=_r(borrow_apr, 6),
             borrow_rate_source=borrow_source,
@@ -251,7 +287,13 @@ class Research:
                 f"- fees (spot {costs.spot.taker_fee * 100:g}% + perp {costs.perp.taker_fee * 100:g}%, in and out) "
                 "- slippage (half-spread + sqrt impact, in and out); "
                 "apy = net / (notional + notional/leverage) / hold_days * 365"
-            ) if strategy.direction == 1 else (
+            ) if strategy.direction == 1 and code is None else (
+                "calendar: net = q*(premium_entry - premium_exit) [once; premium = (future - perp)/perp, expected to roll down "
+                "linearly to 0 at expiry] - q*perp*rate*settlements_in_hold (the long perp pays positive funding) "
+                f"- fees (perp {costs.perp.taker_fee * 100:g}% + future {costs.perp.taker_fee * 100:g}%, in and out) - slippage; "
+                "apy = net / (notional/leverage + notional/leverage) / hold_days * 365; the future's price is SIMULATED "
+                "(perp x (1 + last 90 days' funding x years to expiry))"
+            ) if code is not None else (
                 "net = q*(basis_exit - basis_entry) [once] - q*perp*rate*settlements_in_hold (the long perp pays positive "
                 "funding, receives negative) - q*spot*borrow_apr/8760*hold_hours (MODELLED borrow) "
                 f"- fees (spot {costs.spot.taker_fee * 100:g}% + perp {costs.perp.taker_fee * 100:g}%, in and out) "
@@ -267,9 +309,10 @@ class Research:
         spec = self.settings.spec(sym)
         free = await self.risk.free_capital_usd()
         capital_fn = None
+        code = self.risk.choose_contract(strategy, sym, 1.0 / 24.0, None)  # a dated leg: priced on the nearest contract
         if strategy is not CASH_AND_CARRY:  # another shape: the capital its planned legs tie up, per dollar of first leg
             def capital_fn(notional: float) -> float:
-                planned = self.risk.plan(strategy, sym, max(notional, spec.min_notional_usd))
+                planned = self.risk.plan(strategy, sym, max(notional, spec.min_notional_usd), code)
                 first = planned[0].quantity * planned[0].mid
                 return self.risk.capital_required_usd(planned, lev) / first if first > 0 else 1.0 + 1.0 / lev
 
@@ -296,7 +339,7 @@ class Research:
                 note += f": the scaled size is below the venue minimum of ${spec.min_notional_usd:,.2f}"
         margin, costs = res.margin_usd, res.fees_and_slippage_usd
         if capital_fn is not None and res.quantity > 0:
-            planned = self.risk.plan(strategy, sym, res.notional_usd)
+            planned = self.risk.plan(strategy, sym, res.notional_usd, code)
             margin = sum(p.quantity * p.mid / lev for p in planned if p.spec.market != "spot")
             costs = res.capital_required_usd - margin - sum(p.quantity * p.mid for p in planned if p.spec.market == "spot")
         return SizePositionOutput(

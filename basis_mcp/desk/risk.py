@@ -14,9 +14,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from basis_mcp import dated
 from basis_mcp import margin as mm
 from basis_mcp.borrow import HOURS_PER_YEAR
+from basis_mcp.clock import iso
 from basis_mcp.config import HARD, Settings
+from basis_mcp.costs import PairCosts
 from basis_mcp.desk.book import Book, Leg
 from basis_mcp.desk.events import Events, VenueHealth
 from basis_mcp.desk.market import MarketData
@@ -92,7 +95,7 @@ class Risk:
     def watchdog_limits(self) -> WatchdogLimits:
         s = self.settings
         return WatchdogLimits(margin_add_ratio=s.margin_add_ratio, margin_close_ratio=s.margin_close_ratio,
-                              borrow_spike_apr_pct=s.borrow_spike_apr_pct,
+                              borrow_spike_apr_pct=s.borrow_spike_apr_pct, expiry_exit_hours=s.expiry_exit_hours,
                               max_imbalance_pct=s.max_imbalance_pct,
                               liquidation_distance_add_pct=s.liquidation_distance_add_pct,
                               liquidation_distance_target_pct=s.liquidation_distance_target_pct, rules=s.exit_rules)
@@ -186,9 +189,9 @@ class Risk:
         fees, slip = self.settings.spec(sym).costs.round_trip_usd(qty, snap.spot, snap.perp)
         return carry_entry_check(fc, expected_carry_usd(qty, snap.perp, rate, n), fees + slip, r)
 
-    def stop_fires_at_entry(self, sym: str, snap: Snapshot, strategy: StrategySpec) -> str | None:
+    def stop_fires_at_entry(self, sym: str, snap: Snapshot, strategy: StrategySpec, contract: str | None = None) -> str | None:
         """An entry the basis stop would close at once (the smoothed basis already beyond it) is refused."""
-        sig = self.market.signals_for(strategy, sym, snap)
+        sig = self.market.signals_for(strategy, sym, snap, contract)
         if sig.basis_smooth_pct is None:
             return None
         stop = stop_level_pct(sig.basis_pct, sig.basis_std_pct, self.settings.exit_rules)
@@ -202,15 +205,56 @@ class Risk:
 
     # ------------------------------------------------------------------ the entry's readings
 
-    def plan(self, strategy: StrategySpec, sym: str, notional_usd: float) -> list[PlannedLeg]:
-        """The legs an entry of ``notional_usd`` on ``sym`` would send, at mid prices now."""
+    def plan(self, strategy: StrategySpec, sym: str, notional_usd: float, contract: str | None = None) -> list[PlannedLeg]:
+        """The legs an entry of ``notional_usd`` on ``sym`` would send, at mid prices now (a dated leg
+        trades ``contract``, a code from `choose_contract`)."""
         def price(spec: LegSpec, s: str) -> float:
             try:
                 return self.market.mid(spec.market, s)
             except (MarketDataUnavailable, KeyError):
                 raise Rejected("symbol", s, f"no market data for the {spec.role} leg") from None
 
-        return plan_legs(strategy, sym, notional_usd, price, lambda s: self.settings.spec(s).qty_step)
+        def symbol_of(spec: LegSpec, s: str) -> str:
+            return contract if spec.market == "future" and contract is not None else s
+
+        return plan_legs(strategy, sym, notional_usd, price, lambda s: self.settings.spec(s).qty_step, symbol_of)
+
+    def choose_contract(self, strategy: StrategySpec, sym: str, hold_days: float, requested: str | None) -> str | None:
+        """The dated contract a ``strategy`` entry on ``sym`` trades: ``requested`` if it is listed and the
+        hold ends before its last trading time (expiry − ``expiry_exit_hours``), else the nearest listed
+        contract that allows the hold. None for a strategy without a dated leg. Refusals name the dates."""
+        if not strategy.dated:
+            if requested is not None:
+                raise Rejected("contract", requested, f"{strategy.name} has no dated-future leg; leave contract out")
+            return None
+        now = self.market.now()
+        buffer_s = self.settings.expiry_exit_hours * 3600.0
+        ends = now + hold_days * 86400.0
+        listed = dated.listed_expiries(now)
+        names = ", ".join(dated.contract_code(sym, e) for e in listed)
+        if requested is not None:
+            try:
+                base, expiry = dated.parse_contract(requested)
+            except ValueError as e:
+                raise Rejected("contract", requested, str(e)) from None
+            if base != sym:
+                raise Rejected("contract", requested, f"is a {base} contract; this entry is on {sym}")
+            if expiry <= now:
+                raise Rejected("contract", requested, f"expired at {dated.iso_day(expiry)} (now {iso(now)}); listed: {names}")
+            if expiry not in listed:
+                raise Rejected("contract", requested, f"not listed at {iso(now)} (the current and next quarter are): {names}")
+            if ends > expiry - buffer_s:
+                raise Rejected("expected_hold_days", hold_days,
+                               f"a {hold_days:g}-day hold ends {iso(ends)}, past {requested}'s last trading time "
+                               f"{iso(expiry - buffer_s)} (expiry {dated.iso_day(expiry)} less expiry_exit_hours "
+                               f"{self.settings.expiry_exit_hours:g}): a position may not be held across expiry")
+            return dated.contract_code(base, expiry)
+        for expiry in listed:
+            if ends <= expiry - buffer_s:
+                return dated.contract_code(sym, expiry)
+        raise Rejected("expected_hold_days", hold_days,
+                       f"a {hold_days:g}-day hold ends {iso(ends)}, past the last trading time of every listed contract "
+                       f"({names}; each is closed expiry_exit_hours {self.settings.expiry_exit_hours:g} before expiry)")
 
     def leg_costs(self, market: str, symbol: str) -> Any:
         costs = self.settings.spec(symbol).costs
@@ -223,10 +267,12 @@ class Risk:
         return total * (1.0 if self.market.clock.simulated else LIVE_CAPITAL_BUFFER)
 
     async def entry_readings(self, strategy: StrategySpec, sym: str, notional_usd: float, lev: float, expected_hold_days: float,
-                             playbook: str) -> tuple[EntryReadings, Snapshot, list[PlannedLeg]]:
-        """Everything the pre-trade rules look at, measured now: (readings, snapshot of ``sym``, the planned legs)."""
+                             playbook: str, contract: str | None = None) -> tuple[EntryReadings, Snapshot, list[PlannedLeg]]:
+        """Everything the pre-trade rules look at, measured now: (readings, snapshot of ``sym``, the planned legs).
+        A strategy with a dated leg trades ``contract`` (chosen by `choose_contract` for the hold)."""
         snap = self.market.snapshot(sym)
-        planned = self.plan(strategy, sym, notional_usd)
+        contract = self.choose_contract(strategy, sym, expected_hold_days, contract)
+        planned = self.plan(strategy, sym, notional_usd, contract)
         ref = planned[0]
         spec = self.settings.spec(ref.symbol)
         others = sorted({p.symbol for p in planned} - {sym})
@@ -236,7 +282,14 @@ class Risk:
         vol = max(vols) if vols else None
         has_basis = strategy.basis_legs is not None
         expected_net = None
-        if playbook == "convergence" and has_basis:
+        if playbook == "convergence" and contract is not None:
+            fut = planned[strategy.basis_legs[1]].mid if strategy.basis_legs else snap.perp
+            expected_net = entry_expected_net_usd(
+                qty=ref.quantity, spot=snap.perp, perp=fut, leverage=lev, costs=PairCosts(spec.costs.perp, spec.costs.perp),
+                hold_days=expected_hold_days, funding_rate=self.market.funding_assumption(sym, snap, None)[0],
+                funding_interval_hours=snap.funding_interval_hours, seconds_to_next_funding=snap.seconds_to_funding,
+                seconds_to_expiry=dated.parse_contract(contract)[1] - self.market.now())
+        elif playbook == "convergence" and has_basis:
             expected_net = entry_expected_net_usd(
                 qty=ref.quantity, spot=snap.spot, perp=snap.perp, leverage=lev, costs=spec.costs, hold_days=expected_hold_days,
                 funding_rate=self.market.funding_assumption(sym, snap, None)[0],
@@ -251,8 +304,9 @@ class Risk:
         problems: list[str] = []
         per_symbol: dict[str, float] = {sym: notional_usd}  # the entry's notional per coin (largest leg on each)
         for p in planned:
-            if p.symbol != sym:
-                per_symbol[p.symbol] = max(per_symbol.get(p.symbol, 0.0), p.quantity * p.mid)
+            coin = dated.underlying(p.symbol)  # a dated contract is its coin's exposure
+            if coin != sym:
+                per_symbol[coin] = max(per_symbol.get(coin, 0.0), p.quantity * p.mid)
         cap = self.book.capital_usd
         per_tier: dict[str, float] = {}
         usage = self.book.tier_usage()
@@ -279,7 +333,7 @@ class Risk:
             symbol=sym,
             state=state,
             state_reason=reason,
-            allowlisted=all(s in allow for s in [sym, *others]),
+            allowlisted=all(dated.underlying(s) in allow for s in [sym, *others]),
             allowlist=tuple(allow),
             leverage=lev,
             leverage_cap=min(self.settings.max_leverage, HARD.max_leverage),
@@ -304,7 +358,7 @@ class Risk:
             venue_down_seconds=self.health.down_seconds(),
             playbook=playbook,
             carry_refusal=self.carry_refusal(sym, snap, ref.quantity, expected_hold_days, strategy) if playbook == "carry" else None,
-            stop_now=self.stop_fires_at_entry(sym, snap, strategy) if has_basis and playbook != "none" else None,
+            stop_now=self.stop_fires_at_entry(sym, snap, strategy, contract) if has_basis and playbook != "none" else None,
             orders_per_entry=len(planned),
             leg_problems=below,
             borrow_apr_pct=self.market.borrow_apr_pct(sym)[0] if self.market.borrows(strategy) else None,

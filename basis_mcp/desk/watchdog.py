@@ -32,7 +32,7 @@ from basis_mcp.store import Store
 from basis_mcp.venue.base import VenueError, VenueTimeout, VenueUnavailable
 
 VENUE_DOWN_LIMIT_S = 600.0
-CRITICAL_RULES = ("margin_ratio_below_130", "basis_blowout", "margin_ratio_below_150", "borrow_spike")
+CRITICAL_RULES = ("margin_ratio_below_130", "basis_blowout", "margin_ratio_below_150", "borrow_spike", "expiry_near")
 
 
 class Watchdog:
@@ -158,12 +158,14 @@ class Watchdog:
                 s = snaps[leg.symbol]
                 next_funding += -held.get(leg.id, 0.0) * s.mark * s.funding_rate
         snap = snaps[row["symbol"]]
+        dated_leg = next((leg for leg in legs if leg.market == "future"), None)
         return PositionReadings(
             position_id=pid,
             symbol=row["symbol"],
             status=row["status"],
             entry_basis_pct=strategy.direction * (row["entry_basis_pct"] or 0.0),
-            signals=self.market.signals_for(strategy, row["symbol"], snap) if strategy.basis_legs is not None else None,
+            signals=(self.market.signals_for(strategy, row["symbol"], snap, dated_leg.symbol if dated_leg else None)
+                     if strategy.basis_legs is not None else None),
             held={leg.role: held.get(leg.id, 0.0) for leg in legs},
             imbalance_pct=imbalance_pct([max(q, 0.0) for q in held_abs], [leg.ratio for leg in legs]),
             rebalance_possible=any(c > 0 for c in self.orders.cuts(legs, held_abs)),
@@ -173,6 +175,8 @@ class Watchdog:
             margins=tuple(margins),
             playbook=row["playbook"],
             borrow_apr_pct=self.market.borrow_apr_pct(row["symbol"])[0] if self.market.borrows(strategy) else None,
+            seconds_to_expiry=None if dated_leg is None or dated_leg.expiry is None else dated_leg.expiry - self.events.now(),
+            contract=None if dated_leg is None else dated_leg.symbol,
         )
 
     async def apply(self, row: Any, act: Action, r: PositionReadings) -> dict[str, Any]:

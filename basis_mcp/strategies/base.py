@@ -85,6 +85,7 @@ class StrategySpec:
     basis_legs: tuple[int, int] | None = None
     risks: tuple[str, ...] = field(default_factory=tuple)
     direction: int = 1  # +1: earns as the basis falls and from positive funding; −1: the mirror (see Signals.seen_by)
+    funding_direction: int | None = None  # the sign of the funding the position receives per unit of rate (None: direction)
 
     def __post_init__(self) -> None:
         n = len(self.legs)
@@ -104,6 +105,10 @@ class StrategySpec:
                 raise ValueError(f"strategy {self.name!r}: {label} {order} is not an order of the {n} legs")
         if self.direction not in (1, -1):
             raise ValueError(f"strategy {self.name!r}: direction must be +1 or -1")
+        if self.funding_direction is None:
+            object.__setattr__(self, "funding_direction", self.direction)
+        if self.funding_direction not in (1, -1):
+            raise ValueError(f"strategy {self.name!r}: funding_direction must be +1 or -1")
         if self.basis_legs is not None and (len(set(self.basis_legs)) != 2 or not all(0 <= i < n for i in self.basis_legs)):
             raise ValueError(f"strategy {self.name!r}: basis_legs {self.basis_legs} must name two different legs")
 
@@ -112,6 +117,11 @@ class StrategySpec:
             if leg.role == role:
                 return leg
         raise KeyError(role)
+
+    @property
+    def dated(self) -> bool:
+        """It has a dated-future leg: an expiry to choose at entry and to leave before."""
+        return any(leg.market == "future" for leg in self.legs)
 
     @property
     def markets(self) -> frozenset[str]:

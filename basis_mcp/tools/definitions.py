@@ -23,7 +23,7 @@ async def _zscore(desk, inp: m.ComputeZScoreInput, ctx: Context) -> m.ZScoreOutp
 async def _apy(desk, inp: m.EstimateNetApyInput, ctx: Context) -> m.NetApyEstimate:
     return await desk.estimate_net_apy(
         inp.symbol, inp.notional_usd, inp.hold_days, inp.leverage, inp.funding_rate_8h_pct, inp.exit_basis_pct, inp.basis_pct,
-        inp.playbook, inp.strategy,
+        inp.playbook, inp.strategy, inp.contract,
     )
 
 
@@ -33,7 +33,7 @@ async def _size(desk, inp: m.SizePositionInput, ctx: Context) -> m.SizePositionO
 
 async def _enter(desk, inp: m.EnterTradeInput, ctx: Context) -> m.EnterTradeOutput:
     return await desk.enter(inp.symbol, inp.notional_usd, inp.leverage, inp.idempotency_key, inp.strategy,
-                            inp.expected_hold_days, inp.confirmation_token, inp.playbook)
+                            inp.expected_hold_days, inp.confirmation_token, inp.playbook, inp.contract)
 
 
 async def _exit(desk, inp: m.ExitTradeInput, ctx: Context) -> m.ExitTradeOutput:

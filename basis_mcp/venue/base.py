@@ -84,6 +84,7 @@ class LiquidationEvent:
     loss_usd: float
     client_order_id: str
     market: str = "perp"
+    kind: str = "liquidation"  # or "delivery": a dated future settled in cash at expiry (loss_usd 0, price = the index)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from basis_mcp.borrow import BorrowModel, interest_usd
 from basis_mcp.clock import Clock
 from basis_mcp.config import Settings
 from basis_mcp.costs import Market
+from basis_mcp.dated import parse_contract
 from basis_mcp.feed import MarketDataUnavailable, MarketFeed
 from basis_mcp.store import BUSY_PATIENT_MS, Database
 from basis_mcp.venue.base import (
@@ -61,6 +62,13 @@ CREATE TABLE IF NOT EXISTS paper_margin (
     quantity        REAL NOT NULL,     -- signed, negative: the coins owed
     entry_price     REAL NOT NULL,
     isolated_wallet REAL NOT NULL,     -- collateral posted beyond the sale proceeds
+    leverage        REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS paper_future (
+    symbol          TEXT PRIMARY KEY,  -- a dated contract, base-YYMMDD; SIMULATED price (basis_mcp.dated)
+    quantity        REAL NOT NULL,
+    entry_price     REAL NOT NULL,
+    isolated_wallet REAL NOT NULL,
     leverage        REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS paper_borrow (
@@ -108,19 +116,20 @@ CREATE TABLE IF NOT EXISTS paper_liquidations (
     price           REAL NOT NULL,
     loss_usd        REAL NOT NULL,
     client_order_id TEXT NOT NULL,
-    market          TEXT NOT NULL DEFAULT 'perp'
+    market          TEXT NOT NULL DEFAULT 'perp',
+    kind            TEXT NOT NULL DEFAULT 'liquidation'  -- or 'delivery': a dated future settled at expiry
 );
 """
 
 QTY_EPS = 1e-12
-TABLES = {"perp": "paper_perp", "margin_spot": "paper_margin"}  # the isolated books, one per leveraged market
+TABLES = {"perp": "paper_perp", "margin_spot": "paper_margin", "future": "paper_future"}  # the isolated books, one per leveraged market
 
 
 class PaperVenue:
     remote = False
     def __init__(self, path: Path | str, feed: MarketFeed, settings: Settings, clock: Clock, faults: FaultPlan | None = None):
         self.name = f"paper:{feed.venue}"
-        self.markets = frozenset({"spot", "margin_spot", "perp"})  # what this venue trades (anything else is refused)
+        self.markets = frozenset({"spot", "margin_spot", "perp", "future"})  # what this venue trades (anything else is refused)
         self.borrow = BorrowModel(settings.borrow_scenario)
         self.db = Database(path, PAPER_SCHEMA, busy_ms=BUSY_PATIENT_MS)  # the exchange never gives up on a lock
         self.faults = faults or FaultPlan()
@@ -131,6 +140,8 @@ class PaperVenue:
             cols = {r["name"] for r in self.db.q("PRAGMA table_info(paper_liquidations)")}
             if "market" not in cols:  # a book from before borrowed-spot legs: its liquidations were all perps
                 self.db.x("ALTER TABLE paper_liquidations ADD COLUMN market TEXT NOT NULL DEFAULT 'perp'")
+            if "kind" not in cols:  # a book from before dated futures: no deliveries
+                self.db.x("ALTER TABLE paper_liquidations ADD COLUMN kind TEXT NOT NULL DEFAULT 'liquidation'")
             if self.db.one("SELECT 1 FROM paper_balances LIMIT 1") is None:
                 self.db.x("INSERT INTO paper_balances(asset, free) VALUES (?, ?)", (QUOTE, settings.capital_usd))
             if self._state("last_tick") is None:
@@ -208,6 +219,11 @@ class PaperVenue:
         self._reachable()
         return self._perp(symbol, market)
 
+    async def held_instruments(self, market: str) -> list[str]:
+        """The instruments with an open isolated position in ``market`` (dated contracts have no fixed list)."""
+        self._reachable()
+        return [r["symbol"] for r in self.db.q(f"SELECT symbol FROM {TABLES[market]} ORDER BY symbol")]
+
     async def borrow_history(self, since: float) -> list[BorrowEvent]:
         rows = self.db.q("SELECT * FROM paper_borrow WHERE time > ? ORDER BY time, symbol", (since,))
         return [BorrowEvent(r["symbol"], r["time"], r["rate"], r["price"], r["quantity"], r["amount_usd"], r["source"]) for r in rows]
@@ -240,8 +256,8 @@ class PaperVenue:
 
     async def liquidations(self, since: float, symbols: list[str] | None = None) -> list[LiquidationEvent]:
         rows = self.db.q("SELECT * FROM paper_liquidations WHERE time > ? ORDER BY time", (since,))
-        return [LiquidationEvent(r["symbol"], r["time"], r["quantity"], r["price"], r["loss_usd"], r["client_order_id"], r["market"])
-                for r in rows]
+        return [LiquidationEvent(r["symbol"], r["time"], r["quantity"], r["price"], r["loss_usd"], r["client_order_id"], r["market"],
+                                 r["kind"]) for r in rows]
 
     async def place_order(self, req: OrderRequest) -> OrderResult:
         f = self.faults
@@ -404,7 +420,8 @@ class PaperVenue:
         borrow: list[BorrowEvent] = []
         has_perp = self.db.one("SELECT 1 FROM paper_perp LIMIT 1") is not None
         has_margin = self.db.one("SELECT 1 FROM paper_margin LIMIT 1") is not None
-        if not (has_perp or has_margin):
+        has_future = self.db.one("SELECT 1 FROM paper_future LIMIT 1") is not None
+        if not (has_perp or has_margin or has_future):
             self._last_tick = max(last, t)
             return TickReport(t, funding, liquidations)
         with self.db.tx():
@@ -422,6 +439,8 @@ class PaperVenue:
                     funding.append(FundingEvent(s.symbol, s.time, s.rate, s.mark, pos.quantity, amount))
             if has_margin:
                 borrow = self._accrue_borrow(last, t)
+            if has_future:
+                liquidations.extend(self._deliver(t))
             for market, table in TABLES.items():
                 for r in self.db.q(f"SELECT symbol FROM {table}"):
                     ev = self._maybe_liquidate(r["symbol"], t, market)
@@ -456,6 +475,36 @@ class PaperVenue:
                     out.append(BorrowEvent(pos.symbol, float(h), rate, price, pos.quantity, amount, self.borrow.label))
         return out
 
+    def _deliver(self, t: float) -> list[LiquidationEvent]:
+        """Dated futures whose expiry is at or before ``t`` are settled in cash at the spot price at expiry
+        (the index): the position is closed at that price, its margin and P&L returned to USDT."""
+        out = []
+        for r in self.db.q("SELECT symbol FROM paper_future ORDER BY symbol"):
+            base, expiry = parse_contract(r["symbol"])
+            if expiry > t:
+                continue
+            pos = self._perp(r["symbol"], "future")
+            if pos is None:
+                continue
+            try:
+                price = self.feed.snapshot(base, at=expiry).spot
+            except MarketDataUnavailable:
+                continue  # no index price yet: settled on the first tick that has one
+            realised = pos.quantity * (price - pos.entry_price)
+            coid = f"dlv-{r['symbol']}-{int(expiry)}"
+            side = "buy" if pos.quantity < 0 else "sell"
+            self.db.x("DELETE FROM paper_future WHERE symbol = ?", (r["symbol"],))
+            self._credit(QUOTE, pos.isolated_wallet_usd + realised)
+            self.db.x(
+                "INSERT INTO paper_orders(client_order_id, symbol, market, side, requested_qty, filled_qty, avg_price, fee_usd,"
+                " mid_price, status, reduce_only, reason, ts) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (coid, r["symbol"], "future", side, abs(pos.quantity), abs(pos.quantity), price, 0.0, price, "filled", 1,
+                 f"delivery: settled at the {base} index {price:.2f} at expiry", expiry))
+            self.db.x("INSERT INTO paper_liquidations(symbol, time, quantity, price, loss_usd, client_order_id, market, kind)"
+                      " VALUES (?,?,?,?,?,?,?,?)", (r["symbol"], expiry, pos.quantity, price, 0.0, coid, "future", "delivery"))
+            out.append(LiquidationEvent(r["symbol"], expiry, pos.quantity, price, 0.0, coid, "future", "delivery"))
+        return out
+
     def _maybe_liquidate(self, symbol: str, t: float, market: str = "perp") -> LiquidationEvent | None:
         pos = self._perp(symbol, market)
         if pos is None:
@@ -466,21 +515,21 @@ class PaperVenue:
             return None
         table = self.settings.spec(symbol).brackets
         lp = mm.liquidation_price(pos.isolated_wallet_usd, pos.quantity, pos.entry_price, table)
-        if market == "perp":
+        if market in ("perp", "future"):  # a dated future's mark is its (simulated) price at the close
             breached = snap.mark_high >= lp if pos.quantity < 0 else snap.mark_low <= lp
         else:  # borrowed spot: judged on the spot close
             breached = snap.spot >= lp if pos.quantity < 0 else snap.spot <= lp
         if not breached and pos.isolated_wallet_usd > 0:
             return None
         price = mm.bankruptcy_price(pos.isolated_wallet_usd, pos.quantity, pos.entry_price)
-        coid = f"liq-{symbol}-{int(t)}" if market == "perp" else f"liq-{symbol}-m-{int(t)}"
+        coid = f"liq-{symbol}-{int(t)}" if market == "perp" else f"liq-{symbol}-{market[0]}-{int(t)}"
         side = "buy" if pos.quantity < 0 else "sell"
         self.db.x(f"DELETE FROM {TABLES[market]} WHERE symbol = ?", (symbol,))
         self.db.x(
             "INSERT INTO paper_orders(client_order_id, symbol, market, side, requested_qty, filled_qty, avg_price, fee_usd,"
             " mid_price, status, reduce_only, reason, ts) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (coid, symbol, market, side, abs(pos.quantity), abs(pos.quantity), price, 0.0,
-             snap.mark if market == "perp" else snap.spot, "filled", 1, f"liquidation: price reached {lp:.2f}", t),
+             snap.spot if market == "margin_spot" else snap.mark, "filled", 1, f"liquidation: price reached {lp:.2f}", t),
         )
         self.db.x(
             "INSERT INTO paper_liquidations(symbol, time, quantity, price, loss_usd, client_order_id, market) VALUES (?,?,?,?,?,?,?)",

@@ -1,0 +1,201 @@
+"""Calendar spread: long perp, short a quarterly future (SIMULATED price, `basis_mcp.dated`).
+Opened, carried across funding settlements and closed through the MCP tools over stdio with
+the money reconciling to fills, fees and funding; the watchdog closes it before expiry; an
+entry whose hold would cross expiry, an expired or unlisted contract, and a venue without dated
+futures are refused with nothing sent; a contract still open at expiry is settled at the index."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mcp import Client
+
+from basis_mcp import dated
+from basis_mcp.clock import parse_time
+from basis_mcp.config import Settings
+from basis_mcp.history import load_extract
+from tests import scripted
+from tests.conftest import call, call_error, db_rows, stdio_params
+
+pytestmark = pytest.mark.anyio
+START = "2024-03-01T00:00:00Z"
+MARCH = "BTC-240329"  # the March 2024 quarterly: expires 2024-03-29T08:00Z
+
+
+def contango(tmp: Path) -> Path:
+    """BTC with funding 0.03 %/8h from 2023-12-25 that falls to 0.003 %/8h on 2024-02-15, for 100 days
+    (past the March expiry): the simulated quarterly still prices the last 90 days' richer funding,
+    so its premium over the perp pays more than the long perp now pays in funding."""
+    m = scripted.Market(hours=24 * 100, basis_pct=0.0, rate=0.0003)
+    m.set_rates_from("2024-02-15T00:00:00Z", 0.00003)
+    return scripted.write(tmp, BTC=m, ETH=scripted.Market(hours=24 * 100, spot=2_000.0))
+
+
+def test_the_quarterly_calendar_and_contract_codes() -> None:
+    e = dated.quarterly_expiries(parse_time("2024-01-01T00:00:00Z"), parse_time("2025-01-01T00:00:00Z"))
+    days = [datetime.fromtimestamp(x, UTC) for x in e]
+    assert [d.strftime("%Y-%m-%d %H:%M") for d in days] == ["2024-03-29 08:00", "2024-06-28 08:00", "2024-09-27 08:00",
+                                                            "2024-12-27 08:00"]
+    assert all(d.weekday() == 4 for d in days)  # last Fridays
+    assert dated.listed_expiries(parse_time(START)) == e[:2]
+    assert dated.parse_contract("BTC-240329") == dated.parse_contract("btcusdt_240329") == dated.parse_contract(
+        "BTC/USDT:USDT-240329") == ("BTC", e[0])
+    for bad, why in (("BTC-240328", "not a quarterly expiry"), ("BTC-241329", "not a date"), ("BTC", "not a dated contract")):
+        with pytest.raises(ValueError, match=why):
+            dated.parse_contract(bad)
+    assert dated.underlying("ETH-240628") == "ETH" and dated.underlying("ETH") == "ETH"
+
+
+def test_the_simulated_future_prices_the_last_90_days_of_funding_and_rolls_down_to_expiry() -> None:
+    h = load_extract(symbols=["BTC"])["BTC"]
+    expiry = parse_time("2024-03-29T08:00:00Z")
+    t = np.arange(parse_time("2024-01-01T00:00:00Z"), expiry + 1, 3600.0)
+    carry = dated.funding_carry_apr(h.funding_time, h.funding_rate, t)
+    # what a short perp was paid over the last 90 days, per year: the settlements summed by hand
+    k = 1000
+    in_window = (h.funding_time > t[k] - 90 * 86400) & (h.funding_time <= t[k])
+    assert carry[k] == pytest.approx(h.funding_rate[in_window].sum() * 365 / 90, rel=1e-12)
+    # before 90 days of history: what there is, over its own span (from the first interval's start)
+    early = dated.funding_carry_apr(h.funding_time, h.funding_rate, float(h.funding_time[0] + 10 * 86400))
+    first10 = h.funding_rate[h.funding_time <= h.funding_time[0] + 10 * 86400].sum()
+    assert early[0] == pytest.approx(first10 * 365 / (10 + 1 / 3), rel=1e-9)
+    idx = ((t - h.t0) // 3600).astype(int)
+    fut = dated.simulated_price(h.perp[idx], carry, expiry - t)
+    premium = (fut - h.perp[idx]) / h.perp[idx]
+    assert premium[-1] == 0.0  # at expiry nothing is left to roll down
+    clipped = np.clip(carry, *dated.CARRY_APR_BOUNDS)
+    assert np.allclose(premium, clipped * (expiry - t) / dated.YEAR_S, rtol=1e-9, atol=1e-15)
+    assert 0 < premium[0] < 0.1
+
+
+async def test_calendar_spread_end_to_end_over_stdio(db: Path, tmp_path: Path) -> None:
+    data = contango(tmp_path)
+    async with Client(stdio_params(db, "--data", str(data), "--start", START)) as client:
+        est = await call(client, "estimate_net_apy", {"symbol": "BTC", "notional_usd": 4000, "hold_days": 20,
+                                                      "strategy": "calendar_spread"})
+        assert est["contract"] == MARCH and est["playbook_entry_ok"], est
+        assert est["funding_usd"] < 0 and est["basis_capture_usd"] > 0  # the long perp pays; the premium rolls down
+        assert "SIMULATED" in est["formula"]
+        size = await call(client, "size_position", {"symbol": "BTC", "strategy": "calendar_spread"})
+        assert size["max_notional_usd"] > 0
+        out = await call(client, "enter_trade", {"symbol": "BTC", "notional_usd": 4000, "strategy": "calendar_spread",
+                                                 "expected_hold_days": 20, "idempotency_key": "cal-1"})
+        pos = out["position"]
+        perp, fut = pos["legs"]
+        assert (perp["market"], perp["side"], fut["market"], fut["side"]) == ("perp", "long", "future", "short")
+        assert fut["symbol"] == MARCH and fut["expiry"] == "2024-03-29T08:00:00Z"
+        assert perp["held_quantity"] == pytest.approx(-fut["held_quantity"]) and perp["held_quantity"] > 0
+        assert pos["entry_basis_pct"] == pytest.approx(est["entry_basis_pct"], abs=0.05) and fut["margin_usd"] > 0
+        assert [f["role"] for f in pos["fills"]] == ["future", "perp"]  # the dated leg first
+        adv = await call(client, "advance_time", {"hours": 48})
+        mine = [f for f in adv["funding"] if f["position_id"] == pos["position_id"]]
+        assert len(mine) == 6 and all(f["amount_usd"] < 0 for f in mine)  # the long perp pays positive funding
+        assert adv["watchdog_actions"] == []
+        d = (await call(client, "check_delta", {"position_id": pos["position_id"]}))["positions"][0]
+        assert d["recommended_action"] == "hold" and {leg["market"] for leg in d["legs"]} == {"perp", "future"}
+        port = await call(client, "portfolio_status", {})
+        assert port["open_positions"][0]["strategy"] == "calendar_spread"
+        assert port["equity_usd"] == pytest.approx(port["account_equity_usd"], abs=0.01)
+        closed = await call(client, "exit_trade", {"position_id": pos["position_id"], "idempotency_key": "cal-1-x"})
+        assert closed["position"]["status"] == "closed"
+        assert [f["role"] for f in closed["position"]["fills"][2:]] == ["future", "perp"]  # closed in exit order
+        realized = closed["realized"]
+        risk = await call(client, "risk_status", {})
+        assert risk["trading_state"] == "ACTIVE", risk["trading_state_reason"]
+    pid = pos["position_id"]
+    fills = db_rows(db, "SELECT * FROM fills WHERE position_id = ?", (pid,))
+    funding = sum(r["amount_usd"] for r in db_rows(db, "SELECT amount_usd FROM funding_payments WHERE position_id = ?", (pid,)))
+    cash = sum((1 if f["side"] == "sell" else -1) * f["quantity"] * f["price"] for f in fills)
+    fees = sum(f["fee_usd"] for f in fills)
+    assert realized["total_usd"] == pytest.approx(cash - fees + funding, abs=0.01)
+    assert realized["funding_usd"] == pytest.approx(funding, abs=1e-6) and funding < 0
+    usdt = db_rows(db, "SELECT free FROM paper_balances WHERE asset = 'USDT'")[0]["free"]
+    assert db_rows(db, "SELECT COUNT(*) AS n FROM paper_future")[0]["n"] == 0
+    assert usdt == pytest.approx(Settings().capital_usd + realized["total_usd"], abs=0.01)
+    leg = db_rows(db, "SELECT symbol, expiry FROM legs WHERE market = 'future'")[0]
+    assert leg["symbol"] == MARCH and leg["expiry"] == parse_time("2024-03-29T08:00:00Z")
+
+
+async def test_the_watchdog_closes_the_spread_before_expiry(make_server, db: Path, tmp_path: Path) -> None:
+    data = contango(tmp_path)
+    async with Client(make_server(Settings(expiry_exit_hours=24), start="2024-03-20T00:00:00Z", data_path=data)) as client:
+        out = await call(client, "enter_trade", {"symbol": "BTC", "notional_usd": 4000, "strategy": "calendar_spread",
+                                                 "contract": "BTCUSDT_240329", "expected_hold_days": 8, "idempotency_key": "e-1"})
+        assert out["position"]["legs"][1]["symbol"] == MARCH
+        adv = await call(client, "advance_time", {"hours": 24 * 9})  # to 2024-03-29T00:00Z
+        act = next(a for a in adv["watchdog_actions"] if a["rule"] == "expiry_near")
+        assert act["action"] == "close" and act["hours_to_expiry"] == pytest.approx(24.0)
+    row = db_rows(db, "SELECT status, close_reason, closed_at FROM positions")[0]
+    assert row["status"] == "closed" and row["close_reason"] == "watchdog: expiry_near"
+    assert row["closed_at"] == parse_time("2024-03-28T08:00:00Z")
+    assert db_rows(db, "SELECT COUNT(*) AS n FROM paper_liquidations")[0]["n"] == 0  # nothing left for the venue to settle
+
+
+async def test_a_hold_across_expiry_and_bad_contracts_are_refused_with_nothing_sent(make_server, db: Path,
+                                                                                   tmp_path: Path) -> None:
+    data = contango(tmp_path)
+    async with Client(make_server(start="2024-03-20T00:00:00Z", data_path=data)) as client:
+        base = {"symbol": "BTC", "notional_usd": 4000, "strategy": "calendar_spread"}
+        err = await call_error(client, "enter_trade", {**base, "contract": MARCH, "expected_hold_days": 10, "idempotency_key": "b-1"})
+        assert "expected_hold_days" in err and "across expiry" in err and "2024-03-28T08:00:00Z" in err
+        err = await call_error(client, "enter_trade", {**base, "contract": "BTC-231229", "idempotency_key": "b-2"})
+        assert "contract" in err and "expired" in err
+        err = await call_error(client, "enter_trade", {**base, "contract": "BTC-240927", "idempotency_key": "b-3"})
+        assert "not listed" in err and "BTC-240329, BTC-240628" in err
+        err = await call_error(client, "enter_trade", {**base, "contract": "ETH-240628", "idempotency_key": "b-4"})
+        assert "ETH contract" in err
+        err = await call_error(client, "enter_trade", {**base, "contract": "BTC-240328", "idempotency_key": "b-5"})
+        assert "not a quarterly expiry" in err
+        err = await call_error(client, "enter_trade", {"symbol": "BTC", "notional_usd": 4000, "contract": MARCH,
+                                                       "idempotency_key": "b-6"})
+        assert "cash_and_carry has no dated-future leg" in err
+        # without a contract, a 10-day hold takes the June quarterly
+        est = await call(client, "estimate_net_apy", {**base, "hold_days": 10})
+        assert est["contract"] == "BTC-240628"
+    assert db_rows(db, "SELECT COUNT(*) AS n FROM orders")[0]["n"] == 0
+    assert db_rows(db, "SELECT COUNT(*) AS n FROM positions")[0]["n"] == 0
+
+
+async def test_a_calendar_spread_on_a_venue_without_dated_futures_is_refused(tmp_path: Path) -> None:
+    from basis_mcp.desk import Desk
+    from basis_mcp.errors import Rejected
+
+    desk = Desk.open_replay(Settings(), tmp_path / "b.db", data_path=contango(tmp_path), start=START)
+    await desk.start()
+    try:
+        desk.venue.markets = frozenset({"spot", "perp"})  # what the ccxt venue offers in this release
+        with pytest.raises(Rejected, match=r"does not trade the future \(future\) leg; nothing was sent"):
+            await desk.enter("BTC", 4000, None, "x-1", "calendar_spread")
+        assert desk.store.one("SELECT COUNT(*) AS n FROM positions")["n"] == 0
+    finally:
+        desk.close()
+
+
+async def test_a_contract_still_open_at_expiry_is_settled_at_the_index_and_the_perp_unwound(tmp_path: Path) -> None:
+    """The watchdog's expiry rule set aside (a 1-hour buffer, and the desk not ticked): the venue settles
+    the future at the spot index at expiry; the desk books it, unwinds the perp, and the money reconciles."""
+    from basis_mcp.desk import Desk
+
+    desk = Desk.open_replay(Settings(expiry_exit_hours=1), tmp_path / "d.db", data_path=contango(tmp_path),
+                            start="2024-03-15T00:00:00Z")
+    await desk.start()
+    try:
+        out = await desk.enter("BTC", 4000, None, "d-1", "calendar_spread", expected_hold_days=13, contract=MARCH)
+        pid = out.position.position_id
+        expiry = parse_time("2024-03-29T08:00:00Z")
+        desk.clock.set(expiry + 3600)  # the desk was down over the expiry: no tick ran the watchdog
+        await desk.clockwork.tick(expiry + 3600)
+        row = desk.store.one("SELECT status, close_reason FROM positions WHERE id = ?", (pid,))
+        assert row["status"] == "closed" and row["close_reason"].startswith("future delivered at expiry")
+        fills = desk.store.q("SELECT f.*, o.purpose FROM fills f JOIN orders o ON o.id = f.order_id WHERE f.position_id = ?"
+                             " ORDER BY f.id", (pid,))
+        dlv = next(f for f in fills if f["purpose"] == "liquidation")
+        assert dlv["price"] == pytest.approx(desk.feed.snapshot("BTC", at=expiry).spot) and dlv["fee_usd"] == 0
+        alert = desk.store.one("SELECT message FROM alerts WHERE rule = 'delivery'")
+        assert "SETTLED AT EXPIRY" in alert["message"]
+        assert abs(await desk.reconcile.cash_discrepancy_usd()) < 0.01
+    finally:
+        desk.close()
