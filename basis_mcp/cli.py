@@ -203,6 +203,10 @@ def _backtest(args: argparse.Namespace) -> int:
     if params.direction == -1:
         print("strategy reverse_cash_and_carry: short borrowed spot, long perp; borrow interest MODELLED "
               f"(basis_mcp/borrow.py, scenario {params.borrow_scenario})")
+    if params.strategy == "calendar_spread":
+        print("strategy calendar_spread: long perp, short the quarterly the desk would choose; the quarterly's price is "
+              "SIMULATED (basis_mcp/dated.py: perp x (1 + last 90 days' funding x years to expiry)), left "
+              f"{params.expiry_exit_hours:g} h before expiry")
     print(f"return {s['total_return_pct']}% of ${params.capital_usd:,.0f}  APY {s['apy_pct']}%  "
           f"APY while invested {s['apy_while_invested_pct']}%  Sharpe {s['sharpe']}  max drawdown {s['max_drawdown_pct']}%")
     print("exits: " + ", ".join(f"{k} {v}" for k, v in s["exit_reasons"].items()) + f"  (emergency {s['emergency_exit_pct']}%)")

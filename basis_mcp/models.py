@@ -207,9 +207,10 @@ DateStr = Annotated[str, StringConstraints(min_length=4, max_length=32, pattern=
 class BacktestInput(InputModel):
     symbols: list[Symbol] = Field(default_factory=lambda: ["BTC", "ETH"], min_length=1, max_length=10,
                                   description="symbols to backtest (base assets), at most 10")
-    strategy: Literal["cash_and_carry", "reverse_cash_and_carry"] = Field(
-        "cash_and_carry", description="cash_and_carry, or reverse_cash_and_carry (short borrowed spot, long perp; pays the "
-        "MODELLED borrow interest every hour, see borrow_scenario)")
+    strategy: Literal["cash_and_carry", "reverse_cash_and_carry", "calendar_spread"] = Field(
+        "cash_and_carry", description="cash_and_carry, reverse_cash_and_carry (short borrowed spot, long perp; pays the "
+        "MODELLED borrow interest every hour, see borrow_scenario), or calendar_spread (long perp, short the quarterly the "
+        "desk would choose; its price is SIMULATED; convergence playbook, fixed sizing)")
     borrow_scenario: Literal["calm", "spike"] = Field(
         "calm", description="reverse_cash_and_carry: the modelled borrow series (calm; or spike: ×10 squeezes of 72 h every "
         "45 days)")

@@ -5,7 +5,9 @@
 Both engines run the same rules on the same prepared data (2019-09 → 2026-05, ~115 000 hourly
 bars), in this process; the trade lists are checked identical before anything is timed.
 
-Per strategy (cash_and_carry, reverse_cash_and_carry with the modelled borrow) and playbook
+Per strategy (cash_and_carry, reverse_cash_and_carry with the modelled borrow, calendar_spread on
+the simulated quarterlies, contract by contract: `backtest.calendar.run_calendar` around either
+engine, with a 30-day expected hold and z ≥ 0.5 so that it trades at all) and playbook
 (convergence, carry; default rules, fills one bar after the signal), the two
 engines are timed side by side in the same rounds — each round runs the reference once and the
 vectorised engine once, alternating which goes first — and the medians are compared. The
@@ -20,6 +22,7 @@ import statistics
 import time
 
 from basis_mcp.backtest import BacktestParams, prepare, run_reference, run_vectorized
+from basis_mcp.backtest.calendar import run_calendar
 from basis_mcp.clock import parse_time
 from basis_mcp.history import load_extract
 
@@ -30,24 +33,28 @@ def main() -> None:
     hist = load_extract(symbols=["BTC", "ETH"])
     ratios = {}
     for strategy, playbook in (("cash_and_carry", "convergence"), ("cash_and_carry", "carry"),
-                               ("reverse_cash_and_carry", "convergence"), ("reverse_cash_and_carry", "carry")):
-        p = BacktestParams(strategy=strategy, playbook=playbook)
-        name = f"{'reverse' if strategy.startswith('reverse') else 'c&c'}/{playbook}"
+                               ("reverse_cash_and_carry", "convergence"), ("reverse_cash_and_carry", "carry"),
+                               ("calendar_spread", "convergence")):
+        calendar = strategy == "calendar_spread"
+        p = BacktestParams(strategy=strategy, playbook=playbook, **({"expected_hold_days": 30, "min_zscore": 0.5} if calendar else {}))
+        name = f"{ {'reverse_cash_and_carry': 'reverse', 'calendar_spread': 'calendar'}.get(strategy, 'c&c')}/{playbook}"
+        vec_run = (lambda m, p: run_calendar(m, p, run_vectorized)) if calendar else run_vectorized
+        ref_run = (lambda m, p: run_calendar(m, p, run_reference)) if calendar else run_reference
         markets = [prepare(h, parse_time("2019-09-01"), parse_time("2026-06-01"), p) for h in hist.values()]
         bars = sum(m.i1 - m.i0 + 1 for m in markets)
         n = 0
         for m in markets:
-            v, r = run_vectorized(m, p), run_reference(m, p)
+            v, r = vec_run(m, p), ref_run(m, p)
             assert [(a.entry_index, a.exit_index, a.reason) for a in v] == [(a.entry_index, a.exit_index, a.reason) for a in r]
             n += len(v)
 
-        def vec(markets=markets, p=p) -> None:
+        def vec(markets=markets, p=p, run=vec_run) -> None:
             for m in markets:
-                run_vectorized(m, p)
+                run(m, p)
 
-        def ref(markets=markets, p=p) -> None:
+        def ref(markets=markets, p=p, run=ref_run) -> None:
             for m in markets:
-                run_reference(m, p)
+                run(m, p)
 
         tv, tr = [], []
         for k in range(ROUNDS):

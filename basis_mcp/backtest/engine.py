@@ -31,6 +31,7 @@ from basis_mcp.backtest.params import BacktestParams
 from basis_mcp.backtest.prepare import Market
 from basis_mcp.backtest.results import Trade
 from basis_mcp.borrow import HOURS_PER_YEAR, BorrowModel
+from basis_mcp.dated import YEAR_S
 from basis_mcp.history import HOUR, funding_schedule, mean_rate
 from basis_mcp.playbooks import Signals, exit_signal
 from basis_mcp.signals import entry_expected_net_usd, rolling_zscore_std, settlements_in
@@ -54,6 +55,8 @@ def features(m: Market, p: BacktestParams) -> dict[str, np.ndarray]:
     sd = np.full(n, np.nan)
     vi = np.flatnonzero(valid)
     z[vi], sd[vi] = rolling_zscore_std(basis[vi], p.zscore_window)
+    if m.expiry is not None:  # a calendar premium shrinks toward expiry: its z-score is read on the annualised premium
+        z[vi] = rolling_zscore_std(annualised_premium(basis[vi], m.expiry, m.t[vi]), p.zscore_window)[0]
     # the basis averaged over the funding window: fresh samples in (t - H, t]
     w = max(int(math.ceil(p.basis_smoothing_hours * 3600.0 / HOUR - 1e-9)), 1)
     padded = np.concatenate((np.zeros(w - 1), np.where(valid, basis, 0.0)))
@@ -95,11 +98,13 @@ def features(m: Market, p: BacktestParams) -> dict[str, np.ndarray]:
     recent = np.round(mean_rate(ft, m.f_rate, m.t - span_r, m.t, lo=_count_before(m.t, ft, k, span_r), hi=k) * to_8h, FUND_DIGITS)
     carry = np.round(mean_rate(ft, m.f_rate, m.t - span_c, m.t, lo=_count_before(m.t, ft, k, span_c), hi=k) * to_8h, FUND_DIGITS)
     borrow_h = np.zeros(n)
-    if direction == -1:  # the funding a long receives, net of the MODELLED borrow on its short spot (as `Signals.seen_by`)
+    if p.borrows:  # the funding a long receives, net of the MODELLED borrow on its short spot (as `Signals.seen_by`)
         apr = np.asarray(BorrowModel(p.borrow_scenario).apr_pct_at(m.symbol, m.t), dtype=np.float64)
         b8 = apr / HOURS_PER_YEAR * 8.0
         recent, carry = -recent - b8, -carry - b8
         borrow_h = apr / 100.0 / HOURS_PER_YEAR
+    elif p.funding_direction == -1:  # long the perp without a borrow (calendar spread): the funding it receives
+        recent, carry = -recent, -carry
     return {
         "valid": valid,
         "basis": basis,
@@ -115,6 +120,11 @@ def features(m: Market, p: BacktestParams) -> dict[str, np.ndarray]:
         "settled_30d_ago": k_30,
         "f_time": ft,
     }
+
+
+def annualised_premium(basis_pct: np.ndarray, expiry: float, t: np.ndarray) -> np.ndarray:
+    """A calendar premium per year to expiry (percent a year): stationary where the premium itself decays."""
+    return basis_pct / np.maximum((expiry - t) / YEAR_S, 1.0 / 8760.0)
 
 
 def _count_before(t: np.ndarray, ft: np.ndarray, k: np.ndarray, span: float) -> np.ndarray:
@@ -194,6 +204,8 @@ class TradeFinder:
                 self.flip = np.zeros(n, dtype=bool)
             else:
                 cand = (in_range & valid & (basis >= p.min_basis_pct) & (z >= p.min_zscore) & f["vol_ok"] & not_blown)
+                if m.entry_i1 is not None:  # a calendar contract: entries only while the desk would choose it
+                    cand &= bar <= m.entry_i1
                 funding_rev = (f["fund_recent"] < r.funding_exit_8h_pct) & (smooth < r.funding_exit_basis_pct)
                 generic = in_range & valid & (funding_rev | (basis <= p.exit_basis_pct) | (z <= p.exit_zscore))
                 self.flip = in_range & valid & (smooth < -r.flip_sigmas * sd)  # for positions entered at a positive basis
@@ -243,6 +255,7 @@ class TradeFinder:
             qty=qty, spot=spot, perp=perp, leverage=p.leverage, costs=m.costs, hold_days=p.expected_hold_days,
             funding_rate=self.rate[k], funding_interval_hours=self.iv[k], seconds_to_next_funding=self.nxt[k] - t,
             direction=p.direction, borrow_rate_hourly=float(self.f["borrow_h"][c]),
+            seconds_to_expiry=None if m.expiry is None else m.expiry - t,
         ) > 0
 
     def next_trade(self, start: int, qty_of) -> tuple[int, int, float, str] | None:
@@ -330,6 +343,9 @@ def _entry_margin(m: Market, p: BacktestParams, idx: np.ndarray, nxt: np.ndarray
     n_settle = np.where(horizon >= to_next, np.floor((horizon - to_next) / (iv * 3600.0)) + 1, 0)
     if p.playbook == "carry":  # (a reverse trade's rate is already the net funding it receives)
         out = np_ * rate * n_settle - p.carry_cost_cover * costs
+    elif m.expiry is not None:  # calendar: the premium rolls down linearly to expiry; the long perp (the reference) pays
+        share = np.minimum(horizon / np.maximum(m.expiry - m.t[idx], 1e-9), 1.0)
+        out = qty * (perp - spot) * share - ns * rate * n_settle - costs
     else:
         d = p.direction
         borrow = ns * borrow_h * hold * 24.0 if borrow_h is not None and d == -1 else 0.0
@@ -361,9 +377,10 @@ def book_trades(m: Market, p: BacktestParams, f: dict[str, np.ndarray], e: np.nd
     cum = np.concatenate(([0.0], np.cumsum(unit)))
     lo = np.searchsorted(ft, m.t[e], side="right")
     hi = np.searchsorted(ft, m.t[x], side="right")
-    funding = d * q * (cum[hi] - cum[lo])
+    fd = p.funding_direction
+    funding = fd * q * (cum[hi] - cum[lo])
     borrow = np.zeros(e.size)
-    if d == -1:  # interest for every hour in (entry, exit] on the borrowed spot at that hour's (last) spot price
+    if p.borrows:  # interest for every hour in (entry, exit] on the borrowed spot at that hour's (last) spot price
         cb = np.concatenate(([0.0], np.cumsum(_carried(m.spot) * f["borrow_h"])))
         borrow = -q * (cb[x + 1] - cb[e + 1])
     total = cash - fees + funding + borrow
@@ -383,9 +400,9 @@ def book_trades(m: Market, p: BacktestParams, f: dict[str, np.ndarray], e: np.nd
     np.maximum.accumulate(fresh, out=fresh)
     f_bar = ((ft - m.t[0]) // HOUR).astype(np.int64)
     per_dollar = np.concatenate(([0.0], np.cumsum(m.mark[f_bar] * m.f_rate / m.spot[fresh[f_bar]])))
-    const = d * notional * (per_dollar[hi] - per_dollar[lo])
+    const = fd * notional * (per_dollar[hi] - per_dollar[lo])
     return [Trade(m.symbol, *c, playbook=p.playbook, notional_usd=n, funding_at_constant_notional_usd=k, borrow_usd=b,
-                  strategy=p.strategy)
+                  strategy=p.strategy, contract=m.contract)
             for c, n, k, b in zip(cols, notional.tolist(), const.tolist(), borrow_l, strict=True)]
 
 

@@ -45,9 +45,13 @@ class BacktestParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    strategy: Literal["cash_and_carry", "reverse_cash_and_carry"] = Field(
-        "cash_and_carry", description="cash_and_carry (long spot, short perp) or reverse_cash_and_carry (short borrowed spot, "
-        "long perp: the rules read the basis and funding mirrored, and pay the MODELLED borrow interest every hour)")
+    strategy: Literal["cash_and_carry", "reverse_cash_and_carry", "calendar_spread"] = Field(
+        "cash_and_carry", description="cash_and_carry (long spot, short perp), reverse_cash_and_carry (short borrowed spot, "
+        "long perp: the rules read the basis and funding mirrored, and pay the MODELLED borrow interest every hour) or "
+        "calendar_spread (long perp, short the quarterly the desk would choose, SIMULATED price; the basis is its premium over "
+        "the perp, the long perp pays funding, closed expiry_exit_hours before expiry; convergence playbook only)")
+    expiry_exit_hours: float = Field(24.0, ge=1, le=24.0 * 30, allow_inf_nan=False,
+                                     description="calendar_spread: a contract is left this long before its expiry")
     borrow_scenario: Literal["calm", "spike"] = Field("calm", description="reverse_cash_and_carry: the modelled borrow series")
     playbook: Literal["convergence", "carry"] = Field("convergence", description="convergence or carry")
     min_basis_pct: float = Field(0.05, ge=-5, le=5, allow_inf_nan=False, description="convergence: enter at or above this basis, percent")
@@ -109,6 +113,11 @@ class BacktestParams(BaseModel):
         if self.carry_expected_hold_days > self.carry_max_hold_days:
             raise ValueError(f"carry_expected_hold_days ({self.carry_expected_hold_days:g}) is above carry_max_hold_days "
                              f"({self.carry_max_hold_days:g}): the desk refuses such entries")
+        if self.strategy == "calendar_spread" and self.playbook != "convergence":
+            raise ValueError(f"playbook={self.playbook}: calendar_spread trades the convergence playbook only (its carry is the "
+                             "quarterly's roll-down, not funding)")
+        if self.strategy == "calendar_spread" and self.sizing != "fixed":
+            raise ValueError("sizing=desk: calendar_spread is backtested at a fixed notional per position")
         if self.carry_exit_8h_pct >= self.carry_entry_8h_pct:
             raise ValueError(f"carry_exit_8h_pct ({self.carry_exit_8h_pct:g}) must be below carry_entry_8h_pct "
                              f"({self.carry_entry_8h_pct:g}): the gap between them is what stops the carry from churning")
@@ -130,6 +139,15 @@ class BacktestParams(BaseModel):
     def direction(self) -> int:
         """+1 cash-and-carry, −1 the reverse trade (see `strategies.base.StrategySpec.direction`)."""
         return -1 if self.strategy == "reverse_cash_and_carry" else 1
+
+    @property
+    def funding_direction(self) -> int:
+        """The sign of the funding the position receives: −1 for every trade long the perp."""
+        return 1 if self.strategy == "cash_and_carry" else -1
+
+    @property
+    def borrows(self) -> bool:
+        return self.strategy == "reverse_cash_and_carry"
 
     @property
     def hold_days(self) -> float:

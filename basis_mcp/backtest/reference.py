@@ -19,6 +19,7 @@ from basis_mcp.backtest.params import BacktestParams
 from basis_mcp.backtest.prepare import Market
 from basis_mcp.backtest.results import Trade, close_trade
 from basis_mcp.borrow import HOURS_PER_YEAR, BorrowModel
+from basis_mcp.dated import YEAR_S
 from basis_mcp.playbooks import Signals, carry_entry_check, exit_signal, expected_carry_usd, stop_level_pct
 from basis_mcp.signals import (
     ZSCORE_MIN_SAMPLES,
@@ -41,10 +42,13 @@ def _mean_8h(window: deque[tuple[float, float]], interval_h: float) -> float | N
 def run_reference(m: Market, p: BacktestParams) -> list[Trade]:
     r = p.rules
     carry = p.playbook == "carry"
-    sign = p.direction  # −1: the reverse trade reads the basis and funding mirrored and pays borrow every hour
+    sign = p.direction  # −1: the reverse trade reads the basis mirrored
+    fd = p.funding_direction  # the sign of the funding the position receives (−1: long the perp)
+    borrows = p.borrows  # the reverse trade pays borrow on its short spot every hour
     model = BorrowModel(p.borrow_scenario)
     last_spot = math.nan
     history = np.empty(m.t.size)  # every fresh basis sample so far
+    z_history = np.empty(m.t.size) if m.expiry is not None else history  # calendar: z on the annualised premium
     n_hist = 0
     ft, fr = m.f_time, m.f_rate
     nf = len(ft)
@@ -68,12 +72,12 @@ def run_reference(m: Market, p: BacktestParams) -> list[Trade]:
                 d.append((T, rate))
             last_rate = rate
             if pos is not None:
-                pos["funding"].append(sign * pos["qty"] * float(m.mark[int((T - m.t[0]) // HOUR)]) * rate)
+                pos["funding"].append(fd * pos["qty"] * float(m.mark[int((T - m.t[0]) // HOUR)]) * rate)
             k += 1
         if not math.isnan(m.spot[i]):
             last_spot = float(m.spot[i])
-        apr = float(model.apr_pct_at(m.symbol, t)) if sign == -1 else 0.0
-        if pos is not None and sign == -1 and i > pos["i"]:  # this hour's interest on the borrowed spot
+        apr = float(model.apr_pct_at(m.symbol, t)) if borrows else 0.0
+        if pos is not None and borrows and i > pos["i"]:  # this hour's interest on the borrowed spot
             pos["borrow"].append(-pos["qty"] * last_spot * (apr / 100.0 / HOURS_PER_YEAR))
         for d, span in ((month, 30 * DAY), (recent, r.funding_exit_hours * 3600.0), (lookback, r.carry_lookback_days * DAY)):
             while d and d[0][0] <= t - span:
@@ -86,13 +90,17 @@ def run_reference(m: Market, p: BacktestParams) -> list[Trade]:
         b_raw = (perp - spot) / spot * 100.0
         b = b_raw if sign == 1 else -b_raw
         history[n_hist] = b
+        if m.expiry is not None:
+            z_history[n_hist] = b / max((m.expiry - t) / YEAR_S, 1.0 / 8760.0)
         n_hist += 1
         smooth_win.append((t, b))
         window = history[max(0, n_hist - p.zscore_window) : n_hist]
         z = sd = None
         if n_hist >= ZSCORE_MIN_SAMPLES:
             sd = float(window.std())
-            z = 0.0 if sd < 1e-8 else (b - window.mean()) / sd
+            zw = z_history[max(0, n_hist - p.zscore_window) : n_hist]
+            zsd = float(zw.std()) if m.expiry is not None else sd
+            z = 0.0 if zsd < 1e-8 else (float(z_history[n_hist - 1]) - zw.mean()) / zsd
         smooth = sum(x for _, x in smooth_win) / len(smooth_win)
         if i < m.i0:
             continue
@@ -109,8 +117,8 @@ def run_reference(m: Market, p: BacktestParams) -> list[Trade]:
             interval_h = 8.0
         sig = Signals(basis_pct=b, basis_smooth_pct=smooth, basis_std_pct=sd,
                       funding_recent_8h_pct=_mean_8h(recent, interval_h), funding_carry_8h_pct=_mean_8h(lookback, interval_h))
-        if sign == -1:
-            b8 = apr / HOURS_PER_YEAR * 8.0
+        if fd == -1:
+            b8 = apr / HOURS_PER_YEAR * 8.0  # 0 without a borrow
             sig = Signals(basis_pct=b, basis_smooth_pct=smooth, basis_std_pct=sd,
                           funding_recent_8h_pct=None if sig.funding_recent_8h_pct is None else -sig.funding_recent_8h_pct - b8,
                           funding_carry_8h_pct=None if sig.funding_carry_8h_pct is None else -sig.funding_carry_8h_pct - b8)
@@ -125,7 +133,7 @@ def run_reference(m: Market, p: BacktestParams) -> list[Trade]:
         closed_here = False
         if pending_exit is not None and (t >= pending_exit["at"] or i == last_valid):
             trades.append(close_trade(m, pos["i"], i, pos["qty"], pos["funding"], pending_exit["reason"], p.playbook, sign,
-                                      pos["borrow"], p.strategy))
+                                      pos["borrow"], p.strategy, fd))
             pos, pending_exit, closed_here = None, None, True
         elif pos is not None and pending_exit is None:
             b_in = pos["basis"]
@@ -142,11 +150,12 @@ def run_reference(m: Market, p: BacktestParams) -> list[Trade]:
             if reason is not None:
                 if delay <= 0 or i == last_valid:
                     trades.append(close_trade(m, pos["i"], i, pos["qty"], pos["funding"], reason, p.playbook, sign, pos["borrow"],
-                                              p.strategy))
+                                              p.strategy, fd))
                     pos, closed_here = None, True
                 else:
                     pending_exit = {"at": t + delay, "reason": reason}
-        if pos is None and pending_entry is None and not closed_here and i < last_valid:
+        if (pos is None and pending_entry is None and not closed_here and i < last_valid
+                and (m.entry_i1 is None or i <= m.entry_i1)):
             if smooth > stop_level_pct(b, sd, r):
                 continue  # its stop would fire at once
             vol = realised_vol_1h_pct(m.mark_high[i], m.mark_low[i], m.perp[i - 1] if i > 0 else None, perp)
@@ -171,6 +180,7 @@ def run_reference(m: Market, p: BacktestParams) -> list[Trade]:
                     qty=qty, spot=float(spot), perp=float(perp), leverage=p.leverage, costs=m.costs,
                     hold_days=p.expected_hold_days, funding_rate=rate, funding_interval_hours=interval_h,
                     seconds_to_next_funding=nxt - t, direction=sign, borrow_rate_hourly=apr / 100.0 / HOURS_PER_YEAR,
+                    seconds_to_expiry=None if m.expiry is None else m.expiry - t,
                 ) > 0
             if not ok:
                 continue

@@ -11,8 +11,10 @@ from typing import Any
 
 import numpy as np
 
+from basis_mcp import dated
 from basis_mcp.backtest.prepare import Market
 from basis_mcp.clock import iso
+from basis_mcp.costs import PairCosts
 from basis_mcp.ledger import pnl
 from basis_mcp.playbooks import EMERGENCY_RULES
 
@@ -40,6 +42,7 @@ class Trade:
     funding_at_constant_notional_usd: float = 0.0  # the same settlements paid on the entry notional
     borrow_usd: float = 0.0  # reverse trades: MODELLED borrow interest on the short spot (≤ 0), in pnl_usd
     strategy: str = "cash_and_carry"
+    contract: str | None = None  # calendar spreads: the quarterly traded (SIMULATED price)
 
     @property
     def pnl_at_constant_notional_usd(self) -> float:
@@ -67,7 +70,8 @@ def fills_for(m: Market, i: int, j: int, qty: float, direction: int = 1) -> list
 
 
 def close_trade(m: Market, i: int, j: int, qty: float, funding: list[float], reason: str, playbook: str = "convergence",
-                direction: int = 1, borrow: list[float] | None = None, strategy: str = "cash_and_carry") -> Trade:
+                direction: int = 1, borrow: list[float] | None = None, strategy: str = "cash_and_carry",
+                funding_direction: int | None = None) -> Trade:
     p = pnl(fills_for(m, i, j, qty, direction), funding, None, borrow or ())
     b_in = (m.perp[i] - m.spot[i]) / m.spot[i] * 100.0
     b_out = (m.perp[j] - m.spot[j]) / m.spot[j] * 100.0
@@ -90,9 +94,11 @@ def close_trade(m: Market, i: int, j: int, qty: float, funding: list[float], rea
         reason=reason,
         playbook=playbook,
         notional_usd=float(qty * m.spot[i]),
-        funding_at_constant_notional_usd=direction * constant_notional_funding(m, i, j, float(qty * m.spot[i])),
+        funding_at_constant_notional_usd=(direction if funding_direction is None else funding_direction)
+        * constant_notional_funding(m, i, j, float(qty * m.spot[i])),
         borrow_usd=p.borrow_usd,
         strategy=strategy,
+        contract=m.contract,
     )
 
 
@@ -135,10 +141,40 @@ def equity_curve(markets: list[Market], trades: list[Trade], capital: float) -> 
 
 
 def _symbol_equity(m: Market, trades: list[Trade]) -> np.ndarray:
-    """One symbol's realised + open P&L per bar of its trading range (see `equity_curve`)."""
+    """One symbol's realised + open P&L per bar of its trading range (see `equity_curve`), summed over
+    the legs each trade held: spot and perp, or a calendar spread's perp and quarterly (its SIMULATED
+    price, rebuilt from the perp and funding as `dated` prices it), each with its strategy's signs."""
+    total = np.zeros(m.i1 - m.i0 + 1)
+    groups: dict[tuple[str, str | None], list[Trade]] = defaultdict(list)
+    for t in trades:
+        groups[(t.strategy, t.contract)].append(t)
+    carry = None
+    for (strategy, contract), ts in groups.items():
+        if contract is None:
+            ref, other, costs = m.spot, m.perp, m.costs
+        else:
+            if carry is None:
+                carry = dated.funding_carry_apr(m.f_time, m.f_rate, m.t)
+            expiry = dated.parse_contract(contract)[1]
+            fresh = ~(np.isnan(m.spot) | np.isnan(m.perp)) & (m.t <= expiry)
+            ref = np.where(fresh, m.perp, np.nan)
+            other = np.where(fresh, dated.simulated_price(m.perp, carry, expiry - m.t), np.nan)
+            costs = PairCosts(m.costs.perp, m.costs.perp)
+        direction = -1 if strategy == "reverse_cash_and_carry" else 1
+        funding_direction = 1 if strategy == "cash_and_carry" else -1
+        total += _legs_equity(m, ts, ref, other, costs, direction, funding_direction)
+    return total
+
+
+def _legs_equity(m: Market, trades: list[Trade], ref_all: np.ndarray, other_all: np.ndarray, costs: PairCosts,
+                 direction: int, funding_direction: int) -> np.ndarray:
+    """Realised + open P&L per bar of trades that are long ``direction`` × (reference leg) and short it of
+    the other: the basis change since entry, less entry costs, plus the funding the position received
+    (× ``funding_direction``) at each settlement while open. Borrow interest is counted when the trade
+    closes (in its P&L)."""
     lo = m.i0
     n = m.i1 - m.i0 + 1
-    spot, perp = m.spot[lo : m.i1 + 1], m.perp[lo : m.i1 + 1]
+    spot, perp = ref_all[lo : m.i1 + 1], other_all[lo : m.i1 + 1]
     idx = np.where(np.isnan(spot) | np.isnan(perp), 0, np.arange(n))  # stale bars carry the last fresh one
     np.maximum.accumulate(idx, out=idx)
     bu = perp[idx] - spot[idx]
@@ -147,9 +183,10 @@ def _symbol_equity(m: Market, trades: list[Trade]) -> np.ndarray:
     q = np.array([t.quantity for t in trades])
     pnl_t = np.array([t.pnl_usd for t in trades])
     fund_t = np.array([t.funding_usd for t in trades])
-    c = m.costs
+    c = costs
     entry_cost = np.zeros(len(trades))
-    for mid, leg, side in ((spot[i], c.spot, "buy"), (perp[i], c.perp, "sell")):
+    ref_side, other_side = ("buy", "sell") if direction == 1 else ("sell", "buy")
+    for mid, leg, side in ((spot[i], c.spot, ref_side), (perp[i], c.perp, other_side)):
         price = leg.fill_price(mid, side, q * mid)
         entry_cost += q * price * leg.taker_fee + np.abs(price - mid) * q
 
@@ -160,12 +197,13 @@ def _symbol_equity(m: Market, trades: list[Trade]) -> np.ndarray:
             np.add.at(d, end, at_end)
         return np.cumsum(d)[:n]
 
-    open_q = diff(q, i, -q, j)  # quantity open over [entry, exit)
-    open_const = diff(q * bu[i] - entry_cost, i, -(q * bu[i] - entry_cost), j)
+    dq = direction * q
+    open_q = diff(dq, i, -dq, j)  # signed quantity open over [entry, exit)
+    open_const = diff(dq * bu[i] - entry_cost, i, -(dq * bu[i] - entry_cost), j)
     realised = diff(pnl_t, j, None, j)
     closed_funding = diff(fund_t, j, None, j)
     # funding paid to what is open at each settlement: a position receives it for settlements in (entry, exit]
-    paid_q = diff(q, i + 1, -q, j + 1)
+    paid_q = diff(funding_direction * q, i + 1, -funding_direction * q, j + 1)
     ft = m.f_time.astype(np.float64)
     bars = ((ft - m.t[lo]) // 3600).astype(np.int64)
     ok = (bars >= 0) & (bars < n)

@@ -13,9 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from basis_mcp.backtest.calendar import run_calendar
 from basis_mcp.backtest.engine import (
     always_on_trades,
     features,
+    run_vectorized,
 )
 from basis_mcp.backtest.params import BacktestParams
 from basis_mcp.backtest.portfolio import simulate
@@ -122,7 +124,11 @@ def _trades(markets: list[Market], params: BacktestParams, engine: str, feats: d
     if engine == "reference":
         if params.sizing == "desk":
             raise DataError("sizing=desk runs on the vectorised engine only (the reference loop trades one symbol at a time)")
+        if params.strategy == "calendar_spread":
+            return {m.symbol: run_calendar(m, params, run_reference) for m in markets}, {}
         return {m.symbol: run_reference(m, params) for m in markets}, {}
+    if params.strategy == "calendar_spread":  # fixed notional per contract, one position per symbol (no capital pass)
+        return {m.symbol: run_calendar(m, params, lambda cm, p: run_vectorized(cm, p)) for m in markets}, {}
     by_sym, stats = simulate(markets, params, feats, settings)
     return by_sym, stats.as_dict()
 

@@ -33,8 +33,10 @@ INSTRUCTIONS = """\
 basis-mcp runs a crypto basis book. cash_and_carry (long spot + short perpetual in equal
 quantity) earns a positive basis as it converges plus the funding paid to shorts;
 reverse_cash_and_carry (short borrowed spot + long perpetual) earns a negative basis and the
-funding paid to longs, less hourly borrow interest. scan_basis says which one each basis
-points to; pass `strategy` to estimate_net_apy and enter_trade. The server
+funding paid to longs, less hourly borrow interest; calendar_spread (long perpetual + short
+quarterly future) earns the quarterly's premium as it rolls down to expiry, less the funding the
+long perp pays, and is closed before expiry. scan_basis says which one each basis points to;
+pass `strategy` to estimate_net_apy and enter_trade. The server
 enforces risk limits you cannot change. Loop: scan_basis → compute_zscore → estimate_net_apy
 → size_position → enter_trade (with a fresh idempotency_key); then monitor with check_delta,
 seconds_to_funding and portfolio_status, and exit_trade when the edge is gone. Read the

@@ -86,8 +86,9 @@ TOOLS: list[ToolSpec] = [
             "(funding_apr_pct; positive = longs pay shorts, i.e. the short perp leg RECEIVES it); the interval and "
             "next settlement time; the basis z-score against the rolling history (null until 30 samples); "
             "and data_age_seconds; `strategy`, the trade the basis points to (cash_and_carry when positive, "
-            "reverse_cash_and_carry when negative, with its MODELLED borrow rate), and `edge_pct`, the basis as that "
-            "trade earns it. Results are ranked by edge_pct, widest either way first. Each call also records a basis "
+            "reverse_cash_and_carry when negative, with its MODELLED borrow rate; calendar_spread when the nearest "
+            "quarterly's premium over the perp less the funding to its expiry, calendar_edge_pct, is wider still), and "
+            "`edge_pct`, the edge of that trade in percent before costs. Results are ranked by edge_pct, widest first. Each call also records a basis "
             "sample (at most one per symbol per hour) for the z-score history. Read-only." + UNITS
         ),
         input_model=m.ScanBasisInput,
@@ -168,9 +169,11 @@ TOOLS: list[ToolSpec] = [
             "again. Rejected with every violated rule listed when a limit, the data freshness or free capital "
             "does not allow it. An instrument (say the BTC perp) belongs to one open position at a time. Returns the "
             "position with its legs (instrument, side, quantity held, entry price, margin), fills, fees, entry "
-            "basis, liquidation price and margin ratio. strategy names the trade shape (default and, in this "
-            "release, only: cash_and_carry); the legs are sent in the strategy's order, each later leg sized to what "
-            "the earlier ones filled. playbook (stated at entry, shown on the position) picks the "
+            "basis, liquidation price and margin ratio. strategy names the trade shape: cash_and_carry (default; buy "
+            "spot, short the perp), reverse_cash_and_carry (borrow and sell spot, buy the perp) or calendar_spread "
+            "(buy the perp, sell the quarterly named by `contract` or the nearest listed one your expected_hold_days "
+            "ends expiry_exit_hours before its expiry; a hold across expiry is refused); the legs are sent in the "
+            "strategy's order, each later leg sized to what the earlier ones filled. playbook (stated at entry, shown on the position) picks the "
             "server's exit rules: 'convergence' (the z-score trade, short holds; you exit on convergence; the server "
             "exits on a persistent sign flip, funding reversal, a smoothed-basis blow-out or after 30 days) or "
             "'carry' (hold for funding; the server exits when the 7-day mean funding falls below −0.005 %/8h, on a "
@@ -193,7 +196,8 @@ TOOLS: list[ToolSpec] = [
         description=(
             "Closes every leg of an open position in its strategy's exit order (cash_and_carry: buys back the perp, "
             "reduce-only so it can never open a new position, then sells the spot; reverse_cash_and_carry: sells the "
-            "perp, then buys back and repays the borrowed spot); a later leg is closed only down to what no longer "
+            "perp, then buys back and repays the borrowed spot; calendar_spread: buys back the quarterly, then sells "
+            "the perp); a later leg is closed only down to what no longer "
             "hedges an earlier one. Returns realised P&L itemised: basis_pnl_usd (price P&L at mids = "
             "quantity × (entry basis − exit basis) for cash_and_carry), funding_usd received, borrow_usd paid (≤ 0), "
             "fees_usd and slippage_usd paid, and total_usd = basis + funding + borrow − fees − slippage, which equals "
