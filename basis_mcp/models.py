@@ -207,10 +207,16 @@ DateStr = Annotated[str, StringConstraints(min_length=4, max_length=32, pattern=
 class BacktestInput(InputModel):
     symbols: list[Symbol] = Field(default_factory=lambda: ["BTC", "ETH"], min_length=1, max_length=10,
                                   description="symbols to backtest (base assets), at most 10")
-    strategy: Literal["cash_and_carry", "reverse_cash_and_carry", "calendar_spread"] = Field(
+    strategy: Literal["cash_and_carry", "reverse_cash_and_carry", "calendar_spread", "cross_exchange"] = Field(
         "cash_and_carry", description="cash_and_carry, reverse_cash_and_carry (short borrowed spot, long perp; pays the "
-        "MODELLED borrow interest every hour, see borrow_scenario), or calendar_spread (long perp, short the quarterly the "
-        "desk would choose; its price is SIMULATED; convergence playbook, fixed sizing)")
+        "MODELLED borrow interest every hour, see borrow_scenario), calendar_spread (long perp, short the quarterly the "
+        "desk would choose; its price is SIMULATED; convergence playbook, fixed sizing), or cross_exchange (short the perp "
+        "on the venue with the richest funding, long it on the cheapest; real funding of Binance, Bybit, Gate and dYdX, "
+        "BTC and ETH, 2020/21-2023; both legs priced at the Binance perp mark; playbook must be carry, whose carry_* "
+        "thresholds then read the differential per 8 h)")
+    venues: list[Literal["binance", "bybit", "gate", "dydx"]] = Field(
+        default_factory=lambda: ["binance", "bybit", "gate", "dydx"], min_length=2, max_length=4,
+        description="cross_exchange: the venues whose funding may be traded against each other (at least two)")
     borrow_scenario: Literal["calm", "spike"] = Field(
         "calm", description="reverse_cash_and_carry: the modelled borrow series (calm; or spike: ×10 squeezes of 72 h every "
         "45 days)")

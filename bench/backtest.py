@@ -7,7 +7,8 @@ bars), in this process; the trade lists are checked identical before anything is
 
 Per strategy (cash_and_carry, reverse_cash_and_carry with the modelled borrow, calendar_spread on
 the simulated quarterlies, contract by contract: `backtest.calendar.run_calendar` around either
-engine, with a 30-day expected hold and z ≥ 0.5 so that it trades at all) and playbook
+engine, with a 30-day expected hold and z ≥ 0.5 so that it trades at all; cross_exchange on the
+real funding of four venues, 2020-2023, the carry rules on the differential) and playbook
 (convergence, carry; default rules, fills one bar after the signal), the two
 engines are timed side by side in the same rounds — each round runs the reference once and the
 vectorised engine once, alternating which goes first — and the medians are compared. The
@@ -23,6 +24,7 @@ import time
 
 from basis_mcp.backtest import BacktestParams, prepare, run_reference, run_vectorized
 from basis_mcp.backtest.calendar import run_calendar
+from basis_mcp.backtest.cross import cross_market, run_cross_reference, run_cross_vectorized
 from basis_mcp.clock import parse_time
 from basis_mcp.history import load_extract
 
@@ -34,12 +36,19 @@ def main() -> None:
     ratios = {}
     for strategy, playbook in (("cash_and_carry", "convergence"), ("cash_and_carry", "carry"),
                                ("reverse_cash_and_carry", "convergence"), ("reverse_cash_and_carry", "carry"),
-                               ("calendar_spread", "convergence")):
+                               ("calendar_spread", "convergence"), ("cross_exchange", "carry")):
         calendar = strategy == "calendar_spread"
+        cross = strategy == "cross_exchange"
         p = BacktestParams(strategy=strategy, playbook=playbook, **({"expected_hold_days": 30, "min_zscore": 0.5} if calendar else {}))
-        name = f"{ {'reverse_cash_and_carry': 'reverse', 'calendar_spread': 'calendar'}.get(strategy, 'c&c')}/{playbook}"
-        vec_run = (lambda m, p: run_calendar(m, p, run_vectorized)) if calendar else run_vectorized
-        ref_run = (lambda m, p: run_calendar(m, p, run_reference)) if calendar else run_reference
+        name = f"{ {'reverse_cash_and_carry': 'reverse', 'calendar_spread': 'calendar', 'cross_exchange': 'cross'}.get(strategy, 'c&c')}/{playbook}"
+        if calendar:
+            vec_run, ref_run = (lambda m, p: run_calendar(m, p, run_vectorized)), (lambda m, p: run_calendar(m, p, run_reference))
+        elif cross:  # the venues' funding, set up once per symbol outside the timed calls (as prepare() is)
+            crossed = {}
+            vec_run = lambda m, p, c=crossed: run_cross_vectorized(c.setdefault(m.symbol, cross_market(m)), p)  # noqa: E731
+            ref_run = lambda m, p, c=crossed: run_cross_reference(c.setdefault(m.symbol, cross_market(m)), p)  # noqa: E731
+        else:
+            vec_run, ref_run = run_vectorized, run_reference
         markets = [prepare(h, parse_time("2019-09-01"), parse_time("2026-06-01"), p) for h in hist.values()]
         bars = sum(m.i1 - m.i0 + 1 for m in markets)
         n = 0

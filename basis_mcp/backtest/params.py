@@ -45,11 +45,15 @@ class BacktestParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    strategy: Literal["cash_and_carry", "reverse_cash_and_carry", "calendar_spread"] = Field(
+    strategy: Literal["cash_and_carry", "reverse_cash_and_carry", "calendar_spread", "cross_exchange"] = Field(
         "cash_and_carry", description="cash_and_carry (long spot, short perp), reverse_cash_and_carry (short borrowed spot, "
         "long perp: the rules read the basis and funding mirrored, and pay the MODELLED borrow interest every hour) or "
         "calendar_spread (long perp, short the quarterly the desk would choose, SIMULATED price; the basis is its premium over "
-        "the perp, the long perp pays funding, closed expiry_exit_hours before expiry; convergence playbook only)")
+        "the perp, the long perp pays funding, closed expiry_exit_hours before expiry; convergence playbook only) or "
+        "cross_exchange (short the perp where funding is richest, long it where cheapest, on the shipped real funding of "
+        "Binance, Bybit, Gate and dYdX 2020/21-2023; carry playbook only, the carry_* thresholds read the differential)")
+    venues: tuple[str, ...] = Field(("binance", "bybit", "gate", "dydx"), min_length=2, max_length=8,
+                                    description="cross_exchange: the venues whose funding may be traded against each other")
     expiry_exit_hours: float = Field(24.0, ge=1, le=24.0 * 30, allow_inf_nan=False,
                                      description="calendar_spread: a contract is left this long before its expiry")
     borrow_scenario: Literal["calm", "spike"] = Field("calm", description="reverse_cash_and_carry: the modelled borrow series")
@@ -116,6 +120,13 @@ class BacktestParams(BaseModel):
         if self.strategy == "calendar_spread" and self.playbook != "convergence":
             raise ValueError(f"playbook={self.playbook}: calendar_spread trades the convergence playbook only (its carry is the "
                              "quarterly's roll-down, not funding)")
+        if self.strategy == "cross_exchange" and self.playbook != "carry":
+            raise ValueError(f"playbook={self.playbook}: cross_exchange trades the carry playbook only (it earns the funding "
+                             "differential between venues); pass playbook=carry")
+        if self.strategy == "cross_exchange" and self.sizing != "fixed":
+            raise ValueError("sizing=desk: cross_exchange is backtested at a fixed notional per position")
+        if self.strategy == "cross_exchange" and len(set(self.venues)) < 2:
+            raise ValueError(f"venues={list(self.venues)}: cross_exchange needs two different venues")
         if self.strategy == "calendar_spread" and self.sizing != "fixed":
             raise ValueError("sizing=desk: calendar_spread is backtested at a fixed notional per position")
         if self.carry_exit_8h_pct >= self.carry_entry_8h_pct:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -118,7 +119,8 @@ def constant_notional_funding(m: Market, i: int, j: int, notional: float) -> flo
 # --------------------------------------------------------------------------- equity and statistics
 
 
-def equity_curve(markets: list[Market], trades: list[Trade], capital: float) -> tuple[np.ndarray, np.ndarray]:
+def equity_curve(markets: list[Market], trades: list[Trade], capital: float,
+                 own_equity: Callable[[Market, list[Trade]], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Hourly portfolio equity over the union of the trading ranges: capital + realised P&L +
     open positions marked at mid (basis change) with funding received so far, net of the
     entry costs already paid. O(bars + trades): every trade adds to difference arrays, one
@@ -133,7 +135,7 @@ def equity_curve(markets: list[Market], trades: list[Trade], capital: float) -> 
     for m in markets:
         ts = by_symbol.get(m.symbol)
         if ts:
-            own = _symbol_equity(m, ts)  # over the market's range [i0, i1]
+            own = (own_equity or _symbol_equity)(m, ts)  # over the market's range [i0, i1]
             off = int((t0 - m.t[m.i0]) // 3600)  # union bar u is this range's bar u + off
             k = np.clip(np.arange(times.size) + off, 0, own.size - 1)
             eq += np.where(np.arange(times.size) + off < 0, 0.0, own[k])

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from basis_mcp.backtest.calendar import run_calendar
+from basis_mcp.backtest.cross import cross_equity, cross_market, run_cross_reference, run_cross_vectorized
 from basis_mcp.backtest.engine import (
     always_on_trades,
     features,
@@ -121,12 +122,15 @@ def _trades(markets: list[Market], params: BacktestParams, engine: str, feats: d
             settings: Settings) -> tuple[dict[str, list[Trade]], dict[str, Any]]:
     """The book's trades: the vectorised engine with capital (`portfolio.simulate`), or the per-row
     reference loop, which knows the rules only (capital unlimited, fixed sizing)."""
-    if engine == "reference":
+    if engine == "reference" and params.strategy != "cross_exchange":
         if params.sizing == "desk":
             raise DataError("sizing=desk runs on the vectorised engine only (the reference loop trades one symbol at a time)")
         if params.strategy == "calendar_spread":
             return {m.symbol: run_calendar(m, params, run_reference) for m in markets}, {}
         return {m.symbol: run_reference(m, params) for m in markets}, {}
+    if params.strategy == "cross_exchange":  # the funding differential between venues (fixed notional, no capital pass)
+        run_x = run_cross_reference if engine == "reference" else run_cross_vectorized
+        return {m.symbol: run_x(cross_market(m, params.venues), params, settings) for m in markets}, {}
     if params.strategy == "calendar_spread":  # fixed notional per contract, one position per symbol (no capital pass)
         return {m.symbol: run_calendar(m, params, lambda cm, p: run_vectorized(cm, p)) for m in markets}, {}
     by_sym, stats = simulate(markets, params, feats, settings)
@@ -151,13 +155,19 @@ def run(
         if m.symbol not in feats:
             feats[m.symbol] = features(m, params)
     by_sym_trades, book = _trades(markets, params, engine, feats, settings)
+    own = None
+    if params.strategy == "cross_exchange":  # marked with each venue's funding, not the spot/perp basis
+        crossed = {m.symbol: cross_market(m, params.venues) for m in markets}
+
+        def own(m: Market, ts: list[Trade]) -> np.ndarray:
+            return cross_equity(crossed[m.symbol], ts)
     trades: list[Trade] = []
     by_symbol: dict[str, dict[str, Any]] = {}
     always: dict[str, list[Trade]] = {}
     for n, m in enumerate(markets, 1):
         ts = by_sym_trades[m.symbol]
         trades += ts
-        times, eq = equity_curve([m], ts, params.capital_usd)
+        times, eq = equity_curve([m], ts, params.capital_usd, own)
         by_symbol[m.symbol] = stats(ts, times, eq, params.capital_usd, [m], params.leverage)
         if extras:
             always[m.symbol] = always_on_trades(m, params, feats[m.symbol])
@@ -174,7 +184,7 @@ def run(
         if progress:
             progress(n, len(markets), f"{m.symbol}: {len(ts)} trades")
     trades.sort(key=lambda t: (t.exit_time, t.symbol))
-    times, eq = equity_curve(markets, trades, params.capital_usd)
+    times, eq = equity_curve(markets, trades, params.capital_usd, own)
     summary = stats(trades, times, eq, params.capital_usd, markets, params.leverage)
     if book:
         summary["margin"] = book
