@@ -7,7 +7,10 @@ paper trading and backtests use this model, and say so wherever a rate is shown:
 - ``calm``: each asset's base rate (BTC 2 %, ETH 3 %, others 8 % a year, close to what the
   large venues charged VIP 0 in quiet markets), moving ±30 % over a 30-day cycle;
 - ``spike``: the same, plus a 72-hour squeeze every 45 days in which the rate is ×10 (the
-  shape of the borrow squeezes seen when a coin's spot is shorted heavily).
+  shape of the borrow squeezes seen when a coin's spot is shorted heavily), and 24 hours into
+  each squeeze the venue RECALLS every loan still open on the asset (`recall_times`): the paper
+  venue buys the coins back at market and repays them, as a margin venue does when its lending
+  pool runs dry.
 
 Rates are a deterministic function of time, so the desk's replay and the backtest charge the
 same interest for the same hours. Interest accrues hourly on the borrowed quantity at the spot
@@ -30,6 +33,7 @@ CYCLE_S = 30 * 86400.0
 SPIKE_EVERY_S = 45 * 86400.0
 SPIKE_LENGTH_S = 72 * 3600.0
 SPIKE_MULTIPLE = 10.0
+RECALL_AFTER_S = 24 * 3600.0  # into a squeeze, the spike scenario's venue recalls open loans
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,18 @@ class BorrowModel:
         if self.scenario == "spike":
             rate = np.where(np.mod(t_arr, SPIKE_EVERY_S) < SPIKE_LENGTH_S, rate * SPIKE_MULTIPLE, rate)
         return float(rate) if np.ndim(rate) == 0 else rate
+
+    def recall_times(self, t_from: float, t_to: float) -> list[float]:
+        """Times in (t_from, t_to] at which the venue recalls every open loan (spike scenario only)."""
+        if self.scenario != "spike" or t_to <= t_from:
+            return []
+        k = math.floor((t_from - RECALL_AFTER_S) / SPIKE_EVERY_S) + 1
+        out = []
+        while (t := k * SPIKE_EVERY_S + RECALL_AFTER_S) <= t_to:
+            if t > t_from:
+                out.append(t)
+            k += 1
+        return out
 
     def hourly_rate(self, asset: str, t: float) -> float:
         """Interest per hour as a fraction of the borrowed value."""

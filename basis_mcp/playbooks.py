@@ -35,7 +35,7 @@ from typing import Literal
 Playbook = Literal["convergence", "carry"]
 PLAYBOOKS: tuple[Playbook, ...] = ("convergence", "carry")
 EMERGENCY_RULES = frozenset({"basis_blowout", "margin_ratio_below_130", "margin_ratio_below_150", "liquidation_distance",
-                             "perp liquidated", "liquidated"})
+                             "perp liquidated", "liquidated", "loan_recall", "expiry_near", "liquidation_risk"})
 
 
 @dataclass(frozen=True)

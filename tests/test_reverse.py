@@ -273,3 +273,55 @@ async def test_the_portfolio_counts_a_reverse_positions_margin_not_its_borrowed_
     assert pos["margin_usd"] == pytest.approx(sum(leg["margin_usd"] for leg in pos["legs"]))
     assert pf["cash_usd"] == pytest.approx(Settings().capital_usd - pos["margin_usd"] - sum(f["fee_usd"] for f in pos["fills"]),
                                            abs=0.01)
+
+
+async def test_a_loan_recall_in_a_squeeze_buys_the_spot_back_and_unwinds_the_perp(make_server, db: Path,
+                                                                                  tmp_path: Path) -> None:
+    """The spike scenario's venue recalls open loans 24 h into a squeeze. With the borrow-spike rule set
+    above the squeeze (so the watchdog does not close first), the recall buys the coins back at market,
+    the desk books it on the borrowed-spot leg, unwinds the perp at once, and the money reconciles."""
+    from basis_mcp.borrow import BorrowModel
+
+    data = backwardation(tmp_path)
+    assert BorrowModel("spike").recall_times(parse_time("2024-01-31T00:00:00Z"), parse_time("2024-02-05T00:00:00Z")) == [
+        parse_time(SQUEEZE) + 24 * 3600]
+    assert BorrowModel("calm").recall_times(0, 10**10) == []
+    settings = Settings(borrow_scenario="spike", borrow_spike_apr_pct=500.0)
+    async with Client(make_server(settings, start="2024-01-31T00:00:00Z", data_path=data)) as client:
+        out = await call(client, "enter_trade", {"symbol": "BTC", "notional_usd": 4000, "strategy": "reverse_cash_and_carry",
+                                                 "idempotency_key": "rc-1"})
+        pid = out["position"]["position_id"]
+        adv = await call(client, "advance_time", {"hours": 80})
+        assert adv["watchdog_actions"] == []
+        liq = next(x for x in adv["liquidations"] if x.get("position_id") == pid)
+        assert liq["buyback_price"] > 0 and liq["fee_usd"] > 0
+        port = await call(client, "portfolio_status", {"include_closed": 1})
+        closed = port["closed_positions"][0]
+        assert closed["status"] == "closed" and closed["close_reason"].startswith("spot loan recalled by the venue")
+        assert port["equity_usd"] == pytest.approx(port["account_equity_usd"], abs=0.01)
+    recall_t = parse_time(SQUEEZE) + 24 * 3600
+    row = db_rows(db, "SELECT closed_at, realized_pnl_usd FROM positions WHERE id = ?", (pid,))[0]
+    assert row["closed_at"] == recall_t
+    fills = db_rows(db, "SELECT * FROM fills WHERE position_id = ?", (pid,))
+    funding = sum(r["amount_usd"] for r in db_rows(db, "SELECT amount_usd FROM funding_payments WHERE position_id = ?", (pid,)))
+    borrow = sum(r["amount_usd"] for r in db_rows(db, "SELECT amount_usd FROM borrow_payments WHERE position_id = ?", (pid,)))
+    cash = sum((1 if f["side"] == "sell" else -1) * f["quantity"] * f["price"] for f in fills)
+    assert row["realized_pnl_usd"] == pytest.approx(cash - sum(f["fee_usd"] for f in fills) + funding + borrow, abs=0.01)
+    usdt = db_rows(db, "SELECT free FROM paper_balances WHERE asset = 'USDT'")[0]["free"]
+    assert db_rows(db, "SELECT COUNT(*) AS n FROM paper_margin")[0]["n"] == 0
+    assert db_rows(db, "SELECT COUNT(*) AS n FROM paper_perp")[0]["n"] == 0
+    assert usdt == pytest.approx(Settings().capital_usd + row["realized_pnl_usd"], abs=0.01)
+
+
+def test_the_backtest_closes_a_reverse_position_at_the_loan_recall_like_the_desk(tmp_path: Path) -> None:
+    from basis_mcp.backtest import BacktestParams, prepare, run_reference, run_vectorized
+    from basis_mcp.history import load_extract
+
+    h = load_extract(backwardation(tmp_path))["BTC"]
+    p = BacktestParams(strategy="reverse_cash_and_carry", playbook="carry", borrow_scenario="spike", fill_delay_seconds=0)
+    m = prepare(h, parse_time("2024-01-20T00:00:00Z"), parse_time("2024-02-08T00:00:00Z"), p)
+    v, r = run_vectorized(m, p), run_reference(m, p)
+    assert [(t.entry_index, t.exit_index, t.reason) for t in v] == [(t.entry_index, t.exit_index, t.reason) for t in r]
+    recalled = [t for t in v if t.reason == "loan_recall"]
+    assert recalled and recalled[0].exit_time == "2024-02-03T00:00:00Z"  # 24 h into the squeeze, as on the desk
+    assert recalled[0].borrow_usd == pytest.approx(next(t for t in r if t.reason == "loan_recall").borrow_usd, abs=1e-9)

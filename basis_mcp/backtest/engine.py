@@ -224,6 +224,14 @@ class TradeFinder:
         self.nxt, self.iv, self.rate = nxt_c.tolist(), iv_c.tolist(), rate_c.tolist()
         self.gens = np.flatnonzero(generic)
         self.flips = np.flatnonzero(self.flip)
+        # the spike scenario's venue recalls open loans (`BorrowModel.recall_times`): a reverse position open then
+        # is closed at the first fresh bar at or after the recall, at once (the venue buys the spot back, the desk
+        # unwinds the perp in the same tick)
+        recalls = BorrowModel(p.borrow_scenario).recall_times(float(m.t[0]) - 1.0, float(m.t[-1])) if p.borrows else []
+        self.recall_t = np.array(recalls, dtype=np.float64)
+        at = np.searchsorted(self.valid_t, self.recall_t, side="left")
+        self.recall_bar = np.where(at < self.valid_idx.size, self.valid_idx[np.minimum(at, max(self.valid_idx.size - 1, 0))],
+                                   n) if self.valid_idx.size else np.full(self.recall_t.size, n)
 
     def fixed_qty(self, c: int) -> float:
         return floor_to_step(self.p.notional_usd / self.m.spot[c], self.m.qty_step)
@@ -285,6 +293,9 @@ class TradeFinder:
         x = self.fill_bar(j) if j < last_valid else last_valid
         if x is None or x > last_valid:
             x = last_valid
+        h = int(np.searchsorted(self.recall_t, self.m.t[e], side="right"))
+        if h < self.recall_t.size and int(self.recall_bar[h]) <= x:
+            x, reason = int(self.recall_bar[h]), "loan_recall"
         return e, x, qty, reason
 
     def _exit_signal(self, e: int) -> tuple[int, str]:

@@ -42,10 +42,11 @@ def _mean_8h(window: deque[tuple[float, float]], interval_h: float) -> float | N
 def run_reference(m: Market, p: BacktestParams) -> list[Trade]:
     r = p.rules
     carry = p.playbook == "carry"
+    model = BorrowModel(p.borrow_scenario)
     sign = p.direction  # −1: the reverse trade reads the basis mirrored
     fd = p.funding_direction  # the sign of the funding the position receives (−1: long the perp)
     borrows = p.borrows  # the reverse trade pays borrow on its short spot every hour
-    model = BorrowModel(p.borrow_scenario)
+    recalls = model.recall_times(float(m.t[0]) - 1.0, float(m.t[-1])) if borrows else []  # the venue takes the loan back
     last_spot = math.nan
     history = np.empty(m.t.size)  # every fresh basis sample so far
     z_history = np.empty(m.t.size) if m.expiry is not None else history  # calendar: z on the annualised premium
@@ -131,7 +132,11 @@ def run_reference(m: Market, p: BacktestParams) -> list[Trade]:
                 pending_entry = None
                 continue  # the bar it filled on: no exit decision
         closed_here = False
-        if pending_exit is not None and (t >= pending_exit["at"] or i == last_valid):
+        if pos is not None and any(pos["t"] < T <= t for T in recalls):  # the venue recalled the loan: closed now
+            trades.append(close_trade(m, pos["i"], i, pos["qty"], pos["funding"], "loan_recall", p.playbook, sign,
+                                      pos["borrow"], p.strategy, fd))
+            pos, pending_exit, closed_here = None, None, True
+        elif pending_exit is not None and (t >= pending_exit["at"] or i == last_valid):
             trades.append(close_trade(m, pos["i"], i, pos["qty"], pos["funding"], pending_exit["reason"], p.playbook, sign,
                                       pos["borrow"], p.strategy, fd))
             pos, pending_exit, closed_here = None, None, True

@@ -208,13 +208,17 @@ class Recovery:
         pid = row["id"]
         info["position_id"] = pid
         leg = next(leg for leg in self.book.legs(pid) if leg.market == market and leg.symbol == ev.symbol)
-        delivered = getattr(ev, "kind", "liquidation") == "delivery"
+        kind = getattr(ev, "kind", "liquidation")
+        delivered, recalled = kind == "delivery", kind == "recall"
         if delivered:
             info = {k: v for k, v in info.items() if k != "margin_lost_usd"} | {"delivery_price": ev.price}
-        what = "delivered at expiry" if delivered else "liquidated"
+        if recalled:
+            info = {k: v for k, v in info.items() if k != "margin_lost_usd"} | {"buyback_price": ev.price, "fee_usd": ev.loss_usd}
+        what = {"delivery": "delivered at expiry", "recall": "loan recalled by the venue"}.get(kind, "liquidated")
         side = "buy" if ev.quantity < 0 else "sell"
         liq = OrderResult(ev.client_order_id, ev.client_order_id, ev.symbol, market, side,  # type: ignore[arg-type]
-                          "filled", abs(ev.quantity), abs(ev.quantity), ev.price, 0.0, ev.price, ev.time)
+                          "filled", abs(ev.quantity), abs(ev.quantity), ev.price, ev.loss_usd if recalled else 0.0, ev.price,
+                          ev.time)
         # the venue's fill, the position's new state and the cursor land in one transaction: a crash
         # between them cannot book the liquidation twice or lose it
         with self.store.tx():
@@ -229,12 +233,14 @@ class Recovery:
         others = [x.role for x in self.book.legs(pid) if x.id != leg.id]
         head = (f"position {pid} {ev.symbol}: {leg.role} leg SETTLED AT EXPIRY at the index {ev.price:.2f} (it was still open at "
                 "expiry: the watchdog could not close it in time)" if delivered else
+                f"position {pid} {ev.symbol}: the venue RECALLED the {leg.role} loan and bought the coins back at {ev.price:.2f} "
+                f"(fee ${ev.loss_usd:,.2f}): a borrow squeeze" if recalled else
                 f"position {pid} {ev.symbol}: {leg.role} leg LIQUIDATED at {ev.price:.2f} (isolated margin ${ev.loss_usd:,.2f} lost)")
         msg = (head + "; " + (f"{' and '.join(others)} leg{'s' if len(others) > 1 else ''} unwound at once" if not left
                               else "UNWIND OF THE OTHER LEGS FAILED: a naked leg, the watchdog retries"))
         if not left:
-            out = self.execution.finalize_close(pid, "closed" if delivered else "liquidated",
+            out = self.execution.finalize_close(pid, "closed" if delivered or recalled else "liquidated",
                                                 f"{leg.role} {what}; {' and '.join(others)} unwound", None)
             info["realized_pnl_usd"] = out.realized.total_usd if out.realized else None
-        self.events.alert("critical", "delivery" if delivered else "liquidation", msg, info)
+        self.events.alert("critical", kind if kind in ("delivery", "recall") else "liquidation", msg, info)
         return info

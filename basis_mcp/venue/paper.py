@@ -439,6 +439,7 @@ class PaperVenue:
                     funding.append(FundingEvent(s.symbol, s.time, s.rate, s.mark, pos.quantity, amount))
             if has_margin:
                 borrow = self._accrue_borrow(last, t)
+                liquidations.extend(self._recall(last, t))
             if has_future:
                 liquidations.extend(self._deliver(t))
             for market, table in TABLES.items():
@@ -473,6 +474,38 @@ class PaperVenue:
                 if cur.rowcount:
                     self.db.x("UPDATE paper_margin SET isolated_wallet = isolated_wallet + ? WHERE symbol = ?", (amount, pos.symbol))
                     out.append(BorrowEvent(pos.symbol, float(h), rate, price, pos.quantity, amount, self.borrow.label))
+        return out
+
+    def _recall(self, last: float, t: float) -> list[LiquidationEvent]:
+        """The venue recalls every open loan at the model's recall times in (last, t]: the borrowed coins
+        are bought back at the spot price of that hour plus the taker fee and repaid, and the collateral
+        less the loss is returned to USDT (an event the desk books like a liquidation, kind 'recall')."""
+        out = []
+        for when in self.borrow.recall_times(last, t):
+            for r in self.db.q("SELECT symbol FROM paper_margin ORDER BY symbol"):
+                pos = self._perp(r["symbol"], "margin_spot")
+                if pos is None:
+                    continue
+                try:
+                    spot = self.feed.snapshot(pos.symbol, at=when).spot
+                except MarketDataUnavailable:
+                    continue
+                leg = self.settings.spec(pos.symbol).costs.spot
+                qty = abs(pos.quantity)
+                price = leg.fill_price(spot, "buy", qty * spot)
+                fee = qty * price * leg.taker_fee
+                realised = pos.quantity * (price - pos.entry_price)  # a short: negative when bought back higher
+                coid = f"rcl-{pos.symbol}-{int(when)}"
+                self.db.x("DELETE FROM paper_margin WHERE symbol = ?", (pos.symbol,))
+                self._credit(QUOTE, pos.isolated_wallet_usd + realised - fee)
+                self.db.x(
+                    "INSERT INTO paper_orders(client_order_id, symbol, market, side, requested_qty, filled_qty, avg_price, fee_usd,"
+                    " mid_price, status, reduce_only, reason, ts) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (coid, pos.symbol, "margin_spot", "buy", qty, qty, price, fee, spot, "filled", 1,
+                     f"loan recall: the venue bought back {qty:g} {pos.symbol} at {price:.2f} and repaid the loan", when))
+                self.db.x("INSERT INTO paper_liquidations(symbol, time, quantity, price, loss_usd, client_order_id, market, kind)"
+                          " VALUES (?,?,?,?,?,?,?,?)", (pos.symbol, when, pos.quantity, price, fee, coid, "margin_spot", "recall"))
+                out.append(LiquidationEvent(pos.symbol, when, pos.quantity, price, fee, coid, "margin_spot", "recall"))
         return out
 
     def _deliver(self, t: float) -> list[LiquidationEvent]:
