@@ -333,3 +333,39 @@ async def test_keys_never_appear_in_outputs_errors_logs_or_the_audit_log(db: Pat
     for where, text in blobs.items():
         assert KEY not in text, f"API key leaked into the {where}"
         assert SECRET not in text, f"API secret leaked into the {where}"
+
+
+async def test_live_mode_reads_the_venues_borrow_rates_and_keeps_every_one_it_reads(db: Path, sim) -> None:
+    """Binance serves cross-margin borrow rates only to signed requests: with keys the desk reads them through
+    ccxt (fetch_cross_borrow_rate, /sapi/v1/margin/interestRateHistory) at start and hourly, uses them instead of
+    the model, and keeps each in borrow_rates with its source, so a real history accumulates in the book."""
+    sim.state.lend_rates = {"BTC": 0.0001, "ETH": 0.0002}
+    async with Client(server(db, sim, "live"), mode="legacy") as client:
+        await call(client, "risk_status", {})
+    rows = {r["asset"]: r for r in db_rows(db, "SELECT * FROM borrow_rates")}
+    assert set(rows) == {"BTC", "ETH"} and {r["source"] for r in rows.values()} == {"binance:cross_margin"}
+    assert rows["BTC"]["rate"] == pytest.approx(0.0001 * 365 / 8760, rel=1e-9)  # per hour, from the daily rate
+    assert rows["ETH"]["rate"] == pytest.approx(0.0002 * 365 / 8760, rel=1e-9)
+    assert sim_requests(sim).get("GET /sapi/v1/margin/interestRateHistory", 0) == 2
+    # the desk's borrow rate is the venue's now, labelled with its source (the model only without a fresh read)
+    from basis_mcp.desk import Desk
+
+    desk = await Desk.open_live(Settings(poll_seconds=1.0), db.with_name("b2.db"), ["binance"], "live", Credentials(KEY, SECRET),
+                                base_url=sim.url)
+    try:
+        await desk.start()
+        apr, source = desk.market.borrow_apr_pct("BTC")
+        assert source == "binance:cross_margin" and apr == pytest.approx(0.0001 * 365 * 100)
+        desk.feed.borrow["BTC"] = (apr, (desk.market.now() - 3 * 3600) * 1000.0)  # three hours old: stale
+        assert desk.market.borrow_apr_pct("BTC")[1] == "modelled:calm"
+    finally:
+        await desk.aclose()
+
+
+async def test_without_keys_no_borrow_rate_is_read_and_the_model_is_labelled(db: Path, sim) -> None:
+    async with Client(server(db, sim, "paper"), mode="legacy") as client:
+        est = await call(client, "estimate_net_apy", {"symbol": "BTC", "notional_usd": 4000, "hold_days": 7,
+                                                      "strategy": "reverse_cash_and_carry"})
+        assert est["borrow_rate_source"] == "modelled:calm"
+    assert db_rows(db, "SELECT COUNT(*) AS n FROM borrow_rates")[0]["n"] == 0
+    assert sim_requests(sim).get("GET /sapi/v1/margin/interestRateHistory", 0) == 0

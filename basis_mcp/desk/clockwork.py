@@ -146,6 +146,7 @@ class Clockwork:
         except (VenueError, VenueTimeout) as e:
             self.health.down(str(e))
             return await self.watchdog.tick() if self.has_book() else []
+        await self.market.observe_borrow_rates()
         now = self.clock.now()
         report = self.venue.on_tick(now)
         if self.venue_events_due(now):

@@ -313,6 +313,7 @@ class Desk:
         if self.live:
             await self.market.warm_history_live()
             await self.feed.preload_funding_history(self.feed.symbols)
+            await self.market.observe_borrow_rates()
         for sym in self.feed.symbols:
             self.market.load_tracker(sym)
         async with self.lock:

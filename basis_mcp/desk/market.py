@@ -261,11 +261,36 @@ class MarketData:
                        funding_recent_8h_pct=mean_8h(r.funding_exit_hours * 3600.0),
                        funding_carry_8h_pct=mean_8h(r.carry_lookback_days * 86400.0))
 
+    BORROW_FRESH_S = 2 * 3600.0
+
     def borrow_apr_pct(self, asset: str) -> tuple[float, str]:
-        """The borrow rate of ``asset`` now, percent a year, and where it comes from. This release
-        trades borrowed spot on paper only, so it is the MODELLED series (`basis_mcp.borrow`)."""
+        """The borrow rate of ``asset`` now, percent a year, and where it comes from: the venue's own
+        rate when a live feed read one in the last two hours (`observe_borrow_rates`), else the
+        MODELLED series (`basis_mcp.borrow`; replay always)."""
+        seen = getattr(self.feed, "borrow", {}).get(asset) if self.live else None
+        if seen is not None and self.now() - seen[1] / 1000.0 <= self.BORROW_FRESH_S:
+            return seen[0], f"{self.feed.venue}:cross_margin"
         model = BorrowModel(self.settings.borrow_scenario)
         return float(model.apr_pct_at(asset, self.now())), model.label
+
+    async def observe_borrow_rates(self) -> int:
+        """Live: read the venue's borrow rates (hourly at most, with credentials) and keep every rate read
+        in ``borrow_rates`` with its source, so a real history accumulates in the book. Returns rows added."""
+        read = getattr(self.feed, "refresh_borrow_rates", None)
+        if read is None or not self.live:
+            return 0
+        try:
+            got = await read()
+        except (VenueError, VenueTimeout) as e:
+            self.events.audit("system", "borrow_rates_skipped", {}, "warning", str(e))
+            return 0
+        if not got:
+            return 0
+        with self.store.tx():
+            for asset, (apr, ms) in got.items():
+                self.store.x("INSERT OR IGNORE INTO borrow_rates(asset, ts, rate, source) VALUES (?,?,?,?)",
+                             (asset, ms / 1000.0, apr / 100.0 / 8760.0, f"{self.feed.venue}:cross_margin"))
+        return len(got)
 
     def borrows(self, strategy: StrategySpec) -> bool:
         return any(leg.market == "margin_spot" for leg in strategy.legs)

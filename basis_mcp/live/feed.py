@@ -82,6 +82,8 @@ class LiveFeed:
         self.requests = 0
         self.frozen_at: float | None = None
         self._payload_ms = 0
+        self.borrow: dict[str, tuple[float, float]] = {}  # asset -> (apr percent, venue time ms) last read
+        self._borrow_read_at = -1e18
 
     # ------------------------------------------------------------------ symbols
 
@@ -136,6 +138,32 @@ class LiveFeed:
             ms = max(int(r.get("time") or 0) for r in resp)
         if ms:
             self._payload_ms = max(self._payload_ms, ms)
+
+    BORROW_EVERY_S = 3600.0
+
+    async def refresh_borrow_rates(self, force: bool = False) -> dict[str, tuple[float, float]]:
+        """The venue's cross-margin borrow rate of every coin the desk watches (percent a year, and the
+        venue's time of it), read through ccxt's ``fetch_cross_borrow_rate`` at most once an hour. Needs
+        credentials (Binance serves it only to signed requests) and a venue that has it; otherwise
+        nothing is read and the desk uses the MODELLED series. Returns what was newly read."""
+        if not (self.ex.apiKey and self.ex.has.get("fetchCrossBorrowRate")):
+            return {}
+        if not force and self.clock.now() - self._borrow_read_at < self.BORROW_EVERY_S:
+            return {}
+        self._borrow_read_at = self.clock.now()
+        out = {}
+        for base in self.symbols:
+            try:
+                row = await self._call(f"{base} borrow rate", self.ex.fetch_cross_borrow_rate(base))
+            except VenueError:
+                continue  # a coin the venue does not lend: the model stays in place for it
+            rate, period = row.get("rate"), row.get("period") or 86_400_000
+            if rate is None:
+                continue
+            apr = float(rate) * (365.0 * 86_400_000 / float(period)) * 100.0
+            out[base] = (apr, self.clock.now() * 1000.0)  # when it was read: a daily rate is stamped at 00:00
+        self.borrow.update(out)
+        return out
 
     async def refresh(self) -> None:
         """Re-read the venue; the clock syncs once, to the newest payload time seen in this refresh."""

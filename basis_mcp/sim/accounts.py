@@ -15,6 +15,18 @@ class AccountsApi:
     def __init__(self, state: SimState):
         self.state = state
 
+    def interest_rate_history(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        """``GET /sapi/v1/margin/interestRateHistory``: the newest first, ``limit`` rows, one a day."""
+        asset = str(p.get("asset") or "").upper()
+        with self.state.lock:
+            rates = dict(self.state.lend_rates)
+            day_ms = self.state.ms // 86_400_000 * 86_400_000
+        if asset not in rates:
+            raise BinanceError(-3045, f"The system does not have enough asset now: {asset} is not borrowable.", 400)
+        limit = min(int(p.get("limit") or 20), 100)
+        return [{"asset": asset, "dailyInterestRate": f"{rates[asset]:.8f}", "timestamp": day_ms - k * 86_400_000,
+                 "vipLevel": 0} for k in range(limit)]
+
     def spot_account(self) -> dict[str, Any]:
         with self.state.lock:
             return {

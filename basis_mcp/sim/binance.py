@@ -279,6 +279,8 @@ def build_app(state: SimState) -> Starlette:
         # margin pair lists: ccxt's load_markets asks for them when it has credentials; no margin here
         api("GET", "/sapi/v1/margin/allPairs", lambda p: [], True),
         api("GET", "/sapi/v1/margin/isolated/allPairs", lambda p: [], True),
+        # cross-margin borrow rates (signed on Binance): the latest daily rate of an asset
+        api("GET", "/sapi/v1/margin/interestRateHistory", lambda p: sim.accounts.interest_rate_history(p), True),
         # USD-M futures, public
         api("GET", "/fapi/v1/ping", lambda p: {}),
         api("GET", "/fapi/v1/time", lambda p: {"serverTime": state.ms}),

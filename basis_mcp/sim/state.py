@@ -65,6 +65,9 @@ class SimState:
         self.default_margin_type = default_margin_type
         self.spot_fee_in_quote = spot_fee_in_quote
         self.reject_duplicate_client_ids = reject_duplicate_client_ids
+        # the daily cross-margin interest rate each coin is lent at (of the order Binance charged VIP 0 in quiet
+        # markets); a coin not in it is not lendable (-3045). A test sets its own.
+        self.lend_rates: dict[str, float] = {"BTC": 0.0000548, "ETH": 0.0000822, "USDT": 0.000137}
         intervals = {"S001": 4} if funding_intervals is None else dict(funding_intervals)
         hist = histories if histories is not None else _shipped()
         series = {s: _Series.of(h) for s, h in hist.items()}
