@@ -250,7 +250,8 @@ def test_calendar_backtest_engines_agree_and_follow_the_desk_contract_rules(tmp_
         entry, exit_ = parse_time(t.entry_time), parse_time(t.exit_time)
         # the contract the desk would have chosen at the signal: the nearest listed one the hold ends before
         signal = entry - params.fill_delay_seconds
-        want = next(e for e in dated.listed_expiries(signal) if signal + params.expected_hold_days * 86400 <= e - buffer_s)
+        want = next(e for e in dated.listed_expiries(signal)
+                    if signal + params.fill_delay_seconds + params.expected_hold_days * 86400 <= e - buffer_s)
         assert expiry == want, (t.contract, t.entry_time)
         assert exit_ <= expiry - buffer_s  # never held into the last day
         assert t.entry_index > prev_exit  # one position at a time, across contracts
@@ -311,3 +312,43 @@ def test_the_equity_curve_ends_at_the_trades_pnl_and_marks_open_positions_with_t
         # less the exit costs (a loose bound, but the old sign error was off by twice the funding received)
         open_pnl = res.equity[k] - p.capital_usd - before
         assert abs(open_pnl - t.pnl_usd) < t.fees_usd + t.slippage_usd + abs(t.basis_pnl_usd) + 0.5 * abs(t.funding_usd) + 1.0
+
+
+async def test_with_a_fill_delay_the_hold_counts_from_the_fill_and_the_close_fills_by_the_last_trading_time(
+        make_server, db: Path, tmp_path: Path) -> None:
+    data = contango(tmp_path)
+    settings = Settings(fill_delay_seconds=6 * 3600, expiry_exit_hours=24)
+    async with Client(make_server(settings, start="2024-03-20T00:00:00Z", data_path=data)) as client:
+        base = {"symbol": "BTC", "notional_usd": 4000, "strategy": "calendar_spread", "contract": MARCH}
+        err = await call_error(client, "enter_trade", {**base, "expected_hold_days": 8.2, "idempotency_key": "fd-0"})
+        assert "from the fill 6 h from now" in err and "across expiry" in err
+        out = await call(client, "enter_trade", {**base, "expected_hold_days": 8, "idempotency_key": "fd-1"})
+        assert out["fills_at"] == "2024-03-20T06:00:00Z"
+        adv = await call(client, "advance_time", {"hours": 24 * 9})
+        act = next(a for a in adv["watchdog_actions"] if a["rule"] == "expiry_near")
+        assert act["action"] == "close_scheduled" and act["fills_at"] == "2024-03-28T08:00:00Z"
+    row = db_rows(db, "SELECT status, closed_at FROM positions")[0]
+    assert row["status"] == "closed" and row["closed_at"] == parse_time("2024-03-28T08:00:00Z")
+    assert db_rows(db, "SELECT COUNT(*) AS n FROM paper_liquidations")[0]["n"] == 0  # nothing left to deliver
+
+
+async def test_a_calendar_spread_counts_once_in_its_tier_and_scan_skips_a_contract_past_its_last_trading_time(
+        tmp_path: Path) -> None:
+    from basis_mcp.desk import Desk
+
+    desk = Desk.open_replay(Settings(capital_usd=20_000), tmp_path / "t.db", data_path=contango(tmp_path), start=START)
+    await desk.start()
+    try:
+        out = await desk.enter("BTC", 4000, None, "t-1", "calendar_spread", expected_hold_days=20)
+        row = desk.book.position(out.position.position_id)
+        assert desk.book.exposure_by_symbol(row) == {"BTC": pytest.approx(row["notional_usd"])}
+        assert desk.book.tier_usage() == {"anchor": pytest.approx(row["notional_usd"])}
+    finally:
+        desk.close()
+    desk = Desk.open_replay(Settings(), tmp_path / "s.db", data_path=contango(tmp_path), start="2024-03-28T12:00:00Z")
+    await desk.start()
+    try:  # 20 h before the March expiry, 4 h past its last trading time: the scan points at June
+        s = next(x for x in (await desk.scan(None)).snapshots if x.symbol == "BTC")
+        assert s.calendar_contract == "BTC-240628"
+    finally:
+        desk.close()

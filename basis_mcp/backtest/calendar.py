@@ -41,7 +41,7 @@ def contract_markets(m: Market, p: BacktestParams) -> list[Market]:
         last_trading = expiry - buffer_s
         # the desk chooses C at t when C is listed (one of the next two quarterlies) and is the first whose last
         # trading time the hold ends before: t + hold <= last_trading, and the previous contract's is not
-        choose_end = last_trading - hold_s
+        choose_end = last_trading - hold_s - p.fill_delay_seconds  # the hold runs from the fill
         choose_start = max(prev_choice_end, _listed_from(expiry))
         prev_choice_end = max(prev_choice_end, choose_end)
         if choose_end < t_lo or choose_start > t_hi or choose_end <= choose_start:

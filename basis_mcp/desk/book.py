@@ -16,7 +16,7 @@ from typing import Any
 from basis_mcp import strategies
 from basis_mcp.clock import iso
 from basis_mcp.config import Settings
-from basis_mcp.dated import parse_contract
+from basis_mcp.dated import parse_contract, underlying
 from basis_mcp.desk.market import MarketData
 from basis_mcp.feed import MarketDataUnavailable
 from basis_mcp.ledger import PnL, held_by_leg, pnl
@@ -136,10 +136,11 @@ class Book:
 
     def exposure_by_symbol(self, row: sqlite3.Row) -> dict[str, float]:
         """A position's notional per coin its legs trade (the largest leg on each coin): the position's
-        own notional on its symbol, a leg on another coin at its quantity × entry price (its plan before it filled)."""
+        own notional on its symbol, a leg on another coin at its quantity × entry price (its plan before it filled).
+        A dated contract is its coin's exposure (a calendar spread is one BTC position, not BTC and BTC-240329)."""
         out: dict[str, float] = {row["symbol"]: float(row["notional_usd"])}
         for r in self.store.q("SELECT symbol, quantity, entry_price FROM legs WHERE position_id = ?", (row["id"],)):
-            if r["symbol"] == row["symbol"]:
+            if underlying(r["symbol"]) == row["symbol"]:
                 continue
             price = r["entry_price"]
             if price is None:
@@ -147,7 +148,8 @@ class Book:
                     price = self.market.mid("perp", r["symbol"])
                 except (MarketDataUnavailable, KeyError):
                     price = 0.0
-            out[r["symbol"]] = max(out.get(r["symbol"], 0.0), float(r["quantity"]) * price)
+            coin = underlying(r["symbol"])
+            out[coin] = max(out.get(coin, 0.0), float(r["quantity"]) * price)
         return out
 
     def tier_usage(self) -> dict[str, float]:

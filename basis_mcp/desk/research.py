@@ -125,9 +125,11 @@ class Research:
         if snap.venue != self.market.feed.venue or "future" not in getattr(self.venue, "markets", ()):
             return out
         try:
-            code = dated.contract_code(snap.symbol, dated.listed_expiries(snap.now)[0])
+            buffer_s = self.settings.expiry_exit_hours * 3600.0 + self.settings.fill_delay_seconds
+            expiry = next(e for e in dated.listed_expiries(snap.now) if e - buffer_s > snap.now + 3600.0)  # still tradable
+            code = dated.contract_code(snap.symbol, expiry)
             premium = self.market.calendar_basis_pct(code, snap)
-        except (MarketDataUnavailable, KeyError, Rejected):
+        except (MarketDataUnavailable, KeyError, Rejected, StopIteration):
             return out
         mean = self.market.feed.mean_funding_rate(snap.symbol, snap.now - 30 * 86400.0, snap.now)
         years = (dated.parse_contract(code)[1] - snap.now) / dated.YEAR_S

@@ -95,7 +95,9 @@ class Risk:
     def watchdog_limits(self) -> WatchdogLimits:
         s = self.settings
         return WatchdogLimits(margin_add_ratio=s.margin_add_ratio, margin_close_ratio=s.margin_close_ratio,
-                              borrow_spike_apr_pct=s.borrow_spike_apr_pct, expiry_exit_hours=s.expiry_exit_hours,
+                              borrow_spike_apr_pct=s.borrow_spike_apr_pct,
+                              # replay with a fill delay: signal that much earlier, so the close fills by the last trading time
+                              expiry_exit_hours=s.expiry_exit_hours + (s.fill_delay_seconds / 3600.0 if self.market.clock.simulated else 0.0),
                               max_imbalance_pct=s.max_imbalance_pct,
                               liquidation_distance_add_pct=s.liquidation_distance_add_pct,
                               liquidation_distance_target_pct=s.liquidation_distance_target_pct, rules=s.exit_rules)
@@ -229,7 +231,8 @@ class Risk:
             return None
         now = self.market.now()
         buffer_s = self.settings.expiry_exit_hours * 3600.0
-        ends = now + hold_days * 86400.0
+        delay = self.settings.fill_delay_seconds if self.market.clock.simulated else 0.0  # replay: fills land this late
+        ends = now + delay + hold_days * 86400.0
         listed = dated.listed_expiries(now)
         names = ", ".join(dated.contract_code(sym, e) for e in listed)
         if requested is not None:
@@ -245,7 +248,8 @@ class Risk:
                 raise Rejected("contract", requested, f"not listed at {iso(now)} (the current and next quarter are): {names}")
             if ends > expiry - buffer_s:
                 raise Rejected("expected_hold_days", hold_days,
-                               f"a {hold_days:g}-day hold ends {iso(ends)}, past {requested}'s last trading time "
+                               f"a {hold_days:g}-day hold" + (f" from the fill {delay / 3600:g} h from now" if delay else "")
+                               + f" ends {iso(ends)}, past {requested}'s last trading time "
                                f"{iso(expiry - buffer_s)} (expiry {dated.iso_day(expiry)} less expiry_exit_hours "
                                f"{self.settings.expiry_exit_hours:g}): a position may not be held across expiry")
             return dated.contract_code(base, expiry)
