@@ -203,7 +203,9 @@ class ReplayFeed:
         h = self.h[base]
         carry = funding_carry_apr(h.funding_time, h.funding_rate, snap.now)
         price = float(simulated_price(snap.perp, carry, expiry - snap.now)[0])
-        return replace(snap, symbol=code, perp=price, mark=price, mark_high=price, mark_low=price,
+        ratio = price / snap.perp  # the hour's range of the perp's mark, carried over: a wick hits both derivatives
+        return replace(snap, symbol=code, perp=price, mark=price, mark_high=max(snap.mark_high * ratio, price),
+                       mark_low=min(snap.mark_low * ratio, price),
                        funding_rate=0.0, funding_rate_source="none (dated future)", last_settled_rate=None,
                        mark_is_proxy=True, prev_perp=None,
                        perp_bid=None, perp_ask=None)

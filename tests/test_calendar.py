@@ -352,3 +352,25 @@ async def test_a_calendar_spread_counts_once_in_its_tier_and_scan_skips_a_contra
         assert s.calendar_contract == "BTC-240628"
     finally:
         desk.close()
+
+
+async def test_an_up_wick_liquidates_the_short_quarterly_as_it_would_the_perp(tmp_path: Path) -> None:
+    """The simulated quarterly carries the perp's intra-hour range: a wick to +60 % reaches the short future's
+    liquidation price (2x isolated) even though the hour closes flat; the desk books it and unwinds the perp."""
+    from basis_mcp.desk import Desk
+
+    m = scripted.Market(hours=24 * 100, basis_pct=0.0, rate=0.0003)
+    m.set_rates_from("2024-02-15T00:00:00Z", 0.00003)
+    m.spike(m.at("2024-03-05T00:00:00Z"), high=160_000.0)
+    data = scripted.write(tmp_path, BTC=m, ETH=scripted.Market(hours=24 * 100, spot=2_000.0))
+    desk = Desk.open_replay(Settings(), tmp_path / "w.db", data_path=data, start=START)
+    await desk.start()
+    try:
+        out = await desk.enter("BTC", 4000, None, "w-1", "calendar_spread", expected_hold_days=20)
+        pid = out.position.position_id
+        await desk.clockwork.advance(24 * 5, None)
+        row = desk.store.one("SELECT status, close_reason FROM positions WHERE id = ?", (pid,))
+        assert row["status"] == "liquidated" and row["close_reason"].startswith("future liquidated")
+        assert abs(await desk.reconcile.cash_discrepancy_usd()) < 0.01
+    finally:
+        desk.close()

@@ -88,24 +88,33 @@ def _liq_prices(qty: float, price: float, leverage: float, settings: Settings, s
     return (mm.liquidation_price(wallet, -qty, price, table), mm.liquidation_price(wallet, qty, price, table))
 
 
-def differentials(cm: CrossMarket, p: BacktestParams) -> tuple[np.ndarray, np.ndarray]:
-    """(per pair × bar: the lookback differential per 8 h in percent, NaN where either venue lacks a full
-    lookback; per venue × bar: whether the venue's data covers the bar)."""
+def venue_funding(cm: CrossMarket, p: BacktestParams) -> np.ndarray:
+    """Per venue × bar: what a short received over the lookback, per 8 h in percent (the settlements in
+    (t − lookback, t] summed over the span), NaN where the venue lacks a full lookback or its data has ended.
+    Computed only over the bars where two venues can be compared (the rest stays NaN)."""
     t = cm.m.t
     span = p.carry_lookback_days * DAY
-    per_venue = []
-    ok = []
-    for s in cm.series:
+    first = [float(s.time[0]) - s.interval_hours * HOUR + span for s in cm.series]
+    last = [float(s.time[-1]) for s in cm.series]
+    lo_t, hi_t = sorted(first)[1], sorted(last)[-2]  # two venues covered: from the second start to the second end
+    i0 = max(int(np.searchsorted(t, lo_t, side="left")), cm.m.i0)
+    i1 = min(int(np.searchsorted(t, hi_t, side="right")), cm.m.i1 + 1)
+    x = np.full((len(cm.series), t.size), np.nan)
+    if i1 <= i0:
+        return x
+    tt = t[i0:i1]
+    for v, s in enumerate(cm.series):
         csum = np.concatenate(([0.0], np.cumsum(s.rate)))
-        hi = np.searchsorted(s.time, t, side="right")
-        lo = np.searchsorted(s.time, t - span, side="right")
-        per_venue.append((csum[hi] - csum[lo]) / span * 8.0 * HOUR * 100.0)
-        ok.append((t - span >= s.time[0] - s.interval_hours * HOUR) & (t <= s.time[-1]))
-    diff = np.full((len(cm.pairs), t.size), np.nan)
-    for k, (a, b) in enumerate(cm.pairs):
-        d = np.round(per_venue[a] - per_venue[b], FUND_DIGITS)
-        diff[k] = np.where(ok[a] & ok[b], d, np.nan)
-    return diff, np.array(ok)
+        hi = np.searchsorted(s.time, tt, side="right")
+        lo = np.searchsorted(s.time, tt - span, side="right")
+        ok = (tt >= first[v]) & (tt <= last[v])
+        x[v, i0:i1] = np.where(ok, (csum[hi] - csum[lo]) / span * 8.0 * HOUR * 100.0, np.nan)
+    return x
+
+
+def pair_differential(x: np.ndarray, rich: int, cheap: int, sl: slice | np.ndarray) -> np.ndarray:
+    """The differential of one pair at the bars ``sl``, rounded as the rules compare it (NaN: not comparable)."""
+    return np.round(x[rich, sl] - x[cheap, sl], FUND_DIGITS)
 
 
 def _funding_cum(cm: CrossMarket) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -178,13 +187,19 @@ def run_cross_vectorized(cm: CrossMarket, p: BacktestParams, settings: Settings 
     settings = settings or Settings()
     m = cm.m
     r = p.rules
-    diff, _ = differentials(cm, p)
+    x = venue_funding(cm, p)
     n = m.t.size
     bar = np.arange(n)
     in_range = (bar >= m.i0) & (bar <= m.i1) & ~np.isnan(m.mark)
+    # the widest pair at every bar is (the venue paid most, the venue paid least): first of each on ties, which is
+    # the first pair in the reference loop's order among equals
+    covered = ~np.isnan(x)
+    rich_v = np.argmax(np.where(covered, x, -np.inf), axis=0)
+    cheap_v = np.argmin(np.where(covered, x, np.inf), axis=0)
+    pair_of = {pc: k for k, pc in enumerate(cm.pairs)}
+    comparable = (covered.sum(axis=0) >= 2) & (rich_v != cheap_v)
     with np.errstate(invalid="ignore"):
-        best = np.where(np.all(np.isnan(diff), axis=0), -1, np.argmax(np.where(np.isnan(diff), -np.inf, diff), axis=0))
-        best_val = np.where(best >= 0, diff[np.maximum(best, 0), bar], np.nan)
+        best_val = np.where(comparable, np.round(x[rich_v, bar] - x[cheap_v, bar], FUND_DIGITS), np.nan)
         cand = np.flatnonzero(in_range & (best_val >= r.carry_entry_8h_pct))
     cum = _funding_cum(cm)
     valid_idx = np.flatnonzero(in_range)
@@ -204,10 +219,10 @@ def run_cross_vectorized(cm: CrossMarket, p: BacktestParams, settings: Settings 
         c = int(cand[k])
         if c >= last:
             break
-        pair = int(best[c])
-        rich, cheap = cm.pairs[pair]
+        rich, cheap = int(rich_v[c]), int(cheap_v[c])
+        pair = pair_of[(rich, cheap)]
         qty = p.notional_usd / float(m.mark[c])
-        expected = diff[pair, c] / 100.0 / 8.0 * expected_settle_h  # the differential over the hold, a fraction of notional
+        expected = best_val[c] / 100.0 / 8.0 * expected_settle_h  # the differential over the hold, a fraction of notional
         if expected < r.carry_cost_cover * _round_trip_fraction(cm, rich, cheap, p.notional_usd):
             k += 1
             continue
@@ -219,7 +234,7 @@ def run_cross_vectorized(cm: CrossMarket, p: BacktestParams, settings: Settings 
         short_lp, long_lp = _liq_prices(qty, float(m.mark[e]), p.leverage, settings, m.symbol)
         j_hold = fill(e + hold_bars) if e + hold_bars < last else last
         seg = slice(e + 1, j_hold + 1)
-        d = diff[pair, seg]
+        d = pair_differential(x, rich, cheap, seg)
         live = in_range[seg]  # decisions only on bars with a mark
         with np.errstate(invalid="ignore"):
             below = np.flatnonzero(live & ~(d >= r.carry_exit_8h_pct))  # below the exit level, or a venue's data ended
@@ -231,19 +246,19 @@ def run_cross_vectorized(cm: CrossMarket, p: BacktestParams, settings: Settings 
         if breach.size and e + 1 + int(breach[0]) <= j:
             j, reason = e + 1 + int(breach[0]), "liquidation_risk"
         if j == last and reason not in ("liquidation_risk",):
-            x = last
+            xb = last
         else:
-            x = j if reason == "liquidation_risk" else fill(min(j + delay, last))
+            xb = j if reason == "liquidation_risk" else fill(min(j + delay, last))
         funding = 0.0
         n_settle = 0
         for sign, v in ((1.0, rich), (-1.0, cheap)):
             ts, cs = cum[v]
             lo = int(np.searchsorted(ts, m.t[e], side="right"))
-            hi = int(np.searchsorted(ts, m.t[x], side="right"))
+            hi = int(np.searchsorted(ts, m.t[xb], side="right"))
             funding += sign * qty * (cs[hi] - cs[lo])
             n_settle += hi - lo
-        trades.append(_book(cm, p, e, x, pair, qty, reason, funding, n_settle, float(diff[pair, c])))
-        k = int(np.searchsorted(cand, x, side="right"))
+        trades.append(_book(cm, p, e, xb, pair, qty, reason, funding, n_settle, float(best_val[c])))
+        k = int(np.searchsorted(cand, xb, side="right"))
     return trades
 
 

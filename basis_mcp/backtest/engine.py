@@ -56,7 +56,9 @@ def features(m: Market, p: BacktestParams) -> dict[str, np.ndarray]:
     vi = np.flatnonzero(valid)
     z[vi], sd[vi] = rolling_zscore_std(basis[vi], p.zscore_window)
     if m.expiry is not None:  # a calendar premium shrinks toward expiry: its z-score is read on the annualised premium
-        z[vi] = rolling_zscore_std(annualised_premium(basis[vi], m.expiry, m.t[vi]), p.zscore_window)[0]
+        # (rounded: a premium priced at the carry bound is flat, and its z lands on round numbers the two engines
+        # would otherwise compare against a threshold 1e-11 apart)
+        z[vi] = np.round(rolling_zscore_std(annualised_premium(basis[vi], m.expiry, m.t[vi]), p.zscore_window)[0], Z_DIGITS)
     # the basis averaged over the funding window: fresh samples in (t - H, t]
     w = max(int(math.ceil(p.basis_smoothing_hours * 3600.0 / HOUR - 1e-9)), 1)
     padded = np.concatenate((np.zeros(w - 1), np.where(valid, basis, 0.0)))
@@ -120,6 +122,9 @@ def features(m: Market, p: BacktestParams) -> dict[str, np.ndarray]:
         "settled_30d_ago": k_30,
         "f_time": ft,
     }
+
+
+Z_DIGITS = 9  # a calendar z-score is compared with its thresholds at this precision in both engines
 
 
 def annualised_premium(basis_pct: np.ndarray, expiry: float, t: np.ndarray) -> np.ndarray:

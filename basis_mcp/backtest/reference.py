@@ -15,6 +15,7 @@ from collections import deque
 
 import numpy as np
 
+from basis_mcp.backtest.engine import Z_DIGITS
 from basis_mcp.backtest.params import BacktestParams
 from basis_mcp.backtest.prepare import Market
 from basis_mcp.backtest.results import Trade, close_trade
@@ -102,6 +103,8 @@ def run_reference(m: Market, p: BacktestParams) -> list[Trade]:
             zw = z_history[max(0, n_hist - p.zscore_window) : n_hist]
             zsd = float(zw.std()) if m.expiry is not None else sd
             z = 0.0 if zsd < 1e-8 else (float(z_history[n_hist - 1]) - zw.mean()) / zsd
+            if m.expiry is not None:
+                z = round(z, Z_DIGITS)
         smooth = sum(x for _, x in smooth_win) / len(smooth_win)
         if i < m.i0:
             continue
