@@ -546,7 +546,8 @@ class DeltaReport(BaseModel):
     isolated_margin_usd: float = Field(description="Isolated margin of every leveraged leg, summed.")
     unrealized_pnl_usd: float = Field(description="Mark-to-market of both legs at mids, before exit costs.")
     funding_received_usd: float
-    current_basis_pct: float
+    current_basis_pct: float = Field(description="The position's basis now on its basis legs, percent: (perp − spot)/spot for "
+                                     "cash-and-carry and the reverse trade, (quarterly − perp)/perp for a calendar spread.")
     entry_basis_pct: float
     recommended_action: Literal["hold", "add_margin", "rebalance", "close"]
     reason: str

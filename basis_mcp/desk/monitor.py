@@ -106,6 +106,11 @@ class Monitor:
         funding = sum(self.book.funding_amounts(pid))
         mids = {leg.id: self.market.mid(leg.market, leg.symbol) for leg in legs}
         upnl = pnl(fills, [], mids).price_pnl_usd
+        spec = self.book.strategy(row)
+        basis_now = snap.basis_pct
+        if spec.basis_legs is not None:  # the position's own basis, read on its basis legs (a calendar: the quarterly's premium)
+            a, b = (mids[legs[i].id] for i in spec.basis_legs)
+            basis_now = (b - a) / a * 100.0
         ratio = worst[0] if worst else None
         ratio_pct = ratio * 100 if ratio is not None else 0.0
         if ratio is not None and ratio < self.settings.margin_close_ratio:
@@ -136,7 +141,7 @@ class Monitor:
             isolated_margin_usd=_r(wallets, 8) or 0.0,
             unrealized_pnl_usd=_r(upnl, 6) or 0.0,
             funding_received_usd=_r(funding, 8) or 0.0,
-            current_basis_pct=_r(snap.basis_pct, 8) or 0.0,
+            current_basis_pct=_r(basis_now, 8) or 0.0,
             entry_basis_pct=_r(row["entry_basis_pct"], 8) or 0.0,
             recommended_action=action,
             reason=reason,
