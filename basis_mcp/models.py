@@ -220,8 +220,9 @@ class BacktestInput(InputModel):
     borrow_scenario: Literal["calm", "spike"] = Field(
         "calm", description="reverse_cash_and_carry: the modelled borrow series (calm; or spike: ×10 squeezes of 72 h every "
         "45 days, and the venue recalls open loans 24 h into each)")
-    expiry_exit_hours: FiniteFloat = Field(24.0, ge=1, le=720, description="calendar_spread: hours before a quarterly's "
-                                           "expiry at which a position on it is closed (and the hold an entry may plan ends)")
+    expiry_exit_hours: FiniteFloat | None = Field(None, ge=1, le=720, description="calendar_spread: hours before a quarterly's "
+                                                  "expiry at which a position on it is closed (and the hold an entry may plan "
+                                                  "ends); default: the desk's own setting (24)")
     playbook: PlaybookName = "convergence"
     fill_delay: Annotated[str, StringConstraints(max_length=16, pattern=r"^[0-9][0-9.]*\s*(s|m|min|h|d)?$")] = Field(
         "1h", description="fills land at the first fresh bar this long after the signal: '0' = at the signal's own close, "

@@ -375,3 +375,51 @@ async def test_an_up_wick_liquidates_the_short_quarterly_as_it_would_the_perp(tm
         assert abs(await desk.reconcile.cash_discrepancy_usd()) < 0.01
     finally:
         desk.close()
+
+
+async def test_a_delivery_cancels_close_orders_resting_for_a_later_fill(tmp_path: Path) -> None:
+    """A close scheduled for after the expiry (a data gap pushed its fill past it) is superseded by the delivery:
+    its resting orders are cancelled, the perp is unwound, the money reconciles."""
+    from basis_mcp.desk import Desk
+
+    desk = Desk.open_replay(Settings(expiry_exit_hours=1), tmp_path / "c.db", data_path=contango(tmp_path),
+                            start="2024-03-15T00:00:00Z")
+    await desk.start()
+    try:
+        out = await desk.enter("BTC", 4000, None, "c-1", "calendar_spread", expected_hold_days=13, contract=MARCH)
+        pid = out.position.position_id
+        expiry = parse_time("2024-03-29T08:00:00Z")
+        with desk.store.tx():  # as if the watchdog had scheduled the close for a fill after the expiry
+            desk.store.x("UPDATE positions SET status = 'closing', close_reason = 'watchdog: expiry_near', execute_at = ?"
+                         " WHERE id = ?", (expiry + 2 * 3600, pid))
+            desk.execution.write_close_intents(pid, "late")
+        desk.clock.set(expiry + 3600)
+        await desk.clockwork.tick(expiry + 3600)
+        row = desk.store.one("SELECT status, execute_at FROM positions WHERE id = ?", (pid,))
+        assert row["status"] == "closed" and row["execute_at"] is None
+        assert desk.store.one("SELECT COUNT(*) AS n FROM orders WHERE position_id = ? AND status = 'intent'", (pid,))["n"] == 0
+        assert desk.store.one("SELECT COUNT(*) AS n FROM orders WHERE position_id = ? AND status = 'cancelled'", (pid,))["n"] == 2
+        assert abs(await desk.reconcile.cash_discrepancy_usd()) < 0.01
+    finally:
+        desk.close()
+
+
+async def test_the_benchmark_the_estimate_refusal_and_the_backtest_default_follow_the_desk(make_server, tmp_path: Path) -> None:
+    from basis_mcp.backtest.runner import run
+
+    h = load_extract(regimes(tmp_path))
+    res = {}
+    for strategy in ("cash_and_carry", "calendar_spread", "reverse_cash_and_carry"):
+        p = BacktestParams(strategy=strategy, min_zscore=-1.0, exit_zscore=-3.0, expected_hold_days=20, zscore_window=240)
+        res[strategy] = run(load_markets(h, ["BTC"], "2024-01-15", "2024-11-01", p), p).always_on
+    # the always-on benchmark is cash-and-carry's whatever the run's strategy (its funding was sign-flipped for others)
+    assert res["calendar_spread"]["total_pnl_usd"] == res["cash_and_carry"]["total_pnl_usd"] == \
+           res["reverse_cash_and_carry"]["total_pnl_usd"] and res["cash_and_carry"]["funding_usd"] > 0
+    async with Client(make_server(Settings(expiry_exit_hours=72), start="2024-03-27T00:00:00Z",
+                                  data_path=contango(tmp_path))) as client:
+        err = await call_error(client, "estimate_net_apy", {"symbol": "BTC", "notional_usd": 4000, "hold_days": 200,
+                                                            "strategy": "calendar_spread"})
+        assert err.startswith("hold_days") or "hold_days=" in err
+        out = await call(client, "backtest", {"symbols": ["BTC"], "start": "2024-01-10", "end": "2024-03-20",
+                                              "strategy": "calendar_spread", "chart": False})
+        assert out["params"]["expiry_exit_hours"] == 72

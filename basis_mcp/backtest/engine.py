@@ -431,7 +431,11 @@ def _carried(a: np.ndarray) -> np.ndarray:
 
 def always_on_trades(m: Market, p: BacktestParams, f: dict[str, np.ndarray] | None = None) -> list[Trade]:
     """The benchmark: long spot / short perp all the time, re-sized to ``notional_usd`` once a year
-    (a full round trip each time), every funding payment collected, closed at the range's end."""
+    (a full round trip each time), every funding payment collected, closed at the range's end. Whatever
+    strategy the run is for, the benchmark is cash-and-carry's (its sides, funding sign and no borrow)."""
+    if p.strategy != "cash_and_carry":
+        p = p.model_copy(update={"strategy": "cash_and_carry"})
+        f = None  # the features were built for the run's own strategy (mirrored, net of borrow)
     f = f or features(m, p)
     valid_idx = np.flatnonzero(f["valid"] & (np.arange(m.t.size) >= m.i0) & (np.arange(m.t.size) <= m.i1))
     if valid_idx.size < 2:

@@ -222,6 +222,12 @@ class Recovery:
         # the venue's fill, the position's new state and the cursor land in one transaction: a crash
         # between them cannot book the liquidation twice or lose it
         with self.store.tx():
+            if row["execute_at"] is not None:
+                # its orders rest for a later fill (replay with a fill delay): never sent, and they would act on legs
+                # the venue has just closed (an intent left by a crash is different: recovery looks it up at the venue)
+                self.store.x("UPDATE orders SET status = 'cancelled', reason = ?, updated_at = ? WHERE position_id = ?"
+                             " AND status = 'intent'", (f"superseded: {what}", ev.time, pid))
+                self.store.x("UPDATE positions SET execute_at = NULL WHERE id = ?", (pid,))
             oid = self.orders.new_order(leg, "", "liquidation", side, abs(ev.quantity), True, coid=ev.client_order_id)
             self.orders.record_fill(oid, liq)
             self.store.x("UPDATE positions SET status = 'closing', close_reason = ? WHERE id = ?", (f"{leg.role} {what}", pid))

@@ -194,7 +194,7 @@ class Research:
         lev = self.risk.check_leverage(leverage)
         await self.market.ensure_fresh()
         snap = self.market.snapshot(sym)
-        code = self.risk.choose_contract(strategy, sym, hold_days, contract)
+        code = self.risk.choose_contract(strategy, sym, hold_days, contract, hold_field="hold_days")
         expiry = dated.parse_contract(code)[1] if code is not None else None
         if code is not None:  # calendar: the perp is the reference leg, the dated future the other (SIMULATED price)
             entry_basis = self.market.calendar_basis_pct(code, snap) if basis_pct is None else basis_pct
@@ -406,7 +406,10 @@ class Research:
         except ValueError as e:
             raise Rejected("fill_delay", inp.fill_delay, str(e).split(": ", 1)[-1]) from None
         try:
-            params = BacktestParams(**{k: getattr(inp, k) for k in fields}, fill_delay_seconds=delay)
+            given = {k: getattr(inp, k) for k in fields}
+            if given.get("expiry_exit_hours") is None:  # the desk's own, unless the call sets one
+                given["expiry_exit_hours"] = self.settings.expiry_exit_hours
+            params = BacktestParams(**given, fill_delay_seconds=delay)
         except ValidationError as e:
             raise Rejected(violations=[Violation(".".join(map(str, er["loc"])) or "params", er.get("input"), er["msg"])
                                        for er in e.errors()]) from None

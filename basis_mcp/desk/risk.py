@@ -221,7 +221,8 @@ class Risk:
 
         return plan_legs(strategy, sym, notional_usd, price, lambda s: self.settings.spec(s).qty_step, symbol_of)
 
-    def choose_contract(self, strategy: StrategySpec, sym: str, hold_days: float, requested: str | None) -> str | None:
+    def choose_contract(self, strategy: StrategySpec, sym: str, hold_days: float, requested: str | None,
+                        hold_field: str = "expected_hold_days") -> str | None:
         """The dated contract a ``strategy`` entry on ``sym`` trades: ``requested`` if it is listed and the
         hold ends before its last trading time (expiry − ``expiry_exit_hours``), else the nearest listed
         contract that allows the hold. None for a strategy without a dated leg. Refusals name the dates."""
@@ -247,7 +248,7 @@ class Risk:
             if expiry not in listed:
                 raise Rejected("contract", requested, f"not listed at {iso(now)} (the current and next quarter are): {names}")
             if ends > expiry - buffer_s:
-                raise Rejected("expected_hold_days", hold_days,
+                raise Rejected(hold_field, hold_days,
                                f"a {hold_days:g}-day hold" + (f" from the fill {delay / 3600:g} h from now" if delay else "")
                                + f" ends {iso(ends)}, past {requested}'s last trading time "
                                f"{iso(expiry - buffer_s)} (expiry {dated.iso_day(expiry)} less expiry_exit_hours "
@@ -256,7 +257,7 @@ class Risk:
         for expiry in listed:
             if ends <= expiry - buffer_s:
                 return dated.contract_code(sym, expiry)
-        raise Rejected("expected_hold_days", hold_days,
+        raise Rejected(hold_field, hold_days,
                        f"a {hold_days:g}-day hold ends {iso(ends)}, past the last trading time of every listed contract "
                        f"({names}; each is closed expiry_exit_hours {self.settings.expiry_exit_hours:g} before expiry)")
 
