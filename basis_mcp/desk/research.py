@@ -132,7 +132,7 @@ class Research:
         except (MarketDataUnavailable, KeyError, Rejected, StopIteration):
             return out
         mean = self.market.feed.mean_funding_rate(snap.symbol, snap.now - 30 * 86400.0, snap.now)
-        years = (dated.parse_contract(code)[1] - snap.now) / dated.YEAR_S
+        years = (expiry - snap.now) / dated.YEAR_S
         funding_pct = 0.0 if mean is None else mean * (8760.0 / snap.funding_interval_hours) * years * 100.0
         edge = premium - funding_pct
         out.update(calendar_contract=code, calendar_basis_pct=_r(premium, 8), calendar_edge_pct=_r(edge, 8))
