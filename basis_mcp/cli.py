@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import platformdirs
 
@@ -69,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--data", type=Path, default=None, help="market data: an .npz extract or a freqtrade data dir (default: shipped extract)")
     serve.add_argument("--start", default=None, help="replay start time, e.g. 2025-06-01 (a new database only; default 2024-03-01)")
     serve.add_argument("--config", type=Path, default=os.environ.get("BASIS_MCP_CONFIG"), help="operator config (TOML)")
+    serve.add_argument("--paper-venues", default=None, metavar="VENUE[,VENUE]",
+                       help="replay: extra paper venues for cross_exchange trades (bybit, gate, dydx: their real funding "
+                            "2020-2023); each starts with max_venue_share of capital")
     live = serve.add_argument_group("live markets (ccxt)")
     live.add_argument("--symbols", default=None, help="symbols to watch and trade, e.g. BTC,ETH,SOL (default: the allowlist or BTC,ETH,SOL)")
     live.add_argument("--key-file", type=Path, default=None, help="JSON or TOML with api_key, secret (and password for OKX)")
@@ -367,6 +371,13 @@ def load_credentials(venue: str, key_file: Path | None, env: dict[str, str] | No
     return Credentials(str(key), str(secret), str(pw) if pw else None)
 
 
+def _venue_urls(raw: str | None) -> str | dict[str, str] | None:
+    """Dev/test: ``URL`` for every venue, or ``binance=URL,bybit=URL`` (a local server per venue)."""
+    if not raw or "=" not in raw:
+        return raw
+    return dict(part.split("=", 1) for part in raw.split(",") if part)
+
+
 def _serve(args: argparse.Namespace, db: Path) -> int:
     import anyio
 
@@ -388,6 +399,15 @@ def _serve(args: argparse.Namespace, db: Path) -> int:
         print(f"basis-mcp: {e}", file=sys.stderr)
         return 2
     venues = [v.strip().lower() for v in args.venue.split(",") if v.strip()]
+    if args.paper_venues:
+        try:
+            settings = settings.model_copy(update={"paper_venues": [v.strip().lower() for v in args.paper_venues.split(",")
+                                                                    if v.strip()]})
+            settings = type(settings).model_validate(settings.model_dump())
+        except ValueError as e:
+            why = "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors()) if hasattr(e, "errors") else str(e)
+            print(f"basis-mcp: --paper-venues {args.paper_venues}: {why}", file=sys.stderr)
+            return 2
     if args.market == "replay":
         if args.live or args.readonly:
             print("basis-mcp: --live and --readonly need --market live", file=sys.stderr)
@@ -405,20 +425,23 @@ def _serve(args: argparse.Namespace, db: Path) -> int:
         except UnsafeHttp as e:
             print(f"basis-mcp: refusing to start: {e}", file=sys.stderr)
             return 2
-    creds = None
+    creds: Any = None
     if mode == "live":
         try:
             creds = load_credentials(venues[0], args.key_file)
+            if len(venues) > 1:  # another venue trades with keys of its own (its section of --key-file, or VENUE_API_KEY)
+                plain = {k: v for k, v in os.environ.items() if not k.startswith("BASIS_MCP_API_")}
+                creds = {venues[0]: creds, **{v: load_credentials(v, args.key_file, plain) for v in venues[1:]}}
         except (ValueError, OSError) as e:
             print(f"basis-mcp: {e}", file=sys.stderr)
             return 2
-        if creds is None:
+        if creds is None or (isinstance(creds, dict) and creds[venues[0]] is None):
             v = venues[0].upper()
             print(f"basis-mcp: --live needs API keys: set {v}_API_KEY and {v}_API_SECRET, or pass --key-file", file=sys.stderr)
             return 2
     universe = [x.strip().upper() for x in args.symbols.split(",")] if args.symbols else None
     opts = ServeOptions(settings=settings, db_path=db, data_path=args.data, start=args.start, mode=mode, venues=venues,
-                        universe=universe, venue_url=args.venue_url, credentials=creds, audit_paths=audit_paths(args, db))
+                        universe=universe, venue_url=_venue_urls(args.venue_url), credentials=creds, audit_paths=audit_paths(args, db))
     try:  # one server per book, for this process's whole life (the kernel drops it if the process dies)
         lease = BookLease.acquire(db, transport=args.transport if args.transport == "stdio" else
                                   f"http://{args.host}:{args.port}/mcp")

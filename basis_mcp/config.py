@@ -21,6 +21,7 @@ from basis_mcp.costs import LegCosts, PairCosts
 from basis_mcp.dated import underlying
 from basis_mcp.margin import Bracket, brackets
 from basis_mcp.playbooks import ExitRules
+from basis_mcp.venues import PERP_TAKER_FEE
 
 Tier = Literal["anchor", "mid", "speculative"]
 
@@ -167,6 +168,7 @@ TIGHTEN_ONLY: dict[str, tuple[float, str]] = {
     "max_imbalance_pct": (2.0, "max"),
     "basis_stop_multiple": (3.0, "max"),
     "carry_max_hold_days": (HARD.max_hold_days_carry, "max"),
+    "max_venue_share": (0.40, "max"),
     "liquidation_distance_add_pct": (5.0, "min"),
 }
 
@@ -221,6 +223,11 @@ class Settings(BaseModel):
                                         "rate is above this (percent a year): a squeeze, and recall risk with it")
     expiry_exit_hours: float = Field(24.0, ge=1, le=24.0 * 30, description="calendar spread: the watchdog closes a dated-future "
                                      "leg this many hours before its expiry, and no entry's planned hold may run past that time")
+    paper_venues: list[str] = Field(default_factory=list, description="replay: extra paper venues for cross-exchange trades "
+                                    "(bybit, gate, dydx: the shipped real funding of 2020-2023); each starts with "
+                                    "max_venue_share of capital, taken from the primary venue's")
+    max_venue_share: float = Field(0.40, gt=0, le=0.40, description="with more than one venue, the most of capital (a fraction) "
+                                   "the open positions on any one venue may commit (margin, collateral, spot bought); hard ceiling 0.40")
     max_advance_hours: float = Field(24.0 * 92, gt=0, le=24.0 * 366)
     live_confirmation: bool = Field(True, description="live mode: enter/exit need a confirmation token first")
     confirmation_ttl_seconds: float = Field(60.0, ge=5, le=600)
@@ -262,6 +269,14 @@ class Settings(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
+        known = ("bybit", "gate", "dydx")
+        bad = [v for v in self.paper_venues if v not in known]
+        if bad or len(set(self.paper_venues)) != len(self.paper_venues):
+            raise ValueError(f"paper_venues {self.paper_venues} must be distinct names among {', '.join(known)} "
+                             "(the venues with shipped funding history; binance is the primary paper venue)")
+        if self.paper_venues and self.max_venue_share * len(self.paper_venues) >= 1.0:
+            raise ValueError(f"{len(self.paper_venues)} extra paper venues at max_venue_share {self.max_venue_share:g} each "
+                             "leave nothing for the primary venue")
         if self.default_leverage > self.max_leverage:
             raise ValueError(f"default_leverage {self.default_leverage:g} is above max_leverage {self.max_leverage:g}")
         if self.margin_close_ratio >= self.margin_add_ratio:
@@ -298,8 +313,12 @@ class Settings(BaseModel):
         return "speculative"
 
     def spec(self, symbol: str) -> SymbolSpec:
+        venue = symbol.partition("@")[2]
         symbol = underlying(symbol)  # a dated contract trades on its coin's lot step, costs and brackets
-        return self.symbols.get(symbol) or DEFAULT_SPECS.get(symbol) or CONSERVATIVE_SPEC
+        base = self.symbols.get(symbol) or DEFAULT_SPECS.get(symbol) or CONSERVATIVE_SPEC
+        if venue and venue in PERP_TAKER_FEE:  # a perp on another venue: that venue's taker fee
+            return base.model_copy(update={"perp_taker_fee": PERP_TAKER_FEE[venue]})
+        return base
 
     def has_spec(self, symbol: str) -> bool:
         return symbol in self.symbols or symbol in DEFAULT_SPECS
@@ -331,6 +350,7 @@ _ENV_FIELDS = {
     "borrow_scenario",
     "borrow_spike_apr_pct",
     "expiry_exit_hours",
+    "max_venue_share",
 }
 
 
@@ -358,6 +378,9 @@ def load_settings(path: Path | str | None = None, env: dict[str, str] | None = N
         raw = env.get(ENV_PREFIX + key.upper())
         if raw is not None:
             data[key] = raw
+    raw = env.get(ENV_PREFIX + "PAPER_VENUES")
+    if raw:
+        data["paper_venues"] = [x.strip().lower() for x in raw.split(",") if x.strip()]
     raw = env.get(ENV_PREFIX + "SYMBOL_ALLOWLIST")
     if raw:
         data["symbol_allowlist"] = [x.strip().upper() for x in raw.split(",") if x.strip()]

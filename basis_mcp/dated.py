@@ -102,7 +102,9 @@ def is_contract(symbol: str) -> bool:
 
 
 def underlying(symbol: str) -> str:
-    """The base asset of an instrument symbol: a contract code's base, or the symbol itself."""
+    """The base asset of an instrument symbol: a contract code's base, or the symbol itself (on any
+    venue: ``BTC@bybit`` → ``BTC``, see `basis_mcp.venues`)."""
+    symbol = symbol.partition("@")[0]
     m = _CODE.match(symbol)
     return m.group(1) if m else symbol
 

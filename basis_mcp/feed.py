@@ -269,3 +269,32 @@ class ReplayFeed:
         ok = ~(np.isnan(spot) | np.isnan(perp))
         times = h.t0 + HOUR * np.arange(i0, i1 + 1, dtype=np.int64)
         return times[ok], ((perp[ok] - spot[ok]) / spot[ok] * 100.0)
+
+
+class VenueReplayFeed(ReplayFeed):
+    """Another venue's perps in a replay: the primary data's prices (the shipped data has no other
+    venue's prices: said wherever this is shown) with that venue's own REAL settled funding, at its own
+    interval. Only inside the venue's funding history: before its first settlement or after its last
+    interval ended there is no market (a stale rate would be shown as current)."""
+
+    def __init__(self, histories: dict[str, SymbolHistory], clock: Clock, venue: str,
+                 funding: dict[str, tuple[np.ndarray, np.ndarray]]):
+        own = {sym: replace(h, funding_time=np.asarray(funding[sym][0], dtype=np.int64),
+                            funding_rate=np.asarray(funding[sym][1], dtype=np.float64))
+               for sym, h in histories.items() if sym in funding and len(funding[sym][0]) >= 2}
+        super().__init__(own, clock)
+        self.venue = venue
+        self.span: dict[str, tuple[float, float]] = {}
+        for sym, h in own.items():
+            gaps = np.diff(h.funding_time)
+            self.span[sym] = (float(h.funding_time[0]), float(h.funding_time[-1] + np.median(gaps)))
+
+    def snapshot(self, symbol: str, at: float | None = None) -> Snapshot:
+        if symbol not in self.h:
+            raise MarketDataUnavailable(f"no {self.venue} perp for {symbol} in the shipped data")
+        now = self.clock.now() if at is None else at
+        lo, hi = self.span[symbol]
+        if not lo <= now <= hi:
+            raise MarketDataUnavailable(f"{self.venue} {symbol} funding history covers {iso_day(lo)} to {iso_day(hi)}; "
+                                        f"replay time {iso_day(now)} is outside it")
+        return replace(super().snapshot(symbol, at), venue=self.venue)

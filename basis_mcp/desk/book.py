@@ -9,7 +9,7 @@ the position views the tools return. Writes nothing but what execution asks it t
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,17 +109,36 @@ class Book:
     def leg(self, leg_id: int) -> Leg:
         return Leg.from_row(self.store.one("SELECT * FROM legs WHERE id = ?", (leg_id,)))
 
-    def add_legs(self, pid: int, venue: str, planned: list[PlannedLeg]) -> list[int]:
-        """Record a new position's legs (inside the caller's transaction)."""
+    def add_legs(self, pid: int, venue: str | Callable[[str], str], planned: list[PlannedLeg]) -> list[int]:
+        """Record a new position's legs (inside the caller's transaction); ``venue``: the venue's name, or
+        a function naming the venue of a leg's instrument (cross-exchange legs sit on different venues)."""
         ids = []
         for p in planned:
             expiry = parse_contract(p.symbol)[1] if p.spec.market == "future" else None
             cur = self.store.x(
                 "INSERT INTO legs(position_id, idx, role, market, venue, symbol, expiry, side, ratio, quantity)"
                 " VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (pid, p.idx, p.spec.role, p.spec.market, venue, p.symbol, expiry, p.spec.side, p.ratio, p.quantity))
+                (pid, p.idx, p.spec.role, p.spec.market, venue(p.symbol) if callable(venue) else venue, p.symbol, expiry,
+                 p.spec.side, p.ratio, p.quantity))
             ids.append(int(cur.lastrowid))
         return ids
+
+    def venue_usage(self, price: Callable[[str, str], float]) -> dict[str, float]:
+        """Capital the open positions commit per venue (by the venue's name): each leg's margin (leveraged
+        legs: held quantity × entry price ÷ the position's leverage) or cost (owned spot), at its entry
+        price, or at ``price(market, symbol)`` while it has none yet."""
+        out: dict[str, float] = {}
+        marks = ",".join("?" * len(OPEN_STATES))
+        for r in self.store.q(
+                f"SELECT l.venue, l.market, l.symbol, l.quantity, l.entry_price, p.leverage FROM legs l"
+                f" JOIN positions p ON p.id = l.position_id WHERE p.status IN ({marks})", OPEN_STATES):
+            try:
+                px = r["entry_price"] or price(r["market"], r["symbol"])
+            except (MarketDataUnavailable, KeyError):
+                continue
+            usd = r["quantity"] * px * (1.0 if r["market"] == "spot" else 1.0 / max(r["leverage"], 1.0))
+            out[r["venue"]] = out.get(r["venue"], 0.0) + usd
+        return out
 
     def position_on(self, market: str, symbol: str, statuses: tuple[str, ...] = OPEN_STATES) -> sqlite3.Row | None:
         """The newest position in ``statuses`` with a leg on this instrument (an instrument is in one open position at a time)."""

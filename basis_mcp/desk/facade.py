@@ -41,9 +41,9 @@ from basis_mcp.desk.research import Research
 from basis_mcp.desk.risk import Risk
 from basis_mcp.desk.watchdog import Watchdog
 from basis_mcp.errors import Rejected
-from basis_mcp.feed import MarketDataUnavailable, ReplayFeed
+from basis_mcp.feed import MarketDataUnavailable, ReplayFeed, VenueReplayFeed
 from basis_mcp.guardrails import EntryReadings, TradingState, pre_trade_violations
-from basis_mcp.history import HOUR, fingerprint, load_any
+from basis_mcp.history import HOUR, fingerprint, load_any, load_funding_venues
 from basis_mcp.lease import BookLease
 from basis_mcp.legs import PlannedLeg
 from basis_mcp.models import (
@@ -65,6 +65,7 @@ from basis_mcp.store import Store
 from basis_mcp.venue.base import VenueError, VenueTimeout
 from basis_mcp.venue.faults import FaultPlan
 from basis_mcp.venue.paper import PaperVenue
+from basis_mcp.venue.router import VenueRouter
 
 DEFAULT_REPLAY_START = "2024-03-01T00:00:00Z"
 # earlier versions of the shipped extract a replay book may have been built on, and what changed since
@@ -91,6 +92,39 @@ def _venue_lot_hints(feed: Any) -> dict[str, tuple[float | None, float | None]]:
             price = None
         hints[sym] = (max(steps) if steps else None, price)
     return hints
+
+
+def _paper_venues(settings: Settings, db_path: Path | str, histories: dict[str, Any], clock: Clock,
+                  primary: PaperVenue) -> tuple[dict[str, PaperVenue], dict[str, Any]]:
+    """The extra paper exchanges of ``settings.paper_venues``, each with the shipped real funding of that venue."""
+    if not settings.paper_venues:
+        return {}, {}
+    series = load_funding_venues()
+    others: dict[str, PaperVenue] = {}
+    feeds: dict[str, Any] = {}
+    for v in settings.paper_venues:
+        funding = {sym: (s.time, s.rate) for (venue, sym), s in series.items() if venue == v}
+        feeds[v] = VenueReplayFeed(histories, clock, v, funding)
+        others[v] = PaperVenue(db_path, feeds[v], settings, clock, FaultPlan(), venue=v, capital_usd=0.0)  # fails alone
+    _fund_pools(settings, primary, others)
+    return others, feeds
+
+
+def _fund_pools(settings: Settings, primary: PaperVenue, others: dict[str, PaperVenue]) -> None:
+    """A paper venue new to this book gets its pool (``max_venue_share`` of capital) moved from the primary
+    venue's USDT in one transaction (a transfer: the book's cash is unchanged); funded once."""
+    pool = round(settings.capital_usd * settings.max_venue_share, 2)
+    for v in others:
+        with primary.db.tx():
+            if primary.db.one(f"SELECT 1 FROM paper_{v}_state WHERE key = 'funded'") is not None:
+                continue
+            free = primary._balance("USDT")
+            if free + 1e-9 < pool:
+                raise Rejected("paper_venues", v, f"the primary venue has ${free:,.2f} free USDT, less than the "
+                               f"${pool:,.2f} pool ({settings.max_venue_share:g} of capital) {v} needs")
+            primary._credit("USDT", -pool)
+            primary.db.x(f"UPDATE paper_{v}_balances SET free = free + ? WHERE asset = 'USDT'", (pool,))
+            primary.db.x(f"INSERT INTO paper_{v}_state(key, value) VALUES ('funded', ?)", (repr(pool),))
 
 
 class Desk:
@@ -183,7 +217,15 @@ class Desk:
             sym: (None, float(h.spot[np.flatnonzero(~np.isnan(h.spot))[0]]) if (~np.isnan(h.spot)).any() else None)
             for sym, h in histories.items()})
         venue = PaperVenue(db_path, feed, settings, clock, faults)
-        desk = cls(settings, store, feed, venue, clock, "replay", faults)
+        try:
+            others, venue_feeds = _paper_venues(settings, db_path, histories, clock, venue)
+        except BaseException:
+            venue.close()
+            store.close()
+            lease.release()
+            raise
+        desk = cls(settings, store, feed, VenueRouter(venue, others), clock, "replay", faults)
+        desk.market.feeds.update(venue_feeds)
         desk.lease = lease
         if upgraded_from is not None:
             desk.events.alert("info", "data_upgraded", f"the shipped history changed under this book: "
@@ -198,16 +240,19 @@ class Desk:
         venues: list[str],
         trading: str,
         credentials: Any = None,
-        base_url: str | None = None,
+        base_url: str | dict[str, str] | None = None,
         universe: list[str] | None = None,
         faults: FaultPlan | None = None,
         audit_paths: AuditPaths | None = None,
     ) -> Desk:
-        """Live market data from ``venues`` (the first one trades).
+        """Live market data from ``venues`` (the first one is the primary venue).
 
-        ``trading``: ``paper`` (simulated fills on live prices, the default for live data),
+        ``trading``: ``paper`` (simulated fills on live prices, the default for live data; every venue
+        a paper exchange with its own pool, so cross_exchange trades run on live prices),
         ``readonly`` (no trading tools) or ``live`` (real orders; needs credentials, which are
-        checked against the venue before anything else happens).
+        checked against the venue before anything else happens). ``credentials``: the primary
+        venue's, or a map venue → credentials; live, another venue trades only with keys of its own.
+        ``base_url``: one local server for every venue, or a map venue → its server (tests).
         """
         from basis_mcp.live.errors import register_secret
         from basis_mcp.live.exchanges import make_exchange
@@ -216,12 +261,18 @@ class Desk:
 
         if trading not in ("paper", "readonly", "live"):
             raise Rejected("trading", trading, "must be paper, readonly or live")
-        if trading == "live" and credentials is None:
+        if trading == "live" and (credentials is None or (isinstance(credentials, dict) and credentials.get(venues[0]) is None)):
             raise Rejected("credentials", "missing", "live trading needs API keys (environment or --key-file)")
-        if credentials is not None:
-            for secret in (credentials.api_key, credentials.secret, credentials.password):
-                register_secret(secret)
         primary = venues[0]
+        by_venue = credentials if isinstance(credentials, dict) else {primary: credentials}
+
+        def creds_for(v: str) -> Any:
+            return by_venue.get(v)
+
+        for c in by_venue.values():
+            if c is not None:
+                for secret in (c.api_key, c.secret, c.password):
+                    register_secret(secret)
         mode_tag = f"{trading}:{primary}"
         lease = BookLease.acquire(db_path, desk=True)
         try:
@@ -240,17 +291,27 @@ class Desk:
         feeds: dict[str, LiveFeed] = {}
         try:
             for v in venues:
-                ex = make_exchange(v, credentials if (v == primary and trading == "live") else None, base_url,
-                                   timeout_ms=settings.venue_timeout_ms)
+                ex = make_exchange(v, creds_for(v) if trading == "live" else None, base_url.get(v) if isinstance(base_url, dict)
+                                   else base_url, timeout_ms=settings.venue_timeout_ms)
                 feeds[v] = LiveFeed(v, ex, clock, universe)
                 await feeds[v].start()
             feed = feeds[primary]
             settings = settings.with_unknown_symbols(_venue_lot_hints(feed))
+            others: dict[str, Any] = {}
             if trading == "live":
                 venue: Any = LiveVenue(primary, feed.ex, feed, settings, clock)
                 await venue.verify_credentials()
+                for v in venues[1:]:  # another venue trades only with keys of its own; without, it is market data
+                    if creds_for(v) is not None:
+                        others[v] = LiveVenue(v, feeds[v].ex, feeds[v], settings, clock)
+                        await others[v].verify_credentials()
             else:
                 venue = PaperVenue(db_path, feed, settings, clock, faults)
+                if trading == "paper":  # paper on live prices: a paper exchange per venue, each its own pool
+                    others = {v: PaperVenue(db_path, feeds[v], settings, clock, FaultPlan(), venue=v, capital_usd=0.0)
+                              for v in venues[1:]}
+                    _fund_pools(settings, venue, others)
+            venue = VenueRouter(venue, others)
         except BaseException:
             for f in feeds.values():
                 await f.close()
@@ -395,10 +456,11 @@ class Desk:
     async def estimate_net_apy(self, symbol: str, notional_usd: float, hold_days: float, leverage: float | None,
                                funding_rate_8h_pct: float | None, exit_basis_pct: float | None, basis_pct: float | None,
                                playbook: str = "convergence", strategy: str = "cash_and_carry",
-                               contract: str | None = None) -> NetApyEstimate:
+                               contract: str | None = None, short_venue: str | None = None,
+                               long_venue: str | None = None) -> NetApyEstimate:
         spec, playbook = self._strategy(strategy, playbook)
         return await self.research.estimate_net_apy(symbol, notional_usd, hold_days, leverage, funding_rate_8h_pct,
-                                                    exit_basis_pct, basis_pct, playbook, spec, contract)
+                                                    exit_basis_pct, basis_pct, playbook, spec, contract, short_venue, long_venue)
 
     async def size(self, symbol: str, leverage: float | None, target_notional_usd: float | None,
                    playbook: str = "convergence", strategy: str = "cash_and_carry") -> SizePositionOutput:
@@ -446,7 +508,8 @@ class Desk:
 
     async def enter(self, symbol: str, notional_usd: float, leverage: float | None, key: str, strategy: str,
                     expected_hold_days: float | None = None, confirmation_token: str | None = None,
-                    playbook: str = "convergence", contract: str | None = None) -> EnterTradeOutput:
+                    playbook: str = "convergence", contract: str | None = None, short_venue: str | None = None,
+                    long_venue: str | None = None) -> EnterTradeOutput:
         if self.mode == "readonly":
             raise Rejected("mode", "readonly", "this server was started read-only: no trading")
         spec, playbook = self._strategy(strategy, playbook)
@@ -462,6 +525,9 @@ class Desk:
             args["playbook"] = playbook
         if contract is not None:
             args["contract"] = contract
+        for f, v in (("short_venue", short_venue), ("long_venue", long_venue)):
+            if v is not None:
+                args[f] = v
         async with self.lock:
             prior = self.requests.outcome(key, "enter_trade", args)
             if prior is not None:
@@ -475,7 +541,7 @@ class Desk:
                 raise Rejected("leverage", leverage, f"{self.feed.venue} takes whole-number leverage")
             await self.market.ensure_fresh()
             readings, snap, planned = await self.risk.entry_readings(spec, sym, notional_usd, lev, expected_hold_days, playbook,
-                                                                     contract)
+                                                                     contract, short_venue, long_venue)
             violations = pre_trade_violations(readings)
             if violations:
                 self.events.audit("guardrail", "entry_rejected", {"symbol": sym, "notional_usd": notional_usd, "leverage": lev,
@@ -501,7 +567,7 @@ class Desk:
                     (sym, spec.name, playbook, self.venue.name, readings.quantity, lev, readings.rounded_notional_usd,
                      now if fill_at is None else fill_at, key, readings.capital_required_usd, json.dumps(args), fill_at))
                 pid = int(cur.lastrowid)
-                self.book.add_legs(pid, self.venue.name, planned)
+                self.book.add_legs(pid, self.venue.leg_venue, planned)
                 for leg in self.book.legs(pid):
                     self.orders.new_order(leg, key, "open", leg.order_side(opening=True), leg.quantity, False)
             if fill_at is not None:  # replay with a fill delay: the orders rest until the clock gets there

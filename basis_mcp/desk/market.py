@@ -22,6 +22,7 @@ from basis_mcp.signals import ZSCORE_MIN_SAMPLES, RollingZScore, realised_vol_1h
 from basis_mcp.store import Store
 from basis_mcp.strategies.base import SPOT_LIKE, StrategySpec
 from basis_mcp.venue.base import VenueError, VenueTimeout
+from basis_mcp.venues import split
 
 FUND_DIGITS = 12  # funding means are rounded like the backtest's (basis_mcp.backtest.engine.FUND_DIGITS)
 
@@ -103,24 +104,38 @@ class MarketData:
             raise Rejected(field, raw, f"unknown symbol on {self.feed.venue}; this desk trades {', '.join(self.feed.symbols)}")
         return base
 
+    def feed_of(self, instrument: str) -> tuple[Any, str]:
+        """(the feed of the venue an instrument trades on, its name there): ``BTC@bybit`` → bybit's feed, ``BTC``."""
+        sym, venue = split(instrument)
+        if venue is None or venue == self.feed.venue:
+            return self.feed, sym
+        f = self.feeds.get(venue)
+        if f is None:
+            raise MarketDataUnavailable(f"no market data from {venue} on this desk")
+        return f, sym
+
     def snapshot(self, symbol: str, field: str = "symbol") -> Snapshot:
         try:
-            return self.feed.snapshot(symbol)
+            feed, sym = self.feed_of(symbol)
+            return feed.snapshot(sym)
         except MarketDataUnavailable as e:
             raise Rejected(field, symbol, f"no market data at {iso(self.now())}: {e}") from None
 
     def mid(self, market: str, symbol: str) -> float:
         """Mid price of an instrument now (MarketDataUnavailable if none)."""
-        snap = self.feed.snapshot(symbol)
+        feed, sym = self.feed_of(symbol)
+        snap = feed.snapshot(sym)
         return snap.spot if market in SPOT_LIKE else snap.perp
 
     def mark(self, market: str, symbol: str) -> float:
         """What an open holding of an instrument is valued at: spot mid, or the derivative's mark price."""
-        snap = self.feed.snapshot(symbol)
+        feed, sym = self.feed_of(symbol)
+        snap = feed.snapshot(sym)
         return snap.spot if market in SPOT_LIKE else snap.mark
 
     def venue_symbol(self, market: str, symbol: str) -> str:
-        return self.feed.spot_symbol(symbol) if market in SPOT_LIKE else self.feed.perp_symbol(symbol)
+        feed, sym = self.feed_of(symbol)
+        return feed.spot_symbol(sym) if market in SPOT_LIKE else feed.perp_symbol(sym)
 
     def realised_vol_1h_pct(self, snap: Snapshot) -> float | None:
         if snap.prev_perp is None:

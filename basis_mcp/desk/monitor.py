@@ -30,9 +30,11 @@ from basis_mcp.models import (
     PortfolioOutput,
     RiskStatusOutput,
     TierUsage,
+    VenueUsage,
 )
 from basis_mcp.store import Store
 from basis_mcp.strategies.base import SPOT_LIKE
+from basis_mcp.venue.base import VenueError, VenueTimeout
 
 
 class Monitor:
@@ -75,7 +77,7 @@ class Monitor:
                 dist = (lp - price) / price * 100 if q < 0 else (price - lp) / price * 100
             if ratio is not None and not math.isfinite(ratio):
                 ratio = None
-        out = LegDelta(role=leg.role, market=leg.market, symbol=leg.symbol, quantity=q, price=price, value_usd=_r(q * price, 6) or 0.0,
+        out = LegDelta(role=leg.role, market=leg.market, venue=leg.venue, symbol=leg.symbol, quantity=q, price=price, value_usd=_r(q * price, 6) or 0.0,
                        margin_ratio_pct=None if ratio is None else _r(ratio * 100, 4),
                        liquidation_price=_r(lp, 6), distance_to_liquidation_pct=_r(dist, 4))
         return out, ratio, wallet
@@ -183,9 +185,27 @@ class Monitor:
             fees_paid_usd=_r(fees, 8) or 0.0,
             capital_in_use_usd=_r(in_use, 8) or 0.0,
             tiers=tiers,
+            venues=await self.venue_usage(),
             open_positions=[self.book.position_out(r) for r in open_rows],
             closed_positions=[self.book.position_out(r) for r in closed],
         )
+
+    async def venue_usage(self) -> list[VenueUsage]:
+        venue = self.risk.venue
+        if not getattr(venue, "multi", False):
+            return []
+        usage = self.book.venue_usage(self.market.mid)
+        limit = self.book.capital_usd * self.settings.max_venue_share
+        out = []
+        for v in venue.venue_names():
+            ex = venue.exchange(v)
+            try:
+                cash, ok = (await ex.fetch_balances()).get("USDT", 0.0), True
+            except (VenueError, VenueTimeout):
+                cash, ok = 0.0, False
+            out.append(VenueUsage(venue=ex.name, cash_usd=_r(cash, 8) or 0.0, in_use_usd=_r(usage.get(ex.name, 0.0), 8) or 0.0,
+                                  limit_usd=_r(limit, 2) or 0.0, reachable=ok))
+        return out
 
     async def risk_status(self) -> RiskStatusOutput:
         """Every limit next to its current reading."""

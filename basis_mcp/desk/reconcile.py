@@ -19,6 +19,7 @@ from basis_mcp.desk.orders import Orders
 from basis_mcp.desk.risk import Risk
 from basis_mcp.feed import MarketDataUnavailable
 from basis_mcp.store import Store
+from basis_mcp.venues import venue_of
 
 LEDGER_TOLERANCE_USD = 0.01
 
@@ -43,7 +44,9 @@ class Reconcile:
         held = getattr(self.venue, "held_instruments", None)
         for market in sorted(set(getattr(self.venue, "markets", {"perp"})) - {"spot"}):
             # every leg is on a symbol the trading feed carries; dated contracts are listed by the venue
-            syms = await held(market) if market == "future" and held is not None else self.market.symbols
+            syms = await held(market) if market == "future" and held is not None else list(self.market.symbols)
+            if getattr(self.venue, "multi", False) and market == "perp":  # other venues' perps: what they hold
+                syms += [s for s in await self.venue.held_instruments(market) if venue_of(s) is not None]
             for sym in syms:
                 p = await self.risk.position(market, sym)
                 if p is not None:

@@ -29,6 +29,7 @@ from basis_mcp.models import (
     SecondsToFundingOutput,
     SizePositionOutput,
     Unavailable,
+    VenueFunding,
     ZScoreOutput,
 )
 from basis_mcp.signals import (
@@ -43,6 +44,7 @@ from basis_mcp.store import Store
 from basis_mcp.strategies.base import StrategySpec
 from basis_mcp.strategies.cash_and_carry import CASH_AND_CARRY
 from basis_mcp.venue.base import VenueError, VenueTimeout
+from basis_mcp.venues import funding_differential_usd, qualify
 
 
 class Research:
@@ -113,6 +115,22 @@ class Research:
             **self._strategy_hint(snap),
         )
 
+    def _cross_hint(self, sym: str, edge_pct: float) -> dict[str, Any]:
+        """The richest and cheapest venue for ``sym``'s perp funding now, their differential, and what a week of it
+        earns (percent of notional); names cross_exchange when that beats the basis edge."""
+        rates = {v: r for v, (r, _) in self.risk.funding_per_hour(sym).items() if r is not None}
+        if len(rates) < 2:
+            return {}
+        rich = max(rates, key=lambda v: rates[v])
+        cheap = min((v for v in rates if v != rich), key=lambda v: rates[v])
+        diff = rates[rich] - rates[cheap]
+        week = diff * 24 * 7 * 100.0
+        out: dict[str, Any] = {"cross_short_venue": rich, "cross_long_venue": cheap,
+                               "cross_funding_diff_apr_pct": _r(diff * 8760 * 100.0, 6), "cross_edge_pct": _r(week, 8)}
+        if week > edge_pct:
+            out.update(strategy="cross_exchange", edge_pct=_r(week, 8) or 0.0)
+        return out
+
     def _strategy_hint(self, snap: Snapshot) -> dict[str, Any]:
         """Which trade the basis points to (the widest edge across strategies), for the reverse trade what
         borrowing costs, and the nearest quarterly's premium over the perp (where dated futures trade)."""
@@ -122,6 +140,8 @@ class Research:
             apr, source = self.market.borrow_apr_pct(snap.symbol)
             out = {"strategy": "reverse_cash_and_carry", "edge_pct": _r(-snap.basis_pct, 8) or 0.0, "borrow_apr_pct": _r(apr, 4),
                    "borrow_rate_source": source}
+        if snap.venue == self.market.feed.venue and getattr(self.venue, "multi", False):
+            out.update(self._cross_hint(snap.symbol, out["edge_pct"]))
         if snap.venue != self.market.feed.venue or "future" not in getattr(self.venue, "markets", ()):
             return out
         try:
@@ -189,11 +209,19 @@ class Research:
         playbook: str = "convergence",
         strategy: StrategySpec = CASH_AND_CARRY,
         contract: str | None = None,
+        short_venue: str | None = None,
+        long_venue: str | None = None,
     ) -> NetApyEstimate:
         sym = self.market.resolve(symbol)
         lev = self.risk.check_leverage(leverage)
         await self.market.ensure_fresh()
         snap = self.market.snapshot(sym)
+        if strategy.cross_venue:
+            return self._cross_estimate(sym, snap, notional_usd, hold_days, lev, funding_rate_8h_pct, strategy,
+                                        short_venue, long_venue)
+        for f, v in (("short_venue", short_venue), ("long_venue", long_venue)):
+            if v is not None:
+                raise Rejected(f, v, f"{strategy.name} trades on one venue; leave {f} out")
         code = self.risk.choose_contract(strategy, sym, hold_days, contract, hold_field="hold_days")
         expiry = dated.parse_contract(code)[1] if code is not None else None
         if code is not None:  # calendar: the perp is the reference leg, the dated future the other (SIMULATED price)
@@ -303,6 +331,58 @@ class Research:
             ),
         )
 
+    def _cross_estimate(self, sym: str, snap: Snapshot, notional_usd: float, hold_days: float, lev: float,
+                        diff_8h_pct: float | None, strategy: StrategySpec, short_venue: str | None,
+                        long_venue: str | None) -> NetApyEstimate:
+        """cross_exchange: the funding differential over the hold (each venue's mean settled rate of the last 30
+        days per hour, or the agent's assumed differential), less four perp taker fills and their slippage."""
+        venues = self.risk.choose_venues(strategy, sym, short_venue, long_venue)
+        rich = venues["rich"] or self.venue.primary_venue
+        cheap = venues["cheap"] or self.venue.primary_venue
+        now = self.market.now()
+        per_hour: dict[str, float] = {}
+        for v in (rich, cheap):
+            feed, bare = self.market.feed_of(qualify(sym, None if v == self.venue.primary_venue else v))
+            vs = feed.snapshot(bare)
+            mean = feed.mean_funding_rate(bare, now - 30 * 86400.0, now)
+            per_hour[v] = (vs.funding_rate if mean is None else mean) / vs.funding_interval_hours
+        if diff_8h_pct is None:
+            diff_h = per_hour[rich] - per_hour[cheap]
+            source = f"mean settled rate of the last 30 days on each venue, per hour: {rich} − {cheap}"
+        else:
+            diff_h = diff_8h_pct / 100.0 / 8.0
+            source = "assumed by the caller (funding_rate_8h_pct = the differential per 8 h)"
+        q = notional_usd / snap.perp
+        hours = hold_days * 24.0
+        funding = funding_differential_usd(notional_usd, diff_h, 0.0, hours)
+        legs = {v: self.settings.spec(qualify(sym, None if v == self.venue.primary_venue else v)).costs.perp for v in (rich, cheap)}
+        fees = sum(2.0 * notional_usd * c.taker_fee for c in legs.values())
+        slip = sum(2.0 * notional_usd * c.slippage_fraction(notional_usd) for c in legs.values())
+        net = funding - fees - slip
+        capital = 2.0 * notional_usd / lev
+        per_day = (funding / hold_days) if hold_days > 0 else 0.0
+        return NetApyEstimate(
+            symbol=sym, strategy=strategy.name, short_venue=rich, long_venue=cheap, playbook="none",
+            playbook_entry_ok=net > 0,
+            playbook_note=("cross_exchange has no server exit playbook: you exit when the differential is gone; the watchdog "
+                           "guards each leg's margin on its own venue and a venue going down. "
+                           + ("The expected net is positive." if net > 0 else "The expected net is not positive.")),
+            notional_usd=notional_usd, quantity=q, hold_days=hold_days, leverage=lev, entry_basis_pct=0.0, exit_basis_pct=0.0,
+            funding_rate_8h_pct=_r(diff_h * 8.0 * 100.0, 8) or 0.0, funding_rate_source=source,
+            settlements_in_hold=0, basis_capture_usd=0.0, funding_usd=_r(funding, 6) or 0.0, fees_usd=_r(fees, 6) or 0.0,
+            slippage_usd=_r(slip, 6) or 0.0, net_usd=_r(net, 6) or 0.0, capital_employed_usd=_r(capital, 6) or 0.0,
+            net_return_pct=_r(net / capital * 100.0, 6) or 0.0,
+            apy_pct=_r(net / capital / hold_days * 365.0 * 100.0, 6) or 0.0,
+            apy_on_notional_pct=_r(net / notional_usd / hold_days * 365.0 * 100.0, 6) or 0.0,
+            break_even_hold_days=_r((fees + slip) / per_day, 4) if per_day > 0 else None,
+            slippage_source="model (half-spread + sqrt impact), four perp fills",
+            formula=(f"net = notional × (rate_{rich} − rate_{cheap}) per hour × hold_hours − fees ({rich} perp "
+                     f"{legs[rich].taker_fee * 100:g}% + {cheap} perp {legs[cheap].taker_fee * 100:g}%, in and out) − slippage; "
+                     "apy = net / (2 × notional/leverage) / hold_days × 365 (each leg margined on its own venue); prices "
+                     "cancel between the legs" + ("; paper: both legs on the primary venue's prices, each venue's real "
+                                                  "funding" if self.market.clock.simulated else "")),
+        )
+
     async def size(self, symbol: str, leverage: float | None, target_notional_usd: float | None,
                    playbook: str = "convergence", strategy: StrategySpec = CASH_AND_CARRY) -> SizePositionOutput:
         sym = self.market.resolve(symbol)
@@ -312,11 +392,15 @@ class Research:
         free = await self.risk.free_capital_usd()
         capital_fn = None
         code = self.risk.choose_contract(strategy, sym, 1.0 / 24.0, None)  # a dated leg: priced on the nearest contract
+        venues = self.risk.choose_venues(strategy, sym, None, None)  # cross-exchange: the venues an entry now would take
+        venue_caps: list[Cap] = []
         if strategy is not CASH_AND_CARRY:  # another shape: the capital its planned legs tie up, per dollar of first leg
             def capital_fn(notional: float) -> float:
-                planned = self.risk.plan(strategy, sym, max(notional, spec.min_notional_usd), code)
+                planned = self.risk.plan(strategy, sym, max(notional, spec.min_notional_usd), code, venues)
                 first = planned[0].quantity * planned[0].mid
                 return self.risk.capital_required_usd(planned, lev) / first if first > 0 else 1.0 + 1.0 / lev
+        if getattr(self.venue, "multi", False):
+            venue_caps = await self.venue_caps(strategy, sym, lev, code, venues)
 
         def sized(extra: list[Cap]) -> Any:
             return size_position(spot_price=snap.spot, leverage=lev, costs=spec.costs, free_capital_usd=free,
@@ -324,7 +408,7 @@ class Research:
                                  target_notional_usd=target_notional_usd, perp_price=snap.perp,
                                  capital_per_notional_fn=capital_fn)
 
-        res = sized([])
+        res = sized(venue_caps)
         regime = vol_regime(*self.market.spot_returns(sym, 7 * 86400.0))
         tr = self.market.z.get(sym)
         std = tr.std if tr is not None and tr.n >= ZSCORE_MIN_SAMPLES else None
@@ -335,13 +419,13 @@ class Research:
                 + ("not measured yet" if std is None else f"{std:.3f}%") + f" ×{stability:.3g}")
         limits = res  # what the caps allow (what enter_trade enforces)
         if scale < 1.0 and res.notional_usd > 0:
-            res = sized([Cap("volatility_regime", res.notional_usd * scale,
+            res = sized(venue_caps + [Cap("volatility_regime", res.notional_usd * scale,
                              f"{res.binding_cap} limit ${res.notional_usd:,.2f} × {scale:.3g} ({note})")])
             if res.quantity <= 0:
                 note += f": the scaled size is below the venue minimum of ${spec.min_notional_usd:,.2f}"
         margin, costs = res.margin_usd, res.fees_and_slippage_usd
         if capital_fn is not None and res.quantity > 0:
-            planned = self.risk.plan(strategy, sym, res.notional_usd, code)
+            planned = self.risk.plan(strategy, sym, res.notional_usd, code, venues)
             margin = sum(p.quantity * p.mid / lev for p in planned if p.spec.market != "spot")
             costs = res.capital_required_usd - margin - sum(p.quantity * p.mid for p in planned if p.spec.market == "spot")
         return SizePositionOutput(
@@ -368,6 +452,31 @@ class Research:
             sizing_note=note + (f": recommended size ×{scale:.3g} of max_notional_usd" if scale < 1.0 else ": full size"),
         )
 
+    async def venue_caps(self, strategy: StrategySpec, sym: str, lev: float, code: str | None,
+                         venues: dict[str, str | None]) -> list[Cap]:
+        """With more than one venue: per venue the legs put there, the notional that keeps it within
+        ``max_venue_share`` of capital and within its own free USDT (enter_trade's per-venue checks)."""
+        probe = self.risk.plan(strategy, sym, 10_000.0, code, venues)
+        first = probe[0].quantity * probe[0].mid
+        if first <= 0:
+            return []
+        per_dollar: dict[str, float] = {}
+        for p in probe:
+            name = self.venue.leg_venue(p.symbol)
+            per_dollar[name] = per_dollar.get(name, 0.0) + self.risk.capital_required_usd([p], lev) / first
+        share = self.settings.max_venue_share
+        cap = self.book.capital_usd * share
+        usage = self.book.venue_usage(self.market.mid)
+        balances = await self.venue.balances_by_venue()
+        out = []
+        for name, k in sorted(per_dollar.items()):
+            room = max(cap - usage.get(name, 0.0), 0.0)
+            free = balances.get(name.split(":", 1)[-1], {}).get("USDT", 0.0)
+            out.append(Cap(f"venue_share:{name}", min(room, free) / k,
+                           f"{name}: ≤ {share:g} of capital (${cap:,.2f}), ${usage.get(name, 0.0):,.2f} in use, "
+                           f"${free:,.2f} free USDT there"))
+        return out
+
     async def seconds_to_funding(self, symbol: str) -> SecondsToFundingOutput:
         sym = self.market.resolve(symbol)
         snap = self.market.snapshot(sym)
@@ -376,7 +485,26 @@ class Research:
             pos = await self.venue.fetch_perp_position(sym)
             if pos is not None:
                 expected = -pos.quantity * snap.mark * snap.funding_rate
+        others: list[VenueFunding] = []
+        if getattr(self.venue, "multi", False):
+            for v in self.venue.venue_names()[1:]:
+                inst = qualify(sym, v)
+                try:
+                    feed, bare = self.market.feed_of(inst)
+                    vs = feed.snapshot(bare)
+                except (MarketDataUnavailable, KeyError):
+                    continue
+                pay = None
+                if self.book.position_on("perp", inst) is not None:
+                    vp = await self.venue.fetch_perp_position(inst)
+                    pay = None if vp is None else _r(-vp.quantity * vs.mark * vs.funding_rate, 8)
+                others.append(VenueFunding(venue=v, seconds_to_funding=vs.seconds_to_funding,
+                                           next_funding_time=iso(vs.next_funding_time) or "",
+                                           funding_interval_hours=vs.funding_interval_hours,
+                                           funding_rate_pct=_r(vs.funding_rate * 100, 8) or 0.0,
+                                           funding_rate_source=vs.funding_rate_source, expected_payment_usd=pay))
         return SecondsToFundingOutput(
+            other_venues=others,
             symbol=sym,
             seconds_to_funding=snap.seconds_to_funding,
             next_funding_time=iso(snap.next_funding_time) or "",

@@ -32,7 +32,8 @@ from basis_mcp.signals import entry_expected_net_usd, settlements_in
 from basis_mcp.sizing import Cap, leg_capital_usd
 from basis_mcp.store import Store
 from basis_mcp.strategies.base import SPOT_LIKE, LegSpec, StrategySpec
-from basis_mcp.venue.base import VenueTimeout, VenueUnavailable
+from basis_mcp.venue.base import VenueError, VenueTimeout, VenueUnavailable
+from basis_mcp.venues import qualify, venue_of
 
 LIVE_CAPITAL_BUFFER = 1.002  # live fills can land a little off the modelled price: reserve 0.2 % more
 
@@ -118,7 +119,11 @@ class Risk:
 
     # ------------------------------------------------------------------ capital
 
-    async def free_cash(self) -> float:
+    async def free_cash(self, instrument: str | None = None) -> float:
+        """Free USDT: over every venue, or (``instrument``) on the venue that instrument trades on."""
+        if instrument is not None and getattr(self.venue, "multi", False):
+            venue = venue_of(instrument) or self.venue.primary_venue
+            return (await self.venue.exchange(venue).fetch_balances()).get("USDT", 0.0)
         return (await self.venue.fetch_balances()).get("USDT", 0.0)
 
     async def free_capital_usd(self) -> float:
@@ -207,16 +212,20 @@ class Risk:
 
     # ------------------------------------------------------------------ the entry's readings
 
-    def plan(self, strategy: StrategySpec, sym: str, notional_usd: float, contract: str | None = None) -> list[PlannedLeg]:
+    def plan(self, strategy: StrategySpec, sym: str, notional_usd: float, contract: str | None = None,
+             venues: dict[str, str | None] | None = None) -> list[PlannedLeg]:
         """The legs an entry of ``notional_usd`` on ``sym`` would send, at mid prices now (a dated leg
-        trades ``contract``, a code from `choose_contract`)."""
+        trades ``contract``, a code from `choose_contract`; a cross-exchange leg trades on the venue
+        ``venues`` gives its slot, from `choose_venues`)."""
         def price(spec: LegSpec, s: str) -> float:
             try:
                 return self.market.mid(spec.market, s)
-            except (MarketDataUnavailable, KeyError):
-                raise Rejected("symbol", s, f"no market data for the {spec.role} leg") from None
+            except (MarketDataUnavailable, KeyError) as e:
+                raise Rejected("symbol", s, f"no market data for the {spec.role} leg: {e}") from None
 
         def symbol_of(spec: LegSpec, s: str) -> str:
+            if spec.venue_slot is not None and venues:
+                return qualify(s, venues.get(spec.venue_slot))
             return contract if spec.market == "future" and contract is not None else s
 
         return plan_legs(strategy, sym, notional_usd, price, lambda s: self.settings.spec(s).qty_step, symbol_of)
@@ -261,6 +270,77 @@ class Risk:
                        f"a {hold_days:g}-day hold ends {iso(ends)}, past the last trading time of every listed contract "
                        f"({names}; each is closed expiry_exit_hours {self.settings.expiry_exit_hours:g} before expiry)")
 
+    def funding_per_hour(self, sym: str) -> dict[str, tuple[float | None, str]]:
+        """Per venue (short name): the funding rate a short perp on ``sym`` receives per hour, as a fraction
+        (the venue's shown rate over its own interval), or None and why there is none."""
+        out: dict[str, tuple[float | None, str]] = {}
+        primary = self.venue.primary_venue
+        for v in self.venue.venue_names():
+            try:
+                snap = self.market.feed_of(qualify(sym, None if v == primary else v))[0].snapshot(sym)
+            except (MarketDataUnavailable, KeyError) as e:
+                out[v] = (None, str(e))
+                continue
+            out[v] = (snap.funding_rate / snap.funding_interval_hours, snap.funding_rate_source)
+        return out
+
+    def choose_venues(self, strategy: StrategySpec, sym: str, short_venue: str | None, long_venue: str | None,
+                      ) -> dict[str, str | None]:
+        """The venue of each slot of a cross-exchange entry: ``rich`` (the short leg) pays the most funding per
+        hour, ``cheap`` (the long leg) the least, unless the agent named them. None in the map = the primary
+        venue. Refusals name the field, the venues and their rates."""
+        named = {"short_venue": short_venue, "long_venue": long_venue}
+        if not strategy.cross_venue:
+            for f, v in named.items():
+                if v is not None:
+                    raise Rejected(f, v, f"{strategy.name} trades on one venue; leave {f} out")
+            return {}
+        names = self.venue.venue_names()
+        if len(names) < 2:
+            raise Rejected("strategy", strategy.name, f"needs two venues and this desk has only {names[0]}: start the replay "
+                           "with --paper-venues bybit (shipped real funding 2020-2023; or BASIS_MCP_PAPER_VENUES), or a "
+                           "live desk with two --venue names; nothing was sent")
+        for f, v in named.items():
+            if v is not None and v not in names:
+                raise Rejected(f, v, f"not a venue of this desk ({', '.join(names)})")
+        if short_venue is not None and short_venue == long_venue:
+            raise Rejected("long_venue", long_venue, "must differ from short_venue: both legs on one venue are no position")
+        rates = self.funding_per_hour(sym)
+        have = {v: r for v, (r, _) in rates.items() if r is not None}
+        for f, v in named.items():
+            if v is not None and v not in have:
+                raise Rejected(f, v, f"no {sym} perp funding on {v} at {iso(self.market.now())}: {rates[v][1]}")
+        if len(have) < 2:
+            why = "; ".join(f"{v}: {msg}" for v, (r, msg) in rates.items() if r is None)
+            raise Rejected("symbol", sym, f"{sym} trades on fewer than two of this desk's venues now ({why})")
+        rich = short_venue or max((v for v in have if v != long_venue), key=lambda v: have[v])
+        cheap = long_venue or min((v for v in have if v != rich), key=lambda v: have[v])
+        primary = self.venue.primary_venue
+        return {"rich": None if rich == primary else rich, "cheap": None if cheap == primary else cheap}
+
+    def venue_problems(self, planned: list[PlannedLeg], lev: float, balances: dict[str, dict[str, float]]) -> list[str]:
+        """With more than one venue: no venue above ``max_venue_share`` of capital once this entry is on, and each
+        venue's new legs paid from that venue's own free USDT (collateral does not move between exchanges)."""
+        if not self.venue.multi:
+            return []
+        cap = self.book.capital_usd * self.settings.max_venue_share
+        usage = self.book.venue_usage(self.market.mid)
+        new: dict[str, float] = {}
+        for p in planned:
+            name = self.venue.leg_venue(p.symbol)
+            new[name] = new.get(name, 0.0) + leg_capital_usd(p.spec.market, p.spec.side, p.quantity, p.mid, lev,
+                                                             self.leg_costs(p.spec.market, p.symbol))
+        out = []
+        for name, usd in sorted(new.items()):
+            total = usage.get(name, 0.0) + usd
+            if total > cap + 1e-6:
+                out.append(f"{name} would hold ${total:,.2f} of positions (${usage.get(name, 0.0):,.2f} open + ${usd:,.2f} "
+                           f"new), above the per-venue cap of {self.settings.max_venue_share:g} of capital (${cap:,.2f})")
+            free = balances.get(name.removeprefix("paper:"), {}).get("USDT", 0.0)
+            if usd > free + 1e-6:
+                out.append(f"{name} has ${free:,.2f} free USDT, less than the ${usd:,.2f} this entry's legs there need")
+        return out
+
     def leg_costs(self, market: str, symbol: str) -> Any:
         costs = self.settings.spec(symbol).costs
         return costs.spot if market in SPOT_LIKE else costs.perp
@@ -272,12 +352,15 @@ class Risk:
         return total * (1.0 if self.market.clock.simulated else LIVE_CAPITAL_BUFFER)
 
     async def entry_readings(self, strategy: StrategySpec, sym: str, notional_usd: float, lev: float, expected_hold_days: float,
-                             playbook: str, contract: str | None = None) -> tuple[EntryReadings, Snapshot, list[PlannedLeg]]:
+                             playbook: str, contract: str | None = None, short_venue: str | None = None,
+                             long_venue: str | None = None) -> tuple[EntryReadings, Snapshot, list[PlannedLeg]]:
         """Everything the pre-trade rules look at, measured now: (readings, snapshot of ``sym``, the planned legs).
-        A strategy with a dated leg trades ``contract`` (chosen by `choose_contract` for the hold)."""
+        A strategy with a dated leg trades ``contract`` (chosen by `choose_contract` for the hold); a
+        cross-exchange one the venues `choose_venues` picks."""
         snap = self.market.snapshot(sym)
         contract = self.choose_contract(strategy, sym, expected_hold_days, contract)
-        planned = self.plan(strategy, sym, notional_usd, contract)
+        venues = self.choose_venues(strategy, sym, short_venue, long_venue)
+        planned = self.plan(strategy, sym, notional_usd, contract, venues)
         ref = planned[0]
         spec = self.settings.spec(ref.symbol)
         others = sorted({p.symbol for p in planned} - {sym})
@@ -331,6 +414,11 @@ class Risk:
             headroom = max(self.settings.tier_allocation[tier] * cap - usage.get(tier, 0.0), 0.0)
             if usd > headroom + 1e-9 and not (tier == self.settings.tier_of(sym) and usd == notional_usd):
                 problems.append(f"the legs put ${usd:,.2f} in the {tier} tier, above its headroom of ${headroom:,.2f}")
+        if self.venue.multi:
+            try:
+                problems += self.venue_problems(planned, lev, await self.venue.balances_by_venue())
+            except (VenueError, VenueTimeout) as e:
+                problems.append(f"could not read every venue's balance: {e}")
         below = tuple(problems)
         state, reason = self.trading_state()
         allow = self.allowlist()

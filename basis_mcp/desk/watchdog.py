@@ -30,6 +30,7 @@ from basis_mcp.guardrails import Action, PositionReadings, defer_planned_exit, d
 from basis_mcp.legs import imbalance_pct
 from basis_mcp.store import Store
 from basis_mcp.venue.base import VenueError, VenueTimeout, VenueUnavailable
+from basis_mcp.venues import venue_of
 
 VENUE_DOWN_LIMIT_S = 600.0
 CRITICAL_RULES = ("margin_ratio_below_130", "basis_blowout", "margin_ratio_below_150", "borrow_spike", "expiry_near")
@@ -54,8 +55,17 @@ class Watchdog:
     async def tick(self) -> list[dict[str, Any]]:
         """One pass over the book. The caller holds the desk lock. Returns the actions taken."""
         actions: list[dict[str, Any]] = []
+        down: dict[str, str] = {}
         try:
-            await self.venue.fetch_balances()
+            if getattr(self.venue, "multi", False):
+                reach = await self.venue.reachable()
+                primary = self.venue.primary_venue
+                if reach.get(primary):
+                    raise VenueUnavailable(str(reach[primary]))
+                down = {v: why for v, why in reach.items() if why}
+                self.other_venues_health(reach)
+            else:
+                await self.venue.fetch_balances()
             if not self.market.feed.healthy():
                 raise VenueUnavailable(f"{self.market.feed.venue} market data has not refreshed for over a minute")
             self.health.up()
@@ -67,7 +77,11 @@ class Watchdog:
                 self.events.alert("critical", "venue_unreachable", f"venue unreachable for {down / 60:.0f} min: no entries; "
                                   "every position will be closed when it is reachable", {"down_seconds": round(down, 1)})
             return actions
-        await self.recovery.recover_all()
+        try:
+            await self.recovery.recover_all()
+        except (VenueUnavailable, VenueTimeout):
+            if not down:
+                raise  # one venue of several down: what needs it waits; the rest is still watched
         close_all = self.store.get_meta("close_all_when_reachable") is not None
         equity = self.book.equity_usd()
         dd = drawdown(equity, self.book.capital_usd)
@@ -78,6 +92,13 @@ class Watchdog:
         now = self.events.now()
         for row in self.book.positions(("open", "closing")):
             try:
+                cut_off = self.legs_on(row["id"], down)
+                if cut_off:
+                    actions += await self.one_venue_down(row, lim, cut_off, down)
+                    continue
+                if self.store.get_meta(f"close_when_reachable:{row['id']}") is not None and row["status"] == "open":
+                    actions += await self.venue_back(row)
+                    continue
                 actions += await self.position(row, lim, close_all, now)
             except (VenueError, VenueTimeout):
                 raise
@@ -89,8 +110,93 @@ class Watchdog:
                                   "error", str(e)[:500])
         if close_all and not self.book.has_open():
             self.store.x("DELETE FROM meta WHERE key = 'close_all_when_reachable'")
-        await self.reconcile.check_ledger()
+        if not down:  # the books cannot be compared while a venue cannot be read
+            await self.reconcile.check_ledger()
         return actions
+
+    # ------------------------------------------------------------------ one venue of several down
+
+    def other_venues_health(self, reach: dict[str, str | None]) -> None:
+        """A venue other than the primary one not answering: an alert naming it (entries that need it are refused
+        by the per-venue checks), and after VENUE_DOWN_LIMIT_S every position with a leg there is marked to be
+        closed once it answers. Back: the alert clears."""
+        now = self.events.now()
+        for venue, why in reach.items():
+            key = f"venue_down_since:{venue}"
+            since = self.store.get_meta(key)
+            if why is None:
+                if since is not None:
+                    self.store.x("DELETE FROM meta WHERE key = ?", (key,))
+                    self.events.clear_note(f"venue_down:{venue}")
+                    self.events.alert("info", "venue_reachable", f"{venue} answers again", {"venue": venue})
+                continue
+            if since is None:
+                self.store.set_meta(key, repr(now))
+                since = repr(now)
+            down_s = now - float(since)
+            self.events.note_once(f"venue_down:{venue}", "critical", "venue_unreachable",
+                                  f"{venue} is unreachable ({why[:200]}): no entries on it; positions with a leg there keep the "
+                                  "other legs' margin safe and are closed once it has been back after "
+                                  f"{VENUE_DOWN_LIMIT_S / 60:.0f} min down", {"venue": venue, "since": iso(float(since))})
+            if down_s > VENUE_DOWN_LIMIT_S:
+                for row in self.book.positions(("open",)):
+                    if self.legs_on(row["id"], {venue: why}):
+                        mark = f"close_when_reachable:{row['id']}"
+                        if self.store.get_meta(mark) is None:
+                            self.store.set_meta(mark, venue)
+
+    def legs_on(self, pid: int, venues: dict[str, Any]) -> list[Any]:
+        """The position's legs on any of ``venues`` (short names)."""
+        if not venues:
+            return []
+        return [leg for leg in self.book.legs(pid) if (venue_of(leg.symbol) or self.venue.primary_venue) in venues]
+
+    async def one_venue_down(self, row: Any, lim: Any, cut_off: list[Any], down: dict[str, str]) -> list[dict[str, Any]]:
+        """A position with a leg on an unreachable venue: nothing can be closed as a whole, so the legs that can
+        still be reached are kept safe: margin is added to any of them whose margin ratio or liquidation distance
+        falls below the add threshold (on its own venue). A close the rules would want waits for the venue."""
+        pid = row["id"]
+        out: list[dict[str, Any]] = []
+        for leg in self.book.legs(pid):
+            if leg in cut_off or not leg.leveraged:
+                continue
+            risk = await self.risk.leg_risk(leg, lim)
+            if risk is None:
+                continue
+            low_ratio = risk.margin_ratio is not None and risk.margin_ratio < lim.margin_add_ratio
+            near = risk.liquidation_distance_pct is not None and risk.liquidation_distance_pct < lim.liquidation_distance_add_pct
+            if not (low_ratio or near):
+                continue
+            want = max(risk.margin_needed_usd, risk.margin_for_distance_usd)
+            free = await self.risk.free_cash(leg.symbol)
+            amount = min(want, max(free, 0.0))
+            data = {"position_id": pid, "symbol": row["symbol"], "leg": leg.role, "rule": "margin_while_venue_down",
+                    "venues_down": sorted(down), "margin_ratio": risk.margin_ratio,
+                    "liquidation_distance_pct": risk.liquidation_distance_pct, "wanted_usd": round(want, 2)}
+            self.events.audit("watchdog", "margin_while_venue_down", data, "triggered",
+                              f"{leg.role} margin falling while {', '.join(sorted(down))} is unreachable")
+            if amount >= 1.0:
+                try:
+                    await self.venue.add_margin(leg.symbol, amount, market=leg.market) if leg.market != "perp" else \
+                        await self.venue.add_margin(leg.symbol, amount)
+                except (VenueError, VenueTimeout) as e:
+                    amount = 0.0
+                    data["error"] = str(e)
+            self.events.alert("critical", "margin_while_venue_down",
+                              f"position {pid} {row['symbol']}: the {leg.role} leg's margin is falling while "
+                              f"{', '.join(sorted(down))} (the other leg's venue) is unreachable; added ${amount:,.2f} of the "
+                              f"${want:,.2f} wanted on its own venue", {**data, "added_usd": round(amount, 2)})
+            out.append({**data, "action": "add_margin", "added_usd": amount})
+        return out
+
+    async def venue_back(self, row: Any) -> list[dict[str, Any]]:
+        """The venue a leg of this position sat on was down past the limit and answers again: close it."""
+        venue = self.store.get_meta(f"close_when_reachable:{row['id']}")
+        self.store.x("DELETE FROM meta WHERE key = ?", (f"close_when_reachable:{row['id']}",))
+        msg = f"{venue} was unreachable > {VENUE_DOWN_LIMIT_S / 60:.0f} min: closing now that it answers"
+        data = {"position_id": row["id"], "symbol": row["symbol"], "rule": "venue_was_unreachable", "venue": venue}
+        self.events.audit("watchdog", "venue_was_unreachable", data, "triggered", msg)
+        return [await self.close(row, "venue_was_unreachable", msg, data)]
 
     async def position(self, row: Any, lim: Any, close_all: bool, now: float) -> list[dict[str, Any]]:
         """The rules for one position this tick; returns the actions taken."""
@@ -133,7 +239,8 @@ class Watchdog:
         snaps = {}
         for sym in dict.fromkeys([row["symbol"], *(leg.symbol for leg in legs)]):
             try:
-                snap = self.market.feed.snapshot(sym)
+                feed, bare = self.market.feed_of(sym)
+                snap = feed.snapshot(bare)
             except MarketDataUnavailable:
                 return None
             if snap.data_age_seconds > self.market.stale_limit():
@@ -187,7 +294,7 @@ class Watchdog:
             return await self.close(row, act.rule, act.message, data)
         if act.kind == "add_margin":
             leg = next(leg for leg in self.book.legs(pid) if leg.role == act.leg)
-            free = await self.risk.free_cash()
+            free = await self.risk.free_cash(leg.symbol)  # the leg's own venue: collateral does not move between exchanges
             amount = min(act.amount_usd, max(free, 0.0))
             if amount >= 1.0:
                 try:

@@ -35,7 +35,9 @@ quantity) earns a positive basis as it converges plus the funding paid to shorts
 reverse_cash_and_carry (short borrowed spot + long perpetual) earns a negative basis and the
 funding paid to longs, less hourly borrow interest; calendar_spread (long perpetual + short
 quarterly future) earns the quarterly's premium as it rolls down to expiry, less the funding the
-long perp pays, and is closed before expiry. scan_basis says which one each basis points to;
+long perp pays, and is closed before expiry; cross_exchange (short perp on the venue paying the
+most funding, long perp on the one paying the least; desks with two venues) earns the funding
+differential. scan_basis says which one each basis points to;
 pass `strategy` to estimate_net_apy and enter_trade. The server
 enforces risk limits you cannot change. Loop: scan_basis → compute_zscore → estimate_net_apy
 → size_position → enter_trade (with a fresh idempotency_key); then monitor with check_delta,
@@ -58,7 +60,7 @@ class ServeOptions:
     mode: str = "replay"
     venues: list[str] = field(default_factory=lambda: ["binance"])
     universe: list[str] | None = None
-    venue_url: str | None = None  # dev/test: point ccxt at a local simulator
+    venue_url: str | dict[str, str] | None = None  # dev/test: point ccxt at a local simulator (per venue: a map)
     credentials: Any = None  # live.exchanges.Credentials; never logged
     faults: FaultPlan | None = None  # tests: a fault plan they can flip while the server runs
     live_loop: bool = True  # live modes: the background market tick / watchdog

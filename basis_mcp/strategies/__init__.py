@@ -1,7 +1,7 @@
 """Trade shapes the desk can run. Add one by declaring its legs and rules in a module here
 (see `cash_and_carry`) and registering it; no engine needs to change."""
 
-from basis_mcp.strategies import calendar_spread, cash_and_carry, reverse_cash_and_carry  # noqa: F401 - registers them
+from basis_mcp.strategies import calendar_spread, cash_and_carry, cross_exchange, reverse_cash_and_carry  # noqa: F401 - registers them
 from basis_mcp.strategies.base import (
     LEVERAGED,
     MARKETS,

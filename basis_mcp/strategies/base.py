@@ -40,6 +40,8 @@ class LegSpec:
     symbol: str | None = None
     sizing: Literal["quantity", "notional"] = "quantity"
     ratio: float = 1.0
+    venue_slot: Literal["rich", "cheap"] | None = None  # cross-exchange: the venue paying the most / least funding,
+    # chosen at entry (or named by the agent); None: the desk's primary venue
 
     def __post_init__(self) -> None:
         if self.market not in MARKETS:
@@ -117,6 +119,11 @@ class StrategySpec:
             if leg.role == role:
                 return leg
         raise KeyError(role)
+
+    @property
+    def cross_venue(self) -> bool:
+        """Its legs sit on different venues, chosen at entry (see `LegSpec.venue_slot`)."""
+        return any(leg.venue_slot is not None for leg in self.legs)
 
     @property
     def dated(self) -> bool:

@@ -23,7 +23,7 @@ async def _zscore(desk, inp: m.ComputeZScoreInput, ctx: Context) -> m.ZScoreOutp
 async def _apy(desk, inp: m.EstimateNetApyInput, ctx: Context) -> m.NetApyEstimate:
     return await desk.estimate_net_apy(
         inp.symbol, inp.notional_usd, inp.hold_days, inp.leverage, inp.funding_rate_8h_pct, inp.exit_basis_pct, inp.basis_pct,
-        inp.playbook, inp.strategy, inp.contract,
+        inp.playbook, inp.strategy, inp.contract, inp.short_venue, inp.long_venue,
     )
 
 
@@ -33,7 +33,8 @@ async def _size(desk, inp: m.SizePositionInput, ctx: Context) -> m.SizePositionO
 
 async def _enter(desk, inp: m.EnterTradeInput, ctx: Context) -> m.EnterTradeOutput:
     return await desk.enter(inp.symbol, inp.notional_usd, inp.leverage, inp.idempotency_key, inp.strategy,
-                            inp.expected_hold_days, inp.confirmation_token, inp.playbook, inp.contract)
+                            inp.expected_hold_days, inp.confirmation_token, inp.playbook, inp.contract, inp.short_venue,
+                            inp.long_venue)
 
 
 async def _exit(desk, inp: m.ExitTradeInput, ctx: Context) -> m.ExitTradeOutput:
@@ -87,7 +88,9 @@ TOOLS: list[ToolSpec] = [
             "next settlement time; the basis z-score against the rolling history (null until 30 samples); "
             "and data_age_seconds; `strategy`, the trade the basis points to (cash_and_carry when positive, "
             "reverse_cash_and_carry when negative, with its MODELLED borrow rate; calendar_spread when the nearest "
-            "quarterly's premium over the perp less the funding to its expiry, calendar_edge_pct, is wider still), and "
+            "quarterly's premium over the perp less the funding to its expiry, calendar_edge_pct, is wider still; "
+            "cross_exchange on a desk with two venues when a week of the funding differential between the richest and "
+            "cheapest venue, cross_edge_pct, is wider still: cross_short_venue / cross_long_venue name them), and "
             "`edge_pct`, the edge of that trade in percent before costs. Results are ranked by edge_pct, widest first. Each call also records a basis "
             "sample (at most one per symbol per hour) for the z-score history. Read-only." + UNITS
         ),
@@ -172,7 +175,9 @@ TOOLS: list[ToolSpec] = [
             "basis, liquidation price and margin ratio. strategy names the trade shape: cash_and_carry (default; buy "
             "spot, short the perp), reverse_cash_and_carry (borrow and sell spot, buy the perp) or calendar_spread "
             "(buy the perp, sell the quarterly named by `contract` or the nearest listed one your expected_hold_days "
-            "ends expiry_exit_hours before its expiry; a hold across expiry is refused); the legs are sent in the "
+            "ends expiry_exit_hours before its expiry; a hold across expiry is refused) or cross_exchange (sell the perp on "
+            "short_venue, buy it on long_venue; default: the venues paying the most and least funding per hour now; each "
+            "leg margined on its own venue, no venue above max_venue_share, 40 %, of capital); the legs are sent in the "
             "strategy's order, each later leg sized to what the earlier ones filled. playbook (stated at entry, shown on the position) picks the "
             "server's exit rules: 'convergence' (the z-score trade, short holds; you exit on convergence; the server "
             "exits on a persistent sign flip, funding reversal, a smoothed-basis blow-out or after 30 days) or "
@@ -197,7 +202,7 @@ TOOLS: list[ToolSpec] = [
             "Closes every leg of an open position in its strategy's exit order (cash_and_carry: buys back the perp, "
             "reduce-only so it can never open a new position, then sells the spot; reverse_cash_and_carry: sells the "
             "perp, then buys back and repays the borrowed spot; calendar_spread: buys back the quarterly, then sells "
-            "the perp); a later leg is closed only down to what no longer "
+            "the perp; cross_exchange: buys back the short perp, then sells the long one); a later leg is closed only down to what no longer "
             "hedges an earlier one. Returns realised P&L itemised: basis_pnl_usd (price P&L at mids = "
             "quantity × (entry basis − exit basis) for cash_and_carry), funding_usd received, borrow_usd paid (≤ 0), "
             "fees_usd and slippage_usd paid, and total_usd = basis + funding + borrow − fees − slippage, which equals "

@@ -20,6 +20,7 @@ like it would against a real exchange: the venue has the order, the desk must as
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from basis_mcp import margin as mm
@@ -125,13 +126,61 @@ QTY_EPS = 1e-12
 TABLES = {"perp": "paper_perp", "margin_spot": "paper_margin", "future": "paper_future"}  # the isolated books, one per leveraged market
 
 
+class _Namespaced:
+    """Another paper venue's tables in the same file: every statement's ``paper_`` tables become
+    ``paper_<venue>_`` ones (``paper_bybit_perp``), so two venues' books never mix."""
+
+    def __init__(self, db: Database, prefix: str):
+        self.db = db
+        self.prefix = prefix
+        self._sql: dict[str, str] = {}
+
+    def _rewrite(self, sql: str) -> str:
+        out = self._sql.get(sql)
+        if out is None:
+            out = self._sql[sql] = _TABLE_NAME.sub(self.prefix, sql)
+        return out
+
+    def q(self, sql: str, params: tuple | dict = ()):
+        return self.db.q(self._rewrite(sql), params)
+
+    def one(self, sql: str, params: tuple | dict = ()):
+        return self.db.one(self._rewrite(sql), params)
+
+    def x(self, sql: str, params: tuple | dict = ()):
+        return self.db.x(self._rewrite(sql), params)
+
+    def tx(self):
+        return self.db.tx()
+
+    def close(self) -> None:
+        self.db.close()
+
+
+_TABLE_NAME = re.compile(r"\bpaper_(?=[a-z])")
+
+
 class PaperVenue:
+    """One paper exchange. ``venue`` None: the primary venue (every market, the feed's venue name,
+    ``paper_*`` tables); a name (``bybit``): a second exchange for cross-exchange trades, perps only,
+    its own collateral pool (``capital_usd``) and tables (``paper_bybit_*``), settling the funding
+    of its own feed (that venue's real history)."""
+
     remote = False
-    def __init__(self, path: Path | str, feed: MarketFeed, settings: Settings, clock: Clock, faults: FaultPlan | None = None):
-        self.name = f"paper:{feed.venue}"
-        self.markets = frozenset({"spot", "margin_spot", "perp", "future"})  # what this venue trades (anything else is refused)
+
+    def __init__(self, path: Path | str, feed: MarketFeed, settings: Settings, clock: Clock, faults: FaultPlan | None = None,
+                 *, venue: str | None = None, capital_usd: float | None = None):
+        self.name = f"paper:{venue or feed.venue}"
+        self.venue = venue
+        self.coid_tag = f"{venue}-" if venue else ""  # the venue's own order ids (liquidations, deliveries) stay distinct
+        # what this venue trades (anything else is refused)
+        self.markets = frozenset({"perp"}) if venue else frozenset({"spot", "margin_spot", "perp", "future"})
         self.borrow = BorrowModel(settings.borrow_scenario)
-        self.db = Database(path, PAPER_SCHEMA, busy_ms=BUSY_PATIENT_MS)  # the exchange never gives up on a lock
+        if venue:
+            prefix = f"paper_{venue}_"
+            self.db = _Namespaced(Database(path, PAPER_SCHEMA.replace("paper_", prefix), busy_ms=BUSY_PATIENT_MS), prefix)
+        else:
+            self.db = Database(path, PAPER_SCHEMA, busy_ms=BUSY_PATIENT_MS)  # the exchange never gives up on a lock
         self.faults = faults or FaultPlan()
         self.feed = feed
         self.settings = settings
@@ -143,7 +192,8 @@ class PaperVenue:
             if "kind" not in cols:  # a book from before dated futures: no deliveries
                 self.db.x("ALTER TABLE paper_liquidations ADD COLUMN kind TEXT NOT NULL DEFAULT 'liquidation'")
             if self.db.one("SELECT 1 FROM paper_balances LIMIT 1") is None:
-                self.db.x("INSERT INTO paper_balances(asset, free) VALUES (?, ?)", (QUOTE, settings.capital_usd))
+                self.db.x("INSERT INTO paper_balances(asset, free) VALUES (?, ?)",
+                          (QUOTE, settings.capital_usd if capital_usd is None else capital_usd))
             if self._state("last_tick") is None:
                 self._set_state("last_tick", repr(clock.now()))
         # Funding is settled for (last_tick, t]. The persisted value is only moved inside a
@@ -495,7 +545,7 @@ class PaperVenue:
                 price = leg.fill_price(spot, "buy", qty * spot)
                 fee = qty * price * leg.taker_fee
                 realised = pos.quantity * (price - pos.entry_price)  # a short: negative when bought back higher
-                coid = f"rcl-{pos.symbol}-{int(when)}"
+                coid = f"{self.coid_tag}rcl-{pos.symbol}-{int(when)}"
                 self.db.x("DELETE FROM paper_margin WHERE symbol = ?", (pos.symbol,))
                 self._credit(QUOTE, pos.isolated_wallet_usd + realised - fee)
                 self.db.x(
@@ -524,7 +574,7 @@ class PaperVenue:
             except MarketDataUnavailable:
                 continue  # no index price yet: settled on the first tick that has one
             realised = pos.quantity * (price - pos.entry_price)
-            coid = f"dlv-{r['symbol']}-{int(expiry)}"
+            coid = f"{self.coid_tag}dlv-{r['symbol']}-{int(expiry)}"
             side = "buy" if pos.quantity < 0 else "sell"
             self.db.x("DELETE FROM paper_future WHERE symbol = ?", (r["symbol"],))
             self._credit(QUOTE, pos.isolated_wallet_usd + realised)
@@ -555,7 +605,7 @@ class PaperVenue:
         if not breached and pos.isolated_wallet_usd > 0:
             return None
         price = mm.bankruptcy_price(pos.isolated_wallet_usd, pos.quantity, pos.entry_price)
-        coid = f"liq-{symbol}-{int(t)}" if market == "perp" else f"liq-{symbol}-{market[0]}-{int(t)}"
+        coid = self.coid_tag + (f"liq-{symbol}-{int(t)}" if market == "perp" else f"liq-{symbol}-{market[0]}-{int(t)}")
         side = "buy" if pos.quantity < 0 else "sell"
         self.db.x(f"DELETE FROM {TABLES[market]} WHERE symbol = ?", (symbol,))
         self.db.x(
