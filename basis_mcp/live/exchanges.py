@@ -3,6 +3,12 @@
 ``base_url`` (tests, benches, a local simulator) rewrites every entry of
 ``exchange.urls['api']`` to the same host, keeping each entry's path, so one local server can
 answer spot (/api, /sapi) and USD-M futures (/fapi) requests exactly as Binance would.
+
+Hyperliquid (perpetuals only, hourly funding, USDC-settled: ccxt names its perps ``BTC/USDC:USDC``)
+signs every action with a wallet key instead of an API key: ``Credentials(api_key=<wallet address>,
+secret=<private key of that wallet or of an API wallet approved for it>)`` become ccxt's
+``walletAddress`` and ``privateKey``. Its markets load from ``POST /info`` (``spotMeta`` for the
+currencies, ``metaAndAssetCtxs`` for the perps; no spot or HIP-3 markets).
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from urllib.parse import urlsplit
 
 import ccxt.async_support as ccxt_async
 
-SUPPORTED = ("binance", "bybit", "okx")
+SUPPORTED = ("binance", "bybit", "okx", "hyperliquid")
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,18 @@ def make_exchange(
     }
     if venue == "binance":
         config["options"].setdefault("fetchMarkets", {"types": ["spot", "linear"]})
+    if venue == "bybit":
+        # on a unified account ccxt's fetch_order refuses to run (ArgumentsRequired) unless told that
+        # /v5/order/realtime only reaches the last 500 orders
+        config["options"].setdefault("fetchOrder", {"acknowledged": True})
+    if venue == "hyperliquid":
+        config["options"].setdefault("fetchMarkets", {"types": ["swap"]})  # perps only: no spot, no HIP-3 dexes
+        config["options"].setdefault("builderFee", False)  # ccxt's own builder fee: 0 % on the desk's orders
+        config["options"].setdefault("refSet", True)  # and no setReferrer action sent from the desk's wallet
+        if credentials is not None:  # a wallet signs (EIP-712); there is no API key / secret pair
+            config["walletAddress"] = credentials.api_key
+            config["privateKey"] = credentials.secret
+            credentials = None
     if credentials is not None:
         config["apiKey"] = credentials.api_key
         config["secret"] = credentials.secret

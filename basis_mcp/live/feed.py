@@ -6,7 +6,12 @@ One refresh of a venue costs one or two requests, whatever the number of symbols
   funding intervals (``/fapi/v1/fundingInfo``) are cached and refreshed hourly;
 - Bybit: linear ``fetch_tickers`` (``/v5/market/tickers``: last, bid/ask, mark, rate, next
   settlement) + spot ``fetch_bids_asks``; the interval comes from the instrument info;
-- OKX: ``fetch_funding_rates`` (``instId=ANY``) + swap and spot ``fetch_tickers`` (three).
+- OKX: ``fetch_funding_rates`` (``instId=ANY``) + swap and spot ``fetch_tickers`` (three);
+- Hyperliquid (perps only, USDC-settled, hourly funding): ``fetch_time`` (``POST /info
+  exchangeStatus``: the venue time, which no market payload carries) + ``fetch_funding_rates``
+  (``metaAndAssetCtxs``: mark, oracle, mid, impact prices and the current ``funding`` of every perp).
+  With no spot market the desk uses there, a snapshot's ``spot`` is the venue's oracle price
+  (``oraclePx``, its index: see `LiveFeed.spot_source`) and carries no spot touch.
 
 The clock follows the venue: every payload timestamp re-syncs a `VenueClock`, so the desk's
 "now", data ages and settlement times are in the venue's time (a local simulator can move it).
@@ -30,6 +35,10 @@ from basis_mcp.venue.base import VenueError
 
 HOUR = 3600.0
 INTERVALS_TTL_S = 3600.0
+# venues whose perps the desk trades with no spot market beside them -> the perps' settlement currency.
+# The desk names coins (``BTC``); its USDT-quoted symbols map by base to ``BTC/USDC:USDC`` there.
+PERPS_ONLY = {"hyperliquid": "USDC"}
+HL_FUNDING_PAGE = 500  # Hyperliquid's fundingHistory answers at most this many rows a call
 
 
 class VenueClock:
@@ -67,11 +76,12 @@ class _Quote:
 class LiveFeed:
     """Snapshots for one venue from its bulk endpoints. `refresh()` is the only I/O."""
 
-    def __init__(self, venue: str, exchange: Any, clock: VenueClock, universe: list[str], quote: str = "USDT"):
+    def __init__(self, venue: str, exchange: Any, clock: VenueClock, universe: list[str], quote: str | None = None):
         self.venue = venue
         self.ex = exchange
         self.clock = clock
-        self.quote = quote
+        self.perps_only = venue in PERPS_ONLY
+        self.quote = quote or PERPS_ONLY.get(venue, "USDT")  # USDT, or a perps-only venue's settlement currency
         self.universe = [s.upper() for s in universe]
         self.listed: list[str] = []
         self.q: dict[str, _Quote] = {}
@@ -97,6 +107,12 @@ class LiveFeed:
     def symbols(self) -> list[str]:
         return [s for s in self.universe if s in self.q]
 
+    @property
+    def spot_source(self) -> str:
+        """What a snapshot's ``spot`` is: the spot book's mid, or on a perps-only venue (Hyperliquid)
+        the venue's oracle / index price (no book: the snapshot's spot bid / ask are None)."""
+        return "oracle" if self.perps_only else "spot_book"
+
     async def start(self) -> None:
         try:
             await self.ex.load_markets()
@@ -109,7 +125,7 @@ class LiveFeed:
                     bases.add((m["base"], "spot" if m.get("spot") else "perp"))
         spot = {b for b, k in bases if k == "spot"}
         perp = {b for b, k in bases if k == "perp"}
-        self.listed = sorted(spot & perp)
+        self.listed = sorted(perp if self.perps_only else spot & perp)
         await self.refresh()
 
     # ------------------------------------------------------------------ refresh (the only I/O)
@@ -191,6 +207,11 @@ class LiveFeed:
             spot = await self._call("spot tickers", self.ex.fetch_tickers(params={"type": "spot"}))
             self._take_rates(rates)
             self._take_perp_tickers(perps)
+        elif self.venue == "hyperliquid":
+            await self._call("venue time", self.ex.fetch_time())
+            rates = await self._call("funding rates", self.ex.fetch_funding_rates())
+            self._take_hyperliquid(rates)
+            spot = {}
         else:
             raise VenueError(f"unsupported venue {self.venue}")
         self._take_spot(spot)
@@ -291,6 +312,33 @@ class LiveFeed:
         if latest:
             self._payload_ms = max(self._payload_ms, int(latest))
 
+    def _take_hyperliquid(self, rates: dict[str, Any]) -> None:
+        """Hyperliquid's asset contexts: ``funding`` accrues over the current hour and settles at its end
+        (the predicted rate), ``markPx`` the mark, ``midPx`` the perp, ``impactPxs`` the perp bid / ask
+        (the prices an impact-sized order fills at: at or outside the touch), ``oraclePx`` the spot
+        stand-in. ccxt stamps the next settlement from the local clock: the venue time is used here."""
+        now_ms = self._payload_ms or self.clock.now() * 1000.0
+        nxt = (math.floor(now_ms / 3_600_000) + 1) * 3_600_000
+        for unified, r in rates.items():
+            base = self._perp_base(unified)
+            if base is None or base not in self.listed:
+                continue
+            info = r.get("info") or {}
+            q = self._quote(base)
+            mark = float(r["markPrice"]) if r.get("markPrice") else None
+            rate = float(r["fundingRate"]) if r.get("fundingRate") is not None else None
+            self._observe_funding(base, q, rate, nxt, mark)
+            q.interval_h = 1.0
+            q.mark = mark or q.mark
+            q.perp = float(info["midPx"]) if info.get("midPx") else q.mark
+            impact = info.get("impactPxs") or [None, None]
+            q.perp_bid, q.perp_ask = (float(impact[0]), float(impact[1])) if all(impact[:2]) else (None, None)
+            q.perp_time = q.spot_time = now_ms / 1000.0
+            if r.get("indexPrice"):
+                q.spot_bid = q.spot_ask = float(r["indexPrice"])
+            if q.mark:
+                q.marks.append((q.perp_time, q.mark))
+
     def _take_perp_tickers(self, tickers: dict[str, Any]) -> None:
         """OKX swap tickers: the perp quote, and (no mark in these payloads) the mark too."""
         for unified, t in tickers.items():
@@ -348,8 +396,8 @@ class LiveFeed:
             funding_interval_hours=q.interval_h,
             next_funding_time=next_t,
             prev_perp=prev[-1] if prev else None,
-            spot_bid=q.spot_bid,
-            spot_ask=q.spot_ask,
+            spot_bid=None if self.perps_only else q.spot_bid,  # an oracle price is not a touch
+            spot_ask=None if self.perps_only else q.spot_ask,
             perp_bid=q.perp_bid,
             perp_ask=q.perp_ask,
         )
@@ -378,7 +426,7 @@ class LiveFeed:
         since = int((self.clock.now() - days * 86400) * 1000)
         for sym in symbols:
             try:
-                rows = await self._call("funding history", self.ex.fetch_funding_rate_history(self.perp_symbol(sym), since))
+                rows = await self._funding_rows(sym, since)
             except VenueError:
                 continue
             hist = self.settled.setdefault(sym, [])
@@ -386,13 +434,33 @@ class LiveFeed:
             now_mark = self.q[sym].mark if sym in self.q else None
             for r in rows:
                 t = r["timestamp"] / 1000.0
+                if self.perps_only:  # Hyperliquid stamps hourly settlements a few ms past the hour
+                    t = round(t / HOUR) * HOUR
                 if t not in known:  # venues without a mark in the history: today's mark stands in
                     mark = float((r.get("info") or {}).get("markPrice") or 0.0) or float(now_mark or 0.0)
                     hist.append((t, float(r["fundingRate"]), mark))
             hist.sort()
 
+    async def _funding_rows(self, sym: str, since: int) -> list[dict[str, Any]]:
+        """Settled rates since ``since`` (ms): one request, or on Hyperliquid (500 rows a call, 24 a
+        day) pages from ``since`` on, each starting 1 ms after the last row seen."""
+        fetch = self.ex.fetch_funding_rate_history
+        if not self.perps_only:
+            return await self._call("funding history", fetch(self.perp_symbol(sym), since))
+        rows: list[dict[str, Any]] = []
+        for _ in range(100):
+            page = await self._call("funding history", fetch(self.perp_symbol(sym), since))
+            rows += page
+            if len(page) < HL_FUNDING_PAGE:
+                break
+            since = int(page[-1]["timestamp"]) + 1
+        return rows
+
     async def basis_history(self, symbol: str, hours: int) -> list[tuple[int, float, float]]:
         """Hourly (time, spot close, perp close) for z-score warm-up: two kline requests."""
+        if self.perps_only:
+            raise VenueError(f"{self.venue} has no spot market (its oracle price has no candles): no basis history",
+                             "no_spot_market")
         since = int((self.clock.now() - hours * HOUR) * 1000)
         limit = min(hours, 1000)
         spot = await self._call("spot klines", self.ex.fetch_ohlcv(self.spot_symbol(symbol), "1h", since, limit))
@@ -407,6 +475,8 @@ class LiveFeed:
 
     async def book_slippage(self, symbol: str, market: str, notional_usd: float) -> tuple[float, float] | None:
         """(buy, sell) fractions paid versus mid to take ``notional_usd`` from the live book (one request)."""
+        if market == "spot" and self.perps_only:
+            raise VenueError(f"{self.venue} has no spot market: no spot book", "no_spot_market")
         sym = self.spot_symbol(symbol) if market == "spot" else self.perp_symbol(symbol)
         book = await self._call("order book", self.ex.fetch_order_book(sym, 100))
         if not book["bids"] or not book["asks"]:
