@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     bt.add_argument("--start", default="2020-01-01")
     bt.add_argument("--end", default="2026-05-16")
     bt.add_argument("--data", type=Path, default=None, help="an .npz extract, a freqtrade data dir or a CSV dir (default: shipped)")
+    bt.add_argument("--timeframe", default=None, metavar="TF", help="candle timeframe to read from a data directory "
+                    "holding several (1m, 5m, 15m, 1h, 4h, 8h, 1d); default: the only one there")
     bt.add_argument("--engine", choices=["vectorized", "reference"], default="vectorized")
     bt.add_argument("--out", type=Path, default=Path("backtest-results"))
     bt.add_argument("--no-chart", action="store_true")
@@ -160,7 +162,8 @@ def _backtest(args: argparse.Namespace) -> int:
     from basis_mcp.backtest.report import write_outputs
     from basis_mcp.backtest.runner import load_markets, run, sweep
     from basis_mcp.config import ConfigError, load_settings
-    from basis_mcp.history import DataError, load_any
+    from basis_mcp.history import DataError
+    from basis_mcp.loaders import load_any
 
     overrides = {k[2:]: v for k, v in vars(args).items() if k.startswith("p_") and v is not None}
     try:
@@ -173,7 +176,7 @@ def _backtest(args: argparse.Namespace) -> int:
                 raise DataError(f"--sweep {spec!r}: expected NAME=V1,V2 with NAME one of the parameters")
             grid[name] = [_sweep_value(name, v) for v in values.split(",")]
         symbols = [s for s in args.symbols.split(",") if s.strip()]
-        histories = load_any(args.data)
+        histories = load_any(args.data, symbols, args.timeframe)  # only the symbols asked for are read
         markets = load_markets(histories, symbols, args.start, args.end, params, settings)
     except ValidationError as e:
         print("basis-mcp backtest: " + "; ".join(f"{_flag(er['loc'])}: {er['msg']}" for er in e.errors()), file=sys.stderr)

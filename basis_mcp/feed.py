@@ -20,7 +20,7 @@ from basis_mcp.dated import (
     simulated_price,
     underlying,
 )
-from basis_mcp.history import HOUR, SymbolHistory, funding_schedule, mean_rate
+from basis_mcp.history import HOUR, DataError, SymbolHistory, funding_schedule, mean_rate
 from basis_mcp.signals import basis_pct
 
 
@@ -122,6 +122,9 @@ class ReplayFeed:
     def __init__(self, histories: dict[str, SymbolHistory], clock: Clock):
         if not histories:
             raise ValueError("no market data")
+        coarse = [f"{s} ({h.bar_s} s bars)" for s, h in histories.items() if h.bar_s != HOUR]
+        if coarse:
+            raise DataError(f"the paper desk replays hourly bars; {', '.join(coarse)} are not hourly: load the 1h files")
         self.h = histories
         self.clock = clock
         self.frozen_at: float | None = None  # fault injection: prices stop updating at this time

@@ -1,10 +1,10 @@
-"""Historical market data: the shipped extract and freqtrade data directories.
+"""Historical market data: `SymbolHistory`, the shipped extract, the funding schedule.
 
-Everything here is loading and alignment; no trading logic. A `SymbolHistory` holds one
-symbol on an hourly grid of *observation times*: index ``i`` is the instant
-``t0 + i * 3600`` (UTC epoch seconds), and the prices at that instant are the closes of
-the 1 h candles that opened one hour earlier (freqtrade's ``date`` is the candle's open
-time). Funding settlements are kept as their own (time, rate) series.
+No trading logic. A `SymbolHistory` holds one symbol on a grid of *observation times*: index
+``i`` is the instant ``t0 + i * bar_s`` (UTC epoch seconds; hourly unless loaded from finer or
+coarser candles, see `basis_mcp.loaders`), and the prices at that instant are the closes of the
+candles that opened one bar earlier (freqtrade's ``date`` is the candle's open time). Funding
+settlements are kept as their own (time, rate) series.
 
 Gaps are data, not errors: a missing spot hour is NaN on the grid and the feed reports
 how old the last good price is. Missing mark prices (Binance mark candles start
@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from basis_mcp.clock import parse_time
 
 HOUR = 3600
 EXTRACT_NAME = "binance_1h.npz"
@@ -51,6 +49,8 @@ class SymbolHistory:
     funding_rate: np.ndarray
     mark_is_proxy: np.ndarray = field(repr=False)
     stale: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]  # bars removed as stale (see `stale_candles`)
+    bar_s: int = HOUR  # the bar size: index i is the instant t0 + i * bar_s
+    notes: tuple[str, ...] = ()  # how the loader aligned what it read (a coarser mark, say), for the result to report
 
     def __post_init__(self) -> None:
         if self.stale is None:
@@ -63,29 +63,29 @@ class SymbolHistory:
     @property
     def t_end(self) -> int:
         """Last observation time on the grid (inclusive)."""
-        return self.t0 + (self.n - 1) * HOUR
+        return self.t0 + (self.n - 1) * self.bar_s
 
     @property
     def times(self) -> np.ndarray:
-        return self.t0 + HOUR * np.arange(self.n, dtype=np.int64)
+        return self.t0 + self.bar_s * np.arange(self.n, dtype=np.int64)
 
     def index_at(self, t: float) -> int:
         """Index of the last observation at or before ``t`` (-1 if before the data)."""
-        return int(min((t - self.t0) // HOUR, self.n - 1)) if t >= self.t0 else -1
+        return int(min((t - self.t0) // self.bar_s, self.n - 1)) if t >= self.t0 else -1
 
     def stale_times(self) -> list[int]:
         """Observation times of the candles removed as stale (zero volume, flat)."""
-        return [self.t0 + int(i) * HOUR for i in np.flatnonzero(self.stale)] if self.stale is not None else []
+        return [self.t0 + int(i) * self.bar_s for i in np.flatnonzero(self.stale)] if self.stale is not None else []
 
     def spot_gaps(self) -> list[tuple[int, int]]:
-        """(first_missing_time, hours_missing) for every run of missing spot hours."""
+        """(first_missing_time, bars_missing) for every run of missing spot bars."""
         missing = np.isnan(self.spot)
         if not missing.any():
             return []
         edges = np.diff(np.concatenate(([0], missing.view(np.int8), [0])))
         starts = np.flatnonzero(edges == 1)
         ends = np.flatnonzero(edges == -1)
-        return [(self.t0 + int(s) * HOUR, int(e - s)) for s, e in zip(starts, ends, strict=True)]
+        return [(self.t0 + int(s) * self.bar_s, int(e - s)) for s, e in zip(starts, ends, strict=True)]
 
 
 def stale_candles(o: np.ndarray, h: np.ndarray, lo: np.ndarray, c: np.ndarray, volume: np.ndarray) -> np.ndarray:
@@ -101,7 +101,8 @@ def _ffill(a: np.ndarray) -> np.ndarray:
     return a[idx]
 
 
-def _finish(symbol: str, t0: int, spot, perp, mark, mark_high, mark_low, f_time, f_rate, stale=None) -> SymbolHistory:
+def _finish(symbol: str, t0: int, spot, perp, mark, mark_high, mark_low, f_time, f_rate, stale=None, bar_s: int = HOUR,
+            ) -> SymbolHistory:
     perp = np.asarray(perp, dtype=np.float64)
     if perp.size == 0 or np.isnan(perp).all():
         raise DataError(f"{symbol}: no perpetual prices")
@@ -129,6 +130,7 @@ def _finish(symbol: str, t0: int, spot, perp, mark, mark_high, mark_low, f_time,
         funding_rate=f_rate,
         mark_is_proxy=proxy,
         stale=np.zeros(perp.size, dtype=bool) if stale is None else np.asarray(stale, dtype=bool),
+        bar_s=int(bar_s),
     )
 
 
@@ -233,6 +235,7 @@ def load_extract(path: Path | str | None = None, symbols: list[str] | None = Non
                 z[p + "funding_time"],
                 z[p + "funding_rate_e8"].astype(np.float64) / 1e8,
                 _mask(int(series["perp"].size), z[p + "stale"]) if p + "stale" in z.files else None,
+                int(z[p + "bar_s"]) if p + "bar_s" in z.files else HOUR,
             )
     return out
 
@@ -278,6 +281,8 @@ def save_extract(histories: dict[str, SymbolHistory], path: Path | str) -> None:
         arrays[p + "stale"] = np.flatnonzero(h.stale).astype(np.int32)
         arrays[p + "funding_time"] = h.funding_time.astype(np.int64)
         arrays[p + "funding_rate_e8"] = np.rint(h.funding_rate * 1e8).astype(np.int32)
+        if h.bar_s != HOUR:
+            arrays[p + "bar_s"] = np.array(h.bar_s, dtype=np.int64)
     np.savez_compressed(path, **arrays)
 
 
@@ -288,179 +293,11 @@ def fingerprint(histories: dict[str, SymbolHistory]) -> str:
         s = histories[sym]
         h.update(sym.encode())
         h.update(np.int64(s.t0).tobytes())
+        if s.bar_s != HOUR:  # (hourly books keep the fingerprint they always had)
+            h.update(np.int64(s.bar_s).tobytes())
         for arr in (s.spot, s.perp, s.mark, s.funding_time, s.funding_rate):
             h.update(np.ascontiguousarray(arr).tobytes())
     return h.hexdigest()[:16]
-
-
-# --------------------------------------------------------------------------- freqtrade
-
-
-def _read_feather(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    import pyarrow as pa
-    import pyarrow.feather as feather
-
-    table = feather.read_table(path)
-    if "date" not in table.column_names:
-        raise DataError(f"{path.name}: no 'date' column")
-    unit = table.schema.field("date").type
-    raw = table.column("date").cast(pa.int64()).to_numpy()
-    per_s = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[getattr(unit, "unit", "ms")]
-    # settlement stamps can carry a few ms of jitter: round to the nearest second
-    t = (raw + per_s // 2) // per_s
-    cols = {c: table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in table.column_names if c != "date"}
-    return t.astype(np.int64), cols
-
-
-def _on_grid(t0: int, n: int, times: np.ndarray, values: np.ndarray) -> np.ndarray:
-    out = np.full(n, np.nan)
-    idx = (times - t0) // HOUR
-    ok = (idx >= 0) & (idx < n) & ((times - t0) % HOUR == 0)
-    out[idx[ok]] = values[ok]
-    return out
-
-
-def load_freqtrade_dir(path: Path | str, symbols: list[str] | None = None, quote: str = "USDT") -> dict[str, SymbolHistory]:
-    """Load a freqtrade ``user_data/data/<exchange>`` directory (feather files).
-
-    Needs, per symbol: ``{SYM}_{Q}-1h`` (spot), ``{SYM}_{Q}_{Q}-1h-futures`` (perp) and a
-    funding series (``-1h-funding_rate`` and/or ``-8h-funding_rate``, merged). The mark
-    series (``-1h-mark``) is optional; where it is missing the perp close stands in.
-    """
-    path = Path(path)
-    if not path.is_dir():
-        raise DataError(f"data directory not found: {path}")
-    if symbols is None:
-        symbols = sorted(p.name.split("_")[0] for p in path.glob(f"*_{quote}_{quote}-1h-futures.feather"))
-        if not symbols:
-            raise DataError(f"{path}: no '*_{quote}_{quote}-1h-futures.feather' files")
-    out: dict[str, SymbolHistory] = {}
-    for sym in symbols:
-        perp_file = path / f"{sym}_{quote}_{quote}-1h-futures.feather"
-        spot_file = path / f"{sym}_{quote}-1h.feather"
-        for f in (perp_file, spot_file):
-            if not f.is_file():
-                raise DataError(f"{sym}: missing {f.name} in {path}")
-        pt, pc = _read_feather(perp_file)
-        st, sc = _read_feather(spot_file)
-        obs_p = pt + HOUR  # close of candle opened at t is observed at t + 1h
-        t0, t1 = int(obs_p.min()), int(obs_p.max())
-        if (t0 % HOUR) or (t1 % HOUR):
-            raise DataError(f"{sym}: perp candles are not on hour boundaries")
-        n = (t1 - t0) // HOUR + 1
-        stale = np.zeros(n, dtype=bool)
-        legs = []
-        for times_, c_ in ((obs_p, pc), (st + HOUR, sc)):
-            close = c_["close"]
-            if "volume" in c_:  # outage candles are gaps, not prices
-                dead = stale_candles(c_["open"], c_["high"], c_["low"], close, c_["volume"])
-                close = np.where(dead, np.nan, close)
-                stale |= _on_grid(t0, n, times_, dead.astype(np.float64)) == 1.0
-            legs.append(_on_grid(t0, n, times_, close))
-        perp, spot = legs
-        mark = mark_high = mark_low = np.full(n, np.nan)
-        mark_file = path / f"{sym}_{quote}_{quote}-1h-mark.feather"
-        if mark_file.is_file():
-            mt, mc = _read_feather(mark_file)
-            mark = _on_grid(t0, n, mt + HOUR, mc["close"])
-            mark_high = _on_grid(t0, n, mt + HOUR, mc["high"])
-            mark_low = _on_grid(t0, n, mt + HOUR, mc["low"])
-        f_times: dict[int, float] = {}
-        for suffix in ("8h", "1h"):  # 1 h file wins where both have a settlement
-            ff = path / f"{sym}_{quote}_{quote}-{suffix}-funding_rate.feather"
-            if ff.is_file():
-                ft, fc = _read_feather(ff)
-                for tt, rr in zip(ft.tolist(), fc["open"].tolist(), strict=True):
-                    f_times[int(round(tt / 60) * 60)] = rr
-        if not f_times:
-            raise DataError(f"{sym}: no funding-rate file in {path}")
-        ft_arr = np.array(sorted(f_times), dtype=np.int64)
-        fr_arr = np.array([f_times[k] for k in ft_arr.tolist()], dtype=np.float64)
-        # keep settlements inside the tradable span
-        keep = (ft_arr >= t0) & (ft_arr <= t1)
-        out[sym] = _finish(sym, t0, spot, perp, mark, mark_high, mark_low, ft_arr[keep], fr_arr[keep], stale)
-    return out
-
-
-# --------------------------------------------------------------------------- plain CSV
-
-
-def _csv_columns(path: Path, required: tuple[str, ...]) -> dict[str, np.ndarray]:
-    import csv
-
-    with path.open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows:
-        raise DataError(f"{path.name}: empty")
-    missing = [c for c in required if c not in rows[0]]
-    if missing:
-        raise DataError(f"{path.name}: missing column(s) {', '.join(missing)} (has {', '.join(rows[0])})")
-    out: dict[str, np.ndarray] = {}
-    for col in rows[0]:
-        vals = []
-        for n, r in enumerate(rows, 2):
-            v = (r.get(col) or "").strip()
-            if col == "time":
-                try:
-                    vals.append(float(v) if v.replace(".", "", 1).isdigit() else parse_time(v))
-                except ValueError:
-                    raise DataError(f"{path.name} line {n}: bad time {v!r}") from None
-            else:
-                try:
-                    vals.append(float(v) if v else np.nan)
-                except ValueError:
-                    raise DataError(f"{path.name} line {n}: {col} is not a number: {v!r}") from None
-        out[col] = np.array(vals)
-    t = out["time"]
-    if np.any(np.diff(t) <= 0):
-        raise DataError(f"{path.name}: times are not strictly increasing")
-    return out
-
-
-def load_csv_dir(path: Path | str, symbols: list[str] | None = None) -> dict[str, SymbolHistory]:
-    """A plain CSV layout: ``{SYM}.csv`` with hourly rows ``time,spot,perp[,mark,mark_high,mark_low]``
-    (``time`` = observation time on the hour, ISO or epoch seconds; an empty spot is a gap) and
-    ``{SYM}_funding.csv`` with ``time,rate`` (rate per settlement as a fraction)."""
-    path = Path(path)
-    if symbols is None:
-        symbols = sorted(p.stem for p in path.glob("*.csv") if not p.stem.endswith("_funding"))
-        if not symbols:
-            raise DataError(f"{path}: no '<SYM>.csv' files")
-    out: dict[str, SymbolHistory] = {}
-    for sym in symbols:
-        prices, funding = path / f"{sym}.csv", path / f"{sym}_funding.csv"
-        for f in (prices, funding):
-            if not f.is_file():
-                raise DataError(f"{sym}: missing {f.name} in {path}")
-        c = _csv_columns(prices, ("time", "spot", "perp"))
-        t = c["time"].astype(np.int64)
-        if np.any(t % HOUR):
-            bad = int(t[np.flatnonzero(t % HOUR)[0]])
-            raise DataError(f"{prices.name}: time {bad} is not on an hour boundary (rows must be hourly observations)")
-        t0, n = int(t[0]), int((t[-1] - t[0]) // HOUR) + 1
-        cols = {k: _on_grid(t0, n, t, c[k]) if k in c else np.full(n, np.nan) for k in ("spot", "perp", "mark", "mark_high", "mark_low")}
-        if np.isnan(cols["perp"]).any():
-            raise DataError(f"{prices.name}: perp prices are missing for {int(np.isnan(cols['perp']).sum())} hours")
-        fc = _csv_columns(funding, ("time", "rate"))
-        out[sym] = _finish(sym, t0, cols["spot"], cols["perp"], cols["mark"], cols["mark_high"], cols["mark_low"],
-                           fc["time"].astype(np.int64), fc["rate"])
-    return out
-
-
-def load_any(path: Path | str | None, symbols: list[str] | None = None) -> dict[str, SymbolHistory]:
-    """The shipped extract (``None``), an ``.npz`` extract, a freqtrade directory or a CSV directory."""
-    if path is None:
-        return load_extract(None, symbols)
-    p = Path(path)
-    if p.is_dir():
-        if any(p.glob("*.feather")):
-            return load_freqtrade_dir(p, symbols)
-        if any(p.glob("*.csv")):
-            return load_csv_dir(p, symbols)
-        raise DataError(f"{p}: neither freqtrade .feather files nor .csv files")
-    if not p.exists():
-        raise DataError(f"data path not found: {p}")
-    return load_extract(p, symbols)
 
 
 # --------------------------------------------------------------------------- funding on several venues

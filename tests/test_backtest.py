@@ -17,7 +17,8 @@ from basis_mcp.clock import parse_time
 from basis_mcp.config import Settings
 from basis_mcp.desk import Desk
 from basis_mcp.errors import Rejected
-from basis_mcp.history import DataError, load_extract, load_freqtrade_dir
+from basis_mcp.history import DataError, load_extract
+from basis_mcp.loaders import load_freqtrade_dir
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.anyio
@@ -325,17 +326,19 @@ def test_freqtrade_and_csv_layouts_load_and_bad_directories_are_named(tmp_path: 
     keep = (h.funding_time >= h.times[sl][0]) & (h.funding_time <= h.times[sl][-1])
     (tmp_path / "ETH_funding.csv").write_text(
         "time,rate\n" + "\n".join(f"{int(t)},{r}" for t, r in zip(h.funding_time[keep], h.funding_rate[keep], strict=True)) + "\n")
-    from basis_mcp.history import load_any
+    from basis_mcp.loaders import load_any
 
     csv = load_any(tmp_path)["ETH"]
     assert np.array_equal(np.isnan(csv.spot), np.isnan(h.spot[sl]))
     assert np.allclose(csv.perp, h.perp[sl]) and np.allclose(csv.funding_rate, h.funding_rate[keep])
     (tmp_path / "ETH_funding.csv").unlink()
     with pytest.raises(DataError, match="missing ETH_funding.csv"):
+        load_any(tmp_path, ["ETH"])
+    with pytest.raises(DataError, match="with a '<SYM>_funding.csv' beside it"):
         load_any(tmp_path)
     (tmp_path / "ETH_funding.csv").write_text("time,rate\n0,0.0001\n")
     (tmp_path / "ETH.csv").write_text("time,spot,perp\n1700000001,1,1\n")
-    with pytest.raises(DataError, match="not on an hour boundary"):
+    with pytest.raises(DataError, match="not on the 1h grid"):
         load_any(tmp_path)
     (tmp_path / "ETH.csv").write_text("time,spot\n1700000000,1\n")
     with pytest.raises(DataError, match="missing column"):

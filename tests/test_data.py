@@ -9,7 +9,8 @@ import pytest
 
 from basis_mcp.clock import SimClock, parse_time
 from basis_mcp.feed import MarketDataUnavailable, ReplayFeed
-from basis_mcp.history import ATTRIBUTION, load_extract, load_freqtrade_dir, shipped_extract_path
+from basis_mcp.history import ATTRIBUTION, load_extract, shipped_extract_path
+from basis_mcp.loaders import load_freqtrade_dir
 
 SOURCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "binance-1h"
 

@@ -17,7 +17,8 @@ from basis_mcp.backtest import BacktestParams
 from basis_mcp.backtest.runner import load_markets, run
 from basis_mcp.clock import parse_time
 from basis_mcp.config import DEFAULT_SPECS, Settings, lot_step_for_price
-from basis_mcp.history import DataError, load_extract, load_freqtrade_dir
+from basis_mcp.history import DataError, load_extract
+from basis_mcp.loaders import load_freqtrade_dir
 from tests import scripted
 from tests.conftest import REPO, call, call_error
 

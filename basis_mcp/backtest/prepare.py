@@ -11,6 +11,7 @@ from basis_mcp.clock import iso
 from basis_mcp.config import Settings
 from basis_mcp.costs import LegCosts, PairCosts
 from basis_mcp.history import HOUR, DataError, SymbolHistory
+from basis_mcp.loaders import timeframe_name
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,9 @@ def prepare(h: SymbolHistory, start: float, end: float, params: BacktestParams, 
         raise DataError("start and end must be finite times")  # names both arguments
     if end <= start:
         raise DataError(f"empty or inverted date range: start {iso(start)} is not before end {iso(end)}")
+    if h.bar_s != HOUR:
+        raise DataError(f"{h.symbol}: {timeframe_name(h.bar_s)} bars; the backtest's rules run on hourly bars in this "
+                        "release (rules defined in time, for any bar size, are the next step): load the 1h files")
     if end < h.t0 or start > h.t_end:
         raise DataError(f"start={iso(start)} .. end={iso(end)} is outside the data for {h.symbol} ({iso(h.t0)} .. {iso(h.t_end)})")
     i0 = max(h.index_at(start), 0)

@@ -28,7 +28,8 @@ from basis_mcp.backtest.results import Trade, equity_curve, per_year, stats, yea
 from basis_mcp.clock import iso, parse_time
 from basis_mcp.config import Settings
 from basis_mcp.feed import base_asset
-from basis_mcp.history import DataError, SymbolHistory, load_any
+from basis_mcp.history import DataError, SymbolHistory
+from basis_mcp.loaders import load_any
 
 Progress = Callable[[float, float, str], None]
 
@@ -298,4 +299,5 @@ def run_from_data(
     engine: str = "vectorized",
     progress: Progress | None = None,
 ) -> BacktestResult:
-    return run(load_markets(load_any(data), symbols, start, end, params), params, engine, progress)
+    symbols = list(symbols)
+    return run(load_markets(load_any(data, symbols), symbols, start, end, params), params, engine, progress)

@@ -43,9 +43,10 @@ from basis_mcp.desk.watchdog import Watchdog
 from basis_mcp.errors import Rejected
 from basis_mcp.feed import MarketDataUnavailable, ReplayFeed, VenueReplayFeed
 from basis_mcp.guardrails import EntryReadings, TradingState, pre_trade_violations
-from basis_mcp.history import HOUR, fingerprint, load_any, load_funding_venues
+from basis_mcp.history import HOUR, fingerprint, load_funding_venues
 from basis_mcp.lease import BookLease
 from basis_mcp.legs import PlannedLeg
+from basis_mcp.loaders import load_any
 from basis_mcp.models import (
     AdvanceTimeOutput,
     Alert,
