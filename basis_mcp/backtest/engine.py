@@ -54,26 +54,34 @@ def features(m: Market, p: BacktestParams) -> dict[str, np.ndarray]:
     z = np.full(n, np.nan)
     sd = np.full(n, np.nan)
     vi = np.flatnonzero(valid)
-    z[vi], sd[vi] = rolling_zscore_std(basis[vi], p.zscore_window)
+    zw = zscore_samples(p, m.bar_s)
+    z[vi], sd[vi] = rolling_zscore_std(basis[vi], zw)
     if m.expiry is not None:  # a calendar premium shrinks toward expiry: its z-score is read on the annualised premium
         # (rounded: a premium priced at the carry bound is flat, and its z lands on round numbers the two engines
         # would otherwise compare against a threshold 1e-11 apart)
-        z[vi] = np.round(rolling_zscore_std(annualised_premium(basis[vi], m.expiry, m.t[vi]), p.zscore_window)[0], Z_DIGITS)
+        z[vi] = np.round(rolling_zscore_std(annualised_premium(basis[vi], m.expiry, m.t[vi]), zw)[0], Z_DIGITS)
     # the basis averaged over the funding window: fresh samples in (t - H, t]
-    w = max(int(math.ceil(p.basis_smoothing_hours * 3600.0 / HOUR - 1e-9)), 1)
+    w = m.bars(p.basis_smoothing_hours * 3600.0)
     padded = np.concatenate((np.zeros(w - 1), np.where(valid, basis, 0.0)))
     cnt_pad = np.concatenate((np.zeros(w - 1), valid.astype(np.float64)))
     s_sum = sliding_window_view(padded, w).sum(axis=1)
     s_cnt = sliding_window_view(cnt_pad, w).sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         smooth = np.where(valid & (s_cnt > 0), s_sum / np.maximum(s_cnt, 1.0), np.nan)  # only fresh bars decide
-    # 1 h realised vol: the larger of the Parkinson range and the close-to-close move
-    prev = np.empty_like(m.perp)
-    prev[0] = np.nan
-    prev[1:] = m.perp[:-1]
+    # 1 h realised vol: the larger of the Parkinson range and the close-to-close move, over the last hour of bars
+    k_h = vol_bars(m.bar_s)
+    hi, lo = m.mark_high, m.mark_low
+    if k_h > 1:  # finer bars: the hour's range is the extreme of its bars, the move is against the close an hour ago
+        pad_hi = np.concatenate((np.full(k_h - 1, -np.inf), hi))
+        pad_lo = np.concatenate((np.full(k_h - 1, np.inf), lo))
+        hi = sliding_window_view(pad_hi, k_h).max(axis=1)
+        lo = sliding_window_view(pad_lo, k_h).min(axis=1)
+    prev = np.full_like(m.perp, np.nan)
+    lag = max(k_h, 1)
+    prev[lag:] = m.perp[:-lag]
     with np.errstate(invalid="ignore", divide="ignore"):
-        park = m.mark_high / m.mark_low
-        park[~((m.mark_high > 0) & (m.mark_low > 0) & (m.mark_high >= m.mark_low))] = 1.0
+        park = hi / lo
+        park[~((hi > 0) & (lo > 0) & (hi >= lo))] = 1.0
         np.log(park, out=park)
         park /= 2.0 * math.sqrt(math.log(2.0))
         c2c = m.perp / prev
@@ -84,10 +92,12 @@ def features(m: Market, p: BacktestParams) -> dict[str, np.ndarray]:
         vol *= 100.0
     vol_ok = vol <= p.vol_limit_pct  # after a missing perp bar the range still counts (the close-to-close move cannot)
     vol_ok[0] = True  # the first bar has no previous one to measure against
+    if k_h == 0:  # bars coarser than an hour: the 1 h breaker cannot be measured, so it is not run (the result says so)
+        vol_ok[:] = True
     ft = m.f_time.astype(np.float64)
     # settlements at or before each bar: where each settlement falls among the bars (7k searches, not 57k), counted up
     k = np.cumsum(np.bincount(np.searchsorted(m.t, ft, side="left"), minlength=m.t.size + 1)[: m.t.size])
-    k_30 = _count_before(m.t, ft, k, 30 * DAY)
+    k_30 = _count_before(m.t, ft, k, 30 * DAY, m.bar_s)
     # the interval around the next settlement (the schedule's rule), gathered by settlement count
     prev = np.concatenate(([ft[0] - 8 * HOUR], ft[:-1])) if ft.size else np.zeros(0)
     iv_tab = np.where(np.isin((ft - prev) / HOUR, (1.0, 2.0, 4.0, 8.0)), (ft - prev) / HOUR, 8.0) if ft.size else np.full(1, 8.0)
@@ -97,8 +107,10 @@ def features(m: Market, p: BacktestParams) -> dict[str, np.ndarray]:
     iv = iv_tab[np.minimum(k, iv_tab.size - 1)]
     to_8h = 8.0 / iv * 100.0
     span_r, span_c = p.funding_exit_hours * 3600.0, p.carry_lookback_days * DAY
-    recent = np.round(mean_rate(ft, m.f_rate, m.t - span_r, m.t, lo=_count_before(m.t, ft, k, span_r), hi=k) * to_8h, FUND_DIGITS)
-    carry = np.round(mean_rate(ft, m.f_rate, m.t - span_c, m.t, lo=_count_before(m.t, ft, k, span_c), hi=k) * to_8h, FUND_DIGITS)
+    recent = np.round(mean_rate(ft, m.f_rate, m.t - span_r, m.t, lo=_count_before(m.t, ft, k, span_r, m.bar_s), hi=k) * to_8h,
+                      FUND_DIGITS)
+    carry = np.round(mean_rate(ft, m.f_rate, m.t - span_c, m.t, lo=_count_before(m.t, ft, k, span_c, m.bar_s), hi=k) * to_8h,
+                     FUND_DIGITS)
     borrow_h = np.zeros(n)
     if p.borrows:  # the funding a long receives, net of the MODELLED borrow on its short spot (as `Signals.seen_by`)
         apr = np.asarray(BorrowModel(p.borrow_scenario).apr_pct_at(m.symbol, m.t), dtype=np.float64)
@@ -111,7 +123,8 @@ def features(m: Market, p: BacktestParams) -> dict[str, np.ndarray]:
         "valid": valid,
         "basis": basis,
         "basis_raw": basis_raw,
-        "borrow_h": borrow_h,
+        "borrow_h": borrow_h,  # per hour (the entry checks)
+        "borrow_bar": borrow_h * (m.bar_s / HOUR),  # per bar (what a bar held accrues)
         "z": z,
         "std": sd,
         "smooth": smooth,
@@ -132,10 +145,31 @@ def annualised_premium(basis_pct: np.ndarray, expiry: float, t: np.ndarray) -> n
     return basis_pct / np.maximum((expiry - t) / YEAR_S, 1.0 / 8760.0)
 
 
-def _count_before(t: np.ndarray, ft: np.ndarray, k: np.ndarray, span: float) -> np.ndarray:
-    """Settlements at or before t - span for every bar: on the hourly grid that is the count ``span``
+def zscore_samples(p: BacktestParams, bar_s: float) -> int:
+    """The z-score window in samples: ``zscore_window`` hours of bars (one sample per bar)."""
+    return max(int(round(p.zscore_window * HOUR / bar_s)), 2)
+
+
+def vol_bars(bar_s: float) -> int:
+    """Bars in the 1 h realised-vol window: 1 on hourly bars, 12 on 5-minute ones; 0 when a bar is longer than
+    an hour (the breaker cannot be measured on such data and is not run)."""
+    if bar_s > HOUR:
+        return 0
+    return max(int(round(HOUR / bar_s)), 1)
+
+
+def rules_not_run(bar_s: float) -> list[str]:
+    """The rules a bar size is too coarse for, said in the result instead of run on meaningless data."""
+    if bar_s > HOUR:
+        return [f"the 1 h volatility breaker (max_realised_vol_1h_pct) was not run: {bar_s / HOUR:g} h bars cannot "
+                "measure an hour's range"]
+    return []
+
+
+def _count_before(t: np.ndarray, ft: np.ndarray, k: np.ndarray, span: float, bar_s: float = HOUR) -> np.ndarray:
+    """Settlements at or before t - span for every bar: on the regular grid that is the count ``span``
     earlier (a shift), searched only where the grid has no bar that far back."""
-    lag = span / HOUR
+    lag = span / bar_s
     if lag != int(lag) or int(lag) >= t.size:
         return np.searchsorted(ft, t - span, side="right")
     lag = int(lag)
@@ -389,15 +423,15 @@ def book_trades(m: Market, p: BacktestParams, f: dict[str, np.ndarray], e: np.nd
         fees += q * price * leg.taker_fee
         slip += -sign * q * (price - mid)
     ft = m.f_time.astype(np.float64)
-    unit = m.mark[((ft - m.t[0]) // HOUR).astype(np.int64)] * m.f_rate
+    unit = m.mark[((ft - m.t[0]) // m.bar_s).astype(np.int64)] * m.f_rate
     cum = np.concatenate(([0.0], np.cumsum(unit)))
     lo = np.searchsorted(ft, m.t[e], side="right")
     hi = np.searchsorted(ft, m.t[x], side="right")
     fd = p.funding_direction
     funding = fd * q * (cum[hi] - cum[lo])
     borrow = np.zeros(e.size)
-    if p.borrows:  # interest for every hour in (entry, exit] on the borrowed spot at that hour's (last) spot price
-        cb = np.concatenate(([0.0], np.cumsum(_carried(m.spot) * f["borrow_h"])))
+    if p.borrows:  # interest for every bar in (entry, exit] on the borrowed spot at that bar's (last) spot price
+        cb = np.concatenate(([0.0], np.cumsum(_carried(m.spot) * f["borrow_bar"])))
         borrow = -q * (cb[x + 1] - cb[e + 1])
     total = cash - fees + funding + borrow
     basis = f["basis_raw"]
@@ -414,7 +448,7 @@ def book_trades(m: Market, p: BacktestParams, f: dict[str, np.ndarray], e: np.nd
     # the same settlements paid on the entry notional: per settlement mark × rate / (last fresh spot)
     fresh = np.where(np.isnan(m.spot) | np.isnan(m.perp), 0, np.arange(m.t.size))
     np.maximum.accumulate(fresh, out=fresh)
-    f_bar = ((ft - m.t[0]) // HOUR).astype(np.int64)
+    f_bar = ((ft - m.t[0]) // m.bar_s).astype(np.int64)
     per_dollar = np.concatenate(([0.0], np.cumsum(m.mark[f_bar] * m.f_rate / m.spot[fresh[f_bar]])))
     const = fd * notional * (per_dollar[hi] - per_dollar[lo])
     return [Trade(m.symbol, *c, playbook=p.playbook, notional_usd=n, funding_at_constant_notional_usd=k, borrow_usd=b,

@@ -78,7 +78,8 @@ class BacktestParams(BaseModel):
     notional_usd: float = Field(5_000.0, gt=0, le=1e9, allow_inf_nan=False, description="spot-leg notional per trade (the target in desk sizing)")
     sizing: Literal["fixed", "desk"] = Field("fixed", description="fixed notional per position, or the desk's size_position caps")
     leverage: float = Field(2.0, ge=1, le=HARD.max_leverage, allow_inf_nan=False)
-    zscore_window: int = Field(1080, ge=30, le=100_000)
+    zscore_window: int = Field(1080, ge=30, le=100_000, description="z-score window in HOURS of bars (1080 = 45 days: 1080 "
+                               "hourly samples, 12,960 five-minute ones)")
     vol_limit_pct: float = Field(HARD.max_realised_vol_1h * 100, gt=0, le=HARD.max_realised_vol_1h * 100, allow_inf_nan=False)
     basis_stop_multiple: float = Field(3.0, gt=1, le=3.0, allow_inf_nan=False)
     basis_stop_floor_pct: float = Field(0.05, ge=0, le=5, allow_inf_nan=False)

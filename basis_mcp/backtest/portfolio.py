@@ -41,8 +41,6 @@ from basis_mcp.costs import PairCosts
 from basis_mcp.margin import Bracket
 from basis_mcp.sizing import Cap, entry_capital_usd, leg_capital_usd, size_position
 
-HOUR = 3600.0
-
 
 def reverse_capital_usd(qty: float, spot: float, perp: float, leverage: float, costs: PairCosts) -> float:
     """Cash a reverse entry ties up: margin on the borrowed spot it sells and on the perp it buys, plus
@@ -101,7 +99,7 @@ def margin_topups(m: Market, f: dict[str, np.ndarray], e: int, x: int, qty: floa
     if fresh.size == 0:
         return []
     ft = m.f_time.astype(np.float64)
-    f_bar = ((ft - m.t[0]) // HOUR).astype(np.int64)
+    f_bar = ((ft - m.t[0]) // m.bar_s).astype(np.int64)
     paid = qty * m.mark[f_bar] * m.f_rate  # what a short receives (a long pays) per settlement
     sel = (ft > m.t[e]) & (ft <= m.t[x])
     cum = np.zeros(m.t.size + 1)
@@ -114,7 +112,7 @@ def margin_topups(m: Market, f: dict[str, np.ndarray], e: int, x: int, qty: floa
     if direction == -1:  # the borrowed spot: a short on the (carried) spot price, its collateral paying the borrow
         spot = _carried(m.spot)
         sp = float(m.costs.spot.fill_price(m.spot[e], "sell", qty * m.spot[e]))
-        paid_h = np.concatenate(([0.0], np.cumsum(qty * spot * f["borrow_h"])))
+        paid_h = np.concatenate(([0.0], np.cumsum(qty * spot * f["borrow_bar"])))
         borrowed = paid_h[fresh + 1] - paid_h[e + 1]  # interest for the hours in (e, bar]
         out += _topups(fresh, spot[fresh], -borrowed, qty, sp, qty * sp / leverage, table, add_pct, target_pct, short=True)
         out.sort()

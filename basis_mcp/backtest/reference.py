@@ -15,7 +15,7 @@ from collections import deque
 
 import numpy as np
 
-from basis_mcp.backtest.engine import Z_DIGITS
+from basis_mcp.backtest.engine import Z_DIGITS, vol_bars, zscore_samples
 from basis_mcp.backtest.params import BacktestParams
 from basis_mcp.backtest.prepare import Market
 from basis_mcp.backtest.results import Trade, close_trade
@@ -42,6 +42,9 @@ def _mean_8h(window: deque[tuple[float, float]], interval_h: float) -> float | N
 
 def run_reference(m: Market, p: BacktestParams) -> list[Trade]:
     r = p.rules
+    bar = m.bar_s
+    zwin = zscore_samples(p, bar)  # the z-score window: zscore_window hours of bars
+    k_h = vol_bars(bar)  # bars in the 1 h vol window (0: longer bars, the breaker is not run)
     carry = p.playbook == "carry"
     model = BorrowModel(p.borrow_scenario)
     sign = p.direction  # −1: the reverse trade reads the basis mirrored
@@ -74,13 +77,13 @@ def run_reference(m: Market, p: BacktestParams) -> list[Trade]:
                 d.append((T, rate))
             last_rate = rate
             if pos is not None:
-                pos["funding"].append(fd * pos["qty"] * float(m.mark[int((T - m.t[0]) // HOUR)]) * rate)
+                pos["funding"].append(fd * pos["qty"] * float(m.mark[int((T - m.t[0]) // bar)]) * rate)
             k += 1
         if not math.isnan(m.spot[i]):
             last_spot = float(m.spot[i])
         apr = float(model.apr_pct_at(m.symbol, t)) if borrows else 0.0
-        if pos is not None and borrows and i > pos["i"]:  # this hour's interest on the borrowed spot
-            pos["borrow"].append(-pos["qty"] * last_spot * (apr / 100.0 / HOURS_PER_YEAR))
+        if pos is not None and borrows and i > pos["i"]:  # this bar's interest on the borrowed spot
+            pos["borrow"].append(-pos["qty"] * last_spot * (apr / 100.0 / HOURS_PER_YEAR * (bar / HOUR)))
         for d, span in ((month, 30 * DAY), (recent, r.funding_exit_hours * 3600.0), (lookback, r.carry_lookback_days * DAY)):
             while d and d[0][0] <= t - span:
                 d.popleft()
@@ -96,11 +99,11 @@ def run_reference(m: Market, p: BacktestParams) -> list[Trade]:
             z_history[n_hist] = b / max((m.expiry - t) / YEAR_S, 1.0 / 8760.0)
         n_hist += 1
         smooth_win.append((t, b))
-        window = history[max(0, n_hist - p.zscore_window) : n_hist]
+        window = history[max(0, n_hist - zwin) : n_hist]
         z = sd = None
         if n_hist >= ZSCORE_MIN_SAMPLES:
             sd = float(window.std())
-            zw = z_history[max(0, n_hist - p.zscore_window) : n_hist]
+            zw = z_history[max(0, n_hist - zwin) : n_hist]
             zsd = float(zw.std()) if m.expiry is not None else sd
             z = 0.0 if zsd < 1e-8 else (float(z_history[n_hist - 1]) - zw.mean()) / zsd
             if m.expiry is not None:
@@ -166,9 +169,12 @@ def run_reference(m: Market, p: BacktestParams) -> list[Trade]:
                 and (m.entry_i1 is None or i <= m.entry_i1)):
             if smooth > stop_level_pct(b, sd, r):
                 continue  # its stop would fire at once
-            vol = realised_vol_1h_pct(m.mark_high[i], m.mark_low[i], m.perp[i - 1] if i > 0 else None, perp)
-            if i > 0 and vol > p.vol_limit_pct:
-                continue
+            if k_h:  # the last hour's range and the move against the close an hour ago
+                lo_i = max(i - k_h + 1, 0)
+                vol = realised_vol_1h_pct(float(m.mark_high[lo_i : i + 1].max()), float(m.mark_low[lo_i : i + 1].min()),
+                                          m.perp[i - k_h] if i >= k_h else None, perp)
+                if i > 0 and vol > p.vol_limit_pct:
+                    continue
             qty = floor_to_step(p.notional_usd / spot, m.qty_step)
             if qty <= 0 or qty * spot < m.min_notional_usd:
                 continue

@@ -109,10 +109,10 @@ def constant_notional_funding(m: Market, i: int, j: int, notional: float) -> flo
     total = 0.0
     for T, r in zip(m.f_time.tolist(), m.f_rate.tolist(), strict=True):
         if m.t[i] < T <= m.t[j]:
-            k = int((T - m.t[0]) // 3600)
+            k = int((T - m.t[0]) // m.bar_s)
             while k > 0 and (np.isnan(m.spot[k]) or np.isnan(m.perp[k])):
                 k -= 1
-            total += notional / float(m.spot[k]) * float(m.mark[int((T - m.t[0]) // 3600)]) * r
+            total += notional / float(m.spot[k]) * float(m.mark[int((T - m.t[0]) // m.bar_s)]) * r
     return total
 
 
@@ -121,13 +121,14 @@ def constant_notional_funding(m: Market, i: int, j: int, notional: float) -> flo
 
 def equity_curve(markets: list[Market], trades: list[Trade], capital: float,
                  own_equity: Callable[[Market, list[Trade]], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Hourly portfolio equity over the union of the trading ranges: capital + realised P&L +
+    """Portfolio equity per bar over the union of the trading ranges: capital + realised P&L +
     open positions marked at mid (basis change) with funding received so far, net of the
     entry costs already paid. O(bars + trades): every trade adds to difference arrays, one
     cumulative sum per series builds the curve (never a pass over the bars per trade)."""
     t0 = min(m.t[m.i0] for m in markets)
     t1 = max(m.t[m.i1] for m in markets)
-    times = np.arange(t0, t1 + 1, 3600.0)
+    bar = markets[0].bar_s  # (one bar size per run: `runner.load_markets` refuses a mix)
+    times = np.arange(t0, t1 + 1, bar)
     eq = np.full(times.size, capital, dtype=np.float64)
     by_symbol: dict[str, list[Trade]] = defaultdict(list)
     for tr in trades:
@@ -136,7 +137,7 @@ def equity_curve(markets: list[Market], trades: list[Trade], capital: float,
         ts = by_symbol.get(m.symbol)
         if ts:
             own = (own_equity or _symbol_equity)(m, ts)  # over the market's range [i0, i1]
-            off = int((t0 - m.t[m.i0]) // 3600)  # union bar u is this range's bar u + off
+            off = int((t0 - m.t[m.i0]) // bar)  # union bar u is this range's bar u + off
             k = np.clip(np.arange(times.size) + off, 0, own.size - 1)
             eq += np.where(np.arange(times.size) + off < 0, 0.0, own[k])
     return times, eq
@@ -207,7 +208,7 @@ def _legs_equity(m: Market, trades: list[Trade], ref_all: np.ndarray, other_all:
     # funding paid to what is open at each settlement: a position receives it for settlements in (entry, exit]
     paid_q = diff(funding_direction * q, i + 1, -funding_direction * q, j + 1)
     ft = m.f_time.astype(np.float64)
-    bars = ((ft - m.t[lo]) // 3600).astype(np.int64)
+    bars = ((ft - m.t[lo]) // m.bar_s).astype(np.int64)
     ok = (bars >= 0) & (bars < n)
     unit = np.zeros(n)
     np.add.at(unit, bars[ok], m.mark[bars[ok] + lo] * m.f_rate[ok])
@@ -220,13 +221,14 @@ def stats(trades: list[Trade], times: np.ndarray, equity: np.ndarray, capital: f
           leverage: float) -> dict[str, Any]:
     days = max((times[-1] - times[0]) / 86400.0, 1 / 24)
     total = float(sum(t.pnl_usd for t in trades))
-    daily = equity[:: 24]
+    bar = markets[0].bar_s if markets else 3600.0
+    daily = equity[:: max(int(round(86400.0 / bar)), 1)]
     rets = np.diff(daily) / daily[:-1] if daily.size > 2 else np.array([])
     sharpe = float(rets.mean() / rets.std() * math.sqrt(365)) if rets.size > 2 and rets.std() > 0 else None
     peak = np.maximum.accumulate(equity)
     dd = float(((peak - equity) / peak).max() * 100) if equity.size else 0.0
-    bars = sum(m.i1 - m.i0 + 1 for m in markets)
-    held = sum(int(t.hold_hours) for t in trades)
+    span_h = sum((m.i1 - m.i0 + 1) * m.bar_s / 3600.0 for m in markets)  # hours of data over the ranges
+    held = sum(t.hold_hours for t in trades) if bar != 3600.0 else sum(int(t.hold_hours) for t in trades)
     # the carry's own rate: P&L per dollar-year a position ties up (spot + margin) while invested
     dollar_years = sum(t.notional_usd * (1.0 + 1.0 / leverage) * t.hold_hours / 24 / 365 for t in trades)
     apy_invested = total / dollar_years * 100 if dollar_years > 0 else None
@@ -248,7 +250,7 @@ def stats(trades: list[Trade], times: np.ndarray, equity: np.ndarray, capital: f
         "apy_while_invested_pct": None if apy_invested is None else round(apy_invested, 3),
         "sharpe": None if sharpe is None else round(sharpe, 3),
         "max_drawdown_pct": round(dd, 4),
-        "exposure_pct": round(100.0 * held / bars, 3) if bars else 0.0,
+        "exposure_pct": round(100.0 * held / span_h, 3) if span_h else 0.0,
         "days": round(days, 2),
         "exit_reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
         "emergency_exit_pct": round(100.0 * emergency / len(trades), 2) if trades else 0.0,

@@ -18,6 +18,7 @@ from basis_mcp.backtest.cross import cross_equity, cross_market, run_cross_refer
 from basis_mcp.backtest.engine import (
     always_on_trades,
     features,
+    rules_not_run,
     run_vectorized,
 )
 from basis_mcp.backtest.params import BacktestParams
@@ -29,7 +30,7 @@ from basis_mcp.clock import iso, parse_time
 from basis_mcp.config import Settings
 from basis_mcp.feed import base_asset
 from basis_mcp.history import DataError, SymbolHistory
-from basis_mcp.loaders import load_any
+from basis_mcp.loaders import load_any, timeframe_name
 
 Progress = Callable[[float, float, str], None]
 
@@ -53,6 +54,8 @@ class BacktestResult:
     sensitivity: dict[str, Any] = field(default_factory=dict)
     stale: dict[str, list[str]] = field(default_factory=dict)
     always_equity: np.ndarray | None = field(default=None, repr=False)
+    bar: str = "1h"  # the bar size the rules ran on
+    data_notes: list[str] = field(default_factory=list)  # alignments the loader made, rules the bars are too coarse for
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -60,6 +63,8 @@ class BacktestResult:
             "start": self.start,
             "end": self.end,
             "engine": self.engine,
+            "bar": self.bar,
+            "data_notes": self.data_notes,
             "params": self.params.model_dump(),
             "summary": self.summary,
             "fill_delay_sensitivity": self.sensitivity,
@@ -106,6 +111,13 @@ def load_markets(
     if unknown:
         raise DataError(f"symbols: unknown symbol(s) {', '.join(unknown)}; the data has {', '.join(sorted(histories))}")
 
+    bars = {s: histories[s].bar_s for s in syms}
+    if len(set(bars.values())) > 1:
+        raise DataError("symbols: one bar size per run; " + ", ".join(f"{s} is {timeframe_name(b)}" for s, b in bars.items()))
+    bar = next(iter(bars.values()))
+    if bar != 3600 and params.strategy in ("calendar_spread", "cross_exchange"):
+        raise DataError(f"strategy={params.strategy} backtests run on hourly bars (the simulated quarterly and the venues' "
+                        f"funding are hourly); the data is {timeframe_name(bar)}")
     t0, t1 = parse_when("start", start), parse_when("end", end)
     markets = [prepare(histories[s], t0, t1, params, settings) for s in syms]
     for m in markets:
@@ -225,6 +237,8 @@ def run(
         sensitivity=sensitivity,
         stale={m.symbol: m.stale for m in markets},
         always_equity=a_eq,
+        bar=timeframe_name(int(markets[0].bar_s)),
+        data_notes=[n for m in markets for n in m.notes] + rules_not_run(markets[0].bar_s),
     )
 
 
