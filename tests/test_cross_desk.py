@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from mcp import Client
 
+from basis_mcp.clock import parse_time
 from basis_mcp.config import Settings
 from basis_mcp.desk.facade import Desk
 from basis_mcp.errors import Rejected
@@ -117,7 +118,7 @@ async def test_cross_exchange_refusals_name_the_field(db: Path, tmp_path: Path) 
         assert "paper:binance would hold" in err and "per-venue cap of 0.4 of capital ($8,000.00)" in err, err
         assert "paper:bybit" not in err  # the other venue has room
         ok = await call(client, "enter_trade", {"symbol": "ETH", "notional_usd": 1200, "strategy": "cross_exchange",
-                                                "long_venue": "bybit", "short_venue": "binance", "idempotency_key": "cap2",
+                                                "long_venue": "binance", "short_venue": "bybit", "idempotency_key": "cap2",
                                                 "leverage": 3})
         assert ok["position"]["status"] == "open"  # $400 more on Binance at 3x: within the cap
     db3 = tmp_path / "late.db"  # after the shipped bybit history ends: no second market
@@ -157,7 +158,8 @@ async def test_one_venue_down_keeps_the_other_legs_margin_safe_and_closes_when_i
         settings = Settings(capital_usd=20_000, paper_venues=["bybit"], max_leverage=5, default_leverage=5)
         desk = Desk.open_replay(settings, tmp_path / "d.db", start="2021-05-18T00:00:00Z")
         await desk.start()
-        out = await desk.enter("BTC", 3000, 5, "c-1", "cross_exchange", short_venue="bybit", long_venue="binance")
+        out = await desk.enter("BTC", 3000, 5, "c-1", "cross_exchange", expected_hold_days=30, short_venue="bybit",
+                               long_venue="binance")
         pid = out.position.position_id
         desk.venue.others["bybit"].faults.unavailable_always = True
         adv = await desk.advance(48)
@@ -165,8 +167,19 @@ async def test_one_venue_down_keeps_the_other_legs_margin_safe_and_closes_when_i
         assert added and all(a["leg"] == "long_perp" and a["added_usd"] > 0 for a in added), adv.watchdog_actions
         assert any(a["rule"] == "venue_unreachable" and "bybit" in a["message"] for a in desk.store.q("SELECT * FROM alerts"))
         assert desk.book.position(pid)["status"] == "open"  # nothing could be closed as a whole
-        with pytest.raises(Rejected, match="balance"):  # no new entries touching the dead venue
+        with pytest.raises(Rejected, match="paper:bybit does not answer"):  # no new entries touching the dead venue
             await desk.enter("ETH", 1000, 2, "c-2", "cross_exchange")
+        n_orders = desk.store.one("SELECT COUNT(*) AS n FROM orders")["n"]
+        with pytest.raises(Rejected, match="bybit does not answer .*nothing was sent, the position stays open and hedged"):
+            await desk.exit(pid, "c-1-x")  # closing one leg while the other cannot be reached would leave it naked
+        assert desk.store.one("SELECT COUNT(*) AS n FROM orders")["n"] == n_orders
+        port = await desk.portfolio()  # the reads still work, and say which venue is down
+        assert {v.venue: v.reachable for v in port.venues} == {"paper:binance": True, "paper:bybit": False}
+        (delta,) = (await desk.check_delta(pid)).positions
+        assert [leg.margin_ratio_pct is None for leg in delta.legs] == [True, False]  # bybit's leg: unknown, not invented
+        readings, _, _ = await desk.entry_readings("ETH", 1000, 2, 7)  # a cash-and-carry on the healthy venue: nothing
+        assert readings.leg_problems == () and readings.venue_reachable  # about the dead one stands in its way
+        assert readings.free_capital_usd > 10_000
         desk.venue.others["bybit"].faults.unavailable_always = False
         adv = await desk.advance(1)
         assert [a["rule"] for a in adv.watchdog_actions] == ["venue_was_unreachable"], adv.watchdog_actions
@@ -174,3 +187,104 @@ async def test_one_venue_down_keeps_the_other_legs_margin_safe_and_closes_when_i
         assert await desk.reconcile.cash_discrepancy_usd() == pytest.approx(0.0, abs=0.01)
         assert desk.risk.trading_state()[0] == "ACTIVE"
         desk.close()
+
+
+async def test_the_second_venues_data_end_refuses_long_holds_and_closes_in_time(tmp_path: Path) -> None:
+    """Bybit's shipped funding ends with 2023: an entry whose hold runs past it is refused; one that was open is closed by
+    the watchdog while there is still a market (venue_data_ends), money intact."""
+    desk = Desk.open_replay(Settings(capital_usd=20_000, paper_venues=["dydx"]), tmp_path / "e.db", start="2023-12-15T00:00:00Z")
+    await desk.start()
+    ends = desk.market.feeds["dydx"].span["BTC"][1]
+    with pytest.raises(Rejected, match="after the replay data of a venue ends"):
+        await desk.enter("BTC", 3000, 2, "e-1", "cross_exchange", expected_hold_days=25)
+    out = await desk.enter("BTC", 3000, 2, "e-2", "cross_exchange", expected_hold_days=12)
+    assert [leg.venue for leg in out.position.legs] == ["paper:dydx", "paper:binance"]  # dYdX paid more (hourly)
+    pid = out.position.position_id
+    adv = await desk.advance(24 * 30)
+    assert [a["rule"] for a in adv.watchdog_actions] == ["venue_data_ends"], adv.watchdog_actions
+    row = desk.book.position(pid)
+    assert row["status"] == "closed" and ends - 2 * 3600 <= row["closed_at"] < ends
+    assert await desk.reconcile.cash_discrepancy_usd() == pytest.approx(0.0, abs=0.01)
+    assert desk.risk.trading_state()[0] == "ACTIVE"
+    hourly = desk.store.one("SELECT COUNT(*) AS n FROM funding_payments WHERE symbol = 'BTC@dydx'")["n"]
+    assert hourly > 8 * desk.store.one("SELECT COUNT(*) AS n FROM funding_payments WHERE symbol = 'BTC'")["n"] - 24
+    desk.close()
+
+
+async def test_primary_venue_down_keeps_the_second_venues_leg_safe(tmp_path: Path) -> None:
+    """The mirror of the Bybit-down case: Binance unreachable into the February 2021 rally, short BTC on Bybit at 5x:
+    margin is added to the Bybit leg on Bybit; the alert names Binance."""
+    settings = Settings(capital_usd=20_000, paper_venues=["bybit"], max_leverage=5, default_leverage=5)
+    desk = Desk.open_replay(settings, tmp_path / "p.db", start="2021-02-05T00:00:00Z")
+    await desk.start()
+    out = await desk.enter("BTC", 3000, 5, "p-1", "cross_exchange", expected_hold_days=30, short_venue="bybit",
+                           long_venue="binance")
+    pid = out.position.position_id
+    desk.venue.primary.faults.unavailable_always = True
+    adv = await desk.advance(24 * 4)
+    added = [a for a in adv.watchdog_actions if a.get("rule") == "margin_while_venue_down"]
+    assert added and all(a["leg"] == "short_perp" and a["added_usd"] > 0 for a in added), adv.watchdog_actions
+    assert desk.store.one("SELECT COUNT(*) AS n FROM paper_liquidations")["n"] == 0
+    assert desk.store.one("SELECT COUNT(*) AS n FROM paper_bybit_liquidations")["n"] == 0  # the Bybit leg survived
+    assert any("paper:binance unreachable" in r["message"] for r in desk.store.q("SELECT message FROM alerts"))
+    desk.venue.primary.faults.unavailable_always = False
+    adv = await desk.advance(1)  # the primary was down > 10 min: every position is closed once it answers
+    assert [a["rule"] for a in adv.watchdog_actions] == ["venue_was_unreachable"]
+    assert desk.book.position(pid)["status"] == "closed"
+    assert await desk.reconcile.cash_discrepancy_usd() == pytest.approx(0.0, abs=0.01)
+    desk.close()
+
+
+async def test_restarts_with_another_venue_set_keep_the_money(tmp_path: Path) -> None:
+    db = tmp_path / "r.db"
+    two = Settings(capital_usd=20_000, paper_venues=["bybit"])
+    desk = Desk.open_replay(two, db, start=START)
+    await desk.start()
+    out = await desk.enter("BTC", 3000, 2, "r-1", "cross_exchange", expected_hold_days=30, short_venue="bybit",
+                           long_venue="binance")
+    desk.close()
+    with pytest.raises(Rejected, match=r"position 1 has a leg on bybit: start with --paper-venues including bybit"):
+        Desk.open_replay(Settings(capital_usd=20_000), db)  # the open leg would vanish
+    with pytest.raises(Rejected, match="has a leg on bybit"):
+        Desk.open_replay(Settings(capital_usd=20_000, paper_venues=["gate"]), db)
+    desk = Desk.open_replay(two, db)
+    await desk.start()
+    await desk.advance(30)
+    await desk.exit(out.position.position_id, "r-1-x")
+    desk.close()
+    desk = Desk.open_replay(Settings(capital_usd=20_000), db)  # nothing open on bybit: its pool comes back
+    await desk.start()
+    assert (await desk.venue.balances_by_venue()).keys() == {"binance"}
+    assert await desk.reconcile.cash_discrepancy_usd() == pytest.approx(0.0, abs=0.01)
+    await desk.advance(30)
+    desk.close()
+    desk = Desk.open_replay(two, db)  # back again, funded again from the primary once
+    await desk.start()
+    assert (await desk.venue.balances_by_venue())["bybit"] == {"USDT": 8_000.0}
+    assert await desk.reconcile.cash_discrepancy_usd() == pytest.approx(0.0, abs=0.01)
+    assert desk.risk.trading_state()[0] == "ACTIVE"
+    desk.close()
+
+
+async def test_a_venue_down_for_settlements_has_them_booked_when_it_answers(tmp_path: Path) -> None:
+    """One funding cursor per venue: Bybit unreachable across three settlements pays them into its own wallet; the desk
+    books them when it answers again, and the cash identity holds."""
+    desk = Desk.open_replay(Settings(capital_usd=20_000, paper_venues=["bybit"]), tmp_path / "c.db", start=START)
+    await desk.start()
+    out = await desk.enter("BTC", 3000, 2, "c-1", "cross_exchange", expected_hold_days=30, short_venue="bybit",
+                           long_venue="binance")
+    desk.venue.others["bybit"].faults.unavailable_always = True
+    await desk.advance(30)  # the paper exchange settles on its own (it is the exchange), the desk cannot read it
+    desk.venue.others["bybit"].faults.unavailable_always = False
+    await desk.advance(1)
+    rows = desk.store.q("SELECT COUNT(*) AS n FROM funding_payments WHERE symbol = 'BTC@bybit'")
+    assert rows[0]["n"] == 3  # 08:00, 16:00, 00:00 the next day
+    assert await desk.reconcile.cash_discrepancy_usd() == pytest.approx(0.0, abs=0.01)
+    fills = desk.store.q("SELECT f.fee_usd, f.quantity * f.price AS usd FROM fills f JOIN legs l ON l.id = f.leg_id"
+                         " WHERE l.venue = 'paper:bybit'")
+    assert fills and all(r["fee_usd"] == pytest.approx(r["usd"] * 0.00055, rel=1e-9) for r in fills)  # Bybit's own fee
+    for raw in ("BTC@bybit", "BTC/USDT:USDT@bybit"):
+        with pytest.raises(Rejected, match="name the coin"):
+            await desk.enter(raw, 1000, 2, f"s-{raw}", "cash_and_carry")
+    assert out.position.status == "open"
+    desk.close()

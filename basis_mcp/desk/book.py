@@ -123,15 +123,17 @@ class Book:
             ids.append(int(cur.lastrowid))
         return ids
 
-    def venue_usage(self, price: Callable[[str, str], float]) -> dict[str, float]:
-        """Capital the open positions commit per venue (by the venue's name): each leg's margin (leveraged
-        legs: held quantity × entry price ÷ the position's leverage) or cost (owned spot), at its entry
-        price, or at ``price(market, symbol)`` while it has none yet."""
+    def venue_usage(self, price: Callable[[str, str], float], statuses: tuple[str, ...] = OPEN_STATES,
+                    unfilled_only: bool = False) -> dict[str, float]:
+        """Capital the positions in ``statuses`` commit per venue (by the venue's name): each leg's margin (leveraged
+        legs: quantity × entry price ÷ the position's leverage) or cost (owned spot), at its entry price, or at
+        ``price(market, symbol)`` while it has none yet (``unfilled_only``: only those legs, an entry waiting to fill)."""
         out: dict[str, float] = {}
-        marks = ",".join("?" * len(OPEN_STATES))
+        marks = ",".join("?" * len(statuses))
         for r in self.store.q(
                 f"SELECT l.venue, l.market, l.symbol, l.quantity, l.entry_price, p.leverage FROM legs l"
-                f" JOIN positions p ON p.id = l.position_id WHERE p.status IN ({marks})", OPEN_STATES):
+                f" JOIN positions p ON p.id = l.position_id WHERE p.status IN ({marks})"
+                + (" AND l.entry_price IS NULL" if unfilled_only else ""), statuses):
             try:
                 px = r["entry_price"] or price(r["market"], r["symbol"])
             except (MarketDataUnavailable, KeyError):

@@ -329,7 +329,7 @@ class Execution:
                     if n == 1 and res is None and not emergency:  # refused before anything executed: the position stays as it was
                         why = self.orders.reason(self.orders.last_order(leg, "close"))
                         self.reopen_after_failed_exit(pid)
-                        raise Rejected("venue", self.venue.name,
+                        raise Rejected("venue", leg.venue,
                                        f"{leg.role} close refused: {why}; position {pid} is still open and hedged")
                 await self.faults.checkpoint(f"exit.leg{n}_filled")
                 if amount() > th:  # partial or missing close: retry the remainder

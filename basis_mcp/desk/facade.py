@@ -96,9 +96,10 @@ def _venue_lot_hints(feed: Any) -> dict[str, tuple[float | None, float | None]]:
 
 
 def _paper_venues(settings: Settings, db_path: Path | str, histories: dict[str, Any], clock: Clock,
-                  primary: PaperVenue) -> tuple[dict[str, PaperVenue], dict[str, Any]]:
+                  primary: PaperVenue, store: Store) -> tuple[dict[str, PaperVenue], dict[str, Any]]:
     """The extra paper exchanges of ``settings.paper_venues``, each with the shipped real funding of that venue."""
     if not settings.paper_venues:
+        _fund_pools(settings, primary, {}, store)  # (a venue used before and left out now: its pool comes back)
         return {}, {}
     series = load_funding_venues()
     others: dict[str, PaperVenue] = {}
@@ -107,14 +108,34 @@ def _paper_venues(settings: Settings, db_path: Path | str, histories: dict[str, 
         funding = {sym: (s.time, s.rate) for (venue, sym), s in series.items() if venue == v}
         feeds[v] = VenueReplayFeed(histories, clock, v, funding)
         others[v] = PaperVenue(db_path, feeds[v], settings, clock, FaultPlan(), venue=v, capital_usd=0.0)  # fails alone
-    _fund_pools(settings, primary, others)
+    _fund_pools(settings, primary, others, store)
     return others, feeds
 
 
-def _fund_pools(settings: Settings, primary: PaperVenue, others: dict[str, PaperVenue]) -> None:
-    """A paper venue new to this book gets its pool (``max_venue_share`` of capital) moved from the primary
-    venue's USDT in one transaction (a transfer: the book's cash is unchanged); funded once."""
-    pool = round(settings.capital_usd * settings.max_venue_share, 2)
+def _fund_pools(settings: Settings, primary: PaperVenue, others: dict[str, PaperVenue], store: Store) -> None:
+    """A paper venue new to this book gets its pool (``max_venue_share`` of the book's capital) moved from the primary
+    venue's USDT in one transaction (a transfer: the book's cash is unchanged); funded once. A venue this book used
+    before and is now started without: refused while a position has a leg there; else its pool goes back the same way."""
+    capital = float(store.get_meta("capital_usd") or settings.capital_usd)
+    pool = round(capital * settings.max_venue_share, 2)
+    known = [r["name"][len("paper_"):-len("_balances")] for r in primary.db.q(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'paper\\_%\\_balances' ESCAPE '\\'")]
+    for v in known:
+        if v in others:
+            continue
+        held = store.q("SELECT DISTINCT p.id FROM positions p JOIN legs l ON l.position_id = p.id WHERE l.venue = ?"
+                       " AND p.status IN ('opening','open','closing') ORDER BY p.id", (f"paper:{v}",))
+        if held:
+            raise Rejected("paper_venues", ",".join(others) or "(none)",
+                           f"position {', '.join(str(r['id']) for r in held)} has a leg on {v}: start with --paper-venues "
+                           f"including {v} until it is closed")
+        with primary.db.tx():
+            if primary.db.one(f"SELECT 1 FROM paper_{v}_state WHERE key = 'funded'") is None:
+                continue
+            back = float((primary.db.one(f"SELECT free FROM paper_{v}_balances WHERE asset = 'USDT'") or {"free": 0.0})["free"])
+            primary._credit("USDT", back)
+            primary.db.x(f"UPDATE paper_{v}_balances SET free = 0 WHERE asset = 'USDT'")
+            primary.db.x(f"DELETE FROM paper_{v}_state WHERE key = 'funded'")
     for v in others:
         with primary.db.tx():
             if primary.db.one(f"SELECT 1 FROM paper_{v}_state WHERE key = 'funded'") is not None:
@@ -219,7 +240,7 @@ class Desk:
             for sym, h in histories.items()})
         venue = PaperVenue(db_path, feed, settings, clock, faults)
         try:
-            others, venue_feeds = _paper_venues(settings, db_path, histories, clock, venue)
+            others, venue_feeds = _paper_venues(settings, db_path, histories, clock, venue, store)
         except BaseException:
             venue.close()
             store.close()
@@ -311,7 +332,7 @@ class Desk:
                 if trading == "paper":  # paper on live prices: a paper exchange per venue, each its own pool
                     others = {v: PaperVenue(db_path, feeds[v], settings, clock, FaultPlan(), venue=v, capital_usd=0.0)
                               for v in venues[1:]}
-                    _fund_pools(settings, venue, others)
+                    _fund_pools(settings, venue, others, store)
             venue = VenueRouter(venue, others)
         except BaseException:
             for f in feeds.values():
@@ -602,6 +623,12 @@ class Desk:
             await self.market.ensure_fresh()
             for sym in dict.fromkeys([row["symbol"], *(leg.symbol for leg in legs)]):
                 self.market.snapshot(sym)  # market must be available
+            down = await self.risk.unreachable_venues([leg.symbol for leg in legs])
+            if down:  # closing one leg while another cannot be reached would leave it naked: send nothing
+                raise Rejected("position_id", position_id, "; ".join(f"{v} does not answer ({why})" for v, why in down.items())
+                               + ": nothing was sent, the position stays open and hedged; retry when it answers (the watchdog "
+                               "keeps the reachable legs' margin safe meanwhile, and closes the position itself once a venue "
+                               "that was down more than 10 minutes answers again)")
             signed = {**args, "idempotency_key": key}
             if self.requests.confirmations_required and confirmation_token is None:
                 held = self.book.held_abs(legs, self.book.held(position_id))

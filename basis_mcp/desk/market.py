@@ -96,6 +96,9 @@ class MarketData:
 
     def resolve(self, raw: str, field: str = "symbol") -> str:
         """The base asset ``raw`` names on the trading venue, or a refusal naming ``field``."""
+        if "@" in raw:
+            raise Rejected(field, raw, "name the coin (BTC); the venues are chosen by the strategy (cross_exchange: short_venue "
+                           "and long_venue)")
         try:
             base = base_asset(raw)
         except ValueError as e:

@@ -70,7 +70,12 @@ class Monitor:
         ratio = lp = dist = None
         wallet = 0.0
         if leg.leveraged:
-            lp, ratio, wallet = await self.risk.leg_margin(leg, price)
+            try:
+                lp, ratio, wallet = await self.risk.leg_margin(leg, price)
+            except (VenueError, VenueTimeout) as e:  # this leg's venue does not answer: say so, report the others
+                self.events_note_unreachable(leg, e)
+                lp = ratio = None
+                wallet = 0.0
             if lp is not None and not (math.isfinite(lp) and lp > 0):
                 lp = None
             if lp is not None:
@@ -81,6 +86,12 @@ class Monitor:
                        margin_ratio_pct=None if ratio is None else _r(ratio * 100, 4),
                        liquidation_price=_r(lp, 6), distance_to_liquidation_pct=_r(dist, 4))
         return out, ratio, wallet
+
+    def events_note_unreachable(self, leg: Leg, e: Exception) -> None:
+        self.health.events.note_once(f"leg_unreadable:{leg.id}", "warning", "venue_unreachable",
+                                     f"position {leg.position_id}: the {leg.role} leg's venue {leg.venue} does not answer "
+                                     f"({str(e)[:200]}); its margin is not shown", {"position_id": leg.position_id,
+                                                                                   "venue": leg.venue})
 
     async def delta_report(self, row: Any) -> DeltaReport:
         sym = row["symbol"]
@@ -153,7 +164,10 @@ class Monitor:
 
     async def portfolio(self, include_closed: int = 0) -> PortfolioOutput:
         cash = await self.risk.free_cash()
-        account = await self.reconcile.account_equity_usd()
+        try:
+            account = await self.reconcile.account_equity_usd()
+        except (VenueError, VenueTimeout):  # a venue does not answer: the desk's own book stands in (venues shows which)
+            account = self.book.equity_usd()
         equity = self.book.equity_usd()
         open_rows = self.book.positions()
         realized, opens = self.book.book_pnl()

@@ -10,6 +10,7 @@ desk in REDUCING with the reason (fail closed). Calls `Orders`, `Execution`, `Bo
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from typing import Any
 
@@ -24,6 +25,7 @@ from basis_mcp.legs import QTY_EPS, hedge_units
 from basis_mcp.models import FundingSettlementOut
 from basis_mcp.store import Store
 from basis_mcp.venue.base import LiquidationEvent, OrderResult, VenueError, VenueTimeout, VenueUnavailable
+from basis_mcp.venues import qualify, split
 
 RETRY_BASE_S = 10.0
 RETRY_MAX_S = 300.0
@@ -133,9 +135,46 @@ class Recovery:
         """Copy funding and liquidations from the venue into the desk's ledger (idempotent). A
         funding payment belongs to the perp leg that was open on that symbol at that time."""
         self.market.flush_samples()
-        cursor = float(self.store.get_meta("funding_cursor") or 0)
         settled: list[FundingSettlementOut] = []
-        events = await self.venue.funding_history(cursor)
+        # one cursor per venue: a venue that was down (or left out of the book for a while) still has its settlements
+        # booked when it answers again, whatever the others' cursors say
+        for venue, key, fetch in self._per_venue("funding_cursor", "funding_history"):
+            cursor = float(self.store.get_meta(key) or 0)
+            try:
+                raw = await fetch(cursor)
+            except (VenueError, VenueTimeout):
+                if venue is None:
+                    raise
+                continue  # another venue down: its cursor waits, its settlements are booked when it answers
+            self._book_funding([dataclasses.replace(e, symbol=qualify(e.symbol, venue)) for e in raw], settled, key)
+        await self.sync_borrow()
+        liq_out: list[dict[str, Any]] = []
+        held = [r["symbol"] for r in self.store.q(
+            "SELECT DISTINCT l.symbol FROM legs l JOIN positions p ON p.id = l.position_id WHERE l.market != 'spot'"
+            " AND p.status IN ('opening','open','closing')")]
+        for venue, key, fetch in self._per_venue("liquidation_cursor", "liquidations"):
+            mine = [split(s)[0] for s in held if split(s)[1] == venue]
+            if venue is not None and not mine:
+                continue
+            lcursor = float(self.store.get_meta(key) or 0)
+            try:
+                evs = await fetch(lcursor, mine if venue is not None else [s for s in held if split(s)[1] is None])
+            except (VenueError, VenueTimeout):
+                if venue is None:
+                    raise
+                continue
+            for ev in sorted((dataclasses.replace(e, symbol=qualify(e.symbol, venue)) for e in evs), key=lambda e: e.time):
+                liq_out.append(await self.on_liquidation(ev, key))
+        return settled, liq_out
+
+    def _per_venue(self, cursor: str, method: str) -> list[tuple[str | None, str, Any]]:
+        """(venue or None for the primary, its cursor's meta key, the venue's own call) for every venue of the desk."""
+        out: list[tuple[str | None, str, Any]] = [(None, cursor, getattr(getattr(self.venue, "primary", self.venue), method))]
+        for v, ex in getattr(self.venue, "others", {}).items():
+            out.append((v, f"{cursor}:{v}", getattr(ex, method)))
+        return out
+
+    def _book_funding(self, events: list[Any], settled: list[FundingSettlementOut], cursor_key: str) -> None:
         if events:
             with self.store.tx():
                 for ev in events:
@@ -152,16 +191,7 @@ class Recovery:
                     settled.append(FundingSettlementOut(position_id=pid, symbol=ev.symbol, time=iso(ev.time) or "",
                                                         rate_pct=ev.rate * 100, mark_price=ev.mark_price, quantity=ev.quantity,
                                                         amount_usd=ev.amount_usd))
-                self.store.set_meta("funding_cursor", repr(max(ev.time for ev in events)))
-        await self.sync_borrow()
-        liq_out: list[dict[str, Any]] = []
-        lcursor = float(self.store.get_meta("liquidation_cursor") or 0)
-        held = [r["symbol"] for r in self.store.q(
-            "SELECT DISTINCT l.symbol FROM legs l JOIN positions p ON p.id = l.position_id WHERE l.market != 'spot'"
-            " AND p.status IN ('opening','open','closing')")]
-        for ev in sorted(await self.venue.liquidations(lcursor, held), key=lambda e: e.time):
-            liq_out.append(await self.on_liquidation(ev))
-        return settled, liq_out
+                self.store.set_meta(cursor_key, repr(max(ev.time for ev in events)))
 
     async def sync_borrow(self) -> int:
         """Copy the venue's hourly borrow interest onto the borrowed-spot leg open at that hour (idempotent)."""
@@ -187,22 +217,22 @@ class Recovery:
             self.store.set_meta("borrow_cursor", repr(max(ev.time for ev in events)))
         return len(events)
 
-    def _advance_liquidation_cursor(self, t: float) -> None:
-        if t > float(self.store.get_meta("liquidation_cursor") or 0):
-            self.store.set_meta("liquidation_cursor", repr(t))
+    def _advance_liquidation_cursor(self, t: float, key: str = "liquidation_cursor") -> None:
+        if t > float(self.store.get_meta(key) or 0):
+            self.store.set_meta(key, repr(t))
 
-    async def on_liquidation(self, ev: LiquidationEvent) -> dict[str, Any]:
+    async def on_liquidation(self, ev: LiquidationEvent, cursor_key: str = "liquidation_cursor") -> dict[str, Any]:
         info: dict[str, Any] = {"symbol": ev.symbol, "time": iso(ev.time), "quantity": ev.quantity, "price": ev.price,
                                 "margin_lost_usd": ev.loss_usd}
         if self.store.one("SELECT 1 FROM orders WHERE client_order_id = ?", (ev.client_order_id,)) is not None:
             with self.store.tx():  # already booked (crash after the fill, before the cursor moved): don't book it twice
-                self._advance_liquidation_cursor(ev.time)
+                self._advance_liquidation_cursor(ev.time, cursor_key)
             return {**info, "already_recorded": True}
         market = getattr(ev, "market", "perp")
         row = self.book.position_on(market, ev.symbol)
         if row is None:
             with self.store.tx():
-                self._advance_liquidation_cursor(ev.time)
+                self._advance_liquidation_cursor(ev.time, cursor_key)
             self.events.alert("critical", "liquidation", f"{ev.symbol} {market} liquidated at {ev.price:.2f} with no desk position", info)
             return info
         pid = row["id"]
@@ -231,7 +261,7 @@ class Recovery:
             oid = self.orders.new_order(leg, "", "liquidation", side, abs(ev.quantity), True, coid=ev.client_order_id)
             self.orders.record_fill(oid, liq)
             self.store.x("UPDATE positions SET status = 'closing', close_reason = ? WHERE id = ?", (f"{leg.role} {what}", pid))
-            self._advance_liquidation_cursor(ev.time)
+            self._advance_liquidation_cursor(ev.time, cursor_key)
         try:
             _, left = await self.execution.unwind_all(pid, row["entry_key"] or f"pos{pid}")
         except (VenueError, VenueTimeout):

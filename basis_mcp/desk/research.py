@@ -339,15 +339,8 @@ class Research:
         venues = self.risk.choose_venues(strategy, sym, short_venue, long_venue)
         rich = venues["rich"] or self.venue.primary_venue
         cheap = venues["cheap"] or self.venue.primary_venue
-        now = self.market.now()
-        per_hour: dict[str, float] = {}
-        for v in (rich, cheap):
-            feed, bare = self.market.feed_of(qualify(sym, None if v == self.venue.primary_venue else v))
-            vs = feed.snapshot(bare)
-            mean = feed.mean_funding_rate(bare, now - 30 * 86400.0, now)
-            per_hour[v] = (vs.funding_rate if mean is None else mean) / vs.funding_interval_hours
         if diff_8h_pct is None:
-            diff_h = per_hour[rich] - per_hour[cheap]
+            diff_h = self.risk.cross_differential(sym, rich, cheap)[0]
             source = f"mean settled rate of the last 30 days on each venue, per hour: {rich} − {cheap}"
         else:
             diff_h = diff_8h_pct / 100.0 / 8.0

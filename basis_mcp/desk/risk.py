@@ -124,7 +124,27 @@ class Risk:
         if instrument is not None and getattr(self.venue, "multi", False):
             venue = venue_of(instrument) or self.venue.primary_venue
             return (await self.venue.exchange(venue).fetch_balances()).get("USDT", 0.0)
+        if getattr(self.venue, "multi", False):  # the primary must answer; another venue down counts as nothing free there
+            total = (await self.venue.primary.fetch_balances()).get("USDT", 0.0)
+            for ex in self.venue.others.values():
+                try:
+                    total += (await ex.fetch_balances()).get("USDT", 0.0)
+                except (VenueError, VenueTimeout):
+                    pass
+            return total
         return (await self.venue.fetch_balances()).get("USDT", 0.0)
+
+    async def unreachable_venues(self, instruments: list[str]) -> dict[str, str]:
+        """Of the venues these instruments trade on, those that do not answer a balance read now (name → why)."""
+        if not getattr(self.venue, "multi", False):
+            return {}
+        out: dict[str, str] = {}
+        for v in dict.fromkeys(venue_of(s) or self.venue.primary_venue for s in instruments):
+            try:
+                await self.venue.exchange(v).fetch_balances()
+            except (VenueError, VenueTimeout) as e:
+                out[v] = str(e)[:200]
+        return out
 
     async def free_capital_usd(self) -> float:
         """Venue cash minus what in-flight entries have reserved."""
@@ -271,17 +291,22 @@ class Risk:
                        f"({names}; each is closed expiry_exit_hours {self.settings.expiry_exit_hours:g} before expiry)")
 
     def funding_per_hour(self, sym: str) -> dict[str, tuple[float | None, str]]:
-        """Per venue (short name): the funding rate a short perp on ``sym`` receives per hour, as a fraction
-        (the venue's shown rate over its own interval), or None and why there is none."""
+        """Per venue (short name): the funding a short perp on ``sym`` receives per hour, as a fraction: the venue's
+        mean settled rate of the last 30 days (else its shown rate) over its own interval; or None and why there is
+        none. The one measure the venue choice, scan_basis and the entry check all use."""
         out: dict[str, tuple[float | None, str]] = {}
         primary = self.venue.primary_venue
+        now = self.market.now()
         for v in self.venue.venue_names():
             try:
-                snap = self.market.feed_of(qualify(sym, None if v == primary else v))[0].snapshot(sym)
+                feed, bare = self.market.feed_of(qualify(sym, None if v == primary else v))
+                snap = feed.snapshot(bare)
             except (MarketDataUnavailable, KeyError) as e:
                 out[v] = (None, str(e))
                 continue
-            out[v] = (snap.funding_rate / snap.funding_interval_hours, snap.funding_rate_source)
+            mean = feed.mean_funding_rate(bare, now - 30 * 86400.0, now)
+            rate, src = (snap.funding_rate, snap.funding_rate_source) if mean is None else (mean, "mean settled, last 30 days")
+            out[v] = (rate / snap.funding_interval_hours, src)
         return out
 
     def choose_venues(self, strategy: StrategySpec, sym: str, short_venue: str | None, long_venue: str | None,
@@ -318,28 +343,74 @@ class Risk:
         primary = self.venue.primary_venue
         return {"rich": None if rich == primary else rich, "cheap": None if cheap == primary else cheap}
 
-    def venue_problems(self, planned: list[PlannedLeg], lev: float, balances: dict[str, dict[str, float]]) -> list[str]:
-        """With more than one venue: no venue above ``max_venue_share`` of capital once this entry is on, and each
-        venue's new legs paid from that venue's own free USDT (collateral does not move between exchanges)."""
+    async def venue_problems(self, planned: list[PlannedLeg], lev: float) -> list[str]:
+        """With more than one venue: every venue of the entry's legs answers, no venue above ``max_venue_share`` of
+        capital once this entry is on, and each venue's new legs paid from that venue's own free USDT less what
+        entries still waiting to fill there have reserved (collateral does not move between exchanges)."""
         if not self.venue.multi:
             return []
         cap = self.book.capital_usd * self.settings.max_venue_share
         usage = self.book.venue_usage(self.market.mid)
+        pending = self.book.venue_usage(self.market.mid, statuses=("opening",), unfilled_only=True)
         new: dict[str, float] = {}
         for p in planned:
             name = self.venue.leg_venue(p.symbol)
             new[name] = new.get(name, 0.0) + leg_capital_usd(p.spec.market, p.spec.side, p.quantity, p.mid, lev,
                                                              self.leg_costs(p.spec.market, p.symbol))
         out = []
+        balances: dict[str, dict[str, float]] = {}
+        for name in new:
+            try:
+                balances[name.split(":", 1)[-1]] = await self.venue.exchange(name.split(":", 1)[-1]).fetch_balances()
+            except (VenueError, VenueTimeout) as e:
+                out.append(f"{name} does not answer ({str(e)[:160]}): an entry needs every leg's venue")
         for name, usd in sorted(new.items()):
+            if name.split(":", 1)[-1] not in balances:
+                continue
             total = usage.get(name, 0.0) + usd
             if total > cap + 1e-6:
                 out.append(f"{name} would hold ${total:,.2f} of positions (${usage.get(name, 0.0):,.2f} open + ${usd:,.2f} "
                            f"new), above the per-venue cap of {self.settings.max_venue_share:g} of capital (${cap:,.2f})")
-            free = balances.get(name.removeprefix("paper:"), {}).get("USDT", 0.0)
+            free = balances[name.split(":", 1)[-1]].get("USDT", 0.0) - pending.get(name, 0.0)
             if usd > free + 1e-6:
-                out.append(f"{name} has ${free:,.2f} free USDT, less than the ${usd:,.2f} this entry's legs there need")
+                out.append(f"{name} has ${free:,.2f} free USDT (after entries still waiting to fill there), less than the "
+                           f"${usd:,.2f} this entry's legs there need")
         return out
+
+    def cross_differential(self, sym: str, rich: str, cheap: str) -> tuple[float, float]:
+        """(the funding differential per hour a cross position short ``rich`` / long ``cheap`` expects: each venue's
+        mean settled rate of the last 30 days over its own interval, else its shown rate; the end of the data the
+        two venues' markets have, +inf when unbounded)."""
+        rates = self.funding_per_hour(sym)
+        ends = math.inf
+        for v in (rich, cheap):
+            if rates[v][0] is None:
+                raise Rejected("symbol", sym, f"no {sym} perp funding on {v}: {rates[v][1]}")
+            feed, bare = self.market.feed_of(qualify(sym, None if v == self.venue.primary_venue else v))
+            span = getattr(feed, "span", {}).get(bare)
+            if span is not None:
+                ends = min(ends, span[1])
+        return rates[rich][0] - rates[cheap][0], ends  # type: ignore[operator]
+
+    def cross_entry_refusal(self, sym: str, planned: list[PlannedLeg], lev: float, hold_days: float) -> str | None:
+        """A cross-exchange entry must expect its funding differential over ``hold_days`` to pay its four perp fills, and
+        (replay) the hold must end before either venue's data does (there is no market to close it in after)."""
+        rich = next(p for p in planned if p.spec.venue_slot == "rich")
+        cheap = next(p for p in planned if p.spec.venue_slot == "cheap")
+        names = [venue_of(p.symbol) or self.venue.primary_venue for p in (rich, cheap)]
+        diff_h, ends = self.cross_differential(sym, *names)
+        notional = rich.quantity * rich.mid
+        costs = sum(2.0 * notional * (c.taker_fee + c.slippage_fraction(notional))
+                    for c in (self.leg_costs("perp", rich.symbol), self.leg_costs("perp", cheap.symbol)))
+        end = self.market.now() + self.settings.fill_delay_seconds + hold_days * 86400.0
+        if self.market.clock.simulated and end > ends - 3600.0:
+            return (f"a {hold_days:g}-day hold ends {iso(end)}, after the replay data of a venue ends ({iso(ends)}): "
+                    "there would be no market to close it in")
+        earn = notional * diff_h * hold_days * 24.0
+        if earn <= costs:
+            return (f"the funding differential ({names[0]} − {names[1]}, last 30 days: {diff_h * 8 * 100:.5f}%/8h) would earn "
+                    f"${earn:,.2f} over {hold_days:g} days, not the ${costs:,.2f} of four perp fills")
+        return None
 
     def leg_costs(self, market: str, symbol: str) -> Any:
         costs = self.settings.spec(symbol).costs
@@ -415,10 +486,11 @@ class Risk:
             if usd > headroom + 1e-9 and not (tier == self.settings.tier_of(sym) and usd == notional_usd):
                 problems.append(f"the legs put ${usd:,.2f} in the {tier} tier, above its headroom of ${headroom:,.2f}")
         if self.venue.multi:
-            try:
-                problems += self.venue_problems(planned, lev, await self.venue.balances_by_venue())
-            except (VenueError, VenueTimeout) as e:
-                problems.append(f"could not read every venue's balance: {e}")
+            problems += await self.venue_problems(planned, lev)
+        if strategy.cross_venue:
+            why = self.cross_entry_refusal(sym, planned, lev, expected_hold_days)
+            if why:
+                problems.append(why)
         below = tuple(problems)
         state, reason = self.trading_state()
         allow = self.allowlist()

@@ -71,11 +71,22 @@ class Watchdog:
             self.health.up()
         except (VenueUnavailable, VenueTimeout) as e:
             self.health.down(str(e))
-            down = self.health.down_seconds()
-            if down > VENUE_DOWN_LIMIT_S and self.store.get_meta("close_all_when_reachable") is None:
+            down_s = self.health.down_seconds()
+            if down_s > VENUE_DOWN_LIMIT_S and self.store.get_meta("close_all_when_reachable") is None:
                 self.store.set_meta("close_all_when_reachable", repr(self.events.now()))
-                self.events.alert("critical", "venue_unreachable", f"venue unreachable for {down / 60:.0f} min: no entries; "
-                                  "every position will be closed when it is reachable", {"down_seconds": round(down, 1)})
+                self.events.alert("critical", "venue_unreachable", f"{self.venue.name} unreachable for {down_s / 60:.0f} min: no "
+                                  "entries; every position will be closed when it is reachable",
+                                  {"venue": self.venue.name, "down_seconds": round(down_s, 1)})
+            if getattr(self.venue, "multi", False):  # the primary is down: legs on the other venues are still kept safe
+                cut_off = {self.venue.primary_venue: str(e)}
+                lim = self.risk.watchdog_limits()
+                for row in self.book.positions(("open", "closing")):
+                    legs_down = self.legs_on(row["id"], cut_off)
+                    if legs_down and len(legs_down) < len(self.book.legs(row["id"])):
+                        try:
+                            actions += await self.one_venue_down(row, lim, legs_down, cut_off)
+                        except (VenueError, VenueTimeout):
+                            pass  # that venue failed too: nothing more can be done this tick
             return actions
         try:
             await self.recovery.recover_all()
@@ -189,6 +200,19 @@ class Watchdog:
             out.append({**data, "action": "add_margin", "added_usd": amount})
         return out
 
+    def data_end(self, pid: int) -> float | None:
+        """Replay: the earliest end of a venue's data among the position's legs (a second venue's shipped funding
+        history is shorter than the primary data), None when no leg's market ends."""
+        ends = None
+        for leg in self.book.legs(pid):
+            if venue_of(leg.symbol) is None:
+                continue
+            feed, bare = self.market.feed_of(leg.symbol)
+            span = getattr(feed, "span", {}).get(bare)
+            if span is not None:
+                ends = span[1] if ends is None else min(ends, span[1])
+        return ends
+
     async def venue_back(self, row: Any) -> list[dict[str, Any]]:
         """The venue a leg of this position sat on was down past the limit and answers again: close it."""
         venue = self.store.get_meta(f"close_when_reachable:{row['id']}")
@@ -212,6 +236,15 @@ class Watchdog:
                 if act.kind == "add_margin":
                     actions.append(await self.apply(row, act, readings))
             return actions
+        ends = self.data_end(row["id"])
+        if ends is not None and row["status"] == "open":
+            delay = self.settings.fill_delay_seconds if self.market.clock.simulated else 0.0
+            if now + delay + 3600.0 >= ends:  # the last tick that can still close it: the replay data of a venue ends
+                msg = f"the replay data of one of its venues ends {iso(ends)}: closing while there is a market"
+                data = {"position_id": row["id"], "symbol": row["symbol"], "rule": "venue_data_ends", "data_ends": iso(ends)}
+                self.events.audit("watchdog", "venue_data_ends", data, "triggered", msg)
+                actions.append(await self.close(row, "venue_data_ends", msg, data))
+                return actions
         if close_all:
             msg = "venue was unreachable > 10 min: closing now that it answers"
             data = {"position_id": row["id"], "symbol": row["symbol"], "rule": "venue_was_unreachable",

@@ -355,7 +355,7 @@ class PaperVenue:
             snap = self.feed.snapshot(req.symbol)
         except (MarketDataUnavailable, KeyError) as e:
             raise VenueError(f"{req.symbol}: no market ({e})", "no_market") from None
-        spec = self.settings.spec(req.symbol)
+        spec = self.settings.spec(f"{req.symbol}@{self.venue}" if self.venue else req.symbol)  # this venue's own fees
         leg = spec.costs.leg("spot" if req.market == "margin_spot" else req.market)
         on_spot = req.market in ("spot", "margin_spot")
         mid = snap.spot if on_spot else snap.perp
