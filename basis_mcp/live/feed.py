@@ -13,6 +13,13 @@ One refresh of a venue costs one or two requests, whatever the number of symbols
   With no spot market the desk uses there, a snapshot's ``spot`` is the venue's oracle price
   (``oraclePx``, its index: see `LiveFeed.spot_source`) and carries no spot touch.
 
+Binance USD-M quarterlies (``BTC/USDT:USDT-260327``, desk code ``BTC-260327``, see `basis_mcp.dated`)
+come in the same ``premiumIndex`` request: its rows for delivery contracts carry the mark (no last
+price, no funding). ``snapshot("BTC-260327")`` is the contract as `ReplayFeed.dated_snapshot` shows
+it: ``perp`` and ``mark`` its mark, ``spot`` its coin's spot, funding 0, source
+"none (dated future)"; unavailable from its expiry on. The markets are reloaded when a listed
+contract expires or ``premiumIndex`` names one the markets do not have (after each delivery).
+
 The clock follows the venue: every payload timestamp re-syncs a `VenueClock`, so the desk's
 "now", data ages and settlement times are in the venue's time (a local simulator can move it).
 Settlements are recorded as they are observed: the rate the venue predicted for a settlement
@@ -24,11 +31,12 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import ccxt.async_support as ccxt_async
 
+from basis_mcp.dated import contract_code, is_contract, iso_day, parse_contract
 from basis_mcp.feed import MarketDataUnavailable, Settlement, Snapshot
 from basis_mcp.live.errors import venue_error
 from basis_mcp.venue.base import VenueError
@@ -39,6 +47,8 @@ INTERVALS_TTL_S = 3600.0
 # The desk names coins (``BTC``); its USDT-quoted symbols map by base to ``BTC/USDC:USDC`` there.
 PERPS_ONLY = {"hyperliquid": "USDC"}
 HL_FUNDING_PAGE = 500  # Hyperliquid's fundingHistory answers at most this many rows a call
+DATED_VENUES = ("binance",)  # venues whose USD-M quarterlies the feed quotes
+DATED_SOURCE = "none (dated future)"
 
 
 class VenueClock:
@@ -94,6 +104,9 @@ class LiveFeed:
         self._payload_ms = 0
         self.borrow: dict[str, tuple[float, float]] = {}  # asset -> (apr percent, venue time ms) last read
         self._borrow_read_at = -1e18
+        self.dated: dict[str, str] = {}  # listed quarterly: desk code (BTC-260327) -> ccxt symbol
+        self.fq: dict[str, _Quote] = {}  # desk code -> the quarterly's quote
+        self._dated_trigger: frozenset[str] = frozenset()  # what caused the last markets reload
 
     # ------------------------------------------------------------------ symbols
 
@@ -103,9 +116,23 @@ class LiveFeed:
     def perp_symbol(self, base: str) -> str:
         return f"{base}/{self.quote}:{self.quote}"
 
+    def future_symbol(self, code: str) -> str:
+        """ccxt's symbol of a dated contract: ``BTC-260327`` → ``BTC/USDT:USDT-260327`` (ValueError if
+        ``code`` is not a quarterly contract)."""
+        base, expiry = parse_contract(code)
+        return f"{self.perp_symbol(base)}-{contract_code(base, expiry).rsplit('-', 1)[1]}"
+
     @property
     def symbols(self) -> list[str]:
         return [s for s in self.universe if s in self.q]
+
+    @property
+    def dated_contracts(self) -> list[str]:
+        """The quarterlies of the universe the venue lists and the feed quotes, unexpired at the venue's
+        time, by coin then expiry (``BTC-260327``)."""
+        now = self.clock.now()
+        live = [parse_contract(c) + (c,) for c in self.dated if c in self.fq]
+        return [c for b, e, c in sorted(live) if b in self.universe and e > now]
 
     @property
     def spot_source(self) -> str:
@@ -126,7 +153,50 @@ class LiveFeed:
         spot = {b for b, k in bases if k == "spot"}
         perp = {b for b, k in bases if k == "perp"}
         self.listed = sorted(perp if self.perps_only else spot & perp)
+        self._index_dated()
         await self.refresh()
+
+    def _index_dated(self) -> None:
+        """The quarterlies the loaded markets list (active USD-M linear futures of a listed coin)."""
+        self.dated = {}
+        if self.venue not in DATED_VENUES:
+            return
+        for unified, m in self.ex.markets.items():
+            if not (m.get("future") and m.get("linear") and m.get("expiry") and m.get("quote") == self.quote):
+                continue
+            if m.get("active", True) is False or m.get("base") not in self.listed:
+                continue
+            try:
+                base, expiry = parse_contract(contract_code(m["base"], m["expiry"] / 1000.0))
+            except ValueError:
+                continue  # not a quarterly (a bi-quarterly or other dated contract): not quoted
+            self.dated[contract_code(base, expiry)] = unified
+        self.fq = {c: q for c, q in self.fq.items() if c in self.dated}
+
+    def _dated_code(self, key: str) -> str | None:
+        """The desk code of a ``premiumIndex`` row's key: ccxt's symbol, or the raw Binance id of a
+        contract the loaded markets do not have yet (``BTCUSDT_260925``)."""
+        if "_" not in key and "-" not in key:
+            return None
+        try:
+            base, expiry = parse_contract(key)
+        except ValueError:
+            return None
+        return contract_code(base, expiry) if base in self.listed else None
+
+    async def _reload_if_dated_changed(self, rates: dict[str, Any]) -> None:
+        """Reload the markets once a listed quarterly has expired (venue time of ``rates``) or the venue
+        quotes one the markets do not list; the same change never triggers a second reload."""
+        if self.venue not in DATED_VENUES:
+            return
+        now_ms = max((r.get("timestamp") or 0 for r in rates.values()), default=0) or self.clock.now() * 1000.0
+        trigger = {c for c, u in self.dated.items() if (self.ex.markets.get(u) or {}).get("expiry", 0) <= now_ms}
+        trigger |= {c for k in rates if k not in self.ex.markets and (c := self._dated_code(k)) and c not in self.dated}
+        if not trigger or frozenset(trigger) == self._dated_trigger:
+            return
+        self._dated_trigger = frozenset(trigger)
+        await self._call("reload markets", self.ex.load_markets(True))
+        self._index_dated()
 
     # ------------------------------------------------------------------ refresh (the only I/O)
 
@@ -195,6 +265,7 @@ class LiveFeed:
         if self.venue == "binance":
             await self._refresh_intervals()
             rates = await self._call("funding rates", self.ex.fetch_funding_rates())
+            await self._reload_if_dated_changed(rates)
             spot = await self._call("spot tickers", self.ex.fetch_bids_asks(params={"type": "spot"}))
             self._take_rates(rates)
         elif self.venue == "bybit":
@@ -261,7 +332,11 @@ class LiveFeed:
     def _take_rates(self, rates: dict[str, Any]) -> None:
         latest = 0.0
         for unified, r in rates.items():
-            base = self._base(unified)
+            if self.dated and (code := self._dated_code(unified)) is not None:
+                if code in self.dated:
+                    self._take_dated(code, r)
+                continue
+            base = self._perp_base(unified)  # not a dated future's row: it would overwrite the perp
             if base is None or base not in self.listed:
                 continue
             q = self._quote(base)
@@ -284,6 +359,19 @@ class LiveFeed:
                 q.interval_h = (r["nextFundingTimestamp"] - r["fundingTimestamp"]) / 3_600_000.0
         if latest:
             self._payload_ms = max(self._payload_ms, int(latest))
+
+    def _take_dated(self, code: str, r: dict[str, Any]) -> None:
+        """A quarterly's ``premiumIndex`` row: its mark stands for its price (no last price, no funding)."""
+        mark = r.get("markPrice")
+        if not mark:
+            return
+        q = self.fq.setdefault(code, _Quote())
+        ts = r.get("timestamp") or 0
+        q.mark = q.perp = float(mark)
+        q.perp_time = (ts / 1000.0) if ts else self.clock.now()
+        q.marks.append((q.perp_time, q.mark))
+        if ts:
+            self._payload_ms = max(self._payload_ms, int(ts))
 
     def _take_bybit(self, tickers: dict[str, Any]) -> None:
         latest = 0.0
@@ -370,13 +458,14 @@ class LiveFeed:
     # ------------------------------------------------------------------ what the desk reads
 
     def snapshot(self, symbol: str, at: float | None = None) -> Snapshot:
+        if is_contract(symbol):
+            return self.dated_snapshot(symbol, at)
         q = self.q.get(symbol)
         if q is None or q.spot_bid is None or q.perp is None or q.mark is None:
             raise MarketDataUnavailable(f"{symbol}: no live quote from {self.venue} yet")
         now = self.clock.now() if at is None else at
         spot = (q.spot_bid + q.spot_ask) / 2.0
-        hour = [m for t, m in q.marks if t >= now - HOUR]
-        prev = [m for t, m in q.marks if t <= now - HOUR + 60]
+        hour, prev = self._mark_range(q, now)
         next_t = q.next_funding or (math.floor(now / (q.interval_h * HOUR)) + 1) * q.interval_h * HOUR
         settled = self.settled.get(symbol) or []
         return Snapshot(
@@ -401,6 +490,32 @@ class LiveFeed:
             perp_bid=q.perp_bid,
             perp_ask=q.perp_ask,
         )
+
+    @staticmethod
+    def _mark_range(q: _Quote, now: float) -> tuple[list[float], list[float]]:
+        """(marks over the last hour, marks from an hour ago or before)."""
+        return [m for t, m in q.marks if t >= now - HOUR], [m for t, m in q.marks if t <= now - HOUR + 60]
+
+    def dated_snapshot(self, code: str, at: float | None = None) -> Snapshot:
+        """A listed quarterly as the paper desk shows one (`ReplayFeed.dated_snapshot`): ``perp`` and
+        ``mark`` its venue mark, ``spot`` its coin's spot, no funding (the schedule fields are its
+        coin's perp's). `MarketDataUnavailable` from its expiry on, or if the venue does not list it."""
+        try:
+            base, expiry = parse_contract(code)
+        except ValueError as e:
+            raise MarketDataUnavailable(str(e)) from None
+        now = self.clock.now() if at is None else at
+        if now >= expiry:
+            raise MarketDataUnavailable(f"{code} expired at {iso_day(expiry)}")
+        fq = self.fq.get(code)
+        if code not in self.dated or fq is None or fq.mark is None or fq.perp is None:
+            raise MarketDataUnavailable(f"{code}: {self.venue} does not list it (no live quote)")
+        snap = self.snapshot(base, at)
+        hour, prev = self._mark_range(fq, now)
+        return replace(snap, symbol=code, perp=fq.perp, mark=fq.mark, mark_high=max(hour) if hour else fq.mark,
+                       mark_low=min(hour) if hour else fq.mark, perp_time=min(fq.perp_time, now),
+                       funding_rate=0.0, funding_rate_source=DATED_SOURCE, last_settled_rate=None,
+                       prev_perp=prev[-1] if prev else None, perp_bid=fq.perp_bid, perp_ask=fq.perp_ask)
 
     def settlements_between(self, t_from: float, t_to: float) -> list[Settlement]:
         out = [
@@ -477,13 +592,18 @@ class LiveFeed:
         """(buy, sell) fractions paid versus mid to take ``notional_usd`` from the live book (one request)."""
         if market == "spot" and self.perps_only:
             raise VenueError(f"{self.venue} has no spot market: no spot book", "no_spot_market")
-        sym = self.spot_symbol(symbol) if market == "spot" else self.perp_symbol(symbol)
+        if market == "future":
+            if symbol not in self.dated:
+                raise VenueError(f"{symbol} is not listed on {self.venue}", "bad_symbol")
+            sym = self.dated[symbol]
+        else:
+            sym = self.spot_symbol(symbol) if market == "spot" else self.perp_symbol(symbol)
         book = await self._call("order book", self.ex.fetch_order_book(sym, 100))
         if not book["bids"] or not book["asks"]:
             return None
         mid = (book["bids"][0][0] + book["asks"][0][0]) / 2.0
         # swap books on some venues (OKX) count contracts: convert to base units
-        contract = float((self.ex.markets.get(sym) or {}).get("contractSize") or 1.0) if market == "perp" else 1.0
+        contract = float((self.ex.markets.get(sym) or {}).get("contractSize") or 1.0) if market != "spot" else 1.0
 
         def walk(levels: list) -> float | None:
             left, cost, qty = notional_usd, 0.0, 0.0

@@ -1,5 +1,6 @@
 """Accounts: spot balances, the futures account and balances, position risk, leverage brackets,
-leverage / margin type / isolated margin changes and funding income."""
+leverage / margin type / isolated margin changes and income (funding, commissions, realised P&L,
+quarterly deliveries). Futures rows cover the perps and the listed quarterlies."""
 
 from __future__ import annotations
 
@@ -108,7 +109,8 @@ class AccountsApi:
             if version == 2:
                 asset["marginAvailable"] = True
             positions = []
-            for sym, inst in self.state.instruments.items():
+            for inst in self.state.futures_contracts():
+                sym = inst.id
                 pos = self.state.positions.get(sym) or Position(sym)
                 if version == 3 and not pos.amt:
                     continue
@@ -167,10 +169,11 @@ class AccountsApi:
         """v3 lists open positions only and has no leverage/marginType (as on Binance);
         v2 lists every symbol."""
         with self.state.lock:
-            syms = [self.state.inst(symbol).id] if symbol else list(self.state.instruments)
+            insts = [self.state.inst(symbol, "perp")] if symbol else self.state.futures_contracts()
             rows = []
-            for sym in syms:
-                inst, pos = self.state.instruments[sym], self.state.positions.get(sym) or Position(sym)
+            for inst in insts:
+                sym = inst.id
+                pos = self.state.positions.get(sym) or Position(sym)
                 if version == 3 and not pos.amt:
                     continue
                 m = self.state.pos_metrics(pos)
@@ -213,7 +216,7 @@ class AccountsApi:
     def leverage_brackets(self, symbol: str | None = None) -> Any:
         with self.state.lock:
             out = []
-            for inst in [self.state.inst(symbol)] if symbol else self.state.instruments.values():
+            for inst in [self.state.inst(symbol, "perp")] if symbol else self.state.futures_contracts():
                 rows, floor = [], 0.0
                 for n, b in enumerate(inst.brackets, 1):
                     cap = min(b.notional_cap_usd, 5e9)
@@ -233,7 +236,7 @@ class AccountsApi:
 
     def change_leverage(self, symbol: str, leverage: int) -> dict[str, Any]:
         with self.state.lock:
-            inst = self.state.inst(symbol)
+            inst = self.state.inst(symbol, "perp")
             if not 1 <= leverage <= self.state.max_leverage(inst):
                 raise BinanceError(-4028, f"Leverage {leverage} is not valid")
             pos, cap = self.state.positions.get(inst.id), self.state.max_notional(inst, leverage)
@@ -248,7 +251,7 @@ class AccountsApi:
 
     def change_margin_type(self, symbol: str, margin_type: str) -> dict[str, Any]:
         with self.state.lock:
-            inst = self.state.inst(symbol)
+            inst = self.state.inst(symbol, "perp")
             mt = margin_type.upper()
             if mt not in (ISOLATED, CROSSED):
                 raise BinanceError(-1116, "Invalid marginType.")
@@ -263,7 +266,7 @@ class AccountsApi:
     def position_margin(self, symbol: str, amount: float, kind: int) -> dict[str, Any]:
         """Add (type 1) or remove (type 2) isolated margin."""
         with self.state.lock:
-            inst = self.state.inst(symbol)
+            inst = self.state.inst(symbol, "perp")
             pos = self.state.positions.get(inst.id)
             if self.state.margin_type_of(inst.id) != ISOLATED:
                 raise BinanceError(-4049, "Add margin only support for isolated position.")

@@ -1,9 +1,20 @@
-"""A local Binance (spot + USD-M perpetual) server, driven by the shipped hourly data.
+"""A local Binance (spot + USD-M perpetual + USD-M quarterly) server, driven by the shipped hourly data.
 
 ccxt's ``binance`` client, pointed here with ``make_exchange("binance", creds, base_url=sim.url)``,
 loads markets, reads prices, funding and order books, trades market orders, reads balances
 and positions, changes leverage / margin type / isolated margin and reads funding income,
 all in Binance's own wire format (paths, fields, string numbers, error codes).
+
+Quarterlies (opt in: ``SimState(quarterlies=True)`` for every perp's coin, or a list of bases;
+``--quarterlies`` on the command line): the current and the next quarter of each coin are listed
+as Binance lists them (``BTCUSDT_260327``, ``contractType`` CURRENT_QUARTER / NEXT_QUARTER,
+``deliveryDate``, ``onboardDate``; ccxt names them ``BTC/USDT:USDT-260327``, type future). Their
+prices are SIMULATED with the paper desk's model (`basis_mcp.dated.simulated_price` of the perp and
+the shipped funding's `funding_carry_apr`), so the paper desk and this venue agree on every
+quarterly's price. They trade like perps (isolated or cross position, leverage per symbol, no
+funding) and deliver at ``deliveryDate``: positions close at the index (the coin's spot), margin and
+P&L return to the cross wallet, ``/fapi/v1/income`` shows a ``DELIVERED_SETTELMENT`` row (Binance's
+spelling), ``/futures/data/delivery-price`` the price, and the next quarter is listed.
 
 Modules (each imports only those above it; none imports this one):
 
@@ -21,7 +32,8 @@ Modules (each imports only those above it; none imports this one):
   funding, klines), `basis_mcp.sim.trading.TradingApi` (market orders fill at
   `LegCosts.fill_price`, half-spread + square-root impact, with taker fees; order queries,
   trades, order JSON) and `basis_mcp.sim.accounts.AccountsApi` (balances, positions, leverage,
-  margin type, isolated margin, income).
+  margin type, isolated margin, income). `basis_mcp.sim.instruments.Quarterly` prices the quarterlies;
+  `SimState` lists and delivers them.
 - This module: `BinanceSim`, the state plus one of each API family (and the admin snapshot
   that needs all of them), and `build_app(state)`, a thin Starlette layer: routing, Binance
   auth (``X-MBX-APIKEY`` + HMAC-SHA256 ``signature``), fault injection, request counting, and
@@ -33,12 +45,13 @@ balances; the futures account holds a cross wallet plus, per isolated position, 
 wallet. Opening a perp moves ``qty × price / leverage`` from the cross wallet into the
 isolated wallet; the taker fee is charged to the cross wallet; realised P&L and funding go
 to the isolated wallet (cross wallet for a cross position); reducing releases the isolated
-wallet pro rata, closing releases all of it. Spot taker fees are taken from the received
+wallet pro rata, closing (or a quarterly's delivery, at the index, no fee) releases all of it. Spot taker fees are taken from the received
 asset, as Binance does without BNB (buy → base asset, sell → USDT), unless
 ``spot_fee_in_quote=True``. So ``spot USDT + cross wallet + Σ isolated wallets`` changes by
-exactly −buy cost + sell proceeds − USDT fees + realised P&L + funding.
+exactly −buy cost + sell proceeds − USDT fees + realised P&L + funding + delivery P&L.
 
 Not simulated: limit/stop orders (the markets list only MARKET), hedge mode, liquidations,
+a quarterly's own supply and demand, its delivery fee and the 30-minute index average it delivers at,
 cross-margin liquidation prices (approximated with the cross wallet), price moves inside an
 hour, recvWindow checks (signed requests carry wall-clock timestamps; simulated time is
 elsewhere).
@@ -292,6 +305,7 @@ def build_app(state: SimState) -> Starlette:
         api("GET", "/fapi/v1/fundingInfo", lambda p: sim.market.funding_info()),
         api("GET", "/fapi/v1/fundingRate", sim.market.funding_rate_history),
         api("GET", "/fapi/v1/klines", lambda p: sim.market.klines("perp", p)),
+        api("GET", "/futures/data/delivery-price", lambda p: sim.market.delivery_prices(_need(p, "pair"))),
         api("GET", "/fapi/v1/forceOrders", lambda p: [], True),  # the simulator never liquidates
         api("GET", "/fapi/v1/userTrades", lambda p: sim.trading.my_trades("perp", p), True),
         # USD-M futures, signed
@@ -450,6 +464,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--futures-usdt", type=float, default=100_000.0)
     ap.add_argument("--extra-symbols", type=int, default=0)
     ap.add_argument("--default-margin-type", choices=[CROSSED, ISOLATED], default=CROSSED)
+    ap.add_argument("--quarterlies", action="store_true", help="list USD-M quarterlies (SIMULATED prices)")
     args = ap.parse_args(argv)
     state = SimState(
         start=args.start,
@@ -459,6 +474,7 @@ def main(argv: list[str] | None = None) -> None:
         futures_usdt=args.futures_usdt,
         extra_symbols=args.extra_symbols,
         default_margin_type=args.default_margin_type,
+        quarterlies=args.quarterlies,
     )
     sock = _bind(args.host, args.port)
     print(json.dumps({"url": f"http://{args.host}:{sock.getsockname()[1]}", "t": state.t}), flush=True)

@@ -1,5 +1,6 @@
 """The simulator's vocabulary: constants, `BinanceError`, request-parameter parsing and wire
-number formatting, the instruments priced from the shipped data (`Instrument`) and the records
+number formatting, the instruments priced from the shipped data (`Instrument`: spot + perpetual;
+`Quarterly`: a USD-M quarterly future on an instrument's coin, SIMULATED price) and the records
 the state keeps (`Faults`, `Position`, `Order`). Imports nothing else from `basis_mcp.sim`."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 
 from basis_mcp.config import SymbolSpec
 from basis_mcp.costs import LegCosts
+from basis_mcp.dated import funding_carry_apr, quarterly_expiries, simulated_price
 from basis_mcp.history import HOUR, SymbolHistory, load_extract
 from basis_mcp.margin import Bracket
 
@@ -199,12 +201,119 @@ class Instrument:
     def quote(self, market: str, t: float) -> tuple[float, float, float]:
         """(bid, mid, ask) for "spot" or "perp", rounded to the tick."""
         mid = self.spot(t) if market == "spot" else self.perp(t)
-        hs = (self.spec.spot_half_spread_bps if market == "spot" else self.spec.perp_half_spread_bps) / 1e4
-        bid, ask = round(mid * (1 - hs), 2), round(mid * (1 + hs), 2)
-        return bid, mid, max(ask, bid + TICK)
+        hs = self.spec.spot_half_spread_bps if market == "spot" else self.spec.perp_half_spread_bps
+        return _touch(mid, hs)
 
     def leg(self, market: str) -> LegCosts:
         return self.spec.costs.leg(market)
+
+
+def _touch(mid: float, half_spread_bps: float) -> tuple[float, float, float]:
+    hs = half_spread_bps / 1e4
+    bid, ask = round(mid * (1 - hs), 2), round(mid * (1 + hs), 2)
+    return bid, mid, max(ask, bid + TICK)
+
+
+@dataclass
+class Quarterly:
+    """A USD-M quarterly future on ``coin``'s base (``BTCUSDT_260327``), delivering at ``expiry``
+    (epoch s, the last Friday of the quarter's month 08:00 UTC), listed from ``onboard`` (the
+    delivery two quarters before: Binance lists the current and the next quarter).
+
+    Its price is SIMULATED, exactly as the paper desk prices it (`basis_mcp.dated.simulated_price`
+    of the coin's perp and `funding_carry_apr` of the shipped funding, the same inputs
+    `basis_mcp.feed.ReplayFeed.dated_snapshot` uses): there is no real quarterly history in the
+    data. Last price = mark = that price; index = the coin's spot; book = the perp's half-spread
+    around it; same lot step, brackets and fees as the perp; no funding. It delivers in cash at the
+    index (the coin's spot at ``expiry``)."""
+
+    coin: Instrument
+    expiry: int
+
+    @property
+    def base(self) -> str:
+        return self.coin.base
+
+    @property
+    def pair(self) -> str:
+        return self.coin.id
+
+    @property
+    def id(self) -> str:
+        return f"{self.coin.id}_{datetime.fromtimestamp(self.expiry, UTC):%y%m%d}"
+
+    @property
+    def onboard(self) -> int:
+        before = quarterly_expiries(self.expiry - 400 * 86_400, self.expiry - 1)
+        return int(before[-2])
+
+    @property
+    def spec(self) -> SymbolSpec:
+        return self.coin.spec
+
+    @property
+    def brackets(self) -> list[Bracket]:
+        return self.coin.brackets
+
+    @property
+    def qdec(self) -> int:
+        return self.coin.qdec
+
+    @property
+    def interval_h(self) -> int:
+        return self.coin.interval_h
+
+    def step(self, market: str = "perp") -> float:
+        return self.coin.step("perp")
+
+    def dec(self, market: str = "perp") -> int:
+        return self.coin.dec("perp")
+
+    def leg(self, market: str = "perp") -> LegCosts:
+        return self.coin.leg("perp")
+
+    def has_data(self, t: float) -> bool:
+        return t < self.expiry and self.coin.has_data(t)
+
+    def price_at(self, perp: float | np.ndarray, t: float | np.ndarray) -> np.ndarray:
+        """The SIMULATED price at ``t`` given the perp's price then (vectorised)."""
+        s = self.coin.series
+        return simulated_price(perp, funding_carry_apr(s.f_time, s.f_rate, t), self.expiry - np.asarray(t, dtype=np.float64))
+
+    def perp(self, t: float) -> float:
+        """Last price at ``t``: the simulated price (there is no trade tape)."""
+        return float(self.price_at(self.coin.perp(t), t)[0])
+
+    def mark(self, t: float) -> float:
+        return self.perp(t)
+
+    def spot(self, t: float) -> float:
+        """The index: the coin's spot."""
+        return self.coin.spot(t)
+
+    def quote(self, market: str, t: float) -> tuple[float, float, float]:
+        return _touch(self.perp(t), self.spec.perp_half_spread_bps)
+
+    def close_at(self, t: float) -> float | None:
+        """The price observed at ``t`` (a candle's close), None without data or from expiry on."""
+        i = self.coin._i(t)
+        if i < 0 or t >= self.expiry or math.isnan(self.coin.series.perp[i]):
+            return None
+        return float(self.price_at(float(self.coin.series.perp[i]) * self.coin.scale, t)[0])
+
+    def window(self, arr_name: str, t: float, hours: int = 24) -> np.ndarray:
+        """The simulated price at each hourly close of the last ``hours`` hours up to ``t``."""
+        perp = self.coin.window("perp", t, hours)
+        i = self.coin._i(t)
+        times = self.coin.series.t0 + HOUR * np.arange(i - perp.size + 1, i + 1, dtype=np.float64)
+        return self.price_at(perp, times)
+
+    def settlements(self, a: float, b: float) -> list[int]:
+        return []  # a delivery contract pays no funding
+
+    def delivery_price(self) -> float:
+        """The index at expiry: the coin's spot then."""
+        return self.coin.spot(self.expiry)
 
 
 

@@ -1,4 +1,7 @@
-"""Public market data: exchange info, tickers, order books, premium index, funding, klines."""
+"""Public market data: exchange info, tickers, order books, premium index, funding, klines,
+quarterly delivery prices. The futures endpoints serve the listed quarterlies (`Quarterly`,
+SIMULATED price) beside the perps, in Binance's format for delivery contracts (premium index
+without funding: ``lastFundingRate`` "" and ``nextFundingTime`` 0)."""
 
 from __future__ import annotations
 
@@ -7,8 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from basis_mcp.dated import quarterly_expiries
 from basis_mcp.history import HOUR
-from basis_mcp.sim.instruments import QUOTE, TICK, BinanceError, _need, _s8
+from basis_mcp.sim.instruments import QUOTE, TICK, BinanceError, Instrument, Quarterly, _need, _s8
 from basis_mcp.sim.state import SimState
 
 PERPETUAL_DELIVERY_MS = 4133404800000
@@ -99,29 +103,14 @@ class MarketDataApi:
                         },
                     ]
                 else:
-                    row = {"symbol": inst.id, "pair": inst.id, "status": status, "baseAsset": inst.base}
-                    row |= PERP_SYMBOL_STATIC | {"onboardDate": inst.series.t0 * 1000, "quantityPrecision": q}
-                    lot = {"minQty": f"{step:.{q}f}", "stepSize": f"{step:.{q}f}"}
-                    row["filters"] = [
-                        {
-                            "filterType": "PRICE_FILTER",
-                            "minPrice": "0.01",
-                            "maxPrice": "1000000",
-                            "tickSize": "0.01",
-                        },
-                        {"filterType": "LOT_SIZE", "maxQty": "1000"} | lot,
-                        {"filterType": "MARKET_LOT_SIZE", "maxQty": "120"} | lot,
-                        {"filterType": "MAX_NUM_ORDERS", "limit": 200},
-                        {"filterType": "MAX_NUM_ALGO_ORDERS", "limit": 10},
-                        {"filterType": "MIN_NOTIONAL", "notional": f"{mn:g}"},
-                        {
-                            "filterType": "PERCENT_PRICE",
-                            "multiplierUp": "1.0500",
-                            "multiplierDown": "0.9500",
-                            "multiplierDecimal": "4",
-                        },
-                    ]
+                    row = self._futures_row(inst, status)
                 syms.append(row)
+            if market == "perp":
+                for q in self.state.listed_quarterlies().values():
+                    row = self._futures_row(q, "TRADING" if q.has_data(self.state.t) else "PENDING_TRADING")
+                    row |= {"contractType": self.state.contract_type(q), "deliveryDate": q.expiry * 1000,
+                            "onboardDate": q.onboard * 1000}
+                    syms.append(row)
             out: dict[str, Any] = {
                 "timezone": "UTC",
                 "serverTime": self.state.ms,
@@ -142,10 +131,41 @@ class MarketDataApi:
                 out["assets"] = [{"asset": QUOTE, "marginAvailable": True, "autoAssetExchange": "-10000"}]
             return out
 
+    @staticmethod
+    def _futures_row(inst: Instrument | Quarterly, status: str) -> dict[str, Any]:
+        """A USD-M ``exchangeInfo`` symbol: a perpetual's row (a quarterly's caller sets its contract
+        type, delivery and onboard dates)."""
+        step, mn, q = inst.step("perp"), inst.spec.min_notional_usd, inst.dec("perp")
+        pair = inst.pair if isinstance(inst, Quarterly) else inst.id
+        row = {"symbol": inst.id, "pair": pair, "status": status, "baseAsset": inst.base}
+        onboard = inst.onboard if isinstance(inst, Quarterly) else inst.series.t0
+        row |= PERP_SYMBOL_STATIC | {"onboardDate": onboard * 1000, "quantityPrecision": q}
+        lot = {"minQty": f"{step:.{q}f}", "stepSize": f"{step:.{q}f}"}
+        row["filters"] = [
+            {
+                "filterType": "PRICE_FILTER",
+                "minPrice": "0.01",
+                "maxPrice": "1000000",
+                "tickSize": "0.01",
+            },
+            {"filterType": "LOT_SIZE", "maxQty": "1000"} | lot,
+            {"filterType": "MARKET_LOT_SIZE", "maxQty": "120"} | lot,
+            {"filterType": "MAX_NUM_ORDERS", "limit": 200},
+            {"filterType": "MAX_NUM_ALGO_ORDERS", "limit": 10},
+            {"filterType": "MIN_NOTIONAL", "notional": f"{mn:g}"},
+            {
+                "filterType": "PERCENT_PRICE",
+                "multiplierUp": "1.0500",
+                "multiplierDown": "0.9500",
+                "multiplierDecimal": "4",
+            },
+        ]
+        return row
+
     def book_ticker(self, market: str, symbol: str | None = None, symbols: str | None = None) -> Any:
         with self.state.lock:
             rows = []
-            for inst in self.state.live(symbol, symbols):
+            for inst in self.state.live(symbol, symbols, market):
                 bid, mid, ask = inst.quote(market, self.state.t)
                 depth = 250_000 / mid
                 row = {
@@ -163,7 +183,7 @@ class MarketDataApi:
     def ticker_24h(self, market: str, symbol: str | None = None, symbols: str | None = None) -> Any:
         with self.state.lock:
             rows = []
-            for inst in self.state.live(symbol, symbols):
+            for inst in self.state.live(symbol, symbols, market):
                 bid, last, ask = inst.quote(market, self.state.t)
                 w = inst.window("spot" if market == "spot" else "perp", self.state.t)
                 opn = float(w[0])
@@ -200,7 +220,7 @@ class MarketDataApi:
         """A book whose walk reproduces the cost model: level k's price is the marginal
         price of the square-root impact curve at the notional ahead of it."""
         with self.state.lock:
-            inst = self.state.inst(symbol)
+            inst = self.state.inst(symbol, market)
             limit = min(int(limit or (100 if market == "spot" else 500)), 1000)
             bid, mid, ask = inst.quote(market, self.state.t)
             leg, step, q = inst.leg(market), inst.step(market), inst.dec(market)
@@ -223,7 +243,10 @@ class MarketDataApi:
     def premium_index(self, symbol: str | None = None) -> Any:
         with self.state.lock:
             rows = []
-            for inst in self.state.live(symbol):
+            for inst in self.state.live(symbol, None, "perp"):
+                if isinstance(inst, Quarterly):  # a delivery contract: no funding, Binance sends empty fields
+                    rows.append(self._quarterly_premium(inst))
+                    continue
                 nxt = inst.next_funding(self.state.t)
                 rate = inst.funding_rate(nxt)
                 rows.append(
@@ -239,6 +262,31 @@ class MarketDataApi:
                     }
                 )
             return rows[0] if symbol else rows
+
+    def _quarterly_premium(self, q: Quarterly) -> dict[str, Any]:
+        index = q.spot(self.state.t)
+        return {
+            "symbol": q.id,
+            "markPrice": _s8(q.mark(self.state.t)),
+            "indexPrice": _s8(index),
+            "estimatedSettlePrice": _s8(index),
+            "lastFundingRate": "",
+            "interestRate": "",
+            "nextFundingTime": 0,
+            "time": self.state.ms,
+        }
+
+    def delivery_prices(self, pair: str) -> list[dict[str, Any]]:
+        """``GET /futures/data/delivery-price?pair=BTCUSDT``: every quarterly delivered so far (since
+        the pair's data starts), newest first, at the index (the coin's spot at delivery)."""
+        with self.state.lock:
+            inst = self.state.inst(pair)
+            if inst.base not in self.state.quarterly_bases:
+                return []
+            rows = []
+            for e in quarterly_expiries(inst.series.t0, self.state.t):
+                rows.append({"deliveryTime": int(e) * 1000, "deliveryPrice": round(inst.spot(e), 8)})
+            return rows[::-1]
 
     def funding_info(self) -> list[dict[str, Any]]:
         with self.state.lock:
@@ -262,21 +310,29 @@ class MarketDataApi:
         with self.state.lock:
             if p.get("interval", "1h") != "1h":
                 raise BinanceError(-1120, "Invalid interval.")
-            inst = self.state.inst(_need(p, "symbol"))
+            inst = self.state.inst(_need(p, "symbol"), market)
             limit = min(int(p.get("limit") or 500), 1500)
-            arr = inst.series.spot if market == "spot" else inst.series.perp
             now_open = (self.state.t // HOUR) * HOUR - HOUR  # the last candle that has closed
             start = int(p["startTime"]) // 1000 if p.get("startTime") else now_open - (limit - 1) * HOUR
             start = (start + HOUR - 1) // HOUR * HOUR
             rows = []
             t = start
             while t <= now_open and len(rows) < limit:
-                i = inst._i(t + HOUR)
-                if i >= 0 and not math.isnan(arr[i]):
-                    c = _s8(float(arr[i]) * inst.scale)
+                close = self._close(inst, market, t + HOUR)
+                if close is not None:
+                    c = _s8(close)
                     rows.append([t * 1000, c, c, c, c, "0", (t + HOUR) * 1000 - 1, "0", 0, "0", "0", "0"])
                 t += HOUR
             return rows
+
+    @staticmethod
+    def _close(inst: Instrument | Quarterly, market: str, t: int) -> float | None:
+        """The price observed at ``t`` (a candle's close), None where there is none."""
+        if isinstance(inst, Quarterly):
+            return inst.close_at(t) if t - HOUR >= inst.onboard else None
+        arr = inst.series.spot if market == "spot" else inst.series.perp
+        i = inst._i(t)
+        return None if i < 0 or math.isnan(arr[i]) else float(arr[i]) * inst.scale
 
     def funding_rate_history(self, p: dict[str, str]) -> list[dict[str, Any]]:
         with self.state.lock:

@@ -3,7 +3,13 @@
 It holds everything that changes (time, balances, positions, orders, income, faults, request
 counts) plus the lookups and margin arithmetic every API family shares. The API families
 (`market_data`, `trading`, `accounts`) hold a reference to one `SimState` and import this
-module; it imports none of them."""
+module; it imports none of them.
+
+Quarterlies (``quarterlies=True``, or the bases that have them): the current and the next
+quarterly of each perp are listed (`Quarterly`, SIMULATED price); moving time across a delivery
+closes every position in the delivering contract at the index (`Quarterly.delivery_price`),
+returns its isolated margin and P&L to the cross wallet and books a ``DELIVERED_SETTELMENT``
+income row (Binance's spelling); the contract is then delisted and the next one listed."""
 
 from __future__ import annotations
 
@@ -13,9 +19,11 @@ import json
 import math
 import threading
 from collections import Counter
+from collections.abc import Collection
 from typing import Any
 
 from basis_mcp.config import DEFAULT_SPECS, SymbolSpec
+from basis_mcp.dated import listed_expiries, quarterly_expiries
 from basis_mcp.history import SymbolHistory
 from basis_mcp.margin import liquidation_price, maintenance_margin
 from basis_mcp.sim.instruments import (
@@ -27,6 +35,7 @@ from basis_mcp.sim.instruments import (
     Instrument,
     Order,
     Position,
+    Quarterly,
     _r8,
     _s8,
     _Series,
@@ -55,6 +64,7 @@ class SimState:
         spot_fee_in_quote: bool = False,
         reject_duplicate_client_ids: bool = True,
         histories: dict[str, SymbolHistory] | None = None,
+        quarterlies: bool | Collection[str] = False,
     ):
         self.lock = threading.RLock()
         self.api_key, self._secret = api_key, secret.encode()
@@ -96,6 +106,12 @@ class SimState:
         self.orders_by_id: dict[tuple[str, int], Order] = {}
         self.orders_by_coid: dict[tuple[str, str, str], Order] = {}
         self.income: list[dict[str, Any]] = []
+        # the bases with USD-M quarterlies (Binance: BTC, ETH...): True = every perp, False = none
+        if quarterlies is True:
+            self.quarterly_bases = {i.base for i in self.instruments.values()}
+        else:
+            self.quarterly_bases = {str(b).upper() for b in (quarterlies or ())}
+        self._quarterlies: dict[str, Quarterly] = {}  # every contract ever listed, by id (delivered ones too)
         self._next = {"spot": 1_000_001, "perp": 5_000_001, "trade": 1, "tran": 9_000_000_001}
         self.requests: Counter[str] = Counter()
         self.unknown_paths: list[str] = []
@@ -107,10 +123,18 @@ class SimState:
         return self.t * 1000
 
     def set_time(self, t: str | int | float) -> list[dict[str, Any]]:
-        """Move simulated time; settle funding crossed on the way forward. Returns new income."""
+        """Move simulated time; settle funding and deliver quarterlies crossed on the way forward
+        (in time order; at a delivery time funding first). Returns the new income rows."""
         with self.lock:
             t = parse_time(t)
-            settled = self._settle_funding(max(self._funding_cursor, self.t), t) if t > self.t else []
+            settled: list[dict[str, Any]] = []
+            if t > self.t:
+                a = max(self._funding_cursor, self.t)
+                for expiry in (int(e) for e in quarterly_expiries(a, t)) if self.quarterly_bases else ():
+                    settled += self._settle_funding(a, expiry)
+                    settled += self._deliver(expiry)
+                    a = expiry
+                settled += self._settle_funding(a, t)
             self._funding_cursor = max(self._funding_cursor, t)
             self.t = t
             return settled
@@ -122,9 +146,9 @@ class SimState:
     def _settle_funding(self, a: int, b: int) -> list[dict[str, Any]]:
         events = []
         for sym, pos in self.positions.items():
-            if pos.amt == 0:
+            inst = self.instruments.get(sym)  # a quarterly pays no funding
+            if pos.amt == 0 or inst is None:
                 continue
-            inst = self.instruments[sym]
             for T in inst.settlements(a, b):
                 rate = inst.funding_rate(T)
                 events.append((T, sym, _r8(-pos.amt * inst.mark(T) * rate)))
@@ -137,6 +161,23 @@ class SimState:
                 self.cross_wallet = _r8(self.cross_wallet + amount)
             pos.update_ms = T * 1000
             out.append(self.add_income(sym, "FUNDING_FEE", amount, T * 1000))
+        return out
+
+    def _deliver(self, expiry: int) -> list[dict[str, Any]]:
+        """Settle every position in the contracts delivering at ``expiry`` at the index."""
+        out = []
+        for sym, pos in sorted(self.positions.items()):
+            q = self._quarterlies.get(sym)
+            if q is None or q.expiry != expiry or pos.amt == 0:
+                continue
+            price = _r8(q.delivery_price())
+            realized = _r8(pos.amt * (price - pos.entry))
+            if self.margin_type_of(sym) == ISOLATED:
+                self.cross_wallet = _r8(self.cross_wallet + pos.iso_wallet + realized)
+            else:
+                self.cross_wallet = _r8(self.cross_wallet + realized)
+            pos.amt, pos.entry, pos.iso_wallet, pos.update_ms = 0.0, 0.0, 0.0, expiry * 1000
+            out.append(self.add_income(sym, "DELIVERED_SETTELMENT", realized, expiry * 1000))
         return out
 
     def add_income(
@@ -164,23 +205,56 @@ class SimState:
 
     # ------------------------------------------------------------ lookups
 
-    def inst(self, symbol: str | None) -> Instrument:
-        inst = self.instruments.get(symbol or "")
+    def inst(self, symbol: str | None, market: str = "spot", delisted: bool = False) -> Any:
+        """The `Instrument` of ``symbol``; on the futures market (any ``market`` but "spot") also a
+        listed `Quarterly` (``delisted``: or one delivered before, for order and trade queries)."""
+        inst: Any = self.instruments.get(symbol or "")
+        if inst is None and market != "spot":
+            inst = self._quarterlies.get(symbol or "") if delisted else self.listed_quarterlies().get(symbol or "")
         if inst is None:
             raise BinanceError(-1121, "Invalid symbol.")
         return inst
 
-    def live(self, symbol: str | None = None, symbols: str | None = None) -> list[Instrument]:
-        """The named symbol(s), or every symbol with data at ``t``."""
+    def live(self, symbol: str | None = None, symbols: str | None = None, market: str = "spot") -> list[Any]:
+        """The named symbol(s), or every symbol with data at ``t`` (futures: listed quarterlies too)."""
         if symbol:
-            return [self.inst(symbol)]
+            return [self.inst(symbol, market)]
         if symbols:
             try:
                 ids = json.loads(symbols)
             except ValueError:
                 raise BinanceError(-1100, "Illegal characters found in parameter 'symbols'.") from None
-            return [self.inst(s) for s in ids]
-        return [i for i in self.instruments.values() if i.has_data(self.t)]
+            return [self.inst(s, market) for s in ids]
+        every = self.futures_contracts() if market != "spot" else list(self.instruments.values())
+        return [i for i in every if i.has_data(self.t)]
+
+    def listed_quarterlies(self) -> dict[str, Quarterly]:
+        """The quarterlies trading at ``t``, by id: the current and the next quarter of every base
+        that has them, in base then expiry order."""
+        out: dict[str, Quarterly] = {}
+        if not self.quarterly_bases:
+            return out
+        expiries = [int(e) for e in listed_expiries(self.t)]
+        for inst in self.instruments.values():
+            if inst.base not in self.quarterly_bases:
+                continue
+            for e in expiries:
+                q = Quarterly(inst, e)
+                q = self._quarterlies.setdefault(q.id, q)
+                out[q.id] = q
+        return out
+
+    def contract_type(self, q: Quarterly) -> str:
+        """Binance's ``contractType`` of a listed quarterly at ``t``."""
+        return "CURRENT_QUARTER" if q.expiry == int(listed_expiries(self.t)[0]) else "NEXT_QUARTER"
+
+    def futures_contracts(self) -> list[Any]:
+        """Every futures symbol at ``t``: the perps, then the listed quarterlies."""
+        return list(self.instruments.values()) + list(self.listed_quarterlies().values())
+
+    def contract(self, symbol: str) -> Any:
+        """The perp or quarterly (listed or delivered) a position is in."""
+        return self.instruments.get(symbol) or self._quarterlies[symbol]
 
     def leverage_of(self, sym: str) -> int:
         return self.leverage.get(sym, self.default_leverage)
@@ -189,10 +263,10 @@ class SimState:
         return self.margin_type.get(sym, self.default_margin_type)
 
     @staticmethod
-    def max_leverage(inst: Instrument) -> int:
+    def max_leverage(inst: Instrument | Quarterly) -> int:
         return max(1, int(1 / (2 * inst.brackets[0].mmr)))
 
-    def max_notional(self, inst: Instrument, lev: int) -> float:
+    def max_notional(self, inst: Instrument | Quarterly, lev: int) -> float:
         caps = [b.notional_cap_usd for b in inst.brackets if max(1, int(1 / (2 * b.mmr))) >= lev]
         return min(max(caps, default=0.0), 5e9)
 
@@ -200,7 +274,7 @@ class SimState:
 
     def pos_metrics(self, pos: Position) -> dict[str, float]:
         """Mark, notional, unrealised P&L, initial / maintenance margin and liquidation price."""
-        inst = self.instruments[pos.symbol]
+        inst = self.contract(pos.symbol)
         mark = inst.mark(self.t) if inst.has_data(self.t) else pos.entry
         notional = pos.amt * mark
         upnl = pos.amt * (mark - pos.entry)

@@ -1,5 +1,6 @@
-"""Orders: MARKET orders on spot and USD-M perps, their fills and accounting, order queries,
-trade lists and Binance's order JSON."""
+"""Orders: MARKET orders on spot, USD-M perps and USD-M quarterlies (a quarterly trades and is
+margined like a perp: its own isolated position, leverage and margin type, no funding), their
+fills and accounting, order queries, trade lists and Binance's order JSON."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from basis_mcp.sim.instruments import (
     Instrument,
     Order,
     Position,
+    Quarterly,
     _bool,
     _need,
     _num,
@@ -57,7 +59,7 @@ class TradingApi:
     def place_order(self, market: str, p: dict[str, str], partial: float | None = None) -> dict[str, Any]:
         """Execute a MARKET order now. ``partial``: fill only this fraction (status EXPIRED)."""
         with self.state.lock:
-            inst = self.state.inst(_need(p, "symbol"))
+            inst = self.state.inst(_need(p, "symbol"), market)
             side = _need(p, "side").upper()
             if side not in ("BUY", "SELL"):
                 raise BinanceError(-1117, "Invalid side.")
@@ -159,7 +161,7 @@ class TradingApi:
         if pos.amt == 0 or (pos.amt > 0) == (s > 0) or qty > abs(pos.amt) + 1e-12:
             raise BinanceError(-2022, "ReduceOnly Order is rejected.")
 
-    def _fill_perp(self, inst: Instrument, o: Order, leg: LegCosts) -> None:
+    def _fill_perp(self, inst: Instrument | Quarterly, o: Order, leg: LegCosts) -> None:
         sym, x, p = inst.id, o.executed_qty, o.avg_price
         if o.reduce_only:
             self._check_reduce_only(sym, o.side, o.orig_qty)
@@ -205,7 +207,7 @@ class TradingApi:
 
     def get_order(self, market: str, p: dict[str, str]) -> dict[str, Any]:
         with self.state.lock:
-            inst = self.state.inst(_need(p, "symbol"))
+            inst = self.state.inst(_need(p, "symbol"), market, delisted=True)
             if p.get("orderId"):
                 o = self.state.orders_by_id.get((market, int(p["orderId"])))
             elif p.get("origClientOrderId"):
