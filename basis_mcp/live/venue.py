@@ -8,6 +8,20 @@
   raised and the desk looks the order up by its client id instead of resending;
 - ccxt's rate limiter is on; reads retry transient errors with exponential backoff;
 - every error is mapped to a desk error with secrets scrubbed (`live.errors`).
+
+Bybit (V5, a unified trading account) differs from Binance where noted (``_bybit`` branches):
+- one USDT wallet pays spot and margins perps: balances are one read, not spot + futures;
+- an order's answer carries its ids only: the order is read back (``/v5/order/realtime`` by
+  ``orderId``) until it is final; a read that fails leaves the outcome unknown (`VenueTimeout`),
+  never a resend (Bybit refuses a reused ``orderLinkId`` anyway);
+- lookup by client id asks ``orderLinkId`` (realtime: the last 500 orders, then the order history):
+  ccxt's ``fetch_order`` would send ``orderId=None``;
+- funding comes from ``/v5/execution/list`` (``execType=Funding``), paged by cursor inside Bybit's
+  7-day windows; ``execFee`` is what the account PAID (the sign is flipped for the desk), and each
+  row carries its own rate (``feeRate``) and mark;
+- setting the leverage it already has answers 110043 "not modified": success;
+- a position's isolated wallet is ``positionBalance`` (ccxt's ``collateral`` adds unrealised P&L);
+- margin is added with ``/v5/position/add-margin`` (ccxt's bybit has no ``add_margin``).
 """
 
 from __future__ import annotations
@@ -38,6 +52,12 @@ from basis_mcp.venue.base import (
 
 READ_RETRIES = 3
 ORDER_RATE_LIMIT_RETRIES = 3
+FINAL = ("closed", "canceled", "rejected", "expired")  # ccxt order statuses after which nothing more fills
+ORDER_POLL_S = 5.0  # how long a Bybit order is read back for before its outcome counts as unknown
+BYBIT_WEEK_MS = 7 * 86_400_000  # /v5/execution/list answers at most 7 days a request
+BYBIT_EXEC_PAGE = 100  # ... and at most 100 rows a page
+FUNDING_LOOKBACK_S = 30 * 86_400  # a first read (no cursor yet) looks this far back
+BYBIT_NOT_MODIFIED = "110043"  # set-leverage to the leverage it already has
 
 
 class LiveVenue:
@@ -52,6 +72,7 @@ class LiveVenue:
         self._configured: dict[str, float] = {}
         self._backoff_s = 0.25
         self._cache: dict[str, tuple[float, Any]] = {}
+        self._bybit = venue == "bybit"
 
     # Account reads are cached briefly and dropped on every order or margin change: one watchdog
     # tick reads balances and positions once (2 + 1 requests), not once per check.
@@ -89,7 +110,8 @@ class LiveVenue:
     async def verify_credentials(self) -> None:
         """Fail at start-up, before anything is sent, if the venue rejects the keys."""
         await self._read("check API keys (spot balance)", self.ex.fetch_balance)
-        await self._read("check API keys (futures balance)", self.ex.fetch_balance, {"type": "future"})
+        if not self._bybit:  # a unified account has one wallet: one read
+            await self._read("check API keys (futures balance)", self.ex.fetch_balance, {"type": "future"})
 
     markets = frozenset({"spot", "perp"})  # what this venue trades through ccxt (a leg on anything else is refused)
 
@@ -132,7 +154,8 @@ class LiveVenue:
         try:
             await self.ex.set_leverage(int(leverage), perp)
         except ccxt.BaseError as e:
-            raise venue_error(e, self.venue, f"set leverage {leverage:g}x") from None
+            if not (self._bybit and BYBIT_NOT_MODIFIED in str(e)):  # Bybit: already at that leverage
+                raise venue_error(e, self.venue, f"set leverage {leverage:g}x") from None
         self._configured[symbol] = leverage
 
     async def place_order(self, req: OrderRequest) -> OrderResult:
@@ -150,8 +173,8 @@ class LiveVenue:
         snap = self.feed.snapshot(req.symbol)
         mid = snap.spot if req.market == "spot" else snap.perp
         qty = req.quantity
-        if req.market == "spot" and req.side == "buy" and self.venue == "binance":
-            # Binance takes a spot buy's fee in the coin bought: buy a fee more, so what arrives is ≥ the hedge
+        if req.market == "spot" and req.side == "buy" and self.venue in ("binance", "bybit"):
+            # Binance and Bybit take a spot buy's fee in the coin bought: buy a fee more, so what arrives is ≥ the hedge
             step = self._spot_step(req.symbol)
             fee = self.settings.spec(req.symbol).spot_taker_fee
             qty = math.ceil(req.quantity / (1.0 - fee) / step - 1e-9) * step
@@ -160,6 +183,8 @@ class LiveVenue:
         for attempt in range(ORDER_RATE_LIMIT_RETRIES + 1):
             try:
                 o = await self.ex.create_order(sym, "market", req.side, qty, None, params)
+                if self._bybit:
+                    break  # the answer is the ids alone: read the order back below
                 return self._result(await self._with_fees(o, sym), req, mid)
             except (ccxt.RateLimitExceeded, ccxt.DDoSProtection) as e:  # refused before executing: safe to retry
                 if attempt == ORDER_RATE_LIMIT_RETRIES:
@@ -170,7 +195,30 @@ class LiveVenue:
                 raise VenueTimeout(str(venue_error(e, self.venue, "place order"))) from None  # unknown outcome
             except ccxt.BaseError as e:
                 raise venue_error(e, self.venue, "place order") from None
-        raise VenueUnavailable("unreachable")
+        else:
+            raise VenueUnavailable("unreachable")
+        return self._result(await self._with_fees(await self._settled_order(o, sym), sym), req, mid)
+
+    async def _settled_order(self, ack: dict[str, Any], unified: str) -> dict[str, Any]:
+        """Bybit: read an acknowledged order back until it is final. The order was accepted, so
+        any failure here leaves its outcome unknown: `VenueTimeout`, and the desk looks it up by
+        its client id (never a resend)."""
+        if ack.get("status") in FINAL:
+            return ack
+        delay, deadline = 0.05, time.monotonic() + ORDER_POLL_S
+        while True:
+            try:
+                o = await self._read("read the order back", self.ex.fetch_order, ack["id"], unified)
+            except VenueError as e:
+                if e.code != "order_not_found":  # not yet visible: keep asking until the deadline
+                    raise VenueTimeout(str(e)) from None
+                o = ack
+            if o.get("status") in FINAL or time.monotonic() >= deadline:
+                if o.get("status") not in FINAL:
+                    raise VenueTimeout(f"{self.venue} order {ack.get('id')} not final after {ORDER_POLL_S:g} s")
+                return o
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
     async def _with_fees(self, o: dict[str, Any], unified: str) -> dict[str, Any]:
         """Futures order responses (and any order looked up later) carry no commission: read the
@@ -209,9 +257,10 @@ class LiveVenue:
         # by its fee), before the base-coin fee comes off the quantity the desk records
         status = o.get("status")
         asked = float(o.get("amount") or req.quantity)
+        cut = (o.get("info") or {}).get("orderStatus") == "PartiallyFilledCanceled"  # Bybit: ccxt says "closed"
         if filled <= 0:
             st = "rejected" if status in ("canceled", "rejected", "expired") else "new"
-        elif filled + 1e-12 < asked and status != "closed":
+        elif filled + 1e-12 < asked and (status != "closed" or cut):
             st = "partially_filled"
         else:
             st = "filled"
@@ -223,17 +272,36 @@ class LiveVenue:
 
     async def fetch_order(self, client_order_id: str, symbol: str, market: Market) -> OrderResult | None:
         sym = self._unified(symbol, market)
-        try:
-            o = await self._read("look up order", self.ex.fetch_order, None, sym, {"clientOrderId": client_order_id})
-        except VenueError as e:
-            if e.code == "order_not_found":
+        if self._bybit:
+            o = await self._bybit_order_by_link_id(client_order_id, sym)
+            if o is None:
                 return None
-            raise
+        else:
+            try:
+                o = await self._read("look up order", self.ex.fetch_order, None, sym, {"clientOrderId": client_order_id})
+            except VenueError as e:
+                if e.code == "order_not_found":
+                    return None
+                raise
         side = o.get("side") or "buy"
         req = OrderRequest(client_order_id, symbol, market, side, float(o.get("amount") or o.get("filled") or 0.0),
                            bool(o.get("reduceOnly")))
         snap = self.feed.snapshot(symbol)
         return self._result(await self._with_fees(o, sym), req, snap.spot if market == "spot" else snap.perp)
+
+    async def _bybit_order_by_link_id(self, client_order_id: str, unified: str) -> dict[str, Any] | None:
+        """The order with this ``orderLinkId``: the realtime list (any of the last 500 orders,
+        whatever their status), then the order history (the last 7 days)."""
+        market = self.ex.market(unified)
+        req = {"category": "spot" if market.get("spot") else "linear", "symbol": market["id"], "orderLinkId": client_order_id}
+        resp = await self._read("look up order", self.ex.private_get_v5_order_realtime, req)
+        rows = ((resp or {}).get("result") or {}).get("list") or []
+        if rows:
+            return self.ex.parse_order(rows[0], market)
+        found = await self._read("look up order (history)", self.ex.fetch_closed_orders, unified, None, None,
+                                 {"orderLinkId": client_order_id})
+        found = [o for o in found if o.get("clientOrderId") == client_order_id]
+        return found[0] if found else None
 
     async def _positions(self) -> dict[str, PerpPosition]:
         rows = await self._read("fetch positions", self.ex.fetch_positions)
@@ -245,7 +313,10 @@ class LiveVenue:
                 continue
             signed = contracts if p.get("side") == "long" else -contracts
             info = p.get("info") or {}
-            wallet = float(info.get("isolatedWallet") or info.get("isolatedMargin") or p.get("collateral") or 0.0)
+            if self._bybit:  # the position's margin without unrealised P&L (ccxt's collateral includes it)
+                wallet = float(info.get("positionBalance") or info.get("positionIM") or 0.0)
+            else:
+                wallet = float(info.get("isolatedWallet") or info.get("isolatedMargin") or p.get("collateral") or 0.0)
             out[m["base"]] = PerpPosition(m["base"], signed, float(p.get("entryPrice") or 0.0), wallet,
                                           float(p.get("leverage") or self._configured.get(m["base"]) or 0.0))
         return out
@@ -253,11 +324,22 @@ class LiveVenue:
     async def fetch_perp_position(self, symbol: str) -> PerpPosition | None:
         return (await self._cached("positions", self.POSITIONS_TTL_S, self._positions)).get(symbol)
 
+    async def held_instruments(self, market: str) -> list[str]:
+        """Coins with an open perp here: how the desk finds a cross-exchange leg's position on a venue
+        other than its primary one (it asks the primary per symbol it watches)."""
+        if market != "perp":
+            return []
+        return sorted(await self._cached("positions", self.POSITIONS_TTL_S, self._positions))
+
     async def fetch_balances(self) -> dict[str, float]:
-        """Free spot balances; ``USDT`` is spot USDT plus the futures wallet's available USDT."""
+        """Free spot balances; ``USDT`` is spot USDT plus the futures wallet's available USDT (on a Bybit
+        unified account: the one wallet's USDT less the isolated margin, which the positions hold)."""
         return dict(await self._cached("balances", self.BALANCES_TTL_S, self._balances))
 
     async def _balances(self) -> dict[str, float]:
+        if self._bybit:  # one unified wallet: USDT free = wallet − isolated margin (in the positions' wallets)
+            bal = await self._read("unified balance", self.ex.fetch_balance)
+            return {k: float(v) for k, v in (bal.get("free") or {}).items() if v}
         spot = await self._read("spot balance", self.ex.fetch_balance)
         fut = await self._read("futures balance", self.ex.fetch_balance, {"type": "future"})
         out = {k: float(v) for k, v in (spot.get("free") or {}).items() if v}
@@ -267,11 +349,18 @@ class LiveVenue:
     async def add_margin(self, symbol: str, amount_usd: float) -> None:
         self._invalidate()
         try:
+            if self._bybit:  # not in ccxt's bybit: the V5 endpoint itself (up to 4 decimals)
+                market = self.ex.market(self._unified(symbol, "perp"))
+                margin = f"{math.floor(amount_usd * 1e4) / 1e4:.4f}"
+                await self.ex.private_post_v5_position_add_margin({"category": "linear", "symbol": market["id"], "margin": margin})
+                return
             await self.ex.add_margin(self._unified(symbol, "perp"), amount_usd)
         except ccxt.BaseError as e:
             raise venue_error(e, self.venue, "add margin") from None
 
     async def funding_history(self, since: float) -> list[FundingEvent]:
+        if self._bybit:
+            return await self._bybit_funding(since)
         rows = await self._read("funding history", self.ex.fetch_funding_history, None, int(since * 1000) + 1)
         out = []
         for r in rows:
@@ -284,6 +373,44 @@ class LiveVenue:
             qty = -(amount / (mark * rate)) if rate and mark else 0.0
             out.append(FundingEvent(base, t, rate, mark, qty, amount))
         return out
+
+    async def _bybit_funding(self, since: float) -> list[FundingEvent]:
+        """Funding settlements after ``since``: every 7-day window up to now, every page of each.
+        ``execFee`` is what the account paid; the row has the settlement's rate and mark."""
+        now_ms = int(max(self.clock.now(), since) * 1000)
+        start = max(int(since * 1000) + 1, now_ms - int(FUNDING_LOOKBACK_S * 1000))
+        rows: list[dict[str, Any]] = []
+        while start <= now_ms:
+            req: dict[str, Any] = {"category": "linear", "execType": "Funding", "startTime": start,
+                                   "endTime": start + BYBIT_WEEK_MS - 1, "limit": BYBIT_EXEC_PAGE}
+            for _ in range(1000):
+                resp = await self._read("funding history", self.ex.private_get_v5_execution_list, req)
+                result = (resp or {}).get("result") or {}
+                rows += result.get("list") or []
+                cursor = result.get("nextPageCursor")
+                if not cursor or not result.get("list"):
+                    break
+                req = {**req, "cursor": cursor}
+            start += BYBIT_WEEK_MS
+        out: dict[tuple[str, float], FundingEvent] = {}
+        for r in rows:
+            if r.get("execType", "Funding") != "Funding":
+                continue
+            t = int(r["execTime"]) / 1000.0
+            m = self.ex.safe_market(r.get("symbol"), None, None, "swap")
+            if t <= since or not m.get("swap") or m.get("quote") != self.feed.quote:
+                continue
+            amount = -float(r.get("execFee") or 0.0)  # paid → negative for the desk
+            rate = float(r.get("feeRate") or 0.0)
+            mark = float(r.get("markPrice") or r.get("execPrice") or 0.0)
+            size = float(r.get("execQty") or 0.0)
+            if rate and amount:  # receiving at a positive rate is a short (the side a payment implies, as on Binance)
+                size = size or (abs(amount / (mark * rate)) if mark else 0.0)
+                qty = math.copysign(size, -amount * rate)
+            else:  # nothing to read the side from: the row's side is the position's
+                qty = size if r.get("side") == "Buy" else -size
+            out[(m["base"], t)] = FundingEvent(m["base"], t, rate, mark, qty, amount)
+        return sorted(out.values(), key=lambda e: (e.time, e.symbol))
 
     async def liquidations(self, since: float, symbols: list[str] | None = None) -> list[LiquidationEvent]:
         """Forced closes of the desk's perps (asked per symbol: a fraction of the all-symbol weight)."""
