@@ -129,9 +129,13 @@ def main(argv: list[str] | None = None) -> int:
         bt.add_argument("--" + name.replace("_", "-"), dest=f"p_{name}", type=typ, default=None,
                         help=f"{f.description or name} (default {f.default})")
 
+    _add_data(sub)
+
     args = parser.parse_args(argv)
     if args.command == "backtest":
         return _backtest(args)
+    if args.command == "data":
+        return _data_download(args)
     db = book_db(args)
     if args.command == "serve":
         return _serve(args, db)
@@ -145,6 +149,50 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "audit":
         return _audit_verify(db, paths) if args.audit_command == "verify" else _audit_export(db, args.out)
     return 2
+
+
+def _add_data(sub: Any) -> None:
+    """``basis-mcp data download``: market history through ccxt into freqtrade's layout (basis_mcp.download)."""
+    data = sub.add_parser("data", help="market data for backtests: download history from a venue")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    dl = data_sub.add_parser("download", help="download spot, perp and mark candles and funding (freqtrade layout, "
+                                              "incremental: run it again to resume or extend)")
+    dl.add_argument("--venue", required=True, help="binance, bybit or okx")
+    dl.add_argument("--symbols", required=True, help="coins, comma separated: BTC,ETH (USDT spot and USDT perp)")
+    dl.add_argument("--timeframe", default="5m", help="spot and perp candles (1m, 5m, 15m, 1h, 4h, ...; default 5m)")
+    dl.add_argument("--start", required=True, help="first candle, e.g. 2024-01-01 (UTC)")
+    dl.add_argument("--end", default=None, help="stop before this time (default: the venue's now; closed candles only)")
+    dl.add_argument("--dir", type=Path, default=Path("user_data/data"),
+                    help="data directory; files go to <dir>/<venue>/ and <dir>/<venue>/futures/ (default ./user_data/data)")
+    dl.add_argument("--mark-timeframe", default=None, metavar="TF",
+                    help="mark candles (default as freqtrade: binance 8h, bybit 4h, okx 4h)")
+    dl.add_argument("--funding", action=argparse.BooleanOptionalAction, default=True,
+                    help="settled funding rates (default on)")
+    dl.add_argument("--venue-url", default=os.environ.get("BASIS_MCP_VENUE_URL"), help=argparse.SUPPRESS)
+
+
+def _data_download(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from basis_mcp.download import DownloadRequest, download
+    from basis_mcp.history import DataError
+
+    urls = _venue_urls(args.venue_url)
+    url = urls.get(args.venue.strip().lower()) if isinstance(urls, dict) else urls
+    req = DownloadRequest(venue=args.venue, symbols=args.symbols.split(","), timeframe=args.timeframe, start=args.start,
+                          end=args.end, directory=args.dir, mark_timeframe=args.mark_timeframe, funding=args.funding,
+                          base_url=url)
+    try:
+        summary = asyncio.run(download(req, lambda what, done, total: _progress_bar(done, total, what)))
+    except DataError as e:
+        print(f"\nbasis-mcp data download: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nbasis-mcp data download: interrupted; the files written are valid: run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    print(summary.text())
+    return 0
 
 
 def _progress_bar(done: float, total: float, message: str) -> None:

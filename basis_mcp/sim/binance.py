@@ -305,6 +305,7 @@ def build_app(state: SimState) -> Starlette:
         api("GET", "/fapi/v1/fundingInfo", lambda p: sim.market.funding_info()),
         api("GET", "/fapi/v1/fundingRate", sim.market.funding_rate_history),
         api("GET", "/fapi/v1/klines", lambda p: sim.market.klines("perp", p)),
+        api("GET", "/fapi/v1/markPriceKlines", lambda p: sim.market.mark_klines(p)),
         api("GET", "/futures/data/delivery-price", lambda p: sim.market.delivery_prices(_need(p, "pair"))),
         api("GET", "/fapi/v1/forceOrders", lambda p: [], True),  # the simulator never liquidates
         api("GET", "/fapi/v1/userTrades", lambda p: sim.trading.my_trades("perp", p), True),

@@ -7,6 +7,9 @@ executions, the wallet and positions, sets leverage and the account's margin mod
 margin and reads funding payments, all in Bybit's V5 wire format: the ``{"retCode", "retMsg",
 "result", "retExtInfo", "time"}`` envelope (``time`` is simulated time, in ms), string numbers,
 ``nextPageCursor`` paging, Bybit's page limits (kline 1000, funding history 200, executions 100),
+klines of 1 minute to 1 day (an hour or longer built from the hourly data, e.g. 4 h mark candles
+from the hourly marks; Bybit has no 8 h interval; sub-hour candles SIMULATED on the straight line between the hour's
+two prices: `basis_mcp.sim.instruments.path_candles`),
 and the retCodes ccxt maps to its exception classes (110007 → InsufficientFunds, 110017 →
 InvalidOrder, 10004 → AuthenticationError...). Unknown paths answer 404 and are listed in
 ``/_sim/requests``.

@@ -28,13 +28,18 @@ from basis_mcp.sim.instruments import (
     Position,
     _dec,
     _r8,
+    hourly_price,
+    last_closed_open,
+    select_candles,
 )
 from basis_mcp.sim.market_data import MarketDataApi
 from basis_mcp.sim.state import SimState
 from basis_mcp.sim.trading import TradingApi
 
 SPOT_STEPS = {"BTC": 0.000001, "ETH": 0.00001, "SOL": 0.001}  # Bybit spot basePrecision
-INTERVALS = {"60": 1, "120": 2, "240": 4, "360": 6, "720": 12, "D": 24}  # kline interval -> hours
+# kline interval -> seconds (Bybit also has W and M, not simulated)
+INTERVALS = {"1": 60, "3": 180, "5": 300, "15": 900, "30": 1800, "60": HOUR, "120": 2 * HOUR, "240": 4 * HOUR,
+             "360": 6 * HOUR, "720": 12 * HOUR, "D": 24 * HOUR}
 WEEK_MS = 7 * 86_400_000
 _ORDER_TAG, _EXEC_TAG, _FUNDING_TAG = 0x5EB0_4C1A_9B1E_0000, 0xE7EC_4A11_8F00_0000, 0xF0DD_4A11_8F00_0000
 MSG_NO_SYMBOL = "Not supported symbols"  # ccxt matches it broadly -> BadSymbol
@@ -264,40 +269,32 @@ class BybitApi:
         """``/v5/market/kline`` (``price`` "last"), ``mark-price-kline`` ("mark"), ``index-price-kline``
         ("index"): newest first, at most ``limit`` (max 1000, default 200) closed candles. With ``start``,
         the first ``limit`` candles opening at or after it (up to ``end``); without, the last ``limit``
-        up to ``end`` (default: now). A candle opening at T: open = price at T, close = price at T + its
-        length, high / low over the hourly prices between."""
+        up to ``end`` (default: now). Intervals 1, 3, 5, 15, 30, 60, 120, 240, 360, 720 (minutes) and D.
+
+        Built by `basis_mcp.sim.instruments.path_candles` from the hourly data: a candle opening at T opens
+        at the price at T and closes at the price at T + its length, high / low over the hourly prices
+        between; a sub-hour candle is SIMULATED on the straight line between its hour's two prices (served
+        once the hour has closed)."""
         cat = self.category(p, ("spot", "linear") if price == "last" else ("linear",), "linear")
         st = self.state
-        hours = INTERVALS.get(p.get("interval") or "")
-        if hours is None:
+        step = INTERVALS.get(p.get("interval") or "")
+        if step is None:
             raise BybitError(10001, "params error: Invalid period!")
         limit = max(1, min(_int(p, "limit", 200) or 200, 1000))
         with st.lock:
             inst = self.inst(p)
             arr = {"last": inst.series.spot if cat == "spot" else inst.series.perp, "mark": inst.series.mark,
                    "index": inst.series.spot}[price]
-            step = hours * HOUR
-            hi = (st.t - step) // step * step  # the last candle that has closed
+            hi = last_closed_open(st.t, step)
             end, start = _int(p, "end"), _int(p, "start")
             if end is not None:
                 hi = min(hi, end // 1000 // step * step)
-            if start is not None:
-                T0 = -(-(start // 1000) // step) * step
-                opens = range(T0, hi + 1, step)
-            else:
-                opens = range(hi, hi - 4 * limit * step, -step)  # data gaps may skip some
-            rows = []
-            for T in opens:
-                px = [float(arr[i]) * inst.scale for i in (inst._i(T + k * HOUR) for k in range(hours + 1))
-                      if i >= 0 and not math.isnan(arr[i])]
-                if len(px) < hours + 1:
-                    continue
-                row = [str(T * 1000), _s(px[0]), _s(max(px)), _s(min(px)), _s(px[-1])]
-                rows.append(row + ["0", "0"] if price == "last" else row)
-                if len(rows) == limit:
-                    break
-        if start is not None:
-            rows.reverse()
+            at = hourly_price(arr, inst.series.t0, inst.scale)
+            opens, ohlc = select_candles(at, step, inst.series.t0, hi, None if start is None else start // 1000, limit)
+        rows = []
+        for T, (o, h, lo, c) in zip(opens.tolist()[::-1], ohlc.tolist()[::-1], strict=True):
+            row = [str(T * 1000), _s(o), _s(h), _s(lo), _s(c)]
+            rows.append(row + ["0", "0"] if price == "last" else row)
         return {"category": cat, "symbol": inst.id, "list": rows}
 
     def funding_history(self, p: dict[str, str]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
@@ -383,3 +384,88 @@ class Order:
     @property
     def avg_price(self) -> float:
         return self.cum_quote / self.executed_qty if self.executed_qty else 0.0
+
+
+# --------------------------------------------------------------------------- klines (both simulators)
+
+KLINE_SECONDS = {"1m": 60, "3m": 180, "5m": 300, "15m": 900, "30m": 1800, "1h": HOUR, "2h": 2 * HOUR, "4h": 4 * HOUR,
+                 "6h": 6 * HOUR, "8h": 8 * HOUR, "12h": 12 * HOUR, "1d": 24 * HOUR}  # Binance's names
+PriceAt = Callable[[np.ndarray], np.ndarray]
+
+
+def hourly_price(arr: np.ndarray, t0: int, scale: float = 1.0) -> PriceAt:
+    """The price observed at whole hours ``t`` (epoch s, vectorised) from an hourly series starting at
+    ``t0``: NaN before ``t0``; past the series' end the last value (as `Instrument` prices it)."""
+
+    def price(t: np.ndarray) -> np.ndarray:
+        t = np.asarray(t, dtype=np.int64)
+        i = np.clip((t - t0) // HOUR, 0, arr.size - 1)
+        return np.where(t >= t0, arr[i] * scale, np.nan)
+
+    return price
+
+
+def path_candles(price: PriceAt, opens: np.ndarray, length: int) -> np.ndarray:
+    """Open, high, low, close (``(n, 4)``) of the candles opening at ``opens`` (epoch s) lasting ``length`` s,
+    from prices known only at whole hours (``price``, NaN where none):
+
+    - an hour or longer (a whole number of hours): open = the price at the open, close = the price at the
+      close, high / low = the extremes of the hourly prices from open to close (inclusive);
+    - shorter (a divisor of the hour, 1m ... 30m): SIMULATED, there is nothing inside an hour in the data:
+      the price walks the straight line between the two hourly prices around the candle, so open and close
+      are read off that line and high / low are the larger / smaller of them. Twelve 5m candles make
+      exactly the hourly candle; a flat hour (a data gap carried forward) gives open = high = low = close.
+
+    A row is NaN where a price it needs is missing."""
+    opens = np.asarray(opens, dtype=np.int64)
+    if length < HOUR:
+        a = opens // HOUR * HOUR
+        pa, pb = price(a), price(a + HOUR)
+        o = pa + (pb - pa) * ((opens - a) / HOUR)
+        c = pa + (pb - pa) * ((opens + length - a) / HOUR)
+        return np.column_stack([o, np.maximum(o, c), np.minimum(o, c), c])
+    ks = np.arange(length // HOUR + 1, dtype=np.int64) * HOUR
+    grid = price((opens[:, None] + ks[None, :]).ravel()).reshape(opens.size, ks.size)
+    return np.column_stack([grid[:, 0], grid.max(axis=1), grid.min(axis=1), grid[:, -1]])
+
+
+def last_closed_open(t: int, length: int) -> int:
+    """The open of the last candle of ``length`` s closed at ``t``. A sub-hour candle is served once its hour
+    has closed (its simulated path needs the hour's closing price: no look-ahead)."""
+    horizon = t if length >= HOUR else t // HOUR * HOUR
+    return (horizon - length) // length * length
+
+
+def select_candles(price: PriceAt, length: int, first: int, hi: int, start: int | None,
+                   limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """(opens, ohlc) of complete candles on the ``length`` grid, oldest first, opening no later than ``hi``
+    and no earlier than ``first`` (the data's start): with ``start``, the first ``limit`` opening at or
+    after it; without, the last ``limit``. Missing candles (no price) are skipped, as venues skip them."""
+    first = first // length * length
+    chunk = 4 * limit
+    got_t: list[np.ndarray] = []
+    got_c: list[np.ndarray] = []
+    n = 0
+    if start is not None:
+        T = max(-(-start // length) * length, first)
+        while T <= hi and n < limit:
+            opens = np.arange(T, min(hi, T + (chunk - 1) * length) + 1, length, dtype=np.int64)
+            ohlc = path_candles(price, opens, length)
+            ok = ~np.isnan(ohlc).any(axis=1)
+            got_t.append(opens[ok])
+            got_c.append(ohlc[ok])
+            n += int(ok.sum())
+            T = int(opens[-1]) + length
+        t, c = (np.concatenate(got_t), np.concatenate(got_c)) if got_t else (np.zeros(0, np.int64), np.zeros((0, 4)))
+        return t[:limit], c[:limit]
+    T = hi
+    while T >= first and n < limit:
+        opens = np.arange(max(first, T - (chunk - 1) * length), T + 1, length, dtype=np.int64)
+        ohlc = path_candles(price, opens, length)
+        ok = ~np.isnan(ohlc).any(axis=1)
+        got_t.insert(0, opens[ok])
+        got_c.insert(0, ohlc[ok])
+        n += int(ok.sum())
+        T = int(opens[0]) - length
+    t, c = (np.concatenate(got_t), np.concatenate(got_c)) if got_t else (np.zeros(0, np.int64), np.zeros((0, 4)))
+    return t[t.size - min(limit, t.size):], c[t.size - min(limit, t.size):]

@@ -12,7 +12,20 @@ import numpy as np
 
 from basis_mcp.dated import quarterly_expiries
 from basis_mcp.history import HOUR
-from basis_mcp.sim.instruments import QUOTE, TICK, BinanceError, Instrument, Quarterly, _need, _s8
+from basis_mcp.sim.instruments import (
+    KLINE_SECONDS,
+    QUOTE,
+    TICK,
+    BinanceError,
+    Instrument,
+    PriceAt,
+    Quarterly,
+    _need,
+    _s8,
+    hourly_price,
+    last_closed_open,
+    select_candles,
+)
 from basis_mcp.sim.state import SimState
 
 PERPETUAL_DELIVERY_MS = 4133404800000
@@ -302,37 +315,51 @@ class MarketDataApi:
                 if i.interval_h != 8
             ]
 
-    def klines(self, market: str, p: dict[str, str]) -> list[list[Any]]:
-        """Hourly candles (only ``1h``) from the data: open = high = low = close = the hour's close.
+    def klines(self, market: str, p: dict[str, str], price: str = "last") -> list[list[Any]]:
+        """``/api/v3/klines`` and ``/fapi/v1/klines`` (``price`` "last"), ``/fapi/v1/markPriceKlines``
+        ("mark"): ``interval`` 1m ... 1d (`KLINE_SECONDS`), closed candles only, oldest first, at most
+        ``limit`` (default 500; spot at most 1000, futures 1500, as on Binance). With ``startTime`` the
+        first ``limit`` opening at or after it, else the last ``limit`` up to ``endTime`` (default: now).
 
-        A candle opened at T closes at T + 1 h, whose close is the price observed at T + 1 h.
+        Built from the hourly data by `path_candles`: a candle opened at T opens at the price observed at
+        T and closes at the price observed at its close (T + its length), high / low the extremes of the
+        hourly prices between; a sub-hour candle (1m ... 30m) is SIMULATED on the straight line between the
+        hour's two prices and is served once its hour has closed. Volume is "0" (there is no trade tape).
         """
         with self.state.lock:
-            if p.get("interval", "1h") != "1h":
+            length = KLINE_SECONDS.get(p.get("interval") or "")
+            if length is None:
                 raise BinanceError(-1120, "Invalid interval.")
             inst = self.state.inst(_need(p, "symbol"), market)
-            limit = min(int(p.get("limit") or 500), 1500)
-            now_open = (self.state.t // HOUR) * HOUR - HOUR  # the last candle that has closed
-            start = int(p["startTime"]) // 1000 if p.get("startTime") else now_open - (limit - 1) * HOUR
-            start = (start + HOUR - 1) // HOUR * HOUR
-            rows = []
-            t = start
-            while t <= now_open and len(rows) < limit:
-                close = self._close(inst, market, t + HOUR)
-                if close is not None:
-                    c = _s8(close)
-                    rows.append([t * 1000, c, c, c, c, "0", (t + HOUR) * 1000 - 1, "0", 0, "0", "0", "0"])
-                t += HOUR
-            return rows
+            limit = max(1, min(int(p.get("limit") or 500), 1000 if market == "spot" else 1500))
+            at, first = self._kline_price(inst, market, price)
+            hi = last_closed_open(self.state.t, length)
+            if p.get("endTime"):
+                hi = min(hi, int(p["endTime"]) // 1000 // length * length)
+            start = int(p["startTime"]) // 1000 if p.get("startTime") else None
+            opens, ohlc = select_candles(at, length, first, hi, start, limit)
+            return [[t * 1000, _s8(o), _s8(h), _s8(lo), _s8(c), "0", (t + length) * 1000 - 1, "0", 0, "0", "0", "0"]
+                    for t, (o, h, lo, c) in zip(opens.tolist(), ohlc.tolist(), strict=True)]
+
+    def mark_klines(self, p: dict[str, str]) -> list[list[Any]]:
+        """``/fapi/v1/markPriceKlines``: the mark's candles, as `klines` builds them (futures limits)."""
+        return self.klines("perp", p, "mark")
 
     @staticmethod
-    def _close(inst: Instrument | Quarterly, market: str, t: int) -> float | None:
-        """The price observed at ``t`` (a candle's close), None where there is none."""
+    def _kline_price(inst: Instrument | Quarterly, market: str, price: str) -> tuple[PriceAt, int]:
+        """The price at whole hours a kline is built from, and the first hour it exists."""
         if isinstance(inst, Quarterly):
-            return inst.close_at(t) if t - HOUR >= inst.onboard else None
-        arr = inst.series.spot if market == "spot" else inst.series.perp
-        i = inst._i(t)
-        return None if i < 0 or math.isnan(arr[i]) else float(arr[i]) * inst.scale
+            coin = inst.coin
+            perp = hourly_price(coin.series.perp, coin.series.t0, coin.scale)
+
+            def simulated(t: np.ndarray) -> np.ndarray:
+                t = np.asarray(t, dtype=np.int64)
+                px = inst.price_at(perp(t), t) if t.size else np.zeros(0)
+                return np.where((t >= inst.onboard) & (t < inst.expiry), px, np.nan)
+
+            return simulated, max(inst.onboard, coin.series.t0)
+        arr = inst.series.mark if price == "mark" else inst.series.spot if market == "spot" else inst.series.perp
+        return hourly_price(arr, inst.series.t0, inst.scale), inst.series.t0
 
     def funding_rate_history(self, p: dict[str, str]) -> list[dict[str, Any]]:
         with self.state.lock:
