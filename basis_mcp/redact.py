@@ -145,18 +145,32 @@ def _tolerant(form: str) -> str:
     return _SEP.join(re.escape(c) for c in form)
 
 
+_stale = False  # a secret was registered since the pattern was built: build it on the next scrub, once
+
+
 def register_secret(value: str | None) -> None:
-    """Remember a secret (API key, secret, passphrase, HTTP token) so `scrub` removes it everywhere."""
-    global _pattern
+    """Remember a secret (API key, secret, passphrase, HTTP token) so `scrub` removes it everywhere. The
+    pattern is built on the next scrub (registering four keys at start-up compiles it once, not four times)."""
+    global _stale
     if not value or len(value) < 4:
         return
     with _lock:
         if value in _secrets:
             return
         _secrets.add(value)
-        forms = set().union(*(_encodings(s) for s in _secrets))
-        alternation = "|".join(_tolerant(f) for f in sorted(forms, key=len, reverse=True))
-        _pattern = re.compile(alternation, re.IGNORECASE)
+        _stale = True
+
+
+def _secret_pattern() -> re.Pattern[str] | None:
+    global _pattern, _stale
+    if _stale:
+        with _lock:
+            if _stale:
+                forms = set().union(*(_encodings(s) for s in _secrets))
+                alternation = "|".join(_tolerant(f) for f in sorted(forms, key=len, reverse=True))
+                _pattern = re.compile(alternation, re.IGNORECASE)
+                _stale = False
+    return _pattern
 
 
 _ANY_QUERY = re.compile(r"(\b[a-z][a-z0-9+.\-]*://[^\s?\"'\\]+)\?[^\s\"'\\]*", re.IGNORECASE)
@@ -185,7 +199,7 @@ def scrub(text: str, limit: int | None = None) -> str:
     out = _USERINFO.sub(r"\1***:***@", out)
     out = _AUTH_SCHEME.sub(r"\1\2" + MASK, out)
     out = _INLINE.sub(_inline, out)
-    pat = _pattern
+    pat = _secret_pattern()
     if pat is not None:
         out = pat.sub(MASK, out)
     return out if limit is None else out[:limit]
@@ -193,7 +207,7 @@ def scrub(text: str, limit: int | None = None) -> str:
 
 def scrub_value(value: Any) -> Any:
     """`scrub` applied to every string inside a JSON-like value (keys included)."""
-    if _pattern is None and not isinstance(value, str | dict | list):
+    if _secret_pattern() is None and not isinstance(value, str | dict | list):
         return value
     if isinstance(value, str):
         return scrub(value)

@@ -146,6 +146,16 @@ class Clockwork:
         except (VenueError, VenueTimeout) as e:
             self.health.down(str(e))
             return await self.watchdog.tick() if self.has_book() else []
+        for venue, feed in self.market.feeds.items():  # every other venue's market too (its legs, its settlements)
+            if feed is self.market.feed or not hasattr(feed, "refresh"):
+                continue
+            try:
+                await feed.refresh()
+            except (VenueError, VenueTimeout) as e:  # that venue down: the watchdog's per-venue rules take it from here
+                self.events.note_once(f"feed_down:{venue}", "warning", "market_data_unavailable",
+                                      f"{venue} market data did not refresh ({str(e)[:200]})", {"venue": venue})
+            else:
+                self.events.clear_note(f"feed_down:{venue}")
         await self.market.observe_borrow_rates()
         now = self.clock.now()
         report = self.venue.on_tick(now)
@@ -175,9 +185,9 @@ class Clockwork:
             return False  # no position since the last read: the venue cannot have paid or liquidated anything
         if last is None or now - last >= EVENTS_BACKSTOP_S:
             return True
-        for sym in self.market.symbols:
+        for feed, sym in [(f, s) for f in self.market.feeds.values() for s in f.symbols]:  # every venue's schedule
             try:
-                snap = self.market.feed.snapshot(sym)
+                snap = feed.snapshot(sym)
             except MarketDataUnavailable:
                 continue
             prev = snap.next_funding_time - snap.funding_interval_hours * 3600.0

@@ -396,6 +396,12 @@ class Desk:
         if self.live:
             await self.market.warm_history_live()
             await self.feed.preload_funding_history(self.feed.symbols)
+            for f in self.feeds.values():  # every other venue's too: the 30-day means the cross-exchange choice reads
+                if f is not self.feed and hasattr(f, "preload_funding_history"):
+                    try:
+                        await f.preload_funding_history(f.symbols)
+                    except (VenueError, VenueTimeout) as e:
+                        self.events.audit("system", "funding_preload_skipped", {"venue": f.venue}, "warning", str(e)[:300])
             await self.market.observe_borrow_rates()
         for sym in self.feed.symbols:
             self.market.load_tracker(sym)
