@@ -204,6 +204,8 @@ def _progress_bar(done: float, total: float, message: str) -> None:
 
 
 def _backtest(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from pydantic import ValidationError
 
     from basis_mcp.backtest.params import BacktestParams
@@ -211,7 +213,7 @@ def _backtest(args: argparse.Namespace) -> int:
     from basis_mcp.backtest.runner import load_markets, run, sweep
     from basis_mcp.config import ConfigError, load_settings
     from basis_mcp.history import DataError
-    from basis_mcp.loaders import load_any
+    from basis_mcp.loaders import load_any, with_market_facts
 
     overrides = {k[2:]: v for k, v in vars(args).items() if k.startswith("p_") and v is not None}
     try:
@@ -225,7 +227,9 @@ def _backtest(args: argparse.Namespace) -> int:
             grid[name] = [_sweep_value(name, v) for v in values.split(",")]
         symbols = [s for s in args.symbols.split(",") if s.strip()]
         histories = load_any(args.data, symbols, args.timeframe)  # only the symbols asked for are read
+        settings, facts = with_market_facts(settings, args.data, [s.strip().upper() for s in symbols])
         markets = load_markets(histories, symbols, args.start, args.end, params, settings)
+        markets = [replace(m, notes=m.notes + tuple(n for n in facts if n.startswith(m.symbol + ":"))) for m in markets]
     except ValidationError as e:
         print("basis-mcp backtest: " + "; ".join(f"{_flag(er['loc'])}: {er['msg']}" for er in e.errors()), file=sys.stderr)
         return 2

@@ -332,3 +332,63 @@ def load_any(path: Path | str | None, symbols: list[str] | None = None, timefram
     if not p.exists():
         raise DataError(f"data path not found: {p}")
     return load_extract(p, symbols)
+
+
+# --------------------------------------------------------------------------- the venue's own contract facts
+
+MARKETS_FILE = "basis-mcp-markets.json"  # written by `basis-mcp data download` beside the candles (`basis_mcp.download`)
+
+
+def market_facts(path: Path | str | None) -> dict[str, dict[str, float]]:
+    """Per symbol, the `SymbolSpec` fields the venue states for its markets (``<exchange dir>/basis-mcp-markets.json``):
+    spot and perp taker fees, the lot step both legs can trade (the coarser of the two, in coins) and the larger
+    minimum notional. Empty when the directory has no such file; a malformed file is an error naming it."""
+    import json
+
+    if path is None or not Path(path).is_dir():
+        return {}
+    f = Path(path) / MARKETS_FILE
+    if not f.is_file():
+        return {}
+    try:
+        doc = json.loads(f.read_text())
+        symbols = doc["symbols"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{f}: not a basis-mcp markets file ({e})") from None
+    out: dict[str, dict[str, float]] = {}
+    for sym, legs in symbols.items():
+        spot, perp = legs.get("spot") or {}, legs.get("perp") or {}
+        spec: dict[str, float] = {}
+        if isinstance(spot.get("taker"), int | float):
+            spec["spot_taker_fee"] = float(spot["taker"])
+        if isinstance(perp.get("taker"), int | float):
+            spec["perp_taker_fee"] = float(perp["taker"])
+        steps = [float(x) for x in (spot.get("lot_step_base"), perp.get("lot_step_base")) if isinstance(x, int | float) and x > 0]
+        if steps:
+            spec["qty_step"] = max(steps)
+        mins = [float(x) for x in (spot.get("min_notional"), perp.get("min_notional")) if isinstance(x, int | float) and x >= 0]
+        if mins:
+            spec["min_notional_usd"] = max(mins)
+        if spec:
+            out[str(sym).upper()] = spec
+    return out
+
+
+def with_market_facts(settings, path: Path | str | None, symbols: list[str] | None = None):
+    """``settings`` with the venue's own fees, lot steps and minimums from ``path`` (see `market_facts`) for the symbols
+    the operator has not configured himself, and a note per symbol saying what was taken."""
+    facts = market_facts(path)
+    if not facts:
+        return settings, []
+    from basis_mcp.config import DEFAULT_SPECS, SymbolSpec
+
+    updates: dict[str, SymbolSpec] = {}
+    notes = []
+    for sym, spec in facts.items():
+        if symbols is not None and sym not in symbols or sym in settings.symbols:
+            continue
+        base = DEFAULT_SPECS.get(sym, SymbolSpec())
+        updates[sym] = base.model_copy(update=spec)
+        notes.append(f"{sym}: the venue's own costs from {Path(path) / MARKETS_FILE}: "
+                     + ", ".join(f"{k}={v:g}" for k, v in spec.items()))
+    return (settings.model_copy(update={"symbols": {**settings.symbols, **updates}}) if updates else settings), notes

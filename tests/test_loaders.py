@@ -215,3 +215,32 @@ def _t(s: str) -> float:
     from basis_mcp.clock import parse_time as pt
 
     return pt(s)
+
+
+def test_the_venues_own_contract_facts_beside_the_data_set_the_costs(tmp_path: Path) -> None:
+    """`data download` writes basis-mcp-markets.json beside the candles: the backtest (and the paper desk) trade with that
+    venue's fees, lot step and minimum, and the result says so."""
+    import json
+
+    from basis_mcp.backtest.runner import run_from_data
+    from basis_mcp.config import Settings
+    from basis_mcp.loaders import MARKETS_FILE, with_market_facts
+
+    d = bybit_dir(tmp_path, days=20)
+    (d / MARKETS_FILE).write_text(json.dumps({"schema": "basis-mcp-markets/1", "venue": "bybit", "symbols": {"BTC": {
+        "spot": {"taker": 0.001, "lot_step_base": 1e-06, "min_notional": 5.0},
+        "perp": {"taker": 0.00055, "lot_step_base": 0.001, "min_notional": 5.0, "funding_interval_hours": 8}}}}))
+    settings, notes = with_market_facts(Settings(), d)
+    spec = settings.spec("BTC")
+    assert (spec.spot_taker_fee, spec.perp_taker_fee, spec.qty_step, spec.min_notional_usd) == (0.001, 0.00055, 0.001, 5.0)
+    assert notes and "perp_taker_fee=0.00055" in notes[0]
+    res = run_from_data(d, ["BTC"], "2024-01-02", "2024-01-20", BacktestParams(playbook="carry", zscore_window=48))
+    assert res.markets[0].costs.perp.taker_fee == 0.00055 and res.markets[0].min_notional_usd == 5.0
+    assert any("the venue's own costs" in n for n in res.data_notes)
+    (d / MARKETS_FILE).write_text("{not json")
+    with pytest.raises(DataError, match="not a basis-mcp markets file"):
+        with_market_facts(Settings(), d)
+    # an operator's own settings for a symbol win over the file
+    mine = Settings(symbols={"BTC": Settings().spec("BTC").model_copy(update={"perp_taker_fee": 0.0004})})
+    (d / MARKETS_FILE).write_text(json.dumps({"symbols": {"BTC": {"perp": {"taker": 0.00055}}}}))
+    assert with_market_facts(mine, d)[0].spec("BTC").perp_taker_fee == 0.0004

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from basis_mcp.clock import iso, parse_time
 from basis_mcp.config import Settings
 from basis_mcp.feed import base_asset
 from basis_mcp.history import DataError, SymbolHistory
-from basis_mcp.loaders import load_any, timeframe_name
+from basis_mcp.loaders import load_any, timeframe_name, with_market_facts
 
 Progress = Callable[[float, float, str], None]
 
@@ -314,4 +314,7 @@ def run_from_data(
     progress: Progress | None = None,
 ) -> BacktestResult:
     symbols = list(symbols)
-    return run(load_markets(load_any(data, symbols), symbols, start, end, params), params, engine, progress)
+    settings, facts = with_market_facts(Settings(), data, [base_asset(s) for s in symbols if s.strip()])
+    markets = [replace(m, notes=m.notes + tuple(n for n in facts if n.startswith(m.symbol + ":")))
+               for m in load_markets(load_any(data, symbols), symbols, start, end, params, settings)]
+    return run(markets, params, engine, progress)

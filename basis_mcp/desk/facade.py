@@ -46,7 +46,7 @@ from basis_mcp.guardrails import EntryReadings, TradingState, pre_trade_violatio
 from basis_mcp.history import HOUR, fingerprint, load_funding_venues
 from basis_mcp.lease import BookLease
 from basis_mcp.legs import PlannedLeg
-from basis_mcp.loaders import load_any
+from basis_mcp.loaders import load_any, with_market_facts
 from basis_mcp.models import (
     AdvanceTimeOutput,
     Alert,
@@ -189,6 +189,7 @@ class Desk:
     ) -> Desk:
         """Paper trading on historical data under a simulated clock (the embedded default)."""
         histories = load_any(data_path)
+        settings, _ = with_market_facts(settings, data_path)  # a downloaded directory: the venue's own fees and steps
         lease = BookLease.acquire(db_path, desk=True)
         try:
             return cls._open_replay(settings, db_path, histories, data_path, start, faults, lease, audit_paths)
