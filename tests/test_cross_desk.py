@@ -40,6 +40,8 @@ async def test_cross_exchange_end_to_end_over_stdio(db: Path) -> None:
         est = await call(client, "estimate_net_apy", {"symbol": "BTC", "notional_usd": 3000, "hold_days": 30,
                                                       "strategy": "cross_exchange"})
         assert est["short_venue"] != est["long_venue"] and "per hour" in est["formula"]
+        assert est["legs_summary"] == ["short perp on the richest venue", "long perp on the cheapest venue"]
+        assert "funding differential" in est["earns"] and any("unreachable" in r for r in est["risks"])
         assert est["fees_usd"] == pytest.approx(2 * 3000 * (0.0005 + 0.00055), rel=1e-9)  # each venue's own taker fee
         size = await call(client, "size_position", {"symbol": "BTC", "strategy": "cross_exchange"})
         assert any(c["name"].startswith("venue_share:paper:bybit") for c in size["caps"]), size["caps"]

@@ -103,6 +103,9 @@ class ZScoreOutput(ToolOutput):
 class NetApyEstimate(ToolOutput):
     symbol: str
     strategy: str = Field("cash_and_carry", description="The trade shape this estimate is for.")
+    legs_summary: list[str] = Field(default_factory=list, description="The strategy's legs: side, market and venue of each.")
+    earns: str | None = Field(None, description="What this trade shape earns, and how.")
+    risks: list[str] = Field(default_factory=list, description="This trade shape's own risks (what the watchdog watches).")
     contract: str | None = Field(None, description="calendar_spread: the quarterly priced (its price is SIMULATED on paper).")
     contract_expiry: str | None = Field(None, description="calendar_spread: that contract's expiry (ISO-8601 UTC).")
     short_venue: str | None = Field(None, description="cross_exchange: the venue the perp is shorted on (richest funding).")
@@ -146,6 +149,9 @@ class CapOut(BaseModel):
 class SizePositionOutput(ToolOutput):
     symbol: str
     strategy: str = Field("cash_and_carry", description="The trade shape sized: its legs decide the capital per dollar.")
+    legs_summary: list[str] = Field(default_factory=list, description="The strategy's legs: side, market and venue of each.")
+    earns: str | None = Field(None, description="What this trade shape earns, and how.")
+    risks: list[str] = Field(default_factory=list, description="This trade shape's own risks (what the watchdog watches).")
     playbook: str
     max_hold_days: float = Field(description="The playbook's max hold: the server plans the exit after it.")
     tier: str
@@ -250,6 +256,9 @@ class ConfirmationRequest(BaseModel):
 class EnterTradeOutput(ToolOutput):
     position: PositionOut | None = Field(None, description="The position; null while a live confirmation is pending.")
     replayed: bool = Field(False, description="True if this is the stored result of an earlier call with the same idempotency_key.")
+    legs_summary: list[str] = Field(default_factory=list, description="The strategy's legs: side, market and venue of each.")
+    earns: str | None = Field(None, description="What this trade shape earns, and how.")
+    risks: list[str] = Field(default_factory=list, description="This trade shape's own risks (what the watchdog watches).")
     liquidation_price: float | None = None
     margin_ratio_pct: float | None = Field(None, description="Margin balance / maintenance margin × 100; the watchdog acts below 150 %.")
     confirmation: ConfirmationRequest | None = Field(

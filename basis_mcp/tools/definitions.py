@@ -5,6 +5,7 @@ from __future__ import annotations
 from mcp.server.mcpserver import Context
 
 from basis_mcp import models as m
+from basis_mcp import strategies
 from basis_mcp.tools.registry import ToolSpec, WithImages
 
 UNITS = (
@@ -20,21 +21,31 @@ async def _zscore(desk, inp: m.ComputeZScoreInput, ctx: Context) -> m.ZScoreOutp
     return desk.compute_zscore(inp.symbol, inp.window)
 
 
+def _described(out, strategy: str):
+    """The trade shape's legs, what it earns and its own risks, on every output about a trade (from its declaration)."""
+    try:
+        spec = strategies.get(strategy)
+    except KeyError:
+        return out
+    legs = [f"{leg.side} {leg.market}" + (f" on the {leg.venue_slot}est venue" if leg.venue_slot else "") for leg in spec.legs]
+    return out.model_copy(update={"legs_summary": legs, "earns": spec.summary, "risks": list(spec.risks)})
+
+
 async def _apy(desk, inp: m.EstimateNetApyInput, ctx: Context) -> m.NetApyEstimate:
-    return await desk.estimate_net_apy(
+    return _described(await desk.estimate_net_apy(
         inp.symbol, inp.notional_usd, inp.hold_days, inp.leverage, inp.funding_rate_8h_pct, inp.exit_basis_pct, inp.basis_pct,
         inp.playbook, inp.strategy, inp.contract, inp.short_venue, inp.long_venue,
-    )
+    ), inp.strategy)
 
 
 async def _size(desk, inp: m.SizePositionInput, ctx: Context) -> m.SizePositionOutput:
-    return await desk.size(inp.symbol, inp.leverage, inp.target_notional_usd, inp.playbook, inp.strategy)
+    return _described(await desk.size(inp.symbol, inp.leverage, inp.target_notional_usd, inp.playbook, inp.strategy), inp.strategy)
 
 
 async def _enter(desk, inp: m.EnterTradeInput, ctx: Context) -> m.EnterTradeOutput:
-    return await desk.enter(inp.symbol, inp.notional_usd, inp.leverage, inp.idempotency_key, inp.strategy,
-                            inp.expected_hold_days, inp.confirmation_token, inp.playbook, inp.contract, inp.short_venue,
-                            inp.long_venue)
+    return _described(await desk.enter(inp.symbol, inp.notional_usd, inp.leverage, inp.idempotency_key, inp.strategy,
+                                       inp.expected_hold_days, inp.confirmation_token, inp.playbook, inp.contract,
+                                       inp.short_venue, inp.long_venue), inp.strategy)
 
 
 async def _exit(desk, inp: m.ExitTradeInput, ctx: Context) -> m.ExitTradeOutput:
