@@ -198,10 +198,14 @@ def rolling_zscore_std(values: np.ndarray, window: int, min_samples: int = ZSCOR
     cnt = np.minimum(np.arange(1, n + 1, dtype=np.float64), window)
     mean = np.divide(sums[0], cnt, out=sums[0])
     var = np.divide(sums[1], cnt, out=sums[1])
+    ex2 = var.copy()
     var -= mean * mean
     np.maximum(var, 0.0, out=var)
-    std = np.sqrt(var, out=var)
     first = max(min_samples, 1) - 1  # counts grow 1, 2, …: the samples with enough history are a suffix
+    # a (nearly) flat window: E[x²] − mean² cancels to rounding noise, and a z of noise over noise could cross any
+    # threshold; those windows are recomputed exactly (two passes, as the per-row loop does), the rest stand
+    unsure = np.flatnonzero(var[first:] <= 1e-10 * ex2[first:]) + first
+    std = np.sqrt(var, out=var)
     sd_out[first:] = std[first:]
     small = std < ZSCORE_STD_FLOOR
     std[small] = 1.0
@@ -209,6 +213,11 @@ def rolling_zscore_std(values: np.ndarray, window: int, min_samples: int = ZSCOR
     z /= std
     z[small] = 0.0
     out[first:] = z[first:]
+    for i in unsure.tolist():
+        w = x[max(0, i - window + 1) : i + 1]
+        sd = float(w.std())
+        sd_out[i] = sd
+        out[i] = 0.0 if sd < ZSCORE_STD_FLOOR else (float(x[i]) - float(w.mean())) / sd
     return out, sd_out
 
 
