@@ -7,6 +7,7 @@ per bucket, in ``basis_samples``) and the rolling z-score trackers, and turns th
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,7 @@ class MarketData:
         self.z: dict[str, RollingZScore] = {}
         self._pending_samples: list[tuple[str, int, float, float, float]] = []
         self._last_sample_ts: dict[str, int | None] = {}
+        self._premia: dict[str, deque[tuple[float, float]]] = {}  # live quarterlies: the premium as observed
 
     # ------------------------------------------------------------------ time and freshness
 
@@ -138,6 +140,8 @@ class MarketData:
 
     def venue_symbol(self, market: str, symbol: str) -> str:
         feed, sym = self.feed_of(symbol)
+        if market == "future" and hasattr(feed, "future_symbol"):  # a live venue's quarterly: BTC/USDT:USDT-240628
+            return feed.future_symbol(sym)
         return feed.spot_symbol(sym) if market in SPOT_LIKE else feed.perp_symbol(sym)
 
     def realised_vol_1h_pct(self, snap: Snapshot) -> float | None:
@@ -330,13 +334,33 @@ class MarketData:
         fut = self.feed.snapshot(contract).perp
         return (fut - perp_snap.perp) / perp_snap.perp * 100.0
 
+    def _live_calendar_signals(self, contract: str, perp_snap: Snapshot, base: Signals) -> Signals:
+        """A live venue's quarterly: its premium now, and its history as this desk has observed it (one sample a minute
+        at most, kept a z-score window long): the smoothed premium once the samples span the smoothing window, the std
+        once there are ZSCORE_MIN_SAMPLES of them; until then the basis stop and the z-score rules wait, and expiry,
+        margin and the max hold apply."""
+        now = self.now()
+        premium = self.calendar_basis_pct(contract, perp_snap)
+        hist = self._premia.setdefault(contract, deque(maxlen=max(self.settings.zscore_window * 60, 1000)))
+        if not hist or now - hist[-1][0] >= 60.0:
+            hist.append((now, premium))
+        span = self.settings.exit_rules.basis_smoothing_hours * 3600.0
+        recent = [b for t, b in hist if t > now - span]
+        covered = hist[0][0] <= now - span + 60.0
+        values = np.array([b for _, b in hist])
+        return Signals(basis_pct=premium, basis_smooth_pct=float(np.mean(recent)) if covered and recent else None,
+                       basis_std_pct=float(values.std()) if values.size >= ZSCORE_MIN_SAMPLES else None,
+                       funding_recent_8h_pct=base.funding_recent_8h_pct, funding_carry_8h_pct=base.funding_carry_8h_pct)
+
     def calendar_signals(self, contract: str, perp_snap: Snapshot, base: Signals) -> Signals:
         """A calendar spread's basis signals: the contract's premium over the perp now, averaged over
         the smoothing window, and its std over the z-score window (hourly samples where spot and perp
         both traded, from the replay data: dated futures are simulated on paper only)."""
         series = getattr(self.feed, "calendar_basis_series", None)
+        if series is None and self.live and hasattr(self.feed, "dated_contracts"):
+            return self._live_calendar_signals(contract, perp_snap, base)
         if series is None:
-            raise Rejected("strategy", "calendar_spread", f"{self.feed.venue}: dated futures are simulated on paper only")
+            raise Rejected("strategy", "calendar_spread", f"{self.feed.venue}: this venue lists no dated futures")
         now = self.now()
         r = self.settings.exit_rules
         w = self.settings.zscore_window

@@ -148,6 +148,8 @@ class Research:
             buffer_s = self.settings.expiry_exit_hours * 3600.0 + self.settings.fill_delay_seconds
             expiry = next(e for e in dated.listed_expiries(snap.now) if e - buffer_s > snap.now + 3600.0)  # still tradable
             code = dated.contract_code(snap.symbol, expiry)
+            if code not in getattr(self.market.feed, "dated_contracts", [code]):  # live: only what the venue lists
+                return out
             premium = self.market.calendar_basis_pct(code, snap)
         except (MarketDataUnavailable, KeyError, Rejected, StopIteration):
             return out

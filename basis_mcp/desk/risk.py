@@ -264,7 +264,10 @@ class Risk:
         delay = self.settings.fill_delay_seconds if self.market.clock.simulated else 0.0  # replay: fills land this late
         ends = now + delay + hold_days * 86400.0
         listed = dated.listed_expiries(now)
-        names = ", ".join(dated.contract_code(sym, e) for e in listed)
+        venue_lists = getattr(self.market.feed, "dated_contracts", None)  # live: only what the venue lists and quotes
+        if venue_lists is not None:
+            listed = [e for e in listed if dated.contract_code(sym, e) in venue_lists]
+        names = ", ".join(dated.contract_code(sym, e) for e in listed) or f"none for {sym} on {self.market.feed.venue}"
         if requested is not None:
             try:
                 base, expiry = dated.parse_contract(requested)
@@ -275,7 +278,9 @@ class Risk:
             if expiry <= now:
                 raise Rejected("contract", requested, f"expired at {dated.iso_day(expiry)} (now {iso(now)}); listed: {names}")
             if expiry not in listed:
-                raise Rejected("contract", requested, f"not listed at {iso(now)} (the current and next quarter are): {names}")
+                where = f"on {self.market.feed.venue}" if venue_lists is not None else "(the current and next quarter are)"
+                raise Rejected("contract", requested, f"{dated.contract_code(base, expiry)} is not listed at {iso(now)} {where}: "
+                               f"{names}")
             if ends > expiry - buffer_s:
                 raise Rejected(hold_field, hold_days,
                                f"a {hold_days:g}-day hold" + (f" from the fill {delay / 3600:g} h from now" if delay else "")

@@ -22,6 +22,15 @@ Bybit (V5, a unified trading account) differs from Binance where noted (``_bybit
 - setting the leverage it already has answers 110043 "not modified": success;
 - a position's isolated wallet is ``positionBalance`` (ccxt's ``collateral`` adds unrealised P&L);
 - margin is added with ``/v5/position/add-margin`` (ccxt's bybit has no ``add_margin``).
+
+Binance USD-M quarterlies (``market="future"``, desk code ``BTC-260327``, ccxt ``BTC/USDT:USDT-260327``:
+`LiveFeed.dated`) trade like perps: isolated margin and leverage per contract, ``reduceOnly`` closes, the
+position's wallet is ``isolatedWallet``. A contract the feed does not list is refused (``bad_symbol``).
+Once a contract has delivered, ccxt no longer knows it: its orders are looked up on the raw endpoint
+(`basis_mcp.live.dated_orders`), and its delivery (a ``DELIVERED_SETTELMENT`` income row, the price from
+``/futures/data/delivery-price``) comes out of `LiveVenue.liquidations` as a ``delivery`` event with a
+deterministic id, so the desk books it once. The income row has no quantity: it is the position last
+seen in the contract, else the net of the account's trades in it (after a restart).
 """
 
 from __future__ import annotations
@@ -36,8 +45,11 @@ import ccxt
 from basis_mcp.clock import Clock
 from basis_mcp.config import Settings
 from basis_mcp.costs import Market
+from basis_mcp.dated import contract_code, is_contract, parse_contract
+from basis_mcp.feed import MarketDataUnavailable
+from basis_mcp.live import dated_orders
 from basis_mcp.live.errors import venue_error
-from basis_mcp.live.feed import LiveFeed
+from basis_mcp.live.feed import DATED_VENUES, LiveFeed
 from basis_mcp.venue.base import (
     FundingEvent,
     LiquidationEvent,
@@ -73,6 +85,9 @@ class LiveVenue:
         self._backoff_s = 0.25
         self._cache: dict[str, tuple[float, Any]] = {}
         self._bybit = venue == "bybit"
+        if venue in DATED_VENUES:  # USD-M quarterlies (Binance): the calendar spread's dated leg
+            self.markets = frozenset({"spot", "perp", "future"})
+        self._future_seen: dict[str, float] = {}  # contract code -> signed position last read (a delivery's quantity)
 
     # Account reads are cached briefly and dropped on every order or margin change: one watchdog
     # tick reads balances and positions once (2 + 1 requests), not once per check.
@@ -118,7 +133,22 @@ class LiveVenue:
     def _unified(self, symbol: str, market: Market) -> str:
         if market not in self.markets:
             raise VenueError(f"{market} is not traded on {self.name}", "bad_market")
+        if market == "future":
+            unified = self.feed.dated.get(symbol)
+            if unified is None:
+                listed = ", ".join(sorted(self.feed.dated)) or "none"
+                raise VenueError(f"{symbol}: not listed on {self.name} (listed quarterlies: {listed})", "bad_symbol")
+            return unified
         return self.feed.spot_symbol(symbol) if market == "spot" else self.feed.perp_symbol(symbol)
+
+    def _mid(self, symbol: str, market: Market, fallback: float = 0.0) -> float:
+        """The mid the desk compares a fill with: spot's, or the perp's / the quarterly's mark; ``fallback``
+        when there is none (a delivered contract)."""
+        try:
+            snap = self.feed.snapshot(symbol)
+        except MarketDataUnavailable:
+            return fallback
+        return snap.spot if market == "spot" else snap.perp
 
     def _spot_step(self, symbol: str) -> float:
         m = self.ex.markets.get(self.feed.spot_symbol(symbol)) or {}
@@ -140,10 +170,11 @@ class LiveVenue:
     # ------------------------------------------------------------------ Venue API
 
     async def set_leverage(self, symbol: str, leverage: float) -> None:
+        """Isolated margin and ``leverage`` on the perp of a coin, or on a dated contract (``BTC-260327``)."""
         if self._configured.get(symbol) == leverage:
             return
         self._invalidate()
-        perp = self._unified(symbol, "perp")
+        perp = self._unified(symbol, "future" if is_contract(symbol) else "perp")
         try:
             await self.ex.set_margin_mode("isolated", perp)
         except ccxt.MarginModeAlreadySet:
@@ -161,17 +192,21 @@ class LiveVenue:
     async def place_order(self, req: OrderRequest) -> OrderResult:
         self._invalidate()
         try:
-            return await self._place_order(req)
+            res = await self._place_order(req)
         finally:
             self._invalidate()
+        if req.market == "future" and res.filled_qty and req.symbol in self._future_seen:  # until positions are read again
+            step = res.filled_qty if req.side == "buy" else -res.filled_qty
+            self._future_seen[req.symbol] = round(self._future_seen[req.symbol] + step, 12)
+        return res
 
     async def _place_order(self, req: OrderRequest) -> OrderResult:
         sym = self._unified(req.symbol, req.market)
         params: dict[str, Any] = {"clientOrderId": req.client_order_id}
-        if req.market == "perp" and req.reduce_only:
+        if req.market in ("perp", "future") and req.reduce_only:
             params["reduceOnly"] = True
         snap = self.feed.snapshot(req.symbol)
-        mid = snap.spot if req.market == "spot" else snap.perp
+        mid = snap.spot if req.market == "spot" else snap.perp  # a quarterly's snapshot: perp is its mark
         qty = req.quantity
         if req.market == "spot" and req.side == "buy" and self.venue in ("binance", "bybit"):
             # Binance and Bybit take a spot buy's fee in the coin bought: buy a fee more, so what arrives is ≥ the hedge
@@ -271,6 +306,8 @@ class LiveVenue:
                            filled, avg, fee, mid, ts, None if st != "rejected" else f"venue status {status}")
 
     async def fetch_order(self, client_order_id: str, symbol: str, market: Market) -> OrderResult | None:
+        if market == "future" and symbol not in self.feed.dated:  # delivered (ccxt no longer knows it): the raw endpoint
+            return await dated_orders.fetch_delisted_order(self, client_order_id, symbol)
         sym = self._unified(symbol, market)
         if self._bybit:
             o = await self._bybit_order_by_link_id(client_order_id, sym)
@@ -286,8 +323,7 @@ class LiveVenue:
         side = o.get("side") or "buy"
         req = OrderRequest(client_order_id, symbol, market, side, float(o.get("amount") or o.get("filled") or 0.0),
                            bool(o.get("reduceOnly")))
-        snap = self.feed.snapshot(symbol)
-        return self._result(await self._with_fees(o, sym), req, snap.spot if market == "spot" else snap.perp)
+        return self._result(await self._with_fees(o, sym), req, self._mid(symbol, market, float(o.get("average") or 0.0)))
 
     async def _bybit_order_by_link_id(self, client_order_id: str, unified: str) -> dict[str, Any] | None:
         """The order with this ``orderLinkId``: the realtime list (any of the last 500 orders,
@@ -304,32 +340,54 @@ class LiveVenue:
         return found[0] if found else None
 
     async def _positions(self) -> dict[str, PerpPosition]:
+        """Open perps by coin (``BTC``) and, where the venue lists them, open quarterlies by contract code
+        (``BTC-260327``): the two never collide."""
         rows = await self._read("fetch positions", self.ex.fetch_positions)
         out: dict[str, PerpPosition] = {}
         for p in rows:
             m = self.ex.markets.get(p.get("symbol")) or {}
             contracts = float(p.get("contracts") or 0.0)
-            if not m.get("swap") or m.get("quote") != self.feed.quote or contracts == 0:
+            dated = bool(m.get("future") and m.get("expiry") and "future" in self.markets)
+            if not (m.get("swap") or dated) or m.get("quote") != self.feed.quote or contracts == 0:
                 continue
+            key = contract_code(m["base"], m["expiry"] / 1000.0) if dated else m["base"]
             signed = contracts if p.get("side") == "long" else -contracts
             info = p.get("info") or {}
             if self._bybit:  # the position's margin without unrealised P&L (ccxt's collateral includes it)
                 wallet = float(info.get("positionBalance") or info.get("positionIM") or 0.0)
             else:
                 wallet = float(info.get("isolatedWallet") or info.get("isolatedMargin") or p.get("collateral") or 0.0)
-            out[m["base"]] = PerpPosition(m["base"], signed, float(p.get("entryPrice") or 0.0), wallet,
-                                          float(p.get("leverage") or self._configured.get(m["base"]) or 0.0))
+            out[key] = PerpPosition(key, signed, float(p.get("entryPrice") or 0.0), wallet,
+                                    float(p.get("leverage") or self._configured.get(key) or 0.0))
+        self._note_futures(out)
         return out
+
+    def _note_futures(self, held: dict[str, PerpPosition]) -> None:
+        """Remember each quarterly's position: Binance's delivery row does not say how much was delivered.
+        A contract gone from the positions before its expiry was closed (forgotten); one gone at or after
+        its expiry keeps its last size until its delivery is read."""
+        now = self.clock.now()
+        for code in list(self._future_seen):
+            if code not in held and parse_contract(code)[1] > now:
+                del self._future_seen[code]
+        self._future_seen.update({code: p.quantity for code, p in held.items() if is_contract(code)})
 
     async def fetch_perp_position(self, symbol: str) -> PerpPosition | None:
         return (await self._cached("positions", self.POSITIONS_TTL_S, self._positions)).get(symbol)
 
+    async def fetch_position(self, market: str, symbol: str) -> PerpPosition | None:
+        """The isolated position behind a leveraged leg: a perp (by coin) or a quarterly (by contract code)."""
+        if market not in ("perp", "future") or market not in self.markets:
+            return None
+        return (await self._cached("positions", self.POSITIONS_TTL_S, self._positions)).get(symbol)
+
     async def held_instruments(self, market: str) -> list[str]:
-        """Coins with an open perp here: how the desk finds a cross-exchange leg's position on a venue
-        other than its primary one (it asks the primary per symbol it watches)."""
-        if market != "perp":
+        """Coins with an open perp here (how the desk finds a cross-exchange leg's position on a venue other
+        than its primary one), or the contract codes of the open quarterlies (``market="future"``)."""
+        if market not in ("perp", "future") or market not in self.markets:
             return []
-        return sorted(await self._cached("positions", self.POSITIONS_TTL_S, self._positions))
+        held = await self._cached("positions", self.POSITIONS_TTL_S, self._positions)
+        return sorted(s for s in held if is_contract(s) == (market == "future"))
 
     async def fetch_balances(self) -> dict[str, float]:
         """Free spot balances; ``USDT`` is spot USDT plus the futures wallet's available USDT (on a Bybit
@@ -346,15 +404,16 @@ class LiveVenue:
         out[self.feed.quote] = out.get(self.feed.quote, 0.0) + float((fut.get("free") or {}).get(self.feed.quote) or 0.0)
         return out
 
-    async def add_margin(self, symbol: str, amount_usd: float) -> None:
+    async def add_margin(self, symbol: str, amount_usd: float, market: Market = "perp") -> None:
         self._invalidate()
+        unified = self._unified(symbol, market)
         try:
             if self._bybit:  # not in ccxt's bybit: the V5 endpoint itself (up to 4 decimals)
-                market = self.ex.market(self._unified(symbol, "perp"))
+                m = self.ex.market(unified)
                 margin = f"{math.floor(amount_usd * 1e4) / 1e4:.4f}"
-                await self.ex.private_post_v5_position_add_margin({"category": "linear", "symbol": market["id"], "margin": margin})
+                await self.ex.private_post_v5_position_add_margin({"category": "linear", "symbol": m["id"], "margin": margin})
                 return
-            await self.ex.add_margin(self._unified(symbol, "perp"), amount_usd)
+            await self.ex.add_margin(unified, amount_usd)
         except ccxt.BaseError as e:
             raise venue_error(e, self.venue, "add margin") from None
 
@@ -413,21 +472,31 @@ class LiveVenue:
         return sorted(out.values(), key=lambda e: (e.time, e.symbol))
 
     async def liquidations(self, since: float, symbols: list[str] | None = None) -> list[LiquidationEvent]:
-        """Forced closes of the desk's perps (asked per symbol: a fraction of the all-symbol weight)."""
-        if not self.ex.has.get("fetchMyLiquidations") or not symbols:
+        """Forced closes of the desk's perps and quarterlies (asked per symbol: a fraction of the all-symbol
+        weight), and the deliveries of its quarterlies (``symbols`` holding contract codes)."""
+        if not symbols:
             return []
+        codes = [s for s in symbols if is_contract(s)]
+        out = await dated_orders.deliveries(self, since, codes) if codes and "future" in self.markets else []
+        if not self.ex.has.get("fetchMyLiquidations"):
+            return out
         rows: list[dict[str, Any]] = []
         for sym in symbols:
+            unified = self.feed.dated.get(sym) if is_contract(sym) else self._unified(sym, "perp")
+            if unified is None:
+                continue  # a delivered contract: ccxt no longer knows it (its delivery is read above)
             try:
-                rows += await self.ex.fetch_my_liquidations(self._unified(sym, "perp"), int(since * 1000) + 1)
+                rows += await self.ex.fetch_my_liquidations(unified, int(since * 1000) + 1)
             except ccxt.BaseError:
                 continue  # position reconciliation on every tick still catches a vanished leg
-        out = []
         for r in rows:
-            base = self.ex.markets.get(r.get("symbol"), {}).get("base") or ""
+            m = self.ex.markets.get(r.get("symbol")) or {}
+            dated = bool(m.get("future") and m.get("expiry"))
+            sym = contract_code(m["base"], m["expiry"] / 1000.0) if dated else m.get("base") or ""
             qty = float(r.get("contracts") or 0.0)
-            out.append(LiquidationEvent(base, r["timestamp"] / 1000.0, -qty if r.get("side") == "buy" else qty,
-                                        float(r.get("price") or 0.0), 0.0, str((r.get("info") or {}).get("clientOrderId") or r.get("id"))))
+            out.append(LiquidationEvent(sym, r["timestamp"] / 1000.0, -qty if r.get("side") == "buy" else qty,
+                                        float(r.get("price") or 0.0), 0.0, str((r.get("info") or {}).get("clientOrderId") or r.get("id")),
+                                        "future" if dated else "perp"))
         return sorted(out, key=lambda e: e.time)  # per-symbol answers interleave: oldest first, the cursor is the last
 
     def on_tick(self, t: float) -> TickReport:
