@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from basis_mcp.dated import is_contract, parse_contract
 from basis_mcp.desk.book import Book
 from basis_mcp.desk.events import Events
 from basis_mcp.desk.market import MarketData
@@ -65,7 +66,10 @@ class Reconcile:
             if (exact and abs(venue_q - want) > 1e-8) or (not exact and venue_q + 1e-8 < want):
                 out.append(f"{sym} spot: venue holds {venue_q:g}, desk ledger says {want:g}")
         desk_isolated = {k: q for k, q in holdings.items() if k[0] != "spot"}
+        now = self.market.now()
         for market, sym in sorted(set(desk_isolated) | set(isolated)):
+            if market == "future" and is_contract(sym.partition("@")[0]) and parse_contract(sym.partition("@")[0])[1] <= now:
+                continue  # delivered (or about to be) at expiry: the venue's delivery is booked by the next event sync
             venue_q = isolated[(market, sym)].quantity if (market, sym) in isolated else 0.0
             want = desk_isolated.get((market, sym), 0.0)
             if abs(venue_q - want) > 1e-8:
