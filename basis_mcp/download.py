@@ -23,7 +23,8 @@ base ``Exchange`` has ``mark_ohlcv_timeframe`` 8h and ``funding_fee_timeframe`` 
 Bybit and OKX override ``mark_ohlcv_timeframe`` to 4h (funding 8h). freqtrade 2025.12 (PR #12599,
 dynamic funding intervals) moved most exchanges to 1h mark candles and 1h funding files: pass
 ``--mark-timeframe 1h`` for that; the funding file is named with the interval the venue reports for the
-symbol (Bybit ``fundingInterval``, Binance ``fetch_funding_intervals``; 8h where it reports none).
+symbol (Bybit ``fundingInterval``, Binance ``fetch_funding_intervals``, OKX ``fetch_funding_interval``; 8h
+where it reports none).
 
 How it fetches: sequentially, through one ccxt client with ``enableRateLimit``; each request asks for one
 window of at most a page (Binance 1000 candles / 1000 settlements, Bybit 1000 / 200, OKX 100 / 100) with
@@ -58,7 +59,8 @@ are kept), from ccxt's markets (the venue's public fee schedule, default tier, n
   (``limits.amount.min``);
 - ``min_notional``: ``limits.cost.min`` in USDT (null where the venue states none); ``price_step`` the tick;
 - ``funding_interval_hours`` (perp only): from ``fetch_funding_intervals`` (Binance lists only symbols off
-  8 h), the market's ``info.fundingInterval`` (Bybit, minutes), else the venue's default 8 h;
+  8 h) or ``fetch_funding_interval`` (OKX, per symbol), the market's ``info.fundingInterval`` (Bybit, minutes),
+  else the venue's default 8 h;
   ``funding_interval_source`` says which.
 """
 
@@ -360,11 +362,18 @@ class Downloader:
                 listed = await self.call("fetch_funding_intervals", self.ex.fetch_funding_intervals, list(perps.values()))
             except DownloadError as e:
                 failed = f" (fetch_funding_intervals failed: {e})"
+        one_by_one = not self.ex.has.get("fetchFundingIntervals") and self.ex.has.get("fetchFundingInterval")
         for sym, perp in perps.items():
             info = self.ex.markets[perp].get("info") or {}
             row = listed.get(perp) or {}
+            if one_by_one:  # OKX: per symbol, from its next two settlement times
+                try:
+                    row = await self.call("fetch_funding_interval", self.ex.fetch_funding_interval, perp) or {}
+                except DownloadError as e:
+                    failed = f" (fetch_funding_interval failed: {e})"
             if row.get("interval"):
-                out[sym] = (TIMEFRAMES.get(row["interval"], 8 * 3600) // 3600, "fetch_funding_intervals")
+                out[sym] = (TIMEFRAMES.get(row["interval"], 8 * 3600) // 3600,
+                            "fetch_funding_interval" if one_by_one else "fetch_funding_intervals")
             elif str(info.get("fundingInterval") or "").isdigit():  # Bybit: minutes
                 out[sym] = (max(1, int(info["fundingInterval"]) // 60), "market info")
             else:

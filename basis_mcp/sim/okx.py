@@ -1,0 +1,207 @@
+"""A local OKX V5 venue for PUBLIC market data (spot + USDT-margined swaps), driven by the shipped hourly
+data, that ccxt's ``okx`` client talks to unmodified.
+
+``make_exchange("okx", None, base_url=sim.url)`` loads markets (``/api/v5/public/instruments`` for SPOT,
+SWAP, and the empty FUTURES and OPTION lists ccxt also asks for; ``fetchCurrencies`` stays off), reads the
+clock (``/api/v5/public/time``), candles (``/api/v5/market/candles``, ``history-candles``), mark-price
+candles (``mark-price-candles``, ``history-mark-price-candles``), settled funding
+(``/api/v5/public/funding-rate-history``) and the next funding (``/api/v5/public/funding-rate``), all in
+OKX's wire format: the ``{"code": "0", "msg": "", "data": [...]}`` envelope, string numbers, instIds
+``BTC-USDT`` / ``BTC-USDT-SWAP``, OKX's ``after`` / ``before`` millisecond cursors with rows newest first
+and its page caps (candles 300, history and mark candles 100, funding 100). The instruments carry OKX's
+contract facts (``ctVal`` 0.01 BTC per BTC swap contract, ``lotSz``, ``minSz``, ``tickSz``): see
+`basis_mcp.sim.okx_api` for them and for how candles are built (sub-hour candles are SIMULATED from the
+hourly data: `basis_mcp.sim.instruments.path_candles`).
+
+Errors as OKX answers them: an unknown instId ``51001``, a bad parameter ``51000`` (ccxt: BadSymbol,
+BadRequest); faults from ``/_sim/faults``: ``http_5xx_next`` answers 503 with an HTML body (ccxt:
+ExchangeNotAvailable), ``rate_limit_next`` answers HTTP 429 ``{"code": "50011", "msg": "Too Many
+Requests"}`` (RateLimitExceeded), ``latency_ms`` delays every request. Unknown paths answer 404 and are
+listed in ``/_sim/requests``. Admin endpoints as the other simulators': ``/_sim/state``, ``/_sim/time``
+(GET; POST ``{"t": ...}`` or ``{"advance_s": ...}``), ``/_sim/faults``, ``/_sim/requests`` (GET, DELETE).
+
+Not simulated: anything private (trading, accounts: those paths answer 404), the in-progress candle,
+index candles, tickers and books, FUTURES / OPTION instruments, OKX's three-month horizon on funding history.
+
+Run in-process: ``with running_okx_sim(start="2024-03-15") as sim: ... sim.url, sim.state``.
+Run as a process: ``python -m basis_mcp.sim.okx --port 0`` prints ``{"url": ..., "t": ...}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from basis_mcp.sim.binance import HTML_503, SimServer, _bind, _config, _ThreadServer
+from basis_mcp.sim.bybit import FundingOverrides, apply_funding
+from basis_mcp.sim.okx_api import OkxApi, OkxError
+from basis_mcp.sim.state import SimState
+
+__all__ = ["OkxApi", "OkxError", "build_app", "main", "make_state", "running_okx_sim", "start_okx_sim"]
+
+PREFIX = "/api/v5"
+
+
+def make_state(*, funding_overrides: FundingOverrides | None = None, **state_kwargs: Any) -> SimState:
+    """A `SimState` for the market-data venue; ``funding_overrides`` as `basis_mcp.sim.bybit.apply_funding`'s
+    ({coin: (times_s, rates per settlement)}, replacing the default data inside their span)."""
+    state = SimState(**state_kwargs)
+    if funding_overrides:
+        apply_funding(state, "default", funding_overrides)
+    return state
+
+
+def _envelope(data: Any, code: str = "0", msg: str = "") -> dict[str, Any]:
+    return {"code": code, "msg": msg, "data": data}
+
+
+def build_app(state: SimState) -> Starlette:
+    """The HTTP face of ``state``: OKX V5 public paths plus ``/_sim/*`` admin endpoints."""
+    api = OkxApi(state)
+
+    def exchange(handler: Callable[[dict[str, str]], Any]) -> Callable[[Request], Any]:
+        async def endpoint(request: Request) -> Response:
+            state.count(request.method, request.url.path)
+            f = state.faults
+            if f.latency_ms:
+                await asyncio.sleep(f.latency_ms / 1000)
+            with state.lock:
+                unavailable = f.take("http_5xx_next")
+                limited = not unavailable and f.take("rate_limit_next")
+            if unavailable:
+                return Response(HTML_503, 503, media_type="text/html")
+            if limited:
+                return JSONResponse({"msg": "Too Many Requests", "code": "50011"}, 429)
+            params = dict(parse_qsl(request.scope.get("query_string", b"").decode(), keep_blank_values=True))
+            try:
+                data = handler(params)
+            except OkxError as e:
+                return JSONResponse(_envelope([], e.code, e.msg), e.status)
+            except (ValueError, KeyError, TypeError) as e:
+                return JSONResponse(_envelope([], "51000", f"Parameter error: {e}"))
+            return JSONResponse(_envelope(data))
+
+        return endpoint
+
+    def get(path: str, handler: Callable[[dict[str, str]], Any]) -> Route:
+        return Route(PREFIX + path, exchange(handler), methods=["GET"])
+
+    routes = [
+        get("/public/time", api.time),
+        get("/public/instruments", api.instruments),
+        get("/public/funding-rate-history", api.funding_history),
+        get("/public/funding-rate", api.funding_rate),
+        get("/system/status", lambda p: []),
+    ]
+    routes += [get(f"/market/{name}", lambda p, n=name: api.candles(p, n))
+               for name in ("candles", "history-candles", "mark-price-candles", "history-mark-price-candles")]
+
+    def requests_snapshot() -> dict[str, Any]:
+        with state.lock:
+            return {"total": sum(state.requests.values()), "by_path": dict(state.requests),
+                    "unknown": list(state.unknown_paths)}
+
+    async def admin_state(request: Request) -> Response:
+        with state.lock:
+            t = state.t
+        return JSONResponse({"t": t, "time": datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z"),
+                             "faults": asdict(state.faults), "requests": requests_snapshot()})
+
+    async def admin_time(request: Request) -> Response:
+        if request.method == "POST":
+            d = await request.json()
+            try:
+                settled = state.advance(d["advance_s"]) if "advance_s" in d else state.set_time(d["t"])
+            except (KeyError, ValueError, TypeError) as e:
+                return JSONResponse({"error": f"give 't' (epoch s or ISO) or 'advance_s': {e}"}, 400)
+            return JSONResponse({"t": state.t, "funding": settled})
+        return JSONResponse({"t": state.t})
+
+    async def admin_faults(request: Request) -> Response:
+        if request.method == "POST":
+            try:
+                with state.lock:
+                    state.faults.update(await request.json())
+            except (ValueError, TypeError) as e:
+                return JSONResponse({"error": str(e)}, 400)
+        return JSONResponse(asdict(state.faults))
+
+    async def admin_requests(request: Request) -> Response:
+        if request.method == "DELETE":
+            state.reset_counts()
+        return JSONResponse(requests_snapshot())
+
+    async def not_found(request: Request) -> Response:
+        with state.lock:
+            state.unknown_paths.append(f"{request.method} {request.url.path}")
+        return JSONResponse(_envelope([], "50000", f"route not found: {request.method} {request.url.path}"), 404)
+
+    routes += [
+        Route("/_sim/state", admin_state),
+        Route("/_sim/time", admin_time, methods=["GET", "POST"]),
+        Route("/_sim/faults", admin_faults, methods=["GET", "POST"]),
+        Route("/_sim/requests", admin_requests, methods=["GET", "DELETE"]),
+        Route("/{path:path}", not_found, methods=["GET", "POST", "PUT", "DELETE"]),
+    ]
+    return Starlette(routes=routes)
+
+
+# --------------------------------------------------------------------------- running it
+
+
+def start_okx_sim(host: str = "127.0.0.1", port: int = 0, **state_kwargs: Any) -> SimServer:
+    """Start an OKX simulator on a background thread; ``state_kwargs`` go to `make_state`."""
+    state = make_state(**state_kwargs)
+    sock = _bind(host, port)
+    server = _ThreadServer(_config(build_app(state)))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="okx-sim", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("okx simulator failed to start")
+        time.sleep(0.01)
+    return SimServer(f"http://{host}:{sock.getsockname()[1]}", state, server, thread)
+
+
+@contextlib.contextmanager
+def running_okx_sim(**kwargs: Any) -> Iterator[SimServer]:
+    """``with running_okx_sim(start="2024-03-15") as sim:`` → ``sim.url``, ``sim.state``, ``sim.stop()``."""
+    sim = start_okx_sim(**kwargs)
+    try:
+        yield sim
+    finally:
+        sim.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m basis_mcp.sim.okx", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0, help="0 = a free port (printed)")
+    ap.add_argument("--start", default="2024-03-15T00:00:00Z", help="simulated start time (ISO-8601 or epoch s)")
+    ap.add_argument("--extra-symbols", type=int, default=0)
+    args = ap.parse_args(argv)
+    state = make_state(start=args.start, extra_symbols=args.extra_symbols)
+    sock = _bind(args.host, args.port)
+    print(json.dumps({"url": f"http://{args.host}:{sock.getsockname()[1]}", "t": state.t}), flush=True)
+    uvicorn.Server(_config(build_app(state))).run(sockets=[sock])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
