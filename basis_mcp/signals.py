@@ -11,6 +11,7 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from basis_mcp.costs import PairCosts
 from basis_mcp.dated import roll_down_exit_basis_pct
@@ -213,11 +214,18 @@ def rolling_zscore_std(values: np.ndarray, window: int, min_samples: int = ZSCOR
     z /= std
     z[small] = 0.0
     out[first:] = z[first:]
-    for i in unsure.tolist():
-        w = x[max(0, i - window + 1) : i + 1]
-        sd = float(w.std())
-        sd_out[i] = sd
-        out[i] = 0.0 if sd < ZSCORE_STD_FLOOR else (float(x[i]) - float(w.mean())) / sd
+    full = unsure[unsure >= window - 1]
+    if full.size:  # whole windows: every row of them at once (the same two-pass reductions, row by row)
+        rows = sliding_window_view(x, window)[full - window + 1]
+        sd = rows.std(axis=1)
+        mu = rows.mean(axis=1)
+        sd_out[full] = sd
+        out[full] = np.where(sd < ZSCORE_STD_FLOOR, 0.0, (x[full] - mu) / np.where(sd < ZSCORE_STD_FLOOR, 1.0, sd))
+    for i in unsure[unsure < window - 1].tolist():  # the first, growing windows
+        w = x[: i + 1]
+        sdi = float(w.std())
+        sd_out[i] = sdi
+        out[i] = 0.0 if sdi < ZSCORE_STD_FLOOR else (float(x[i]) - float(w.mean())) / sdi
     return out, sd_out
 
 
