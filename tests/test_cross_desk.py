@@ -4,31 +4,20 @@ rules for one venue going down while the other is fine."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
 from mcp import Client
 
-from basis_mcp.clock import parse_time
 from basis_mcp.config import Settings
 from basis_mcp.desk.facade import Desk
 from basis_mcp.errors import Rejected
 from basis_mcp.history import load_funding_venues
-from tests.conftest import call, call_error, stdio_params
+from tests.conftest import call, call_error, db_rows, stdio_params
 
 START = "2021-03-01T00:00:00Z"
 pytestmark = pytest.mark.anyio
 ENV = {"BASIS_MCP_PAPER_VENUES": "bybit", "BASIS_MCP_CAPITAL_USD": "20000"}
-
-
-def _rows(db: Path, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
-    c = sqlite3.connect(db)
-    c.row_factory = sqlite3.Row
-    try:
-        return c.execute(sql, params).fetchall()
-    finally:
-        c.close()
 
 
 async def test_cross_exchange_end_to_end_over_stdio(db: Path) -> None:
@@ -75,22 +64,22 @@ async def test_cross_exchange_end_to_end_over_stdio(db: Path) -> None:
         risk = await call(client, "risk_status", {})
         assert risk["trading_state"] == "ACTIVE", risk
     # the money: realized = fills − fees + funding, per leg; each venue's cash moved by exactly its legs' flows
-    fills = _rows(db, "SELECT l.venue, f.side, f.quantity, f.price, f.fee_usd FROM fills f JOIN legs l ON l.id = f.leg_id")
-    pays = _rows(db, "SELECT l.venue, p.amount_usd FROM funding_payments p JOIN legs l ON l.id = p.leg_id")
+    fills = db_rows(db, "SELECT l.venue, f.side, f.quantity, f.price, f.fee_usd FROM fills f JOIN legs l ON l.id = f.leg_id")
+    pays = db_rows(db, "SELECT l.venue, p.amount_usd FROM funding_payments p JOIN legs l ON l.id = p.leg_id")
     flows: dict[str, float] = {"paper:binance": 0.0, "paper:bybit": 0.0}
     for f in fills:
         flows[f["venue"]] += (f["quantity"] * f["price"] if f["side"] == "sell" else -f["quantity"] * f["price"]) - f["fee_usd"]
     for p in pays:
         flows[p["venue"]] += p["amount_usd"]
     assert closed["realized"]["total_usd"] == pytest.approx(sum(flows.values()), abs=0.005)
-    primary = _rows(db, "SELECT free FROM paper_balances WHERE asset = 'USDT'")[0]["free"]
-    bybit = _rows(db, "SELECT free FROM paper_bybit_balances WHERE asset = 'USDT'")[0]["free"]
+    primary = db_rows(db, "SELECT free FROM paper_balances WHERE asset = 'USDT'")[0]["free"]
+    bybit = db_rows(db, "SELECT free FROM paper_bybit_balances WHERE asset = 'USDT'")[0]["free"]
     assert primary == pytest.approx(12_000 + flows["paper:binance"], abs=0.01)  # 60 % stayed on the primary venue
     assert bybit == pytest.approx(8_000 + flows["paper:bybit"], abs=0.01)  # 40 % moved to bybit's pool at start
     # every bybit settlement booked is the shipped real series' rate at that time
     real = load_funding_venues()[("bybit", "BTC")]
     rates = dict(zip(real.time.tolist(), real.rate.tolist(), strict=True))
-    for r in _rows(db, "SELECT ts, rate FROM funding_payments WHERE symbol = 'BTC@bybit'"):
+    for r in db_rows(db, "SELECT ts, rate FROM funding_payments WHERE symbol = 'BTC@bybit'"):
         assert r["rate"] == pytest.approx(rates[int(r["ts"])], abs=1e-12)
 
 
@@ -112,7 +101,7 @@ async def test_cross_exchange_refusals_name_the_field(db: Path, tmp_path: Path) 
             err = await call_error(client, "enter_trade", {"symbol": "BTC", "notional_usd": 3000, "strategy": "cross_exchange",
                                                            "idempotency_key": f"r-{i}", **args})
             assert f"{field}=" in err and why in err and "idempotency_key" not in err, err
-        assert _rows(db2, "SELECT COUNT(*) AS n FROM orders")[0]["n"] == 0  # nothing was sent
+        assert db_rows(db2, "SELECT COUNT(*) AS n FROM orders")[0]["n"] == 0  # nothing was sent
         # the per-venue cap: a cash-and-carry on Binance commits $7,500 of the $8,000 (40 % of $20,000) a venue may hold
         await call(client, "enter_trade", {"symbol": "BTC", "notional_usd": 5000, "idempotency_key": "cc"})
         err = await call_error(client, "enter_trade", {"symbol": "ETH", "notional_usd": 3000, "strategy": "cross_exchange",
