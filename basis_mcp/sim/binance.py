@@ -427,19 +427,25 @@ class SimServer:
             self._thread.join(timeout)
 
 
-def start_sim(host: str = "127.0.0.1", port: int = 0, **state_kwargs: Any) -> SimServer:
-    """Start a simulator on a background thread; ``state_kwargs`` go to `SimState`."""
-    state = SimState(**state_kwargs)
+def serve_app(app: Starlette, state: SimState, host: str, port: int, name: str) -> SimServer:
+    """Serve ``app`` (any local venue's) on a background thread once its port is bound; the server every
+    local venue runs on (Binance here, Bybit, OKX, Hyperliquid)."""
     sock = _bind(host, port)
-    server = _ThreadServer(_config(build_app(state)))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="binance-sim", daemon=True)
+    server = _ThreadServer(_config(app))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=name, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("simulator failed to start")
+            raise RuntimeError(f"{name} failed to start")
         time.sleep(0.01)
     return SimServer(f"http://{host}:{sock.getsockname()[1]}", state, server, thread)
+
+
+def start_sim(host: str = "127.0.0.1", port: int = 0, **state_kwargs: Any) -> SimServer:
+    """Start a simulator on a background thread; ``state_kwargs`` go to `SimState`."""
+    state = SimState(**state_kwargs)
+    return serve_app(build_app(state), state, host, port, "binance-sim")
 
 
 @contextlib.contextmanager

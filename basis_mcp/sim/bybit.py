@@ -60,7 +60,6 @@ import inspect
 import json
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
@@ -76,7 +75,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from basis_mcp.history import load_funding_venues
-from basis_mcp.sim.binance import HTML_503, SimServer, _bind, _config, _ThreadServer
+from basis_mcp.sim.binance import HTML_503, SimServer, _bind, _config, serve_app
 from basis_mcp.sim.bybit_api import ORDER_CODES, BybitApi, BybitError, translate
 from basis_mcp.sim.instruments import CROSSED, ISOLATED, QUOTE, BinanceError
 from basis_mcp.sim.state import SimState
@@ -391,16 +390,7 @@ def start_bybit_sim(host: str = "127.0.0.1", port: int = 0, *, check_recv_window
     """Start a Bybit simulator on a background thread; ``state_kwargs`` go to `make_state` (``funding``,
     ``funding_overrides``, ``usdt`` / ``spot_usdt`` + ``futures_usdt``, then `SimState`'s own)."""
     state, spans = make_state(**state_kwargs)
-    sock = _bind(host, port)
-    server = _ThreadServer(_config(build_app(state, spans, check_recv_window)))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="bybit-sim", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("bybit simulator failed to start")
-        time.sleep(0.01)
-    return SimServer(f"http://{host}:{sock.getsockname()[1]}", state, server, thread)
+    return serve_app(build_app(state, spans, check_recv_window), state, host, port, "bybit-sim")
 
 
 @contextlib.contextmanager

@@ -48,8 +48,6 @@ import asyncio
 import contextlib
 import json
 import math
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import Any
@@ -60,7 +58,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from basis_mcp.history import HOUR
-from basis_mcp.sim.binance import SimServer, _bind, _config, _ThreadServer
+from basis_mcp.sim.binance import SimServer, serve_app
 from basis_mcp.sim.instruments import Instrument
 from basis_mcp.sim.market_data import MarketDataApi
 from basis_mcp.sim.state import SimState
@@ -380,16 +378,7 @@ def start_hyperliquid_sim(host: str = "127.0.0.1", port: int = 0, **state_kwargs
     """Start the server on a background thread; ``state_kwargs`` go to `SimState` (``start``,
     ``extra_symbols``, ``histories``...). ``.url``, ``.state`` (the `SimState`), ``.stop()``."""
     state = hourly_state(**state_kwargs)
-    sock = _bind(host, port)
-    server = _ThreadServer(_config(build_hyperliquid_app(state)))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="hyperliquid-sim", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("simulator failed to start")
-        time.sleep(0.01)
-    return SimServer(f"http://{host}:{sock.getsockname()[1]}", state, server, thread)
+    return serve_app(build_hyperliquid_app(state), state, host, port, "hyperliquid-sim")
 
 
 @contextlib.contextmanager

@@ -34,8 +34,6 @@ import asyncio
 import contextlib
 import json
 import sys
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -48,7 +46,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from basis_mcp.sim.binance import HTML_503, SimServer, _bind, _config, _ThreadServer
+from basis_mcp.sim.binance import HTML_503, SimServer, _bind, _config, serve_app
 from basis_mcp.sim.bybit import FundingOverrides, apply_funding
 from basis_mcp.sim.okx_api import OkxApi, OkxError
 from basis_mcp.sim.state import SimState
@@ -168,16 +166,7 @@ def build_app(state: SimState) -> Starlette:
 def start_okx_sim(host: str = "127.0.0.1", port: int = 0, **state_kwargs: Any) -> SimServer:
     """Start an OKX simulator on a background thread; ``state_kwargs`` go to `make_state`."""
     state = make_state(**state_kwargs)
-    sock = _bind(host, port)
-    server = _ThreadServer(_config(build_app(state)))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="okx-sim", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("okx simulator failed to start")
-        time.sleep(0.01)
-    return SimServer(f"http://{host}:{sock.getsockname()[1]}", state, server, thread)
+    return serve_app(build_app(state), state, host, port, "okx-sim")
 
 
 @contextlib.contextmanager
