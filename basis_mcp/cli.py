@@ -64,18 +64,25 @@ def main(argv: list[str] | None = None) -> int:
 
     serve = sub.add_parser("serve", help="run the MCP server (stdio by default)")
     _add_common(serve)
-    serve.add_argument("--transport", choices=["stdio", "http"], default="stdio")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8765)
-    serve.add_argument("--data", type=Path, default=None, help="market data: an .npz extract or a freqtrade data dir (default: shipped extract)")
-    serve.add_argument("--start", default=None, help="replay start time, e.g. 2025-06-01 (a new database only; default 2024-03-01)")
-    serve.add_argument("--config", type=Path, default=os.environ.get("BASIS_MCP_CONFIG"), help="operator config (TOML)")
+    serve.add_argument("--transport", choices=["stdio", "http"], default="stdio",
+                       help="stdio (default): the client starts this process and talks over stdin/stdout (Claude Desktop, "
+                            "Claude Code); http: streamable HTTP at http://HOST:PORT/mcp, plus the dashboard at /dashboard")
+    serve.add_argument("--host", default="127.0.0.1", metavar="ADDRESS",
+                       help="http: the address to listen on (default 127.0.0.1, this machine only; any other needs "
+                            "$BASIS_MCP_HTTP_TOKEN)")
+    serve.add_argument("--port", type=int, default=8765, metavar="PORT", help="http: the TCP port (default 8765)")
+    serve.add_argument("--data", type=Path, default=None, metavar="PATH",
+                       help="market data: an .npz extract or a freqtrade data dir (default: shipped extract)")
+    serve.add_argument("--start", default=None, metavar="DATE",
+                       help="replay start time, e.g. 2025-06-01 (a new database only; default 2024-03-01)")
+    serve.add_argument("--config", type=Path, default=os.environ.get("BASIS_MCP_CONFIG"), metavar="TOML",
+                       help="operator config (TOML; default $BASIS_MCP_CONFIG)")
     serve.add_argument("--paper-venues", default=None, metavar="VENUE[,VENUE]",
                        help="replay: extra paper venues for cross_exchange trades (bybit, gate, dydx: their real funding "
                             "2020-2023); each starts with max_venue_share of capital")
     live = serve.add_argument_group("live markets (ccxt)")
-    live.add_argument("--symbols", default=None, help="symbols to watch and trade, e.g. BTC,ETH,SOL (default: the allowlist or BTC,ETH,SOL)")
-    live.add_argument("--key-file", type=Path, default=None, help="JSON or TOML with api_key, secret (and password for OKX)")
+    live.add_argument("--symbols", default=None, metavar="SYM[,SYM]", help="symbols to watch and trade, e.g. BTC,ETH,SOL (default: the allowlist or BTC,ETH,SOL)")
+    live.add_argument("--key-file", type=Path, default=None, metavar="PATH", help="JSON or TOML with api_key, secret (and password for OKX)")
     live.add_argument("--venue-url", default=os.environ.get("BASIS_MCP_VENUE_URL"), help=argparse.SUPPRESS)
 
     status = sub.add_parser("status", help="print the book from the database without starting a server")
@@ -83,11 +90,11 @@ def main(argv: list[str] | None = None) -> int:
 
     resume = sub.add_parser("resume", help="operator: set the trading state back to ACTIVE (works on a running server)")
     _add_common(resume)
-    resume.add_argument("--reason", default="operator resumed trading")
+    resume.add_argument("--reason", default="operator resumed trading", metavar="TEXT", help="recorded with the state change")
 
     halt = sub.add_parser("halt", help="operator: kill switch, stop all new entries")
     _add_common(halt)
-    halt.add_argument("--reason", default="operator halted trading")
+    halt.add_argument("--reason", default="operator halted trading", metavar="TEXT", help="recorded with the state change")
 
     audit = sub.add_parser("audit", help="verify or export the tamper-evident audit log")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
@@ -95,18 +102,22 @@ def main(argv: list[str] | None = None) -> int:
     _add_common(verify)
     export = audit_sub.add_parser("export", help="write the audit log as JSON lines")
     _add_common(export)
-    export.add_argument("--out", type=Path, default=None, help="file to write (default: stdout)")
+    export.add_argument("--out", type=Path, default=None, metavar="FILE", help="file to write (default: stdout)")
 
-    bt = sub.add_parser("backtest", help="backtest the cash-and-carry rules on history (writes JSON and a PNG chart)")
-    bt.add_argument("--symbols", default="BTC,ETH")
-    bt.add_argument("--start", default="2020-01-01")
-    bt.add_argument("--end", default="2026-05-16")
-    bt.add_argument("--data", type=Path, default=None, help="an .npz extract, a freqtrade data dir or a CSV dir (default: shipped)")
+    bt = sub.add_parser("backtest", help="backtest a strategy's rules on history (writes JSON and a PNG chart under --out)")
+    bt.add_argument("--symbols", default="BTC,ETH", metavar="SYM[,SYM]", help="symbols to test (default BTC,ETH)")
+    bt.add_argument("--start", default="2020-01-01", metavar="DATE", help="first day, UTC (default 2020-01-01)")
+    bt.add_argument("--end", default="2026-05-16", metavar="DATE", help="last day, UTC (default 2026-05-16, the shipped data's end)")
+    bt.add_argument("--data", type=Path, default=None, metavar="PATH",
+                    help="an .npz extract, a freqtrade data dir or a CSV dir (default: shipped)")
     bt.add_argument("--timeframe", default=None, metavar="TF", help="candle timeframe to read from a data directory "
                     "holding several (1m, 5m, 15m, 1h, 4h, 8h, 1d); default: the only one there")
-    bt.add_argument("--engine", choices=["vectorized", "reference"], default="vectorized")
-    bt.add_argument("--out", type=Path, default=Path("backtest-results"))
-    bt.add_argument("--no-chart", action="store_true")
+    bt.add_argument("--engine", choices=["vectorized", "reference"], default="vectorized",
+                    help="vectorized (default, fast) or reference (the per-bar loop it is checked against)")
+    bt.add_argument("--out", type=Path, default=None, metavar="DIR",
+                    help=f"where the JSON result and the PNG chart go (default: $BASIS_MCP_BACKTEST_DIR, else "
+                         f"{default_backtest_dir()})")
+    bt.add_argument("--no-chart", action="store_true", help="skip the PNG chart")
     bt.add_argument("--sweep", action="append", default=[], metavar="NAME=V1,V2,...",
                     help="sweep a parameter over values (repeatable): every combination is run")
     import typing
@@ -116,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     bt.add_argument("--fill-delay", dest="p_fill_delay_seconds", default=None, metavar="DURATION",
                     help="fill this long after the signal, at the first fresh bar at or after it: 0 (the signal's own "
                          "close), 5m, 1h (default: 1h, one hourly bar; see README)")
-    bt.add_argument("--config", type=Path, default=os.environ.get("BASIS_MCP_CONFIG"),
+    bt.add_argument("--config", type=Path, default=os.environ.get("BASIS_MCP_CONFIG"), metavar="TOML",
                     help="operator config (TOML): per-symbol costs, and the caps --sizing desk applies")
     for name, f in BacktestParams.model_fields.items():
         if name == "fill_delay_seconds":
@@ -125,13 +136,27 @@ def main(argv: list[str] | None = None) -> int:
             bt.add_argument("--" + name.replace("_", "-"), dest=f"p_{name}", choices=typing.get_args(f.annotation),
                             default=None, help=f"{f.description or name} (default {f.default})")
             continue
+        if typing.get_origin(f.annotation) is tuple:  # a list of names: comma separated
+            bt.add_argument("--" + name.replace("_", "-"), dest=f"p_{name}", default=None, metavar="NAME[,NAME]",
+                            type=lambda v: tuple(x.strip().lower() for x in v.split(",") if x.strip()),
+                            help=f"{f.description or name} (default {','.join(f.default)})")
+            continue
         typ = int if f.annotation is int else float
-        bt.add_argument("--" + name.replace("_", "-"), dest=f"p_{name}", type=typ, default=None,
+        bt.add_argument("--" + name.replace("_", "-"), dest=f"p_{name}", type=typ, default=None, metavar=_metavar(name, typ),
                         help=f"{f.description or name} (default {f.default})")
 
     _add_data(sub)
+    from basis_mcp.dashboard.command import add_dashboard, run_dashboard
+
+    add_dashboard(sub, _add_common)
+
+    from basis_mcp.client_config import add_client_config, run_client_config
+
+    add_client_config(sub)
 
     args = parser.parse_args(argv)
+    if args.command == "client-config":
+        return run_client_config(args, args.db or default_db_path())
     if args.command == "backtest":
         return _backtest(args)
     if args.command == "data":
@@ -142,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command != "audit" or args.audit_command == "verify":
         print(f"basis-mcp: {book_mode(args)} book, database {db}", file=sys.stderr)
     paths = audit_paths(args, db)
+    if args.command == "dashboard":
+        return run_dashboard(args, db, paths)
     if args.command == "status":
         return _status(db)
     if args.command in ("resume", "halt"):
@@ -149,6 +176,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "audit":
         return _audit_verify(db, paths) if args.audit_command == "verify" else _audit_export(db, args.out)
     return 2
+
+
+def default_backtest_dir() -> Path:
+    """``$BASIS_MCP_BACKTEST_DIR``, else ``backtests`` in the user data directory (beside the default book)."""
+    env = os.environ.get("BASIS_MCP_BACKTEST_DIR")
+    return Path(env) if env else Path(platformdirs.user_data_dir("basis-mcp", appauthor=False)) / "backtests"
+
+
+def _metavar(name: str, typ: type) -> str:
+    """A flag's value in the unit its name gives: PCT, USD, DAYS, HOURS, SECONDS, X (a multiple), N (a count)."""
+    for suffix, mv in (("_pct", "PCT"), ("_usd", "USD"), ("_days", "DAYS"), ("_hours", "HOURS"), ("_seconds", "SECONDS")):
+        if name.endswith(suffix):
+            return mv
+    if "leverage" in name or "multiplier" in name or "multiple" in name or "cover" in name:
+        return "X"
+    if name.endswith("_fee"):
+        return "FRACTION"
+    if name.endswith("sigmas"):
+        return "SIGMAS"
+    return "N" if typ is int else "NUMBER"
 
 
 def _add_data(sub: Any) -> None:
@@ -248,7 +295,7 @@ def _backtest(args: argparse.Namespace) -> int:
     except DataError as e:
         print(f"basis-mcp backtest: {e}", file=sys.stderr)
         return 2
-    paths = write_outputs(result, args.out, chart=not args.no_chart)
+    paths = write_outputs(result, args.out or default_backtest_dir(), chart=not args.no_chart)
     s = result.summary
     delay = params.fill_delay_seconds
     print(f"{', '.join(result.symbols)}  {result.start[:10]} → {result.end[:10]}  playbook {params.playbook}, "
@@ -533,6 +580,9 @@ def _serve(args: argparse.Namespace, db: Path) -> int:
         server = build_server(opts)
         try:
             if args.transport == "stdio":
+                print("basis-mcp: waiting for an MCP client on stdin/stdout (a client such as Claude Desktop, Claude Code "
+                      "or the Inspector starts this command itself: `basis-mcp client-config` prints its entry; "
+                      "Ctrl-C stops)", file=sys.stderr, flush=True)
                 anyio.run(run_stdio, server)
             else:
                 auth = (f"a bearer token is required (header 'Authorization: Bearer <${TOKEN_ENV}>')" if token
@@ -559,6 +609,8 @@ def _status(db: Path) -> int:
     t = float(meta["replay_time"]) if "replay_time" in meta else None
     print(f"database   {db}")
     print(f"mode       {meta.get('mode', '?')}   market time {iso(t) if t else '-'}")
+    state, why = meta.get("trading_state") or "ACTIVE", meta.get("trading_state_reason") or ""
+    print(f"trading    {state}" + (f": {why}" if why else " (entries allowed)" if state == "ACTIVE" else ""))
     if "paper_balances" in d.table_names():
         bal = {r["asset"]: r["free"] for r in d.query("SELECT asset, free FROM paper_balances")}
         print(f"capital    ${float(meta.get('capital_usd', 0)):,.2f}   free USDT ${bal.get('USDT', 0):,.2f}")

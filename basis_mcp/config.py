@@ -393,3 +393,44 @@ def load_settings(path: Path | str | None = None, env: dict[str, str] | None = N
             for err in e.errors()
         ]
         raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None
+
+
+# the limits kept as fractions in the config (bare names: 0.15 = 15 %) and shown to the agent in percent
+FRACTION_LIMITS = ("max_drawdown", "tier_allocation", "tier_single_position", "max_venue_share", "margin_add_ratio",
+                   "margin_close_ratio")
+
+
+def limits_view(settings: Settings) -> dict[str, Any]:
+    """The operator's limits and the hard ceilings as the agent reads them (``basis://limits``): one unit
+    per name, the same on both sides — every fraction of the config shown in percent under a ``_pct``
+    name (``max_drawdown`` 0.15 → ``max_drawdown_pct`` 15), the hard 1 h volatility ceiling as
+    ``max_realised_vol_1h_pct`` like the setting it bounds."""
+
+    def pct(key: str, value: Any) -> tuple[str, Any]:
+        if key not in FRACTION_LIMITS:
+            return key, value
+        if isinstance(value, dict):
+            return f"{key}_pct", {k: round(v * 100, 6) for k, v in value.items()}
+        return f"{key}_pct", round(value * 100, 6)
+
+    shown = dict(pct(k, v) for k, v in settings.model_dump(mode="json").items())
+    hard = {
+        "max_leverage": HARD.max_leverage,
+        "tier_allocation_pct": {t: round(f * 100, 6) for t, f in HARD.tier_allocation},
+        "tier_single_position_pct": {t: round(f * 100, 6) for t, f in HARD.tier_single_position},
+        "max_drawdown_pct": round(HARD.max_drawdown * 100, 6),
+        "max_realised_vol_1h_pct": round(HARD.max_realised_vol_1h * 100, 6),
+        "max_orders_per_minute": HARD.max_orders_per_minute,
+        "max_hold_days": HARD.max_hold_days,
+        "carry_max_hold_days": HARD.max_hold_days_carry,
+        "max_stale_seconds_live": HARD.max_stale_seconds_live,
+    }
+    for key, (ceiling, _kind) in TIGHTEN_ONLY.items():
+        name, value = pct(key, ceiling)
+        hard.setdefault(name, value)
+    return {
+        "units": "_pct percent (15 = 15 %), _usd US dollars, _seconds/_hours/_days time, bare names a count or a "
+                 "multiple (leverage 3 = 3x); every setting is at or inside its hard ceiling",
+        "settings": shown,
+        "hard_ceilings": hard,
+    }

@@ -6,7 +6,7 @@ all read them, so they agree on every contract's price and expiry.
 - Calendar: Binance's USD-M quarterlies expire on the last Friday of March, June, September
   and December at 08:00 UTC; the current and the next quarter are listed (`listed_expiries`).
 - Codes: a contract is written ``<BASE>-<YYMMDD>`` (``BTC-260327``); `parse_contract` also
-  reads Binance's ``BTCUSDT_260327`` and ccxt's ``BTC/USDT:USDT-260327``.
+  reads Binance's ``BTCUSDT_260327``, OKX's ``BTC-USDT-260327`` and ccxt's ``BTC/USDT:USDT-260327``.
 - Price: no real dated-future history was found that may be shipped, so paper trading and
   backtests use a SIMULATED quarterly: ``F = P × (1 + carry × τ)``, P the perp's price, τ the
   years left to expiry and ``carry`` the perp funding actually paid over the last
@@ -41,6 +41,7 @@ SIMULATED_LABEL = "simulated:perp_plus_90d_funding_carry"
 _CODE = re.compile(r"^([A-Z0-9]{2,20})-(\d{6})$")
 _BINANCE = re.compile(r"^([A-Z0-9]{2,20})USDT_(\d{6})$")
 _CCXT = re.compile(r"^([A-Z0-9]{2,20})/USDT:USDT-(\d{6})$")
+_OKX = re.compile(r"^([A-Z0-9]{2,20})-USDT-(\d{6})$")
 
 
 def _last_friday(year: int, month: int) -> float:
@@ -83,10 +84,11 @@ def _expiry_of(yymmdd: str) -> float:
 
 
 def parse_contract(raw: str) -> tuple[str, float]:
-    """(base, expiry) of a contract written ``BTC-260327``, ``BTCUSDT_260327`` or ``BTC/USDT:USDT-260327``.
+    """(base, expiry) of a contract written ``BTC-260327``, ``BTCUSDT_260327``, ``BTC-USDT-260327`` (OKX) or
+    ``BTC/USDT:USDT-260327``.
     ValueError if it is not a dated contract or its date is not a quarterly expiry."""
     s = raw.strip().upper()
-    for pat in (_CODE, _BINANCE, _CCXT):
+    for pat in (_CODE, _BINANCE, _CCXT, _OKX):
         m = pat.match(s)
         if m:
             base, expiry = m.group(1), _expiry_of(m.group(2))

@@ -11,7 +11,7 @@ from typing import Protocol
 
 import numpy as np
 
-from basis_mcp.clock import Clock
+from basis_mcp.clock import Clock, iso
 from basis_mcp.dated import (
     funding_carry_apr,
     is_contract,
@@ -163,15 +163,15 @@ class ReplayFeed:
         now = self.clock.now() if at is None else at
         i = h.index_at(now if self.frozen_at is None else min(now, self.frozen_at))
         if i < 0:
-            raise MarketDataUnavailable(f"{symbol} data starts {h.t0}; replay time {now:.0f} is before it")
+            raise MarketDataUnavailable(f"{symbol} data starts {iso(h.t0)}; replay time {iso(now)} is before it")
         if now > h.t_end + HOUR:
-            raise MarketDataUnavailable(f"{symbol} data ends at {h.t_end}")
+            raise MarketDataUnavailable(f"{symbol} data ends at {iso(h.t_end)}")
         j = int(self._spot_ffill[symbol][i]) if i >= 0 else -1
         if j < 0:
-            raise MarketDataUnavailable(f"{symbol} has no spot price yet at {now:.0f}")
+            raise MarketDataUnavailable(f"{symbol} has no spot price yet at {iso(now)}")
         jp = int(self._perp_ffill[symbol][i])
         if jp < 0:
-            raise MarketDataUnavailable(f"{symbol} has no perp price yet at {now:.0f}")
+            raise MarketDataUnavailable(f"{symbol} has no perp price yet at {iso(now)}")
         nxt_a, iv_a, last_a = funding_schedule(h.funding_time, h.funding_rate, now)
         nxt, interval_h = float(nxt_a[0]), float(iv_a[0])
         last_rate = None if np.isnan(last_a[0]) else float(last_a[0])

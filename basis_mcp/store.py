@@ -570,17 +570,32 @@ class Store(Database):
         detail: str | None = None,
         duration_ms: float | None = None,
         args_size: int | None = None,
+        durable: bool = True,
     ) -> int:
         """Append one keyed audit row (credentials masked, secrets scrubbed, size bounded: see
         `redact.bound_args`; ``args_size`` is the size of the arguments as received); its
-        checkpoint goes to the journal when the transaction commits."""
+        checkpoint goes to the journal when the transaction commits.
+
+        ``durable=False`` (the rows of a read-only tool call) commits without waiting for the disk
+        (``synchronous=NORMAL`` in WAL mode): the row survives the process dying at once, and reaches
+        the disk with the next durable commit or checkpoint; only a power cut or OS crash before then
+        can lose it. Every other write (orders, fills, funding, state) keeps ``synchronous=FULL``."""
         args_json = json.dumps(bound_args(args, args_size), sort_keys=True, default=str)
         detail = None if detail is None else scrub(detail, 4000)
-        with self.tx():
-            new_id, h = audit.append_row(self.conn, self.audit_key, ts=ts, market_ts=market_ts, kind=kind, name=name[:100],
-                                         args_json=args_json, outcome=outcome, detail=detail, duration_ms=duration_ms)
-            self._checkpoint(new_id, h)
-            return new_id
+        with self._lock:
+            relaxed = not durable and not self._depth
+            if relaxed:
+                self.conn.execute("PRAGMA synchronous=NORMAL")
+            try:
+                with self.tx():
+                    new_id, h = audit.append_row(self.conn, self.audit_key, ts=ts, market_ts=market_ts, kind=kind,
+                                                 name=name[:100], args_json=args_json, outcome=outcome, detail=detail,
+                                                 duration_ms=duration_ms)
+                    self._checkpoint(new_id, h)
+                    return new_id
+            finally:
+                if relaxed:
+                    self.conn.execute("PRAGMA synchronous=FULL")
 
     def audit_problem(self) -> str | None:
         """O(1) start-up check that the chain still reaches the journal's newest checkpoint."""

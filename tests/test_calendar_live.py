@@ -197,13 +197,13 @@ async def test_live_calendar_spread_opens_earns_funding_and_closes_through_ccxt(
 
         out = await confirmed(client, "exit_trade", {"position_id": pos["position_id"], "idempotency_key": "cal-1-x"})
         assert out["position"]["status"] == "closed"
-        assert out["realized"]["funding_usd"] == pytest.approx(f["amount_usd"], abs=1e-9)
+        assert out["realized"]["funding_usd"] == pytest.approx(f["amount_usd"], abs=0.005)
         risk = await call(client, "risk_status", {})
         assert risk["trading_state"] == "ACTIVE", risk["trading_state_reason"]
     assert [(o.symbol, o.side, o.reduce_only) for o in sim.state.orders[2:]] == [(JUNE_ID, "BUY", True), ("BTCUSDT", "SELL", True)]
     assert all(p["amt"] == 0 for p in admin(sim, "/_sim/state")["futures"]["positions"].values())
     # realized = Σ fills − fees + funding, and the venue account moved by exactly that
-    assert out["realized"]["total_usd"] == pytest.approx(money(db), abs=1e-6)
+    assert out["realized"]["total_usd"] == pytest.approx(money(db), abs=0.005)  # the tool shows cents; the book and the venue agree to 1e-6 below
     assert sim.state.total_usdt() - w0 == pytest.approx(money(db), abs=1e-6)
 
 

@@ -147,7 +147,7 @@ async def test_cross_exchange_live_on_two_simulated_venues_end_to_end(db: Path, 
 
         out = await confirmed(client, "exit_trade", {"position_id": pos["position_id"], "idempotency_key": "xl-1-x"})
         assert out["position"]["status"] == "closed"
-        assert out["realized"]["funding_usd"] == pytest.approx(sum(expected.values()), abs=1e-8)
+        assert out["realized"]["funding_usd"] == pytest.approx(sum(expected.values()), abs=0.005 * (len(expected) + 1))
         risk = await call(client, "risk_status", {})
         assert risk["trading_state"] == "ACTIVE", risk["trading_state_reason"]
     for book in (admin(bn, "/_sim/state")["futures"]["positions"], admin(bb, "/_sim/state")["positions"]):
@@ -162,7 +162,7 @@ async def test_cross_exchange_live_on_two_simulated_venues_end_to_end(db: Path, 
         flows[f["venue"]] += (1 if f["side"] == "sell" else -1) * f["quantity"] * f["price"] - f["fee_usd"]
     for p in pays.values():
         flows[p["venue"]] += p["amount_usd"]
-    assert out["realized"]["total_usd"] == pytest.approx(sum(flows.values()), abs=1e-6)
+    assert out["realized"]["total_usd"] == pytest.approx(sum(flows.values()), abs=0.005)  # the tool shows cents
     assert bn.state.total_usdt() - bn_w0 == pytest.approx(flows["live:binance"], abs=1e-6)
     assert bb.state.total_usdt() - bb_w0 == pytest.approx(flows["live:bybit"], abs=1e-6)
 

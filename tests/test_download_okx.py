@@ -251,6 +251,6 @@ def test_faults_admin_and_unknown_paths(okx):
     assert r.status_code == 429 and r.json()["code"] == "50011"
     assert httpx.post(f"{okx.url}/_sim/faults", json={"rate_limit_next": 1}).json()["rate_limit_next"] == 1
     assert _get(okx, "public/time").status_code == 429 and _get(okx, "public/time").status_code == 200
-    assert httpx.get(f"{okx.url}/api/v5/account/balance").status_code == 404
-    assert "GET /api/v5/account/balance" in httpx.get(f"{okx.url}/_sim/requests").json()["unknown"]
+    assert httpx.get(f"{okx.url}/api/v5/asset/balances").status_code == 404  # the funding account: not simulated
+    assert "GET /api/v5/asset/balances" in httpx.get(f"{okx.url}/_sim/requests").json()["unknown"]
     assert httpx.get(f"{okx.url}/_sim/time").json() == {"t": T_NOW}

@@ -25,14 +25,14 @@ async def drive_full_trade(client: Client, db: Path, symbol: str = "BTC", key: s
     assert scan["snapshots"] == sorted(scan["snapshots"], key=lambda s: -s["edge_pct"])  # across strategies, widest first
     assert all(s["edge_pct"] == pytest.approx(abs(s["basis_pct"])) for s in scan["snapshots"])
     snap = next(s for s in scan["snapshots"] if s["symbol"] == symbol)
-    assert snap["basis_pct"] == pytest.approx((snap["perp_price"] - snap["spot_price"]) / snap["spot_price"] * 100, abs=1e-7)
+    assert snap["basis_pct"] == pytest.approx((snap["perp_price"] - snap["spot_price"]) / snap["spot_price"] * 100, rel=1e-5)
 
     z = await call(client, "compute_zscore", {"symbol": symbol})
     assert z["ready"] and z["samples"] == 1080 and z["zscore"] is not None
 
     apy = await call(client, "estimate_net_apy", {"symbol": symbol, "notional_usd": 5000, "hold_days": 7})
     assert apy["net_usd"] == pytest.approx(
-        apy["basis_capture_usd"] + apy["funding_usd"] - apy["fees_usd"] - apy["slippage_usd"], abs=1e-5
+        apy["basis_capture_usd"] + apy["funding_usd"] - apy["fees_usd"] - apy["slippage_usd"], abs=0.02
     )
 
     size = await call(client, "size_position", {"symbol": symbol})
@@ -63,7 +63,7 @@ async def drive_full_trade(client: Client, db: Path, symbol: str = "BTC", key: s
     assert d["spot_quantity"] == pytest.approx(-d["perp_quantity"])
     assert d["imbalance_pct"] < 2.0
     assert d["recommended_action"] == "hold"
-    assert d["funding_received_usd"] == pytest.approx(sum(f["amount_usd"] for f in mine), abs=1e-8)
+    assert d["funding_received_usd"] == pytest.approx(sum(f["amount_usd"] for f in mine), abs=0.005 * (len(mine) + 1))
 
     # the desk's book (ledger) and the paper account agree while the position is open
     book = await call(client, "portfolio_status", {})

@@ -128,7 +128,8 @@ def _okx_funding_rate(v: FakeVenue, q: dict) -> dict | None:
 
 
 def _okx_tickers(v: FakeVenue, q: dict) -> dict | None:
-    return v.data.get(f"tickers_{(q.get('instType') or '').lower()}")
+    kind = (q.get("instType") or "").lower()
+    return v.data.get(f"tickers_{kind}") or (_okx_empty() if kind == "futures" else None)  # no futures tickers recorded
 
 
 def _recorded(v: FakeVenue, name: str) -> Any:
@@ -275,6 +276,7 @@ REFRESH_CALLS = {
         ("/api/v5/public/funding-rate", {"instId": "ANY"}),
         ("/api/v5/market/tickers", {"instType": "SWAP"}),
         ("/api/v5/market/tickers", {"instType": "SPOT"}),
+        ("/api/v5/market/tickers", {"instType": "FUTURES"}),  # the quarterlies (none quoted in this recording)
     ],
 }
 
@@ -292,7 +294,7 @@ async def test_start_calls_only_recorded_endpoints(venue):
     else:
         # load_markets: SPOT, FUTURES, SWAP, OPTION for BTC-USD and ETH-USD; then one refresh
         assert paths == Counter({"/api/v5/public/instruments": 5, "/api/v5/public/funding-rate": 1,
-                                 "/api/v5/market/tickers": 2})
+                                 "/api/v5/market/tickers": 3})  # SWAP, SPOT and FUTURES
     assert feed.requests == len(REFRESH_CALLS[venue.name])
 
 

@@ -107,8 +107,9 @@ async def test_a_v1_book_upgrades_intact_and_carries_on_trading(v1: Path) -> Non
         funding = [r for r in before["funding_payments"] if r["position_id"] == closed["position_id"]]
         recomputed = (sum((1 if f["side"] == "sell" else -1) * f["quantity"] * f["price"] for f in fills)
                       - sum(f["fee_usd"] for f in fills) + sum(f["amount_usd"] for f in funding))
-        assert closed["pnl"]["total_usd"] == pytest.approx(recomputed, abs=1e-6)
-        assert closed["entry_spot_price"] == next(p["entry_spot"] for p in before["positions"] if p["id"] == closed["position_id"])
+        assert closed["pnl"]["total_usd"] == pytest.approx(recomputed, abs=0.005)
+        assert closed["entry_spot_price"] == pytest.approx(
+            next(p["entry_spot"] for p in before["positions"] if p["id"] == closed["position_id"]), rel=1e-7)
         # it carries on: exit one position, open another, across funding
         eth = next(p for p in book["open_positions"] if p["symbol"] == "ETH")
         out = await call(client, "exit_trade", {"position_id": eth["position_id"], "idempotency_key": "after-upgrade-exit"})

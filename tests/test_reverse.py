@@ -84,7 +84,7 @@ async def test_reverse_cash_and_carry_end_to_end_over_stdio(db: Path, tmp_path: 
     cash = sum((1 if f["side"] == "sell" else -1) * f["quantity"] * f["price"] for f in fills)
     fees = sum(f["fee_usd"] for f in fills)
     borrow_usd = sum(b["amount_usd"] for b in borrow)
-    assert realized["borrow_usd"] == pytest.approx(borrow_usd, abs=1e-6)
+    assert realized["borrow_usd"] == pytest.approx(borrow_usd, abs=0.005)
     assert realized["total_usd"] == pytest.approx(cash - fees + funding + borrow_usd, abs=0.01)
     usdt = db_rows(db, "SELECT free FROM paper_balances WHERE asset = 'USDT'")[0]["free"]
     assert db_rows(db, "SELECT COUNT(*) AS n FROM paper_margin")[0]["n"] == 0  # the loan is repaid
@@ -269,7 +269,7 @@ async def test_the_portfolio_counts_a_reverse_positions_margin_not_its_borrowed_
                                                  "idempotency_key": "pf-1"})
         pf = await call(client, "portfolio_status", {})
     pos = out["position"]
-    assert pf["capital_in_use_usd"] == pytest.approx(pos["margin_usd"], abs=1e-6)
+    assert pf["capital_in_use_usd"] == pytest.approx(pos["margin_usd"], abs=0.01)
     assert pos["margin_usd"] == pytest.approx(sum(leg["margin_usd"] for leg in pos["legs"]))
     assert pf["cash_usd"] == pytest.approx(Settings().capital_usd - pos["margin_usd"] - sum(f["fee_usd"] for f in pos["fills"]),
                                            abs=0.01)

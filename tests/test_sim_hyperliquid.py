@@ -215,14 +215,18 @@ async def test_order_book_and_mids(sim):
     assert book["bids"][0][0] < float(mids["BTC"]) < book["asks"][0][0]
 
 
-async def test_trading_and_accounts_are_refused_as_not_simulated(sim):
+async def test_without_its_wallet_the_server_refuses_every_signer_and_some_types_are_not_simulated(sim):
+    """Trading is simulated (tests/test_hyperliquid_live.py) for the one wallet a server is started with; this one
+    has none, so any signature is a stranger's. Types outside the simulation say so."""
     async with client(sim, Credentials(api_key=WALLET, secret=PRIVATE_KEY)) as ex:
         await ex.load_markets()
-        with pytest.raises(ccxt.ExchangeError, match="not simulated"):
+        with pytest.raises(ccxt.InvalidOrder, match="User or API Wallet 0x[0-9a-f]{40} does not exist"):
             await ex.create_order(BTC, "market", "buy", 0.001, 70_000.0)
+        assert await ex.fetch_positions() == []  # an address with no account: empty
         with pytest.raises(ccxt.ExchangeError, match="not simulated"):
-            await ex.fetch_positions()
+            await ex.fetch_trading_fee(BTC)  # userFees
     assert sim.state.requests["POST /exchange order"] == 1  # the signed order reached /exchange and was refused
+    assert sim.state.fills == [] and sim.state.hl_orders == []
 
 
 async def test_unknown_request_type_is_a_422(sim):

@@ -307,7 +307,7 @@ async def test_realised_vol_circuit_breaker_pauses_entries(make_server, tmp_path
         text = await call_error(client, "enter_trade", {"symbol": "BTC", "notional_usd": 4000, "idempotency_key": "v-1"})
         assert "realised_vol_1h_pct" in text and "circuit breaker" in text
         risk = await call(client, "risk_status", {})
-        vol = next(x for x in risk["limits"] if x["name"] == "realised_vol_1h_BTC")
+        vol = next(x for x in risk["limits"] if x["name"] == "realised_vol_1h_pct" and x["symbol"] == "BTC")
         assert vol["current"] > 5 and vol["ok"] is False
         await call(client, "advance_time", {"hours": 1})  # the next hour is calm again
         await call(client, "enter_trade", {"symbol": "BTC", "notional_usd": 4000, "idempotency_key": "v-2"})

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
+from dataclasses import replace
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -489,4 +490,4 @@ def always_on_trades(m: Market, p: BacktestParams, f: dict[str, np.ndarray] | No
         reasons.append("yearly_resize" if x != last else "end_of_range")
         h = nxt if x != last else valid_idx.size
     trades = book_trades(m, p, f, np.array(entries, dtype=np.int64), np.array(exits, dtype=np.int64), np.array(qtys), reasons)
-    return [Trade(**{**t.as_dict(), "playbook": "always_on"}) for t in trades]
+    return [replace(t, playbook="always_on") for t in trades]

@@ -53,7 +53,10 @@ class Trade:
         return self.pnl_usd - self.funding_usd + self.funding_at_constant_notional_usd
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The trade as a user reads it: the bar indices are the engine's own and are left out."""
+        d = asdict(self)
+        del d["entry_index"], d["exit_index"]
+        return d
 
 
 def fills_for(m: Market, i: int, j: int, qty: float, direction: int = 1) -> list[dict[str, Any]]:
@@ -263,9 +266,9 @@ def yearly(times: np.ndarray, equity: np.ndarray, capital: float) -> dict[int, f
     ys = times.astype(np.int64).astype("datetime64[s]").astype("datetime64[Y]").astype(np.int64) + 1970
     out: dict[int, float] = {}
     prev = capital
-    for y in np.unique(ys):
-        last = int(np.flatnonzero(ys == y)[-1])
-        out[int(y)] = float(equity[last]) - prev
+    ends = np.flatnonzero(np.diff(ys)).tolist() + [ys.size - 1] if ys.size else []  # times ascend: each year's last bar
+    for last in ends:
+        out[int(ys[last])] = float(equity[last]) - prev
         prev = float(equity[last])
     return out
 

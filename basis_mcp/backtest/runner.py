@@ -73,7 +73,7 @@ class BacktestResult:
             "by_symbol": self.by_symbol,
             "spot_gaps": {s: [{"from": t, "hours": n} for t, n in g] for s, g in self.gaps.items()},
             "stale_bars": self.stale,
-            "trades": [t.as_dict() for t in self.trades],
+            "trades": [t.as_dict() for t in sorted(self.trades, key=lambda t: (t.entry_time, t.exit_time, t.symbol))],
         }
 
 

@@ -84,9 +84,11 @@ def _venue_lot_hints(feed: Any) -> dict[str, tuple[float | None, float | None]]:
     for sym in feed.symbols:
         steps = []
         for name in (feed.spot_symbol(sym), feed.perp_symbol(sym)):
-            amount = ((markets.get(name) or {}).get("precision") or {}).get("amount")
-            if isinstance(amount, int | float) and amount > 0:
-                steps.append(10.0 ** -float(amount) if decimal_places else float(amount))
+            m = markets.get(name) or {}
+            amount = (m.get("precision") or {}).get("amount")
+            if isinstance(amount, int | float) and amount > 0:  # a contract's step in coins (OKX: lots × ctVal)
+                size = float(m.get("contractSize") or 1.0) if m.get("contract") else 1.0
+                steps.append((10.0 ** -float(amount) if decimal_places else float(amount)) * size)
         try:
             price = feed.snapshot(sym).spot
         except MarketDataUnavailable:

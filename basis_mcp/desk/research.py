@@ -7,6 +7,7 @@ Calls `MarketData`, `Book`, `Risk` (limits and capital) and the venue (read only
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import anyio
@@ -197,7 +198,20 @@ class Research:
             first_sample_time=iso(span[-1]["ts"]) if span and st.n else None,
             last_sample_time=iso(span[0]["ts"]) if span and st.n else None,
             sample_interval_seconds=self.settings.zscore_sample_seconds,
+            note=None if st.zscore is not None else self._no_zscore_reason(sym, st.n),
         )
+
+    def _no_zscore_reason(self, sym: str, n: int) -> str:
+        """Why there is no z-score yet, in words the agent can act on."""
+        try:
+            self.market.feed.snapshot(sym)
+        except MarketDataUnavailable as e:
+            return f"no z-score: {e}. Samples are recorded once the symbol has prices at the desk's time."
+        need = 30 - n
+        hours = need * self.settings.zscore_sample_seconds / 3600.0
+        return (f"no z-score yet: {n} basis sample(s) recorded, 30 needed; one is taken every "
+                f"{self.settings.zscore_sample_seconds:g} s of market time, so about {hours:g} more hour(s) "
+                "(advance_time in replay)")
 
     async def estimate_net_apy(
         self,
@@ -429,10 +443,11 @@ class Research:
             max_hold_days=self.risk.hold_limit(playbook),
             tier=self.settings.tier_of(sym),
             leverage=lev,
-            recommended_notional_usd=_r(res.notional_usd, 6) or 0.0,
+            # up to the cent: entering with it buys the same quantity (a cent less could floor to one lot fewer)
+            recommended_notional_usd=math.ceil(res.notional_usd * 100 - 1e-6) / 100 if res.notional_usd else 0.0,
             quantity=res.quantity,
             binding_cap=limits.binding_cap,
-            max_notional_usd=_r(limits.notional_usd, 6) or 0.0,
+            max_notional_usd=math.ceil(limits.notional_usd * 100 - 1e-6) / 100 if limits.notional_usd else 0.0,  # as below
             caps=[CapOut(name=c.name, limit_usd=_r(c.limit_usd, 6) or 0.0, detail=c.detail) for c in res.caps],
             free_capital_usd=_r(free, 6) or 0.0,
             capital_required_usd=_r(res.capital_required_usd, 6) or 0.0,
@@ -577,6 +592,12 @@ class Research:
             raise Rejected("symbol", sym, f"no basis samples recorded in the last {days:g} days")
         times = np.array([r["ts"] for r in rows], dtype=np.float64)
         basis = np.array([r["basis_pct"] for r in rows])
+        note = None
+        if times[0] - t0 > 2 * self.settings.zscore_sample_seconds:  # less history than asked: show what there is
+            note = (f"asked for {days:g} days; the book's basis samples of {sym} start at {iso(times[0])}, so the chart and "
+                    f"the figures cover {(t1 - times[0]) / 86400.0:.1f} days from there (samples are recorded from the "
+                    "desk's start, or the symbol's first data)")
+            t0 = float(times[0]) - 1.0
         if self.clock.simulated:
             h = self.market.feed.h[sym]
             sel = (h.funding_time > t0) & (h.funding_time <= t1)
@@ -588,9 +609,9 @@ class Research:
         png = await anyio.to_thread.run_sync(lambda: basis_chart(sym, times, basis, f_t, f_r, window))
         out = PlotBasisOutput(
             symbol=sym, from_time=iso(times[0]) or "", to_time=iso(times[-1]) or "", samples=int(basis.size),
-            basis_pct_last=round(float(basis[-1]), 8), basis_pct_mean=round(float(basis.mean()), 8),
-            basis_pct_std=round(float(basis.std()), 8), settlements=int(f_r.size),
-            funding_rate_pct_mean=round(float(f_r.mean()) * 100, 8) if f_r.size else None,
+            last_basis_pct=round(float(basis[-1]), 8), mean_basis_pct=round(float(basis.mean()), 8),
+            basis_std_pct=round(float(basis.std()), 8), settlements=int(f_r.size),
+            mean_funding_rate_pct=round(float(f_r.mean()) * 100, 8) if f_r.size else None, note=note,
         )
         return WithImages(out, [png])
 

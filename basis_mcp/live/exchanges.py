@@ -80,6 +80,8 @@ def make_exchange(
     ex = getattr(ccxt_async, venue)(config)
     if venue == "binance":
         ex.options.setdefault("setMarginMode", {})["throwMarginModeAlreadySet"] = False
+    if venue == "okx":  # ccxt's okx reads /asset/currencies (a funding-account permission) at load whatever the
+        ex.has["fetchCurrencies"] = False  # option says: currencies come from the markets instead, as elsewhere
     if base_url:
         ex.urls["api"] = _rewrite(ex.urls["api"], base_url)
         if venue == "binance":

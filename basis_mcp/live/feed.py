@@ -6,7 +6,7 @@ One refresh of a venue costs one or two requests, whatever the number of symbols
   funding intervals (``/fapi/v1/fundingInfo``) are cached and refreshed hourly;
 - Bybit: linear ``fetch_tickers`` (``/v5/market/tickers``: last, bid/ask, mark, rate, next
   settlement) + spot ``fetch_bids_asks``; the interval comes from the instrument info;
-- OKX: ``fetch_funding_rates`` (``instId=ANY``) + swap and spot ``fetch_tickers`` (three);
+- OKX: ``fetch_funding_rates`` (``instId=ANY``) + swap, spot and futures ``fetch_tickers`` (four);
 - Hyperliquid (perps only, USDC-settled, hourly funding): ``fetch_time`` (``POST /info
   exchangeStatus``: the venue time, which no market payload carries) + ``fetch_funding_rates``
   (``metaAndAssetCtxs``: mark, oracle, mid, impact prices and the current ``funding`` of every perp).
@@ -19,6 +19,9 @@ price, no funding). ``snapshot("BTC-260327")`` is the contract as `ReplayFeed.da
 it: ``perp`` and ``mark`` its mark, ``spot`` its coin's spot, funding 0, source
 "none (dated future)"; unavailable from its expiry on. The markets are reloaded when a listed
 contract expires or ``premiumIndex`` names one the markets do not have (after each delivery).
+OKX's USDT-margined quarterlies (``BTC-USDT-260327``, the same desk code and ccxt symbol) come from the
+FUTURES ``fetch_tickers``: last and touch (OKX's tickers carry no mark: the last stands for it, as for
+its swaps); the same reloads.
 
 The clock follows the venue: every payload timestamp re-syncs a `VenueClock`, so the desk's
 "now", data ages and settlement times are in the venue's time (a local simulator can move it).
@@ -47,7 +50,7 @@ INTERVALS_TTL_S = 3600.0
 # The desk names coins (``BTC``); its USDT-quoted symbols map by base to ``BTC/USDC:USDC`` there.
 PERPS_ONLY = {"hyperliquid": "USDC"}
 HL_FUNDING_PAGE = 500  # Hyperliquid's fundingHistory answers at most this many rows a call
-DATED_VENUES = ("binance",)  # venues whose USD-M quarterlies the feed quotes
+DATED_VENUES = ("binance", "okx")  # venues whose USDT-margined quarterlies the feed quotes
 DATED_SOURCE = "none (dated future)"
 
 
@@ -189,7 +192,8 @@ class LiveFeed:
         quotes one the markets do not list; the same change never triggers a second reload."""
         if self.venue not in DATED_VENUES:
             return
-        now_ms = max((r.get("timestamp") or 0 for r in rates.values()), default=0) or self.clock.now() * 1000.0
+        now_ms = (max((r.get("timestamp") or 0 for r in rates.values()), default=0) or self._payload_ms
+                  or self.clock.now() * 1000.0)  # the venue's time: this refresh's payloads before the local clock
         trigger = {c for c, u in self.dated.items() if (self.ex.markets.get(u) or {}).get("expiry", 0) <= now_ms}
         trigger |= {c for k in rates if k not in self.ex.markets and (c := self._dated_code(k)) and c not in self.dated}
         if not trigger or frozenset(trigger) == self._dated_trigger:
@@ -276,8 +280,11 @@ class LiveFeed:
             rates = await self._call("funding rates", self.ex.fetch_funding_rates())
             perps = await self._call("swap tickers", self.ex.fetch_tickers(params={"type": "swap"}))
             spot = await self._call("spot tickers", self.ex.fetch_tickers(params={"type": "spot"}))
+            futs = await self._call("futures tickers", self.ex.fetch_tickers(params={"type": "future"}))
+            await self._reload_if_dated_changed(futs)
             self._take_rates(rates)
             self._take_perp_tickers(perps)
+            self._take_future_tickers(futs)
         elif self.venue == "hyperliquid":
             await self._call("venue time", self.ex.fetch_time())
             rates = await self._call("funding rates", self.ex.fetch_funding_rates())
@@ -372,6 +379,18 @@ class LiveFeed:
         q.marks.append((q.perp_time, q.mark))
         if ts:
             self._payload_ms = max(self._payload_ms, int(ts))
+
+    def _take_future_tickers(self, tickers: dict[str, Any]) -> None:
+        """OKX futures tickers: a listed quarterly's last (standing for its mark) and touch."""
+        for key, t in tickers.items():
+            code = self._dated_code(key)
+            if code not in self.dated or not t.get("last"):
+                continue
+            q = self.fq.setdefault(code, _Quote())
+            q.perp = q.mark = float(t["last"])
+            q.perp_bid, q.perp_ask = t.get("bid"), t.get("ask")
+            q.perp_time = t["timestamp"] / 1000.0 if t.get("timestamp") else self.clock.now()
+            q.marks.append((q.perp_time, q.mark))
 
     def _take_bybit(self, tickers: dict[str, Any]) -> None:
         latest = 0.0

@@ -23,6 +23,20 @@ Bybit (V5, a unified trading account) differs from Binance where noted (``_bybit
 - a position's isolated wallet is ``positionBalance`` (ccxt's ``collateral`` adds unrealised P&L);
 - margin is added with ``/v5/position/add-margin`` (ccxt's bybit has no ``add_margin``).
 
+Hyperliquid (perps only, USDC, hourly funding; a wallet key signs every action) goes through
+`basis_mcp.live.hyperliquid` (``_hl`` hooks): a spot or dated leg is ``bad_market``; market orders carry the
+feed's mid (ccxt sends an Ioc limit 5 % through it); the client id becomes a deterministic 128-bit ``cloid``,
+so a lost answer is looked up with ``orderStatus`` and never resent; fees come from the order's fills,
+funding from ``userFunding`` (received +), positions and cash (``withdrawable`` USDC, under the desk's
+``USDT`` key) from ``clearinghouseState``, liquidations from the fills that carry ``liquidation``.
+
+OKX (V5, a unified trading account; spot, swaps and USDT-margined quarterlies) goes through `basis_mcp.live.okx`
+(``_okx`` hooks): ccxt's swap and futures amounts are contracts (``ctVal`` coins each), converted there and only
+there; the client id becomes OKX's (letters and digits); one ``set-leverage`` call sets isolated margin and the
+leverage; orders say ``tdMode=isolated`` (spot ``cash``) and are read back until final (the answer is the ids);
+one balance read; the position's wallet is ``margin``; funding and deliveries come from the account's bills
+(``type`` 8 and 3); margin is added on ``/account/position/margin-balance``.
+
 Binance USD-M quarterlies (``market="future"``, desk code ``BTC-260327``, ccxt ``BTC/USDT:USDT-260327``:
 `LiveFeed.dated`) trade like perps: isolated margin and leverage per contract, ``reduceOnly`` closes, the
 position's wallet is ``isolatedWallet``. A contract the feed does not list is refused (``bad_symbol``).
@@ -48,6 +62,8 @@ from basis_mcp.costs import Market
 from basis_mcp.dated import contract_code, is_contract, parse_contract
 from basis_mcp.feed import MarketDataUnavailable
 from basis_mcp.live import dated_orders
+from basis_mcp.live import hyperliquid as hl
+from basis_mcp.live import okx as okx_venue
 from basis_mcp.live.errors import venue_error
 from basis_mcp.live.feed import DATED_VENUES, LiveFeed
 from basis_mcp.venue.base import (
@@ -85,9 +101,13 @@ class LiveVenue:
         self._backoff_s = 0.25
         self._cache: dict[str, tuple[float, Any]] = {}
         self._bybit = venue == "bybit"
+        self._hl = venue == "hyperliquid"  # perps only, a wallet signs: `basis_mcp.live.hyperliquid`
+        if self._hl:
+            self.markets = frozenset({"perp"})
         if venue in DATED_VENUES:  # USD-M quarterlies (Binance): the calendar spread's dated leg
             self.markets = frozenset({"spot", "perp", "future"})
         self._future_seen: dict[str, float] = {}  # contract code -> signed position last read (a delivery's quantity)
+        self._okx = venue == "okx"  # contracts, clOrdId, bills: `basis_mcp.live.okx`
 
     # Account reads are cached briefly and dropped on every order or margin change: one watchdog
     # tick reads balances and positions once (2 + 1 requests), not once per check.
@@ -124,6 +144,10 @@ class LiveVenue:
 
     async def verify_credentials(self) -> None:
         """Fail at start-up, before anything is sent, if the venue rejects the keys."""
+        if self._okx:
+            return await okx_venue.verify_credentials(self)
+        if self._hl:
+            return await hl.verify_credentials(self)
         await self._read("check API keys (spot balance)", self.ex.fetch_balance)
         if not self._bybit:  # a unified account has one wallet: one read
             await self._read("check API keys (futures balance)", self.ex.fetch_balance, {"type": "future"})
@@ -175,6 +199,14 @@ class LiveVenue:
             return
         self._invalidate()
         perp = self._unified(symbol, "future" if is_contract(symbol) else "perp")
+        if self._okx:  # one set-leverage call: isolated margin and the leverage, per instrument
+            await okx_venue.set_leverage(self, perp, leverage)
+            self._configured[symbol] = leverage
+            return
+        if self._hl:  # one updateLeverage action, isolated
+            await hl.set_leverage(self, perp, leverage)
+            self._configured[symbol] = leverage
+            return
         try:
             await self.ex.set_margin_mode("isolated", perp)
         except ccxt.MarginModeAlreadySet:
@@ -202,23 +234,27 @@ class LiveVenue:
 
     async def _place_order(self, req: OrderRequest) -> OrderResult:
         sym = self._unified(req.symbol, req.market)
-        params: dict[str, Any] = {"clientOrderId": req.client_order_id}
+        params: dict[str, Any] = hl.order_params(req) if self._hl else {"clientOrderId": req.client_order_id}
         if req.market in ("perp", "future") and req.reduce_only:
             params["reduceOnly"] = True
         snap = self.feed.snapshot(req.symbol)
         mid = snap.spot if req.market == "spot" else snap.perp  # a quarterly's snapshot: perp is its mark
         qty = req.quantity
-        if req.market == "spot" and req.side == "buy" and self.venue in ("binance", "bybit"):
-            # Binance and Bybit take a spot buy's fee in the coin bought: buy a fee more, so what arrives is ≥ the hedge
+        if req.market == "spot" and req.side == "buy" and self.venue in ("binance", "bybit", "okx"):
+            # Binance, Bybit and OKX take a spot buy's fee in the coin bought: buy a fee more, so what arrives is ≥ the hedge
             step = self._spot_step(req.symbol)
             fee = self.settings.spec(req.symbol).spot_taker_fee
             qty = math.ceil(req.quantity / (1.0 - fee) / step - 1e-9) * step
             qty = float(self.ex.amount_to_precision(sym, qty))
+        if self._okx:  # contracts for swaps and futures, OKX's client id, isolated margin
+            qty, params = okx_venue.order_args(self, req, sym, qty, params)
         delay = self._backoff_s
         for attempt in range(ORDER_RATE_LIMIT_RETRIES + 1):
             try:
-                o = await self.ex.create_order(sym, "market", req.side, qty, None, params)
-                if self._bybit:
+                o = await self.ex.create_order(sym, "market", req.side, qty, mid if self._hl else None, params)
+                if self._hl:  # ccxt makes it an Ioc limit around the mid; fees from the order's fills
+                    return await hl.result(self, o, req, sym, qty, mid)
+                if self._bybit or self._okx:
                     break  # the answer is the ids alone: read the order back below
                 return self._result(await self._with_fees(o, sym), req, mid)
             except (ccxt.RateLimitExceeded, ccxt.DDoSProtection) as e:  # refused before executing: safe to retry
@@ -232,6 +268,8 @@ class LiveVenue:
                 raise venue_error(e, self.venue, "place order") from None
         else:
             raise VenueUnavailable("unreachable")
+        if self._okx:  # back in coins; the order carries its fee
+            return self._result(okx_venue.in_coins(self, await self._settled_order(o, sym), sym), req, mid)
         return self._result(await self._with_fees(await self._settled_order(o, sym), sym), req, mid)
 
     async def _settled_order(self, ack: dict[str, Any], unified: str) -> dict[str, Any]:
@@ -306,8 +344,12 @@ class LiveVenue:
                            filled, avg, fee, mid, ts, None if st != "rejected" else f"venue status {status}")
 
     async def fetch_order(self, client_order_id: str, symbol: str, market: Market) -> OrderResult | None:
+        if self._okx:  # by OKX's clOrdId; a delivered contract on its raw instId
+            return await okx_venue.fetch_order(self, client_order_id, symbol, market)
         if market == "future" and symbol not in self.feed.dated:  # delivered (ccxt no longer knows it): the raw endpoint
             return await dated_orders.fetch_delisted_order(self, client_order_id, symbol)
+        if self._hl:  # by the cloid derived from the client id
+            return await hl.fetch_order(self, client_order_id, symbol, market)
         sym = self._unified(symbol, market)
         if self._bybit:
             o = await self._bybit_order_by_link_id(client_order_id, sym)
@@ -355,8 +397,12 @@ class LiveVenue:
             info = p.get("info") or {}
             if self._bybit:  # the position's margin without unrealised P&L (ccxt's collateral includes it)
                 wallet = float(info.get("positionBalance") or info.get("positionIM") or 0.0)
+            elif self._hl:  # marginUsed − unrealizedPnl (marginUsed includes it)
+                wallet = float(p.get("initialMargin") or 0.0)
             else:
                 wallet = float(info.get("isolatedWallet") or info.get("isolatedMargin") or p.get("collateral") or 0.0)
+            if self._okx:  # contracts × ctVal; the isolated wallet is ``margin``
+                signed, wallet = okx_venue.position(p, m, signed)
             out[key] = PerpPosition(key, signed, float(p.get("entryPrice") or 0.0), wallet,
                                     float(p.get("leverage") or self._configured.get(key) or 0.0))
         self._note_futures(out)
@@ -395,6 +441,10 @@ class LiveVenue:
         return dict(await self._cached("balances", self.BALANCES_TTL_S, self._balances))
 
     async def _balances(self) -> dict[str, float]:
+        if self._okx:  # one unified account: one read
+            return await okx_venue.balances(self)
+        if self._hl:  # the account's withdrawable USDC, as the desk's cash
+            return await hl.balances(self)
         if self._bybit:  # one unified wallet: USDT free = wallet − isolated margin (in the positions' wallets)
             bal = await self._read("unified balance", self.ex.fetch_balance)
             return {k: float(v) for k, v in (bal.get("free") or {}).items() if v}
@@ -407,6 +457,8 @@ class LiveVenue:
     async def add_margin(self, symbol: str, amount_usd: float, market: Market = "perp") -> None:
         self._invalidate()
         unified = self._unified(symbol, market)
+        if self._okx:
+            return await okx_venue.add_margin(self, unified, amount_usd)
         try:
             if self._bybit:  # not in ccxt's bybit: the V5 endpoint itself (up to 4 decimals)
                 m = self.ex.market(unified)
@@ -418,6 +470,10 @@ class LiveVenue:
             raise venue_error(e, self.venue, "add margin") from None
 
     async def funding_history(self, since: float) -> list[FundingEvent]:
+        if self._okx:  # the account's funding bills
+            return await okx_venue.funding(self, since)
+        if self._hl:
+            return await hl.funding_history(self, since)
         if self._bybit:
             return await self._bybit_funding(since)
         rows = await self._read("funding history", self.ex.fetch_funding_history, None, int(since * 1000) + 1)
@@ -476,7 +532,11 @@ class LiveVenue:
         weight), and the deliveries of its quarterlies (``symbols`` holding contract codes)."""
         if not symbols:
             return []
+        if self._hl:  # the account's fills marked as its liquidations
+            return await hl.liquidations(self, since, symbols)
         codes = [s for s in symbols if is_contract(s)]
+        if self._okx:  # deliveries from the account's bills; ccxt's okx reads no liquidations
+            return await okx_venue.deliveries(self, since, codes) if codes else []
         out = await dated_orders.deliveries(self, since, codes) if codes and "future" in self.markets else []
         if not self.ex.has.get("fetchMyLiquidations"):
             return out

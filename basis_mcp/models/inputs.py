@@ -227,7 +227,9 @@ class BacktestInput(InputModel):
     expiry_exit_hours: FiniteFloat | None = Field(None, ge=1, le=720, description="calendar_spread: hours before a quarterly's "
                                                   "expiry at which a position on it is closed (and the hold an entry may plan "
                                                   "ends); default: the desk's own setting (24)")
-    playbook: PlaybookName = "convergence"
+    playbook: PlaybookName = Field("convergence", description="convergence: enter on a wide basis (min_basis_pct, "
+                                   "min_zscore), leave as it converges; carry: hold while the 7-day mean funding pays "
+                                   "(carry_* fields), for months")
     fill_delay: Annotated[str, StringConstraints(max_length=16, pattern=r"^[0-9][0-9.]*\s*(s|m|min|h|d)?$")] = Field(
         "1h", description="fills land at the first fresh bar this long after the signal: '0' = at the signal's own close, "
         "'1h' (default) = the next hourly bar. The result always reports P&L for both.")

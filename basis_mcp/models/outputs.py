@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
+
+from basis_mcp.models.rounding import RoundedModel
 
 
-class Alert(BaseModel):
+class Alert(RoundedModel):
     id: int
     time: str = Field(description="Wall-clock time the alert was raised (UTC).")
     market_time: str = Field(description="Market time (simulated in replay) the alert refers to.")
@@ -17,14 +19,14 @@ class Alert(BaseModel):
     data: dict[str, Any] = Field(default_factory=dict)
 
 
-class ToolOutput(BaseModel):
+class ToolOutput(RoundedModel):
     alerts: list[Alert] = Field(
         default_factory=list,
         description="Events since your previous call (liquidations, forced exits, data gaps...). Read and act on them.",
     )
 
 
-class BasisSnapshot(BaseModel):
+class BasisSnapshot(RoundedModel):
     symbol: str
     venue: str
     market_time: str = Field(description="Time of this snapshot (UTC; simulated in replay mode).")
@@ -35,7 +37,8 @@ class BasisSnapshot(BaseModel):
     basis_pct: float = Field(description="(perp − spot) / spot × 100. > 0 contango (cash-and-carry earns it as it converges).")
     zscore: float | None = Field(description="Basis z-score against the rolling window; null until 30 samples exist.")
     zscore_samples: int
-    funding_rate_pct: float = Field(description="Funding rate per interval, percent, for the next settlement.")
+    funding_rate_pct: float = Field(description="Funding rate per interval, percent: the last settled rate in replay, the "
+                                    "venue's predicted rate for the next settlement live (funding_rate_source says which).")
     funding_rate_source: str = Field(description="'last_settled' in replay (no look-ahead) or 'venue_predicted' live.")
     funding_rate_8h_pct: float = Field(description="The same rate restated per 8 h, percent.")
     funding_apr_pct: float = Field(description="Simple annualised funding, percent per year (rate × settlements/yr).")
@@ -70,7 +73,7 @@ class BasisSnapshot(BaseModel):
                                          "cross_exchange.")
 
 
-class Unavailable(BaseModel):
+class Unavailable(RoundedModel):
     symbol: str
     reason: str
 
@@ -98,6 +101,7 @@ class ZScoreOutput(ToolOutput):
     first_sample_time: str | None
     last_sample_time: str | None
     sample_interval_seconds: int
+    note: str | None = Field(None, description="Why zscore is null, when it is (no data yet at this time, too few samples).")
 
 
 class NetApyEstimate(ToolOutput):
@@ -140,7 +144,7 @@ class NetApyEstimate(ToolOutput):
     formula: str
 
 
-class CapOut(BaseModel):
+class CapOut(RoundedModel):
     name: str
     limit_usd: float
     detail: str
@@ -178,7 +182,7 @@ class SizePositionOutput(ToolOutput):
                              "enter_trade enforces the caps, not the scales).")
 
 
-class FillOut(BaseModel):
+class FillOut(RoundedModel):
     order_id: int
     client_order_id: str
     purpose: str
@@ -193,7 +197,7 @@ class FillOut(BaseModel):
     time: str
 
 
-class PnLBreakdown(BaseModel):
+class PnLBreakdown(RoundedModel):
     basis_pnl_usd: float = Field(description="Price P&L at mid prices: quantity × (entry basis − exit basis) for a matched pair.")
     funding_usd: float = Field(description="Funding received (negative = paid).")
     fees_usd: float = Field(description="All trading fees paid (a cost).")
@@ -202,7 +206,7 @@ class PnLBreakdown(BaseModel):
     total_usd: float = Field(description="basis_pnl + funding + borrow − fees − slippage = Σ fill cash flows − fees + funding + borrow.")
 
 
-class LegOut(BaseModel):
+class LegOut(RoundedModel):
     leg_id: int
     role: str = Field(description="The strategy's name for this leg (cash_and_carry: spot, perp).")
     market: Literal["spot", "margin_spot", "perp", "future"] = Field(
@@ -220,7 +224,7 @@ class LegOut(BaseModel):
                                "index).")
 
 
-class PositionOut(BaseModel):
+class PositionOut(RoundedModel):
     position_id: int
     symbol: str
     strategy: str
@@ -245,7 +249,7 @@ class PositionOut(BaseModel):
     fills: list[FillOut]
 
 
-class ConfirmationRequest(BaseModel):
+class ConfirmationRequest(RoundedModel):
     token: str = Field(description="Send the SAME call again with confirmation_token set to this to place the orders.")
     expires_at: str
     expires_in_seconds: float
@@ -279,7 +283,7 @@ class ExitTradeOutput(ToolOutput):
         "'closing'); the realized P&L arrives with the fills.")
 
 
-class LegDelta(BaseModel):
+class LegDelta(RoundedModel):
     role: str = Field(description="The strategy's name for this leg.")
     market: str
     venue: str = Field("", description="The venue the leg is held on (paper:binance, paper:bybit...).")
@@ -294,7 +298,7 @@ class LegDelta(BaseModel):
                                                       "liquidate it, percent of its mark.")
 
 
-class DeltaReport(BaseModel):
+class DeltaReport(RoundedModel):
     position_id: int
     symbol: str
     strategy: str = "cash_and_carry"
@@ -325,7 +329,7 @@ class CheckDeltaOutput(ToolOutput):
     positions: list[DeltaReport]
 
 
-class VenueFunding(BaseModel):
+class VenueFunding(RoundedModel):
     venue: str
     seconds_to_funding: float
     next_funding_time: str
@@ -349,14 +353,14 @@ class SecondsToFundingOutput(ToolOutput):
                                              "coin's perp on each other venue (its own schedule and rate).")
 
 
-class TierUsage(BaseModel):
+class TierUsage(RoundedModel):
     tier: str
     allocation_limit_usd: float
     in_use_usd: float
     single_position_limit_usd: float
 
 
-class VenueUsage(BaseModel):
+class VenueUsage(RoundedModel):
     venue: str = Field(description="The venue's name on this desk (paper:bybit, live:binance).")
     cash_usd: float = Field(description="Free USDT in this venue's account (collateral does not move between venues).")
     in_use_usd: float = Field(description="What the open positions' legs on this venue commit: margin of leveraged legs, "
@@ -392,7 +396,7 @@ class PortfolioOutput(ToolOutput):
     closed_positions: list[PositionOut]
 
 
-class FundingSettlementOut(BaseModel):
+class FundingSettlementOut(RoundedModel):
     position_id: int | None
     symbol: str
     time: str
@@ -415,13 +419,18 @@ class AdvanceTimeOutput(ToolOutput):
     replay_end_time: str
 
 
-class LimitReading(BaseModel):
-    name: str
+class LimitReading(RoundedModel):
+    name: str = Field(description="What is limited; its unit is in the name (_pct percent, _usd dollars, _seconds, _days; "
+                      "bare: a count or a multiple) and `limit`, `hard_ceiling` and `current` are in that unit.")
+    symbol: str | None = Field(None, description="The symbol a per-symbol limit reads (realised_vol_1h_pct, data_age_seconds).")
     limit: float | str | None = Field(description="The limit in force (operator config, never looser than the hard ceiling).")
     hard_ceiling: float | str | None = Field(description="The ceiling written in code.")
     current: float | str | None = Field(description="The current reading of what the limit bounds.")
     unit: str
     ok: bool = Field(description="False if the current reading breaches the limit.")
+
+    def unit_name(self, field: str) -> str:
+        return self.name if field in ("limit", "hard_ceiling", "current") else field
 
 
 class RiskStatusOutput(ToolOutput):
@@ -470,8 +479,10 @@ class PlotBasisOutput(ToolOutput):
     from_time: str
     to_time: str
     samples: int
-    basis_pct_last: float | None
-    basis_pct_mean: float | None
-    basis_pct_std: float | None
+    last_basis_pct: float | None
+    mean_basis_pct: float | None
+    basis_std_pct: float | None
     settlements: int
-    funding_rate_pct_mean: float | None
+    mean_funding_rate_pct: float | None
+    note: str | None = Field(None, description="Set when the book has less history than `days` asked for: what the "
+                             "chart covers instead.")

@@ -176,20 +176,21 @@ class CallAuditor:
                          args=args if isinstance(args, dict) else {"_raw": args}, args_size=size, outcome="rejected",
                          detail=scrub(detail)[:4000]))
 
-    def started(self, name: str, args: Any) -> int | None:
-        """The start row; raises DatabaseBusy (nothing done) if the book is locked by another process."""
+    def started(self, name: str, args: Any, durable: bool = True) -> int | None:
+        """The start row; raises DatabaseBusy (nothing done) if the book is locked by another process.
+        ``durable=False`` for a read-only tool (`Store.append_audit`: no wait for the disk)."""
         store = self._store()
         if store is None:
             return None
         if not self._flush(store):
             raise DatabaseBusy(f"the book's database {store.path} is locked by another process")
         return store.append_audit(ts=time.time(), market_ts=self._market_ts(), kind="tool", name=name,
-                                  args=args if isinstance(args, dict) else {"_raw": args}, outcome="started")
+                                  args=args if isinstance(args, dict) else {"_raw": args}, outcome="started", durable=durable)
 
-    def ended(self, call_id: int | None, name: str, outcome: str, detail: str | None, t0: float) -> None:
+    def ended(self, call_id: int | None, name: str, outcome: str, detail: str | None, t0: float, durable: bool = True) -> None:
         self._write(dict(ts=time.time(), market_ts=self._market_ts(), kind="tool", name=name, args={"call": call_id},
                          outcome=outcome, detail=scrub(detail)[:4000] if detail else None,
-                         duration_ms=(time.perf_counter() - t0) * 1000.0))
+                         duration_ms=(time.perf_counter() - t0) * 1000.0, durable=durable))
 
 
 class AuditMiddleware:
@@ -240,15 +241,16 @@ class AuditMiddleware:
         except ToolError as e:
             self.auditor.rejected(name, args, str(e))
             return _error_result(str(e))
+        durable = not spec.read_only  # a read changes nothing: its audit rows need not wait for the disk
         try:
-            call_id = self.auditor.started(name, args)
+            call_id = self.auditor.started(name, args, durable)
         except DatabaseBusy:
             return _error_result(BUSY_TEXT.format(tool=name))
         token = RAW_ARGS.set(args if isinstance(args, dict) else {})
         try:
             result = await call_next(ctx)
         except BaseException as e:
-            self.auditor.ended(call_id, name, "error", type(e).__name__, t0)
+            self.auditor.ended(call_id, name, "error", type(e).__name__, t0, durable)
             raise
         finally:
             RAW_ARGS.reset(token)
@@ -260,7 +262,7 @@ class AuditMiddleware:
             is_error = bool(getattr(result, "is_error", False))
             content = getattr(result, "content", None) or []
             text = getattr(content[0], "text", None) if content else None
-        self.auditor.ended(call_id, name, "error" if is_error else "ok", text if is_error else None, t0)
+        self.auditor.ended(call_id, name, "error" if is_error else "ok", text if is_error else None, t0, durable)
         return result
 
 
@@ -302,8 +304,8 @@ def build_server(options: ServeOptions, auditor: CallAuditor | None = None) -> M
     @server.resource("basis://limits", name="limits", title="Risk limits", mime_type="application/json",
                      description="The operator's risk limits and the hard ceilings in code (read-only).")
     def limits() -> str:
-        from basis_mcp.config import HARD
+        from basis_mcp.config import limits_view
 
-        return json.dumps({"settings": options.settings.model_dump(mode="json"), "hard_ceilings": HARD.__dict__}, indent=2, default=str)
+        return json.dumps(limits_view(options.settings), indent=2, default=str)
 
     return server

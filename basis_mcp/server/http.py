@@ -11,6 +11,8 @@
   with the same explanation instead of a login page that does not exist.
 - Request bodies above 256 KiB are refused with 413 before they are read whole; a body
   that is not JSON is audited as a rejected call before the SDK answers it.
+- ``/dashboard`` is the operator's read-only dashboard of the book (`basis_mcp.dashboard`): same
+  token, which a browser gives once as ``?token=`` (then a session cookie); GET only.
 """
 
 from __future__ import annotations
@@ -20,12 +22,15 @@ import hmac
 import ipaddress
 import json
 import os
+import sys
 from typing import Any
 
 import uvicorn
 from mcp.server.mcpserver import MCPServer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from basis_mcp.dashboard.sources import Boards
+from basis_mcp.dashboard.web import dashboard_app, is_dashboard_path
 from basis_mcp.redact import register_secret, scrub
 
 TOKEN_ENV = "BASIS_MCP_HTTP_TOKEN"
@@ -182,15 +187,36 @@ class AuditMalformed:
         await self.app(scope, replay, guarded_send)
 
 
+class WithDashboard:
+    """``/dashboard`` and below go to the dashboard (its own gate: the same token, or its session cookie);
+    everything else, lifespan included, to the MCP app."""
+
+    def __init__(self, mcp_app: ASGIApp, dashboard: ASGIApp):
+        self.mcp_app = mcp_app
+        self.dashboard = dashboard
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and is_dashboard_path(scope.get("path", "")):
+            await self.dashboard(scope, receive, send)
+            return
+        await self.mcp_app(scope, receive, send)
+
+
 def http_app(server: MCPServer, host: str, token: str | None = None) -> ASGIApp:
     app: ASGIApp = server.streamable_http_app(host=host, max_request_body_size=MAX_BODY_BYTES)
-    app = AuditMalformed(app, getattr(server, "auditor", None))
+    auditor = getattr(server, "auditor", None)
+    app = AuditMalformed(app, auditor)
     token = token if token is not None else os.environ.get(TOKEN_ENV)
     if token:
         register_secret(token)
-        return BearerToken(app, token)
-    return app
+        app = BearerToken(app, token)
+    boards = Boards(desk_of=lambda: getattr(auditor, "desk", None))  # the desk the MCP lifespan opened
+    return WithDashboard(app, dashboard_app(boards, token or None))
 
 
 def run_http(server: MCPServer, host: str, port: int, token: str | None = None) -> None:
-    uvicorn.run(http_app(server, host, token), host=host, port=port, log_level="warning")
+    app = http_app(server, host, token)
+    token = token if token is not None else os.environ.get(TOKEN_ENV)
+    how = f"open it once with ?token=<${TOKEN_ENV}>" if token else "no token"
+    print(f"basis-mcp: read-only dashboard at http://{host}:{port}/dashboard ({how})", file=sys.stderr)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

@@ -27,19 +27,24 @@ data and clock as the Binance simulator), with every instrument's funding interv
   smaller of the two); volume 0. The candle still open is not served.
 - ``l2Book``: 20 levels a side of the Binance simulator's perp book (`MarketDataApi.depth`).
 
-Not simulated: trading and accounts. ``POST /exchange`` (orders, cancels, leverage, transfers,
-builder-fee approval: EIP-712 signed actions) and the user-state ``/info`` types
-(``clearinghouseState``, ``openOrders``, ``orderStatus``, ``userFills``...) answer
+Trading and accounts (`basis_mcp.sim.hyperliquid_exchange`): ``POST /exchange`` orders (Ioc / Gtc / Alo
+limits, ``cloid``, reduce-only), cancels, ``updateLeverage``, ``updateIsolatedMargin`` and builder-fee
+approval, each EIP-712 signature checked against the one wallet the server accepts (``wallet=``; any other
+signer: "User or API Wallet 0x... does not exist."), and the user-state ``/info`` types
+(``clearinghouseState``, ``openOrders``, ``orderStatus``, ``userFills``, ``userFillsByTime``, ``userFunding``),
+with hourly funding paid on open positions as the clock moves. The account holds ``usdc`` (100,000).
+Not simulated: spot, vaults and sub-accounts, transfers and withdrawals, TWAP and trigger orders; those
+actions and the remaining user types (``historicalOrders``, ``userFees``, ``portfolio``...) answer
 ``{"status": "err", "response": "simulator: ... not simulated ..."}``, which ccxt raises as
-``ExchangeError`` naming the simulator; no signature is checked. Live orders on Hyperliquid are not
-simulated. Unknown request types answer HTTP 422 "Failed to deserialize the JSON body into the
-target type", as Hyperliquid does.
+``ExchangeError`` naming the simulator. Unknown request types answer HTTP 422 "Failed to deserialize the
+JSON body into the target type", as Hyperliquid does.
 
 Admin endpoints (JSON): ``GET/POST /_sim/time`` (``{"t": ...}`` or ``{"advance_s": ...}``),
 ``GET/DELETE /_sim/requests`` (counts per ``"POST /info <type>"``), ``GET/POST /_sim/faults``
-(``http_5xx_next``, ``rate_limit_next``, ``latency_ms``).
+(``http_5xx_next``, ``rate_limit_next``, ``latency_ms``; on orders ``reject_next``, ``partial_fill_next``,
+``timeout_after_execute_next``: executed, answered ``timeout_delay_s`` late). Time moving settles each hour.
 
-Run in-process: ``with running_hyperliquid_sim() as sim: ... sim.url, sim.state``.
+Run in-process: ``with running_hyperliquid_sim(wallet=ADDRESS) as sim: ... sim.url, sim.state``.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ from starlette.routing import Route
 
 from basis_mcp.history import HOUR
 from basis_mcp.sim.binance import SimServer, serve_app
+from basis_mcp.sim.hyperliquid_exchange import BadBody, HyperliquidExchange, HyperliquidState
 from basis_mcp.sim.instruments import Instrument
 from basis_mcp.sim.market_data import MarketDataApi
 from basis_mcp.sim.state import SimState
@@ -76,7 +82,7 @@ USER_TYPES = {
     "historicalOrders", "userFills", "userFillsByTime", "userFunding", "userFees", "userAbstraction",
     "userNonFundingLedgerUpdates", "userRateLimit", "subAccounts", "portfolio", "twapHistory",
 }
-NOT_SIMULATED = "simulator: Hyperliquid trading and account state are not simulated (only /info market data)"
+NOT_SIMULATED = "simulator: this Hyperliquid request is not simulated"
 
 
 class HyperliquidError(Exception):
@@ -277,20 +283,19 @@ class HyperliquidInfo:
             return handlers[kind]()
 
 
-def hourly_state(**state_kwargs: Any) -> SimState:
-    """A `SimState` whose every instrument settles funding hourly (the 8-h data rates / 8)."""
-    state = SimState(**state_kwargs)
-    for inst in state.instruments.values():
-        inst.interval_h = 1
-    return state
+def hourly_state(**state_kwargs: Any) -> HyperliquidState:
+    """A `HyperliquidState` (a `SimState` whose every instrument settles funding hourly: the 8-h data rates
+    / 8); ``wallet`` and ``usdc`` go to it, the rest to `SimState`."""
+    return HyperliquidState(**state_kwargs)
 
 
 # --------------------------------------------------------------------------- HTTP layer
 
 
 def build_hyperliquid_app(state: SimState) -> Starlette:
-    """``POST /info``, ``POST /exchange`` (refused: not simulated) and the ``/_sim/*`` admin endpoints."""
+    """``POST /info``, ``POST /exchange`` and the ``/_sim/*`` admin endpoints."""
     info = HyperliquidInfo(state)
+    trading = HyperliquidExchange(state, info) if isinstance(state, HyperliquidState) else None
 
     async def faulted() -> Response | None:
         f = state.faults
@@ -315,21 +320,32 @@ def build_hyperliquid_app(state: SimState) -> Starlette:
         if (fault := await faulted()) is not None:
             return fault
         try:
+            if trading is not None and kind in trading.INFO_TYPES:
+                return JSONResponse(trading.info_answer(body))
             return JSONResponse(info.answer(body))
         except HyperliquidError as e:
             return e.response()
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, BadBody):
             return _bad().response()
 
     async def exchange_endpoint(request: Request) -> Response:
         try:
-            kind = (json.loads(await request.body()).get("action") or {}).get("type")
+            body = json.loads(await request.body())
+            kind = (body.get("action") or {}).get("type")
         except (ValueError, AttributeError):
-            kind = None
+            body, kind = None, None
         state.count("POST", f"/exchange {kind}")
         if (fault := await faulted()) is not None:
             return fault
-        return JSONResponse({"status": "err", "response": f"{NOT_SIMULATED}: action {kind!r} refused"})
+        if trading is None:
+            return JSONResponse({"status": "err", "response": f"{NOT_SIMULATED}: action {kind!r} refused"})
+        try:
+            answer, delay = trading.exchange(body)
+        except BadBody:
+            return _bad().response()
+        if delay:  # executed; the answer comes too late (timeout_after_execute_next)
+            await asyncio.sleep(delay)
+        return JSONResponse(answer)
 
     async def admin_time(request: Request) -> Response:
         if request.method == "POST":
@@ -375,8 +391,9 @@ def build_hyperliquid_app(state: SimState) -> Starlette:
 
 
 def start_hyperliquid_sim(host: str = "127.0.0.1", port: int = 0, **state_kwargs: Any) -> SimServer:
-    """Start the server on a background thread; ``state_kwargs`` go to `SimState` (``start``,
-    ``extra_symbols``, ``histories``...). ``.url``, ``.state`` (the `SimState`), ``.stop()``."""
+    """Start the server on a background thread; ``state_kwargs`` go to `HyperliquidState` (``wallet``: the
+    address whose signatures trade, ``usdc``; then `SimState`'s ``start``, ``extra_symbols``, ``histories``...).
+    ``.url``, ``.state``, ``.stop()``."""
     state = hourly_state(**state_kwargs)
     return serve_app(build_hyperliquid_app(state), state, host, port, "hyperliquid-sim")
 

@@ -169,7 +169,7 @@ class TradingApi:
         s = 1 if o.side == "BUY" else -1
         held = abs(pos.amt)
         close = min(x, held) if pos.amt and (pos.amt > 0) != (s > 0) else 0.0
-        opening = round(x - close, inst.qdec)
+        opening = round(x - close, max(inst.qdec, 9))  # finer lots than the instrument's own (OKX: 0.01 contracts)
         fee = _r8(o.cum_quote * leg.taker_fee)
         lev, isolated = self.state.leverage_of(sym), self.state.margin_type_of(sym) == ISOLATED
         need = _r8(opening * p / lev)

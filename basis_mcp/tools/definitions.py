@@ -94,7 +94,9 @@ TOOLS: list[ToolSpec] = [
         description=(
             "Market snapshot per symbol: spot, perp and mark prices; basis = perp − spot in USD and "
             "basis_pct = (perp − spot)/spot × 100 (positive = contango, what a cash-and-carry sells); "
-            "funding rate for the next settlement per interval (funding_rate_pct), per 8 h and simple annualised "
+            "the funding rate per interval (funding_rate_pct; which rate it is is in funding_rate_source: "
+            "'last_settled' in replay, the most recent settlement, never the future's; 'venue_predicted' live, the venue's "
+            "estimate for the next settlement), the same rate per 8 h and simple annualised "
             "(funding_apr_pct; positive = longs pay shorts, i.e. the short perp leg RECEIVES it); the interval and "
             "next settlement time; the basis z-score against the rolling history (null until 30 samples); "
             "and data_age_seconds; `strategy`, the trade the basis points to (cash_and_carry when positive, "

@@ -25,6 +25,7 @@ from basis_mcp.history import DataError
 from basis_mcp.models import InputModel, ToolOutput
 from basis_mcp.redact import MASK, bound_text, looks_like_credential, scrub
 from basis_mcp.store import DatabaseBusy
+from basis_mcp.tools.schema import flat_schema
 from basis_mcp.venue.base import VenueError, VenueTimeout
 
 BUSY_TEXT = ("{tool}: the book's database is locked by another process right now (an operator command, a backup or a "
@@ -218,5 +219,17 @@ def register(server: MCPServer, specs: list[ToolSpec], mode: str, get_desk: Call
                 open_world_hint=spec.open_world,
             ),
         )(_make_fn(spec, get_desk))
+        _publish_flat_output_schema(server, spec.name)
         registered[spec.name] = spec
     return registered
+
+
+def _publish_flat_output_schema(server: MCPServer, name: str) -> None:
+    """Publish the tool's output schema written flat (`basis_mcp.tools.schema`): the same constraints, cheaper
+    for every client to check. The SDK reads ``fn_metadata.output_schema`` live (its documented behaviour);
+    results are still validated against the pydantic model on the server."""
+    manager = getattr(server, "_tool_manager", None)
+    tool = manager.get_tool(name) if manager is not None else None
+    meta = getattr(tool, "fn_metadata", None)
+    if meta is not None and meta.output_schema:
+        meta.output_schema = flat_schema(meta.output_schema)

@@ -1,0 +1,76 @@
+"""Every number a tool returns, rounded to what it means, chosen by its name (see `basis_mcp.models`).
+
+- ``*_usd``: dollars, to the cent;
+- ``*_pct`` / ``*_bps``, rates (``*rate*``, ``*apr*``, ``*apy*``), z-scores, ratios, multiples,
+  leverage, scales, sigmas, shares: 6 significant digits;
+- prices (``*price*``): 8 significant digits (no venue quotes more);
+- quantities (``*quantity*``, ``*qty*``): 10 significant digits (lot steps reach 1e-8 of a coin);
+- times in ``*seconds*`` / ``*hours*`` / ``*days*``: 6 significant digits;
+- anything else: 10 significant digits, enough for any measured value and none of a float's noise
+  (``61136.187371400316`` -> ``61136.1873714``).
+
+A list takes the rule of the field it is in; a dict's entries the rule of their own keys. Whole
+numbers, booleans, strings and non-finite values pass through. The rule is applied when a model is
+serialised (`RoundedModel`), so the JSON schema the client validates against does not change.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pydantic import BaseModel, model_serializer
+
+SIX = ("_pct", "_bps", "rate", "apr", "apy", "zscore", "ratio", "multiple", "leverage", "scale", "sigmas", "share")
+TIME = ("seconds", "hours", "days")
+
+
+def significant(x: float, digits: int) -> float:
+    """``x`` to ``digits`` significant digits (0 stays 0)."""
+    if x == 0.0 or not math.isfinite(x):
+        return x
+    return round(x, digits - 1 - math.floor(math.log10(abs(x))))
+
+
+def round_number(key: str, x: float) -> float:
+    """One float, by the name it is shown under."""
+    if not math.isfinite(x):
+        return x
+    k = key.lower()
+    if k.endswith("_usd") or k == "usd":
+        return round(x, 2) + 0.0  # + 0.0: no "-0.0"
+    if "price" in k:
+        return significant(x, 8)
+    if "quantity" in k or "qty" in k:
+        return significant(x, 10)
+    if any(s in k for s in SIX + TIME):
+        return significant(x, 6) + 0.0
+    return significant(x, 10)
+
+
+def tidy(key: str, value: Any) -> Any:
+    """``value`` with every float in it rounded by its name (``key`` for a bare value or a list's items)."""
+    if isinstance(value, float):
+        return round_number(key, value)
+    if isinstance(value, dict):
+        return {k: tidy(k if isinstance(k, str) else key, v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [tidy(key, v) for v in value]
+    return value
+
+
+class RoundedModel(BaseModel):
+    """A tool output model: its floats are rounded by `round_number` when it is serialised (nested
+    models round their own fields)."""
+
+    def unit_name(self, field: str) -> str:
+        """The name a field's numbers are rounded by: its own (a reading whose unit is in another field,
+        such as a limit's ``name``, says so by overriding this)."""
+        return field
+
+    @model_serializer(mode="wrap")
+    def _rounded(self, handler: Any) -> Any:
+        data = handler(self)
+        if not isinstance(data, dict):
+            return data
+        return {k: tidy(self.unit_name(k), v) for k, v in data.items()}
