@@ -128,6 +128,7 @@ class ReplayFeed:
         self.h = histories
         self.clock = clock
         self.frozen_at: float | None = None  # fault injection: prices stop updating at this time
+        self._memo: dict[tuple[str, float, float | None], Snapshot] = {}
         self._spot_ffill: dict[str, np.ndarray] = {}
         self._perp_ffill: dict[str, np.ndarray] = {}
         for sym, hist in histories.items():  # a missing or stale bar shows the last fresh price, with its age
@@ -154,13 +155,25 @@ class ReplayFeed:
         h = self.h[symbol]
         return h.t0 <= t <= h.t_end + HOUR - 1
 
+    SNAPSHOT_MEMO = 64  # the market at one instant does not change: the last few snapshots are kept
+
     def snapshot(self, symbol: str, at: float | None = None) -> Snapshot:
+        now = self.clock.now() if at is None else at
+        key = (symbol, now, self.frozen_at)
+        memo = self._memo
+        hit = memo.get(key)
+        if hit is None:
+            if len(memo) >= self.SNAPSHOT_MEMO:
+                memo.clear()
+            hit = memo[key] = self._snapshot(symbol, now)
+        return hit
+
+    def _snapshot(self, symbol: str, now: float) -> Snapshot:
         if is_contract(symbol):
-            return self.dated_snapshot(symbol, at)
+            return self.dated_snapshot(symbol, now)
         h = self.h.get(symbol)
         if h is None:
             raise MarketDataUnavailable(f"no data for {symbol}")
-        now = self.clock.now() if at is None else at
         i = h.index_at(now if self.frozen_at is None else min(now, self.frozen_at))
         if i < 0:
             raise MarketDataUnavailable(f"{symbol} data starts {iso(h.t0)}; replay time {iso(now)} is before it")

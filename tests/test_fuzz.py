@@ -40,11 +40,11 @@ from tests.conftest import START, call, call_error, db_rows
 
 pytestmark = pytest.mark.anyio
 
-EXAMPLES_PER_TOOL = 400
+EXAMPLES_PER_TOOL = 250
 # Tools whose every valid call does real work (a backtest over years of bars, a rendered chart):
 # fewer random examples, so the suite stays inside its time budget; their explicit edge-case
 # examples all still run.
-EXAMPLES_FOR = {"backtest": 150, "plot_basis": 150}
+EXAMPLES_FOR = {"backtest": 60, "plot_basis": 100}
 
 # Tools this build registers in replay mode; test_every_listed_tool_is_fuzzed checks this is
 # exactly what list_tools() returns, so every listed tool has a test_fuzz_tool case.

@@ -9,6 +9,9 @@ signs every action with a wallet key instead of an API key: ``Credentials(api_ke
 secret=<private key of that wallet or of an API wallet approved for it>)`` become ccxt's
 ``walletAddress`` and ``privateKey``. Its markets load from ``POST /info`` (``spotMeta`` for the
 currencies, ``metaAndAssetCtxs`` for the perps; no spot or HIP-3 markets).
+
+Deribit is market data only (`basis_mcp.live.deribit`: its BTC / ETH futures are inverse): its markets load
+from one ``get_instruments`` (every kind) and ``get_currencies``; no credentials are needed.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from urllib.parse import urlsplit
 
 import ccxt.async_support as ccxt_async
 
-SUPPORTED = ("binance", "bybit", "okx", "hyperliquid")
+SUPPORTED = ("binance", "bybit", "okx", "hyperliquid", "deribit")
 
 
 @dataclass(frozen=True)

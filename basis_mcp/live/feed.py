@@ -12,6 +12,8 @@ One refresh of a venue costs one or two requests, whatever the number of symbols
   (``metaAndAssetCtxs``: mark, oracle, mid, impact prices and the current ``funding`` of every perp).
   With no spot market the desk uses there, a snapshot's ``spot`` is the venue's oracle price
   (``oraclePx``, its index: see `LiveFeed.spot_source`) and carries no spot touch.
+- Deribit (market data only: inverse BTC / ETH perpetuals and quarterlies, `basis_mcp.live.deribit`): one
+  ``get_book_summary_by_currency`` (``kind=future``) per coin; a snapshot's ``spot`` is the index.
 
 Binance USD-M quarterlies (``BTC/USDT:USDT-260327``, desk code ``BTC-260327``, see `basis_mcp.dated`)
 come in the same ``premiumIndex`` request: its rows for delivery contracts carry the mark (no last
@@ -41,6 +43,7 @@ import ccxt.async_support as ccxt_async
 
 from basis_mcp.dated import contract_code, is_contract, iso_day, parse_contract
 from basis_mcp.feed import MarketDataUnavailable, Settlement, Snapshot
+from basis_mcp.live import deribit
 from basis_mcp.live.errors import venue_error
 from basis_mcp.venue.base import VenueError
 
@@ -48,9 +51,9 @@ HOUR = 3600.0
 INTERVALS_TTL_S = 3600.0
 # venues whose perps the desk trades with no spot market beside them -> the perps' settlement currency.
 # The desk names coins (``BTC``); its USDT-quoted symbols map by base to ``BTC/USDC:USDC`` there.
-PERPS_ONLY = {"hyperliquid": "USDC"}
+PERPS_ONLY = {"hyperliquid": "USDC", deribit.VENUE: deribit.QUOTE}  # Deribit: inverse, market data only
 HL_FUNDING_PAGE = 500  # Hyperliquid's fundingHistory answers at most this many rows a call
-DATED_VENUES = ("binance", "okx")  # venues whose USDT-margined quarterlies the feed quotes
+DATED_VENUES = ("binance", "okx", deribit.VENUE)  # venues whose quarterlies the feed quotes (Deribit's: inverse)
 DATED_SOURCE = "none (dated future)"
 
 
@@ -117,7 +120,7 @@ class LiveFeed:
         return f"{base}/{self.quote}"
 
     def perp_symbol(self, base: str) -> str:
-        return f"{base}/{self.quote}:{self.quote}"
+        return deribit.perp_symbol(base) if self.venue == deribit.VENUE else f"{base}/{self.quote}:{self.quote}"
 
     def future_symbol(self, code: str) -> str:
         """ccxt's symbol of a dated contract: ``BTC-260327`` → ``BTC/USDT:USDT-260327`` (ValueError if
@@ -141,6 +144,8 @@ class LiveFeed:
     def spot_source(self) -> str:
         """What a snapshot's ``spot`` is: the spot book's mid, or on a perps-only venue (Hyperliquid)
         the venue's oracle / index price (no book: the snapshot's spot bid / ask are None)."""
+        if self.venue == deribit.VENUE:
+            return deribit.SPOT_SOURCE
         return "oracle" if self.perps_only else "spot_book"
 
     async def start(self) -> None:
@@ -155,17 +160,19 @@ class LiveFeed:
                     bases.add((m["base"], "spot" if m.get("spot") else "perp"))
         spot = {b for b, k in bases if k == "spot"}
         perp = {b for b, k in bases if k == "perp"}
-        self.listed = sorted(perp if self.perps_only else spot & perp)
+        self.listed = deribit.listed(self.ex.markets) if self.venue == deribit.VENUE else sorted(
+            perp if self.perps_only else spot & perp)
         self._index_dated()
         await self.refresh()
 
     def _index_dated(self) -> None:
-        """The quarterlies the loaded markets list (active USD-M linear futures of a listed coin)."""
+        """The quarterlies the loaded markets list (active linear futures of a listed coin; Deribit's inverse ones)."""
         self.dated = {}
         if self.venue not in DATED_VENUES:
             return
         for unified, m in self.ex.markets.items():
-            if not (m.get("future") and m.get("linear") and m.get("expiry") and m.get("quote") == self.quote):
+            kind = deribit.inverse(m) if self.venue == deribit.VENUE else m.get("linear")
+            if not (m.get("future") and kind and m.get("expiry") and m.get("quote") == self.quote):
                 continue
             if m.get("active", True) is False or m.get("base") not in self.listed:
                 continue
@@ -220,6 +227,8 @@ class LiveFeed:
         if isinstance(resp, dict):
             if str(resp.get("time", "")).isdigit():
                 ms = int(resp["time"])
+            if str(resp.get("usOut", "")).isdigit():  # Deribit: the answer's time, in µs
+                ms = int(resp["usOut"]) // 1000
             rows = resp.get("data") if isinstance(resp.get("data"), list) else None
             if rows:
                 stamps = [int(r["ts"]) for r in rows if isinstance(r, dict) and str(r.get("ts", "")).isdigit()]
@@ -285,6 +294,11 @@ class LiveFeed:
             self._take_rates(rates)
             self._take_perp_tickers(perps)
             self._take_future_tickers(futs)
+        elif self.venue == deribit.VENUE:
+            futs = await deribit.refresh(self)
+            await self._reload_if_dated_changed(futs)
+            deribit.take(self, futs)
+            spot = {}
         elif self.venue == "hyperliquid":
             await self._call("venue time", self.ex.fetch_time())
             rates = await self._call("funding rates", self.ex.fetch_funding_rates())
@@ -621,13 +635,14 @@ class LiveFeed:
         if not book["bids"] or not book["asks"]:
             return None
         mid = (book["bids"][0][0] + book["asks"][0][0]) / 2.0
-        # swap books on some venues (OKX) count contracts: convert to base units
+        # swap books on some venues (OKX) count contracts, inverse ones (Deribit) USD: convert to base units
         contract = float((self.ex.markets.get(sym) or {}).get("contractSize") or 1.0) if market != "spot" else 1.0
+        usd_sized = market != "spot" and bool((self.ex.markets.get(sym) or {}).get("inverse"))
 
         def walk(levels: list) -> float | None:
             left, cost, qty = notional_usd, 0.0, 0.0
             for level in levels:  # [price, size] or [price, size, orders]
-                price, size = float(level[0]), float(level[1]) * contract
+                price, size = float(level[0]), float(level[1]) / float(level[0]) if usd_sized else float(level[1]) * contract
                 take = min(size, left / price)
                 cost += take * price
                 qty += take

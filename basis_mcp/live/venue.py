@@ -37,6 +37,10 @@ leverage; orders say ``tdMode=isolated`` (spot ``cash``) and are read back until
 one balance read; the position's wallet is ``margin``; funding and deliveries come from the account's bills
 (``type`` 8 and 3); margin is added on ``/account/position/margin-balance``.
 
+Deribit is market data only (`basis_mcp.live.deribit`): its futures are inverse (coin-margined) and the desk's
+ledger is USD-linear, so every order, leverage or margin call, and a live start-up's key check, is refused
+(``bad_market``) before anything is sent; the desk holds nothing there.
+
 Binance USD-M quarterlies (``market="future"``, desk code ``BTC-260327``, ccxt ``BTC/USDT:USDT-260327``:
 `LiveFeed.dated`) trade like perps: isolated margin and leverage per contract, ``reduceOnly`` closes, the
 position's wallet is ``isolatedWallet``. A contract the feed does not list is refused (``bad_symbol``).
@@ -61,7 +65,7 @@ from basis_mcp.config import Settings
 from basis_mcp.costs import Market
 from basis_mcp.dated import contract_code, is_contract, parse_contract
 from basis_mcp.feed import MarketDataUnavailable
-from basis_mcp.live import dated_orders
+from basis_mcp.live import dated_orders, deribit
 from basis_mcp.live import hyperliquid as hl
 from basis_mcp.live import okx as okx_venue
 from basis_mcp.live.errors import venue_error
@@ -108,6 +112,9 @@ class LiveVenue:
             self.markets = frozenset({"spot", "perp", "future"})
         self._future_seen: dict[str, float] = {}  # contract code -> signed position last read (a delivery's quantity)
         self._okx = venue == "okx"  # contracts, clOrdId, bills: `basis_mcp.live.okx`
+        self._deribit = venue == deribit.VENUE  # inverse futures: market data only, nothing is ever sent
+        if self._deribit:
+            self.markets = frozenset()
 
     # Account reads are cached briefly and dropped on every order or margin change: one watchdog
     # tick reads balances and positions once (2 + 1 requests), not once per check.
@@ -144,6 +151,8 @@ class LiveVenue:
 
     async def verify_credentials(self) -> None:
         """Fail at start-up, before anything is sent, if the venue rejects the keys."""
+        if self._deribit:
+            raise deribit.refusal("live trading")
         if self._okx:
             return await okx_venue.verify_credentials(self)
         if self._hl:
@@ -155,6 +164,8 @@ class LiveVenue:
     markets = frozenset({"spot", "perp"})  # what this venue trades through ccxt (a leg on anything else is refused)
 
     def _unified(self, symbol: str, market: Market) -> str:
+        if self._deribit:
+            raise deribit.refusal(f"a {market} leg on {symbol}")
         if market not in self.markets:
             raise VenueError(f"{market} is not traded on {self.name}", "bad_market")
         if market == "future":
@@ -344,6 +355,8 @@ class LiveVenue:
                            filled, avg, fee, mid, ts, None if st != "rejected" else f"venue status {status}")
 
     async def fetch_order(self, client_order_id: str, symbol: str, market: Market) -> OrderResult | None:
+        if self._deribit:
+            return None  # no order was ever sent there
         if self._okx:  # by OKX's clOrdId; a delivered contract on its raw instId
             return await okx_venue.fetch_order(self, client_order_id, symbol, market)
         if market == "future" and symbol not in self.feed.dated:  # delivered (ccxt no longer knows it): the raw endpoint
@@ -384,6 +397,8 @@ class LiveVenue:
     async def _positions(self) -> dict[str, PerpPosition]:
         """Open perps by coin (``BTC``) and, where the venue lists them, open quarterlies by contract code
         (``BTC-260327``): the two never collide."""
+        if self._deribit:
+            return {}
         rows = await self._read("fetch positions", self.ex.fetch_positions)
         out: dict[str, PerpPosition] = {}
         for p in rows:
@@ -441,6 +456,8 @@ class LiveVenue:
         return dict(await self._cached("balances", self.BALANCES_TTL_S, self._balances))
 
     async def _balances(self) -> dict[str, float]:
+        if self._deribit:
+            return {}
         if self._okx:  # one unified account: one read
             return await okx_venue.balances(self)
         if self._hl:  # the account's withdrawable USDC, as the desk's cash
@@ -470,6 +487,8 @@ class LiveVenue:
             raise venue_error(e, self.venue, "add margin") from None
 
     async def funding_history(self, since: float) -> list[FundingEvent]:
+        if self._deribit:
+            return []
         if self._okx:  # the account's funding bills
             return await okx_venue.funding(self, since)
         if self._hl:
@@ -530,7 +549,7 @@ class LiveVenue:
     async def liquidations(self, since: float, symbols: list[str] | None = None) -> list[LiquidationEvent]:
         """Forced closes of the desk's perps and quarterlies (asked per symbol: a fraction of the all-symbol
         weight), and the deliveries of its quarterlies (``symbols`` holding contract codes)."""
-        if not symbols:
+        if not symbols or self._deribit:
             return []
         if self._hl:  # the account's fills marked as its liquidations
             return await hl.liquidations(self, since, symbols)

@@ -17,6 +17,7 @@ serialised (`RoundedModel`), so the JSON schema the client validates against doe
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Any
 
 from pydantic import BaseModel, model_serializer
@@ -32,20 +33,29 @@ def significant(x: float, digits: int) -> float:
     return round(x, digits - 1 - math.floor(math.log10(abs(x))))
 
 
+@lru_cache(maxsize=4096)
+def _rule(key: str) -> tuple[str, int]:
+    """How a name's numbers are rounded: ("cents", 2) or ("sig", digits). Names repeat: cached."""
+    k = key.lower()
+    if k.endswith("_usd") or k == "usd":
+        return "cents", 2
+    if "price" in k:
+        return "sig", 8
+    if "quantity" in k or "qty" in k:
+        return "sig", 10
+    if any(s in k for s in SIX + TIME):
+        return "sig", 6
+    return "sig", 10
+
+
 def round_number(key: str, x: float) -> float:
     """One float, by the name it is shown under."""
     if not math.isfinite(x):
         return x
-    k = key.lower()
-    if k.endswith("_usd") or k == "usd":
+    kind, digits = _rule(key)
+    if kind == "cents":
         return round(x, 2) + 0.0  # + 0.0: no "-0.0"
-    if "price" in k:
-        return significant(x, 8)
-    if "quantity" in k or "qty" in k:
-        return significant(x, 10)
-    if any(s in k for s in SIX + TIME):
-        return significant(x, 6) + 0.0
-    return significant(x, 10)
+    return significant(x, digits) + 0.0
 
 
 def tidy(key: str, value: Any) -> Any:

@@ -193,7 +193,10 @@ def _make_fn(spec: ToolSpec, get_desk: Callable[[Context], Any]) -> Callable[...
             content += [ImageContent(type="image", data=base64.b64encode(png).decode(), mime_type="image/png") for png in out.pngs]
             return CallToolResult(content=content, structured_content=data)
         out.alerts = desk.pop_alerts()
-        return out
+        # serialised once (numbers rounded once: `basis_mcp.models.rounding`), for both the structured result and
+        # its text copy; the SDK still validates the structured part against the output model
+        data = out.model_dump(mode="json")
+        return CallToolResult(content=[TextContent(type="text", text=json.dumps(data))], structured_content=data)
 
     tool_fn.__name__ = spec.name
     tool_fn.__doc__ = spec.description
