@@ -120,6 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     bt.add_argument("--no-chart", action="store_true", help="skip the PNG chart")
     bt.add_argument("--sweep", action="append", default=[], metavar="NAME=V1,V2,...",
                     help="sweep a parameter over values (repeatable): every combination is run")
+    bt.add_argument("--workers", type=int, default=1, metavar="N",
+                    help="--sweep: run the combinations in N processes (0: every core; default 1, this process)")
+    bt.add_argument("--dask", default=None, metavar="ADDRESS",
+                    help="--sweep: send the combinations to a Dask scheduler (tcp://host:8786), or 'local' for a local "
+                         "cluster of --workers processes (needs pip install 'basis-mcp[cluster]')")
     import typing
 
     from basis_mcp.backtest.params import BacktestParams
@@ -284,7 +289,16 @@ def _backtest(args: argparse.Namespace) -> int:
         print(f"basis-mcp backtest: {e}", file=sys.stderr)
         return 2
     if grid:
-        rows = sweep(markets, params, grid, _progress_bar)
+        if args.dask or args.workers != 1:
+            from basis_mcp.backtest.parallel import sweep_parallel
+
+            try:
+                rows = sweep_parallel(markets, params, grid, args.workers, args.dask, _progress_bar)
+            except ImportError:
+                print("basis-mcp backtest: --dask needs Dask: pip install 'basis-mcp[cluster]'", file=sys.stderr)
+                return 2
+        else:
+            rows = sweep(markets, params, grid, _progress_bar)
         cols = list(grid) + ["trades", "win_rate_pct", "total_pnl_usd", "apy_pct", "apy_while_invested_pct", "max_drawdown_pct"]
         print("  ".join(f"{c:>14}" for c in cols))
         for r in rows:

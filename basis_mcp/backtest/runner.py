@@ -177,14 +177,16 @@ def run(
     trades: list[Trade] = []
     by_symbol: dict[str, dict[str, Any]] = {}
     always: dict[str, list[Trade]] = {}
+    curves: dict[str, np.ndarray] = {}  # each symbol's own P&L per bar, built once for its row and the book's curve
+    a_curves: dict[str, np.ndarray] = {}
     for n, m in enumerate(markets, 1):
         ts = by_sym_trades[m.symbol]
         trades += ts
-        times, eq = equity_curve([m], ts, params.capital_usd, own)
+        times, eq = equity_curve([m], ts, params.capital_usd, own, curves)
         by_symbol[m.symbol] = stats(ts, times, eq, params.capital_usd, [m], params.leverage)
         if extras:
             always[m.symbol] = always_on_trades(m, params, feats[m.symbol])
-            a_t, a_eq = equity_curve([m], always[m.symbol], params.capital_usd)
+            a_t, a_eq = equity_curve([m], always[m.symbol], params.capital_usd, cache=a_curves)
             a = stats(always[m.symbol], a_t, a_eq, params.capital_usd, [m], params.leverage)
             mine = by_symbol[m.symbol]
             mine["always_on_pnl_usd"] = a["total_pnl_usd"]
@@ -197,7 +199,7 @@ def run(
         if progress:
             progress(n, len(markets), f"{m.symbol}: {len(ts)} trades")
     trades.sort(key=lambda t: (t.exit_time, t.symbol))
-    times, eq = equity_curve(markets, trades, params.capital_usd, own)
+    times, eq = equity_curve(markets, trades, params.capital_usd, own, curves)
     summary = stats(trades, times, eq, params.capital_usd, markets, params.leverage)
     if book:
         summary["margin"] = book
@@ -207,7 +209,7 @@ def run(
     sensitivity: dict[str, Any] = {}
     if extras:
         all_on = sorted((t for ts in always.values() for t in ts), key=lambda t: (t.exit_time, t.symbol))
-        a_t, a_eq = equity_curve(markets, all_on, params.capital_usd)
+        a_t, a_eq = equity_curve(markets, all_on, params.capital_usd, cache=a_curves)
         a_sum = stats(all_on, a_t, a_eq, params.capital_usd, markets, params.leverage)
         baseline = yearly(a_t, a_eq, params.capital_usd)
         always_json = {
@@ -270,35 +272,49 @@ def _delay_sensitivity(markets: list[Market], params: BacktestParams, feats: dic
     }
 
 
-def sweep(
-    markets: list[Market], base: BacktestParams, grid: dict[str, list[float]], progress: Progress | None = None
-) -> list[dict[str, Any]]:
-    """Every combination of ``grid`` values over ``base``; per-symbol features are computed once
-    per z-score window and shared by all combinations."""
-    keys = list(grid)
-    unknown = [k for k in keys if k not in BacktestParams.model_fields]
+SWEEP_COLUMNS = ("trades", "win_rate_pct", "total_pnl_usd", "apy_pct", "apy_while_invested_pct", "sharpe",
+                 "max_drawdown_pct", "exposure_pct")
+
+
+def sweep_combos(base: BacktestParams, grid: dict[str, list[float]]) -> list[tuple[float, ...]]:
+    """Every combination of ``grid``'s values, in grid order (unknown names refused)."""
+    unknown = [k for k in grid if k not in BacktestParams.model_fields]
     if unknown:
         raise DataError(f"sweep: unknown parameter(s) {', '.join(unknown)}")
-    combos = list(itertools.product(*(grid[k] for k in keys)))
+    return list(itertools.product(*(grid[k] for k in grid)))
+
+
+def sweep_rows(markets: list[Market], base: BacktestParams, keys: list[str], combos: list[tuple[float, ...]],
+               progress: Progress | None = None, total: int | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """The summary row of each valid combination (``keys`` = ``combos``), and why the others were refused;
+    per-symbol features are computed once per z-score window and shared by every combination here."""
     refused: list[str] = []
     cache: dict[int, dict[str, dict[str, np.ndarray]]] = {}
     rows = []
     for n, values in enumerate(combos, 1):
+        named = dict(zip(keys, values, strict=True))
         try:
-            params = BacktestParams.model_validate({**base.model_dump(), **dict(zip(keys, values, strict=True))})
+            params = BacktestParams.model_validate({**base.model_dump(), **named})
         except ValueError as e:  # e.g. an exit threshold above the entry one: not a strategy
-            refused.append(f"{dict(zip(keys, values, strict=True))}: {str(e).splitlines()[-1].strip()}")
+            refused.append(f"{named}: {str(e).splitlines()[-1].strip()}")
             continue
         fw = cache.setdefault(params.zscore_window, {})
         for m in markets:
             if m.symbol not in fw:
                 fw[m.symbol] = features(m, params)
         res = run(markets, params, feats=fw, extras=False)
-        rows.append({**dict(zip(keys, values, strict=True)), **{k: res.summary[k] for k in (
-            "trades", "win_rate_pct", "total_pnl_usd", "apy_pct", "apy_while_invested_pct", "sharpe", "max_drawdown_pct",
-            "exposure_pct")}})
+        rows.append({**named, **{k: res.summary[k] for k in SWEEP_COLUMNS}})
         if progress:
-            progress(n, len(combos), f"{n}/{len(combos)} parameter sets")
+            progress(n, total or len(combos), f"{n}/{total or len(combos)} parameter sets")
+    return rows, refused
+
+
+def sweep(
+    markets: list[Market], base: BacktestParams, grid: dict[str, list[float]], progress: Progress | None = None
+) -> list[dict[str, Any]]:
+    """Every combination of ``grid`` values over ``base``, in this process (`basis_mcp.backtest.parallel` spreads
+    the same work over processes or a Dask cluster)."""
+    rows, refused = sweep_rows(markets, base, list(grid), sweep_combos(base, grid), progress)
     if not rows:
         raise DataError("sweep: no valid parameter set among the combinations: " + "; ".join(refused[:5]))
     return rows
