@@ -154,10 +154,13 @@ def register_secret(value: str | None) -> None:
     global _stale
     if not value or len(value) < 4:
         return
+    forms = {value}
+    if value[:2].lower() == "0x" and len(value) > 10:  # a hex key (a wallet's private key) is also written without 0x
+        forms.add(value[2:])
     with _lock:
-        if value in _secrets:
+        if forms <= _secrets:
             return
-        _secrets.add(value)
+        _secrets.update(forms)
         _stale = True
 
 

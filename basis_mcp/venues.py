@@ -18,6 +18,9 @@ VENUE_SEP = "@"
 # Hyperliquid 0.045 % (its base tier), OKX 0.05 %.
 PERP_TAKER_FEE = {"binance": 0.0005, "bybit": 0.00055, "gate": 0.0005, "dydx": 0.0005, "hyperliquid": 0.00045, "okx": 0.0005}
 VENUE_CAP = 0.40  # with more than one venue, no venue holds more than this share of capital in open positions
+# venues whose prices the desk reads but whose contracts it cannot book, and why (paper and live refuse every leg there)
+MARKET_DATA_ONLY = {"deribit": "Deribit's perpetuals and dated futures are inverse (coin-margined) and the desk's ledger "
+                               "is USD-linear: market data only, nothing is traded there"}
 _NAME = re.compile(r"^[a-z][a-z0-9]{1,19}$")
 
 

@@ -242,3 +242,22 @@ async def test_live_venue_on_deribit_refuses_every_order_with_nothing_sent(sim):
         assert await venue.fetch_order("bm-1-fu-1", BTC1, "future") is None
         assert dict(sim.state.requests) == {} and sim.state.unknown_paths == []  # nothing reached the venue
         assert feed.dated_snapshot(BTC1).perp > 0  # market data still flows
+
+
+async def test_a_paper_desk_on_deribit_prices_books_nothing_there(sim, tmp_path):
+    """Paper trading on Deribit's prices: the contracts are inverse, so no leg is booked there as if it were
+    linear; the refusal says why and nothing is written."""
+    from basis_mcp.desk.facade import Desk
+    from basis_mcp.errors import Rejected
+
+    desk = await Desk.open_live(Settings(), tmp_path / "d.db", ["deribit"], "paper", base_url=sim.url, universe=["BTC"])
+    try:
+        code = contract_code("BTC", int(listed_expiries(T0)[1]))
+        assert code in desk.feed.dated  # the prices are there to read
+        with pytest.raises(Rejected, match="inverse .coin-margined.*nothing was sent"):
+            await desk.enter("BTC", 3000, None, "k1", "calendar_spread", expected_hold_days=30, contract=code)
+        with pytest.raises(Rejected, match="does not trade"):
+            await desk.enter("BTC", 3000, None, "k2", "cash_and_carry")
+        assert not desk.store.q("SELECT id FROM orders") and not desk.store.q("SELECT id FROM fills")
+    finally:
+        await desk.aclose()

@@ -787,3 +787,15 @@ async def test_an_oversized_call_names_the_tools_own_field_and_masks_a_credentia
         assert "the largest is argument 'idempotency_key'" in text and "Nothing was done" in text
         text = await call_error(client, "exit_trade", {"position_id": 1, "idempotency_key": "k-1", "api_token": "s" * 70_000})
         assert "unknown argument '***'" in text and "api_token" not in text and "s" * 100 not in text
+
+
+def test_a_hex_private_key_is_scrubbed_with_or_without_its_0x() -> None:
+    """A wallet key is registered as 0x…; ccxt signs with it stripped, so both spellings are secrets."""
+    import secrets as _s
+
+    from basis_mcp.redact import register_secret, scrub
+
+    key = "0x" + _s.token_hex(32)
+    register_secret(key)
+    for shown in (key, key[2:], key[2:].upper(), f"privateKey={key[2:]}"):
+        assert key[2:12].lower() not in scrub(shown).lower(), shown

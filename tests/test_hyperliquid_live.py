@@ -392,3 +392,25 @@ async def test_cross_exchange_binance_hyperliquid_live_end_to_end(db: Path) -> N
         assert out["realized"]["total_usd"] == pytest.approx(sum(flows.values()), abs=0.01)
         assert hs.state.total_usdt() - hl_w0 == pytest.approx(flows["live:hyperliquid"], abs=0.01)
         assert bn.state.total_usdt() - bn_w0 == pytest.approx(flows["live:binance"], abs=0.01)
+
+
+async def test_a_catch_up_read_of_funding_books_every_coin_across_full_pages(sim, monkeypatch):
+    """Every coin settles at the same hourly millisecond: a page of userFunding can end part-way through
+    an hour. The next page starts AT that hour (not after it), so no coin's payment is skipped. (Pages of
+    15 rows on both sides instead of Hyperliquid's 500: the same paging, in 40 hours instead of 300.)"""
+    from basis_mcp.sim import hyperliquid_exchange
+
+    monkeypatch.setattr(hyperliquid_exchange, "FUNDING_PAGE", 15)
+    monkeypatch.setattr(hl, "FUNDING_PAGE", 15)
+    async with venue(sim) as v:
+        for sym, q in (("BTC/USDC:USDC", 0.05), ("ETH/USDC:USDC", 1.0)):
+            px = sim.state.instruments[sym.split("/")[0] + "USDT"].quote("perp", sim.state.t)[1]
+            await v.ex.create_order(sym, "market", "sell", q, px, {"clientOrderId": hl.cloid("paging-" + sym)})
+            if sym.startswith("BTC"):  # ETH opens an hour later: pages no longer end on an hour
+                admin(sim, "/_sim/time", {"t": T0 + 3600})
+        for h in range(2, 41):
+            admin(sim, "/_sim/time", {"t": T0 + h * 3600})
+        events = await v.funding_history(T0)
+        want = {(r["delta"]["coin"], r["time"] / 1000) for r in sim.state.funding_rows}
+        assert len(sim.state.funding_rows) > 4 * hl.FUNDING_PAGE  # several full pages
+        assert {(e.symbol, e.time) for e in events} == want and len(events) == len(want)

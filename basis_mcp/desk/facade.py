@@ -67,6 +67,7 @@ from basis_mcp.venue.base import VenueError, VenueTimeout
 from basis_mcp.venue.faults import FaultPlan
 from basis_mcp.venue.paper import PaperVenue
 from basis_mcp.venue.router import VenueRouter
+from basis_mcp.venues import MARKET_DATA_ONLY
 
 DEFAULT_REPLAY_START = "2024-03-01T00:00:00Z"
 # earlier versions of the shipped extract a replay book may have been built on, and what changed since
@@ -530,7 +531,9 @@ class Desk:
             raise Rejected("strategy", name, f"unknown strategy; one of {', '.join(strategies.names())}") from None
         missing = [f"{leg.role} ({leg.market})" for leg in spec.legs if leg.market not in getattr(self.venue, "markets", {"spot", "perp"})]
         if missing:
-            raise Rejected("strategy", name, f"{self.venue.name} does not trade the {', '.join(missing)} leg; nothing was sent")
+            why = MARKET_DATA_ONLY.get(self.venue.name.split(":")[-1])
+            raise Rejected("strategy", name, f"{self.venue.name} does not trade the {', '.join(missing)} leg"
+                           + (f" ({why})" if why else "") + "; nothing was sent")
         if not spec.playbooks:
             return spec, "none"  # no basis for a playbook to read: the risk rules and the max hold apply
         if playbook not in PLAYBOOKS or playbook not in spec.playbooks:

@@ -86,14 +86,25 @@ async def _order_fills(v: Any, oid: str, since_ms: int | None) -> list[dict[str,
         rows = await v._read("order fills", v.ex.fetch_my_trades)
         return [t for t in rows if str(t.get("order")) == str(oid)]
     out: dict[str, dict[str, Any]] = {}
+    seen: set[str] = set()
     start = since_ms
     for _ in range(MAX_PAGES):
         rows = await v._read("order fills", v.ex.fetch_my_trades, None, start)
         out.update({str(t["id"]): t for t in rows if str(t.get("order")) == str(oid)})
-        if len(rows) < FILLS_PAGE:
+        new = {str(t["id"]) for t in rows} - seen
+        seen |= new
+        if len(rows) < FILLS_PAGE or not new:
             break
-        start = max(int(t["timestamp"]) for t in rows) + 1
+        start = _next_page(rows)
     return list(out.values())
+
+
+def _next_page(rows: list[dict[str, Any]]) -> int:
+    """Where the next page of a time-cursored read starts: AT the newest row's time, not after it. Rows
+    sharing a millisecond (every coin's hourly funding, the fills of one liquidation) can straddle a page;
+    starting after it would skip the rest. Rows come back again and collapse on their keys; a page that adds
+    nothing new ends the read."""
+    return max(int(r["timestamp"]) for r in rows)
 
 
 def _with_fills(o: dict[str, Any], fills: list[dict[str, Any]], asked: float) -> dict[str, Any]:
@@ -146,6 +157,7 @@ def _base(v: Any, unified: Any) -> str | None:
 
 async def funding_history(v: Any, since: float) -> list[FundingEvent]:
     out: dict[tuple[str, float], FundingEvent] = {}
+    seen: set[tuple[str, int]] = set()
     start = int(since * 1000) + 1
     for _ in range(MAX_PAGES):
         rows = await v._read("funding history", v.ex.fetch_funding_history, None, start)
@@ -158,9 +170,11 @@ async def funding_history(v: Any, since: float) -> list[FundingEvent]:
             q = v.feed.q.get(base)
             price = amount / (-szi * rate) if szi and rate and amount else float(getattr(q, "mark", None) or 0.0)
             out[(base, t)] = FundingEvent(base, t, rate, price, szi, amount)
-        if len(rows) < FUNDING_PAGE:
+        keys = {(str(r.get("symbol")), int(r["timestamp"])) for r in rows} - seen
+        seen |= keys
+        if len(rows) < FUNDING_PAGE or not keys:
             break
-        start = max(int(r["timestamp"]) for r in rows) + 1
+        start = _next_page(rows)
     return sorted(out.values(), key=lambda e: (e.time, e.symbol))
 
 
@@ -169,6 +183,7 @@ async def liquidations(v: Any, since: float, symbols: list[str] | None) -> list[
         return []
     wallet = str(v.ex.walletAddress or "").lower()
     out: dict[str, LiquidationEvent] = {}
+    seen: set[str] = set()
     start = int(since * 1000) + 1
     for _ in range(MAX_PAGES):
         rows = await v._read("fills (liquidations)", v.ex.fetch_my_trades, None, start)
@@ -183,7 +198,9 @@ async def liquidations(v: Any, since: float, symbols: list[str] | None) -> list[
             closed = float(info.get("closedPnl") or 0.0)
             out[str(t["id"])] = LiquidationEvent(base, t["timestamp"] / 1000.0, -qty if t.get("side") == "buy" else qty, price,
                                                  max(-closed, 0.0), f"hl-liq-{t['id']}")
-        if len(rows) < FILLS_PAGE:
+        ids = {str(t["id"]) for t in rows} - seen
+        seen |= ids
+        if len(rows) < FILLS_PAGE or not ids:
             break
-        start = max(int(t["timestamp"]) for t in rows) + 1
+        start = _next_page(rows)
     return sorted(out.values(), key=lambda e: e.time)

@@ -44,6 +44,7 @@ from basis_mcp.venue.base import (
     VenueUnavailable,
 )
 from basis_mcp.venue.faults import FaultPlan
+from basis_mcp.venues import MARKET_DATA_ONLY
 
 QUOTE = "USDT"
 
@@ -175,6 +176,9 @@ class PaperVenue:
         self.coid_tag = f"{venue}-" if venue else ""  # the venue's own order ids (liquidations, deliveries) stay distinct
         # what this venue trades (anything else is refused)
         self.markets = frozenset({"perp"}) if venue else frozenset({"spot", "margin_spot", "perp", "future"})
+        self.refusal = MARKET_DATA_ONLY.get(venue or feed.venue)
+        if self.refusal:  # prices to read, contracts that cannot be booked as if they were linear
+            self.markets = frozenset()
         self.borrow = BorrowModel(settings.borrow_scenario)
         if venue:
             prefix = f"paper_{venue}_"
@@ -348,7 +352,8 @@ class PaperVenue:
 
     def _execute(self, req: OrderRequest, fill_fraction: float = 1.0) -> OrderResult:
         if req.market not in self.markets:
-            raise VenueError(f"{req.market} is not traded on {self.name}", "bad_market")
+            why = f": {self.refusal}" if self.refusal else ""
+            raise VenueError(f"{req.market} is not traded on {self.name}{why}", "bad_market")
         if req.quantity <= 0:
             raise VenueError(f"quantity must be positive, got {req.quantity}", "bad_quantity")
         try:
