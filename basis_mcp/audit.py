@@ -357,6 +357,11 @@ def _verify(conn: sqlite3.Connection, key: bytes, paths: AuditPaths, v: Verdict)
         v.problems.append("the audit table is gone (dropped)")
         _read_journal(paths.journal, key, v)
         return v
+    # the journal is read BEFORE the table: a checkpoint is written after its rows commit, so every checkpoint
+    # read now names rows the table snapshot below holds. (Read after, a server committing during a long walk
+    # left checkpoints past the snapshot, which looked like rows cut from the end.)
+    jv = Verdict(ok=False)
+    checkpoints = _read_journal(paths.journal, key, jv)  # its findings are reported after the chain's own
     heads: dict[int, str] = {}
     prev, expected = GENESIS_HASH, 1
     legacy = 0
@@ -403,7 +408,8 @@ def _verify(conn: sqlite3.Connection, key: bytes, paths: AuditPaths, v: Verdict)
     if not v.problems and n == 0:
         v.problems.append("the audit table is empty: a book that has ever been served has at least its start row")
     walked = not v.problems  # after a break in the chain, the rows past it prove nothing either way
-    checkpoints = _read_journal(paths.journal, key, v)
+    v.problems += jv.problems
+    v.notes += jv.notes
     if n and paths.journal.exists() and not checkpoints and walked:
         v.problems.append(f"the audit journal {paths.journal} holds no valid checkpoint for a chain of {n} rows: "
                           "the journal was emptied or replaced")

@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "client-config":
-        return run_client_config(args, args.db or default_db_path())
+        return run_client_config(args, args.db, book_db)
     if args.command == "backtest":
         return _backtest(args)
     if args.command == "data":

@@ -24,10 +24,12 @@ import os
 import shlex
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 CLIENTS = ("claude-desktop", "claude-code", "inspector")
+TOKEN_ENV_NAME = "BASIS_MCP_HTTP_TOKEN"
 DESKTOP_CONFIG = {
     "darwin": "~/Library/Application Support/Claude/claude_desktop_config.json",
     "win32": "%APPDATA%\\Claude\\claude_desktop_config.json",
@@ -68,24 +70,49 @@ def executable() -> list[str]:
     return [str(Path(found).absolute())] if found else [str(Path(sys.executable).absolute()), "-m", "basis_mcp"]
 
 
-def entry(args: argparse.Namespace, db: Path, token_env: str) -> dict[str, Any]:
+def url(host: str, port: int) -> str:
+    """``http://host:port/mcp``, an IPv6 address in brackets."""
+    shown = f"[{host.strip('[]')}]" if ":" in host.strip("[]") else host
+    return f"http://{shown}:{port}/mcp"
+
+
+def book_for(serve_args: list[str], default_db: Path | None,
+             book_of: Callable[[argparse.Namespace], Path]) -> Path | None:
+    """The book ``serve`` with these arguments opens (None: they name it with --db themselves): the flags that
+    pick a book (--market, --live, --readonly, --venue) give what ``book_of`` (the CLI's own rule) says."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--db")
+    p.add_argument("--market", default="replay")
+    p.add_argument("--venue", default="binance")
+    p.add_argument("--live", action="store_true")
+    p.add_argument("--readonly", action="store_true")
+    known, _ = p.parse_known_args(serve_args)
+    if known.db:
+        return None
+    return default_db if default_db is not None else book_of(known)
+
+
+def entry(args: argparse.Namespace, db: Path | None, token_env: str,
+          book_of: Callable[[argparse.Namespace], Path]) -> dict[str, Any]:
     """The ``mcpServers`` value for this server."""
     if args.transport == "http":
         token = os.environ.get(token_env) if args.show_token else None
         header = f"Bearer {token}" if token else f"Bearer ${{{token_env}}}"
-        return {"type": "http", "url": f"http://{args.host}:{args.port}/mcp", "headers": {"Authorization": header}}
+        return {"type": "http", "url": url(args.host, args.port), "headers": {"Authorization": header}}
     cmd = executable()
     extra = [a for a in (args.serve_args or []) if a != "--"]
-    return {"command": cmd[0], "args": cmd[1:] + ["serve", "--db", str(db.absolute()), *extra]}
+    book = book_for(extra, db, book_of)
+    return {"command": cmd[0], "args": cmd[1:] + ["serve", *(["--db", str(book.absolute())] if book else []), *extra]}
 
 
-def run_client_config(args: argparse.Namespace, db: Path) -> int:
+def run_client_config(args: argparse.Namespace, db: Path | None, book_of: Callable[[argparse.Namespace], Path]) -> int:
+    """Print the entry; ``db`` is --db if given, ``book_of`` the CLI's rule for the default book of serve's flags."""
     from basis_mcp.server.http import TOKEN_ENV
 
     if args.show_token and args.transport == "http" and not os.environ.get(TOKEN_ENV):
         print(f"basis-mcp: --show-token: ${TOKEN_ENV} is not set", file=sys.stderr)
         return 2
-    e = entry(args, db, TOKEN_ENV)
+    e = entry(args, db, TOKEN_ENV, book_of)
     block = {"mcpServers": {args.name: e}}
     out = sys.stdout
     if args.client == "claude-desktop":
@@ -96,19 +123,19 @@ def run_client_config(args: argparse.Namespace, db: Path) -> int:
         print(f"basis-mcp: merge this into {where} (then restart Claude Desktop)", file=sys.stderr)
         print(json.dumps(block, indent=2), file=out)
     elif args.client == "claude-code":
-        if args.transport == "http":
-            header = e["headers"]["Authorization"]
-            cmd = ["claude", "mcp", "add", "--transport", "http", args.name, e["url"], "--header", f"Authorization: {header}"]
-        else:
-            cmd = ["claude", "mcp", "add", args.name, "--", e["command"], *e["args"]]
         print("# run this once:", file=out)
-        print(shlex.join(cmd), file=out)
+        if args.transport == "http":  # the shell fills the token in from the environment: never typed, never in history
+            print(shlex.join(["claude", "mcp", "add", "--transport", "http", args.name, e["url"], "--header"])
+                  + f' "Authorization: Bearer ${TOKEN_ENV_NAME}"', file=out)
+        else:
+            print(shlex.join(["claude", "mcp", "add", args.name, "--", e["command"], *e["args"]]), file=out)
         print("# or put this in the project's .mcp.json:", file=out)
         print(json.dumps(block, indent=2), file=out)
     else:
         if args.transport == "http":
             print(f"# in the Inspector: transport 'Streamable HTTP', URL {e['url']}", file=out)
-            print(f"# header Authorization: {e['headers']['Authorization']}", file=out)
+            shown = e["headers"]["Authorization"] if args.show_token else "Bearer <the value of $BASIS_MCP_HTTP_TOKEN>"
+            print(f"# header Authorization: {shown}", file=out)
         else:
             print("# starts the Inspector (fetches it from npm the first time) with this server on stdio:", file=out)
             print(shlex.join(["npx", "@modelcontextprotocol/inspector", e["command"], *e["args"]]), file=out)

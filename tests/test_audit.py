@@ -138,3 +138,38 @@ def test_operator_commands_find_each_books_default_database(tmp_path: Path) -> N
     assert r.returncode == 1 and "paper book" in r.stderr and "basis-mcp-paper-binance.db" in r.stderr
     r = run("status")
     assert "replay book" in r.stderr and "basis-mcp.db" in r.stderr
+
+
+def test_verify_beside_a_server_committing_all_along_is_not_a_false_alarm(tmp_path: Path) -> None:
+    """The journal is read before the table: a row committed (and checkpointed) while the chain is walked
+    is not mistaken for rows cut from the end."""
+    import threading
+    import time
+
+    from basis_mcp import audit
+    from basis_mcp.store import Store
+
+    db = tmp_path / "busy.db"
+    store = Store(db)
+    for i in range(1500):
+        store.append_audit(ts=time.time(), market_ts=None, kind="tool", name="scan_basis", args={"i": i}, outcome="ok",
+                           durable=False)
+    stop = threading.Event()
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            store.append_audit(ts=time.time(), market_ts=None, kind="tool", name="risk_status", args={"i": i},
+                               outcome="ok", durable=False)
+            i += 1
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        verdicts = [audit.verify(db, store.audit_paths) for _ in range(6)]
+    finally:
+        stop.set()
+        t.join()
+        store.close()
+    assert all(v.ok for v in verdicts), [v.problems for v in verdicts if not v.ok]
+    assert verdicts[-1].rows > 1500  # the writer really was committing while the chain was checked

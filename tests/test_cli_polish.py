@@ -71,13 +71,24 @@ def test_client_config_for_http_carries_the_token_header(tmp_path: Path):
     out = cli("client-config", "--client", "claude-code", "--transport", "http", "--port", "9999")
     assert out.returncode == 0, out.stderr
     assert "claude mcp add --transport http basis-mcp http://127.0.0.1:9999/mcp" in out.stdout
-    assert "'Authorization: Bearer ${BASIS_MCP_HTTP_TOKEN}'" in out.stdout
+    assert '--header "Authorization: Bearer $BASIS_MCP_HTTP_TOKEN"' in out.stdout  # the shell fills it in, unseen
+    assert '"Authorization": "Bearer ${BASIS_MCP_HTTP_TOKEN}"' in out.stdout  # .mcp.json: Claude Code expands it
+    v6 = cli("client-config", "--client", "inspector", "--transport", "http", "--host", "::1")
+    assert "http://[::1]:8765/mcp" in v6.stdout and "<the value of $BASIS_MCP_HTTP_TOKEN>" in v6.stdout
     token = "Tk-" + "x1y2z3w4v5u6t7s8"
     shown = cli("client-config", "--client", "inspector", "--transport", "http", "--show-token",
                 env={"BASIS_MCP_HTTP_TOKEN": token})
     assert shown.returncode == 0 and f"Bearer {token}" in shown.stdout and "contains the HTTP token" in shown.stderr
     refused = cli("client-config", "--transport", "http", "--show-token", env={"BASIS_MCP_HTTP_TOKEN": ""})
     assert refused.returncode == 2 and "is not set" in refused.stderr
+
+
+def test_client_config_names_the_book_the_serve_flags_pick(tmp_path):
+    live = json.loads(cli("client-config", "--", "--market", "live", "--live", "--venue", "bybit").stdout)
+    args = live["mcpServers"]["basis-mcp"]["args"]
+    assert args[args.index("--db") + 1].endswith("basis-mcp-live-bybit.db") and args[-1] == "bybit"
+    own = json.loads(cli("client-config", "--", "--db", str(tmp_path / "mine.db")).stdout)["mcpServers"]["basis-mcp"]["args"]
+    assert own.count("--db") == 1 and own[-1] == str(tmp_path / "mine.db")
 
 
 def test_backtest_output_goes_to_the_documented_place(tmp_path: Path):

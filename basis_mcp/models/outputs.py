@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from basis_mcp.models.rounding import RoundedModel
 
 
-class Alert(RoundedModel):
+class Alert(BaseModel):
     id: int
     time: str = Field(description="Wall-clock time the alert was raised (UTC).")
     market_time: str = Field(description="Market time (simulated in replay) the alert refers to.")
@@ -26,7 +26,7 @@ class ToolOutput(RoundedModel):
     )
 
 
-class BasisSnapshot(RoundedModel):
+class BasisSnapshot(BaseModel):
     symbol: str
     venue: str
     market_time: str = Field(description="Time of this snapshot (UTC; simulated in replay mode).")
@@ -73,7 +73,7 @@ class BasisSnapshot(RoundedModel):
                                          "cross_exchange.")
 
 
-class Unavailable(RoundedModel):
+class Unavailable(BaseModel):
     symbol: str
     reason: str
 
@@ -144,7 +144,7 @@ class NetApyEstimate(ToolOutput):
     formula: str
 
 
-class CapOut(RoundedModel):
+class CapOut(BaseModel):
     name: str
     limit_usd: float
     detail: str
@@ -182,7 +182,7 @@ class SizePositionOutput(ToolOutput):
                              "enter_trade enforces the caps, not the scales).")
 
 
-class FillOut(RoundedModel):
+class FillOut(BaseModel):
     order_id: int
     client_order_id: str
     purpose: str
@@ -197,7 +197,7 @@ class FillOut(RoundedModel):
     time: str
 
 
-class PnLBreakdown(RoundedModel):
+class PnLBreakdown(BaseModel):
     basis_pnl_usd: float = Field(description="Price P&L at mid prices: quantity × (entry basis − exit basis) for a matched pair.")
     funding_usd: float = Field(description="Funding received (negative = paid).")
     fees_usd: float = Field(description="All trading fees paid (a cost).")
@@ -206,7 +206,7 @@ class PnLBreakdown(RoundedModel):
     total_usd: float = Field(description="basis_pnl + funding + borrow − fees − slippage = Σ fill cash flows − fees + funding + borrow.")
 
 
-class LegOut(RoundedModel):
+class LegOut(BaseModel):
     leg_id: int
     role: str = Field(description="The strategy's name for this leg (cash_and_carry: spot, perp).")
     market: Literal["spot", "margin_spot", "perp", "future"] = Field(
@@ -224,7 +224,7 @@ class LegOut(RoundedModel):
                                "index).")
 
 
-class PositionOut(RoundedModel):
+class PositionOut(BaseModel):
     position_id: int
     symbol: str
     strategy: str
@@ -249,7 +249,7 @@ class PositionOut(RoundedModel):
     fills: list[FillOut]
 
 
-class ConfirmationRequest(RoundedModel):
+class ConfirmationRequest(BaseModel):
     token: str = Field(description="Send the SAME call again with confirmation_token set to this to place the orders.")
     expires_at: str
     expires_in_seconds: float
@@ -283,7 +283,7 @@ class ExitTradeOutput(ToolOutput):
         "'closing'); the realized P&L arrives with the fills.")
 
 
-class LegDelta(RoundedModel):
+class LegDelta(BaseModel):
     role: str = Field(description="The strategy's name for this leg.")
     market: str
     venue: str = Field("", description="The venue the leg is held on (paper:binance, paper:bybit...).")
@@ -298,7 +298,7 @@ class LegDelta(RoundedModel):
                                                       "liquidate it, percent of its mark.")
 
 
-class DeltaReport(RoundedModel):
+class DeltaReport(BaseModel):
     position_id: int
     symbol: str
     strategy: str = "cash_and_carry"
@@ -329,7 +329,7 @@ class CheckDeltaOutput(ToolOutput):
     positions: list[DeltaReport]
 
 
-class VenueFunding(RoundedModel):
+class VenueFunding(BaseModel):
     venue: str
     seconds_to_funding: float
     next_funding_time: str
@@ -353,14 +353,14 @@ class SecondsToFundingOutput(ToolOutput):
                                              "coin's perp on each other venue (its own schedule and rate).")
 
 
-class TierUsage(RoundedModel):
+class TierUsage(BaseModel):
     tier: str
     allocation_limit_usd: float
     in_use_usd: float
     single_position_limit_usd: float
 
 
-class VenueUsage(RoundedModel):
+class VenueUsage(BaseModel):
     venue: str = Field(description="The venue's name on this desk (paper:bybit, live:binance).")
     cash_usd: float = Field(description="Free USDT in this venue's account (collateral does not move between venues).")
     in_use_usd: float = Field(description="What the open positions' legs on this venue commit: margin of leveraged legs, "
@@ -396,7 +396,7 @@ class PortfolioOutput(ToolOutput):
     closed_positions: list[PositionOut]
 
 
-class FundingSettlementOut(RoundedModel):
+class FundingSettlementOut(BaseModel):
     position_id: int | None
     symbol: str
     time: str
@@ -419,7 +419,7 @@ class AdvanceTimeOutput(ToolOutput):
     replay_end_time: str
 
 
-class LimitReading(RoundedModel):
+class LimitReading(BaseModel):
     name: str = Field(description="What is limited; its unit is in the name (_pct percent, _usd dollars, _seconds, _days; "
                       "bare: a count or a multiple) and `limit`, `hard_ceiling` and `current` are in that unit.")
     symbol: str | None = Field(None, description="The symbol a per-symbol limit reads (realised_vol_1h_pct, data_age_seconds).")
@@ -428,9 +428,6 @@ class LimitReading(RoundedModel):
     current: float | str | None = Field(description="The current reading of what the limit bounds.")
     unit: str
     ok: bool = Field(description="False if the current reading breaches the limit.")
-
-    def unit_name(self, field: str) -> str:
-        return self.name if field in ("limit", "hard_ceiling", "current") else field
 
 
 class RiskStatusOutput(ToolOutput):

@@ -58,29 +58,31 @@ def round_number(key: str, x: float) -> float:
     return significant(x, digits) + 0.0
 
 
+READING_FIELDS = ("limit", "hard_ceiling", "current")  # a limit reading's numbers are in the unit of its `name`
+
+
 def tidy(key: str, value: Any) -> Any:
-    """``value`` with every float in it rounded by its name (``key`` for a bare value or a list's items)."""
-    if isinstance(value, float):
+    """``value`` with every float in it rounded by its name (``key`` for a bare value or a list's items). A dict
+    holding ``name`` and ``hard_ceiling`` is a limit reading (`LimitReading`): its ``limit``, ``hard_ceiling``
+    and ``current`` are rounded by the unit its ``name`` carries."""
+    t = type(value)
+    if t is float:
         return round_number(key, value)
-    if isinstance(value, dict):
-        return {k: tidy(k if isinstance(k, str) else key, v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
+    if t is dict:
+        if "hard_ceiling" in value and "name" in value:
+            unit = str(value["name"])
+            return {k: tidy(unit if k in READING_FIELDS else k, v) for k, v in value.items()}
+        return {k: tidy(k if type(k) is str else key, v) for k, v in value.items()}
+    if t is list or t is tuple:
         return [tidy(key, v) for v in value]
     return value
 
 
 class RoundedModel(BaseModel):
-    """A tool output model: its floats are rounded by `round_number` when it is serialised (nested
-    models round their own fields)."""
-
-    def unit_name(self, field: str) -> str:
-        """The name a field's numbers are rounded by: its own (a reading whose unit is in another field,
-        such as a limit's ``name``, says so by overriding this)."""
-        return field
+    """A tool's output model: every float in it, nested models included, is rounded by `round_number` when it
+    is serialised (one walk over the dumped tree at the top; the models inside are plain)."""
 
     @model_serializer(mode="wrap")
     def _rounded(self, handler: Any) -> Any:
         data = handler(self)
-        if not isinstance(data, dict):
-            return data
-        return {k: tidy(self.unit_name(k), v) for k, v in data.items()}
+        return tidy("", data) if type(data) is dict else data
