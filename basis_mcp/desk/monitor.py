@@ -236,7 +236,6 @@ class Monitor:
             L(name="leverage", limit=min(s.max_leverage, HARD.max_leverage), hard_ceiling=HARD.max_leverage,
               current=max([r["leverage"] for r in self.store.q("SELECT leverage FROM positions WHERE status = 'open'")] or [0.0]),
               unit="x (highest open position)", ok=True),
-            L(name="default_leverage", limit=s.default_leverage, hard_ceiling=HARD.max_leverage, current=None, unit="x", ok=True),
             L(name="max_position_notional_usd", limit=s.max_position_notional_usd, hard_ceiling="tier single-position cap",
               current=largest, unit="USD at entry mid (largest open position)",
               ok=largest <= s.max_position_notional_usd + 1e-6),
@@ -244,14 +243,6 @@ class Monitor:
               unit="% of capital; above it the desk goes REDUCING", ok=dd <= s.max_drawdown),
             L(name="orders_per_minute", limit=s.max_orders_per_minute, hard_ceiling=HARD.max_orders_per_minute,
               current=orders, unit="orders in the last 60 s", ok=orders <= s.max_orders_per_minute),
-            L(name="max_hold_days", limit=s.max_hold_days, hard_ceiling=HARD.max_hold_days, current=None, unit="days", ok=True),
-            L(name="margin_add_ratio_pct", limit=s.margin_add_ratio * 100, hard_ceiling=150.0, current=None,
-              unit="% margin ratio: watchdog adds margin below", ok=True),
-            L(name="margin_close_ratio_pct", limit=s.margin_close_ratio * 100, hard_ceiling=130.0, current=None,
-              unit="% margin ratio: watchdog closes below", ok=True),
-            L(name="max_imbalance_pct", limit=s.max_imbalance_pct, hard_ceiling=2.0, current=None, unit="% of quantity", ok=True),
-            L(name="basis_stop_multiple", limit=s.basis_stop_multiple, hard_ceiling=3.0, current=None, unit="x entry basis", ok=True),
-            L(name="symbol_allowlist", limit=",".join(self.risk.allowlist()), hard_ceiling=None, current=None, unit="symbols", ok=True),
         ]
         usage = self.book.tier_usage()
         for t in ("anchor", "mid", "speculative"):
@@ -259,8 +250,6 @@ class Monitor:
             limits.append(L(name=f"tier_allocation_{t}_usd", limit=s.tier_allocation[t] * cap,
                             hard_ceiling=HARD.allocation(t) * cap, current=used, unit="USD notional",
                             ok=used <= s.tier_allocation[t] * cap + 1e-6))
-            limits.append(L(name=f"tier_single_position_{t}_usd", limit=s.tier_single_position[t] * cap,
-                            hard_ceiling=HARD.single(t) * cap, current=None, unit="USD notional", ok=True))
         stale = self.market.stale_limit()
         for sym in self.market.symbols:
             try:

@@ -283,11 +283,13 @@ TOOLS: list[ToolSpec] = [
         name="risk_status",
         title="Risk limits and readings",
         description=(
-            "Every risk limit the server enforces next to its current reading: trading state (ACTIVE / REDUCING = "
+            "Every risk limit that has a reading, next to it: trading state (ACTIVE / REDUCING = "
             "exits only / HALTED = kill switch) and why, equity, drawdown vs its limit, free capital, leverage cap "
             "and the 5x hard ceiling, per-position and tier caps with usage, orders in the last minute, realised "
-            "volatility and data age per symbol, and the watchdog thresholds. Limits come from the operator's "
-            "configuration and can only be tighter than the hard ceilings; no tool can change them. Read-only."
+            "volatility and data age per symbol. Each limit's unit is in its name. The fixed thresholds with nothing "
+            "to read (watchdog margin ratios, stops, max holds, single-position caps, the allowlist) are in the "
+            "basis://limits resource. Limits come from the operator's configuration and can only be tighter than the "
+            "hard ceilings; no tool can change them. Read-only."
         ),
         input_model=m.RiskStatusInput,
         output_model=m.RiskStatusOutput,
