@@ -21,7 +21,6 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from basis_mcp import audit
 from basis_mcp.dashboard.chain import ChainWatch
 from basis_mcp.store import Store
 from tests.conftest import REPO, call, stdio_params
@@ -137,6 +136,9 @@ async def test_the_dashboard_refuses_without_the_token_and_never_shows_it(http_b
             assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
     r = httpx.get(dash + "/api/state", headers={"Authorization": f"Bearer {TOKEN}"})
     assert r.status_code == 200 and r.json()["state"]["state"] == "ACTIVE"
+    # DNS rebinding: a foreign name for this address is refused, as the SDK's /mcp refuses it
+    r = httpx.get(dash + "/api/state", headers={"Authorization": f"Bearer {TOKEN}", "Host": "rebind.attacker.example"})
+    assert r.status_code == 421 and "ACTIVE" not in r.text
 
     context = await browser.new_context()
     page = await context.new_page()
@@ -146,13 +148,15 @@ async def test_the_dashboard_refuses_without_the_token_and_never_shows_it(http_b
     assert "needs the server's token" in await page.inner_text("body")
     errors.clear()  # (the browser logs the 401 itself)
     resp = await page.goto(f"{dash}?token={TOKEN}")
-    assert resp.status == 200
-    await page.wait_for_function("() => !location.search.includes('token')", timeout=WAIT_MS)
-    assert TOKEN not in await page.content() and TOKEN not in page.url
+    assert resp.status == 200 and resp.request.redirected_from is not None  # a 303 to the clean URL
+    assert resp.request.redirected_from.response is not None
+    assert (await resp.request.redirected_from.response()).status == 303
+    assert page.url == dash and TOKEN not in await page.content()
     cookies = await context.cookies()
     assert len(cookies) == 1, cookies
     c = cookies[0]
     assert c["httpOnly"] and c["sameSite"] == "Strict" and c["path"] == "/dashboard" and TOKEN not in c["value"]
+    assert 0 < c["expires"] - time.time() <= 12 * 3600 + 60  # a session that expires, not a forever cookie
     assert await page.evaluate("document.cookie") == ""  # HttpOnly: no script reads it
     resp = await page.goto(dash)  # the cookie alone opens it from now on
     assert resp.status == 200
@@ -261,6 +265,45 @@ async def test_the_standalone_dashboard_reads_a_stdio_servers_book(tmp_path: Pat
     assert "read-only dashboard of" in (tmp_path / "dash.log").read_text()
 
 
+async def test_the_token_url_is_only_a_redirect_in_the_browsers_history(tmp_path: Path) -> None:
+    """The ``?token=`` URL is answered by a 303 to the clean URL: in Chromium's own History database (a persistent
+    profile) it is only the start of a server-redirect chain, never a page that was shown (back/forward and session
+    restore hold the clean URL). Chromium still records the URL the user typed: the README says so."""
+    _need_chromium()
+    from playwright.async_api import async_playwright
+
+    db = tmp_path / "h.db"
+    Store(db).close()
+    port = free_port()
+    proc, errf = _start(["dashboard", "--db", str(db), "--port", str(port)], {**os.environ, "BASIS_MCP_HTTP_TOKEN": TOKEN},
+                        tmp_path / "dash.log", port)
+    try:
+        async with async_playwright() as p:
+            ctx = await p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=str(CHROMIUM),
+                                                             args=CHROMIUM_ARGS)
+            page = await ctx.new_page()
+            resp = await page.goto(f"http://127.0.0.1:{port}/dashboard?token={TOKEN}")
+            assert resp.status == 200 and page.url == f"http://127.0.0.1:{port}/dashboard"
+            await page.inner_text("[data-testid=trading-state]")
+            await page.goto(f"http://127.0.0.1:{port}/dashboard/api/state")
+            await page.go_back()
+            assert page.url == f"http://127.0.0.1:{port}/dashboard"  # the back entry is the clean URL
+            await page.wait_for_timeout(500)
+            await ctx.close()
+    finally:
+        _stop(proc, errf)
+    hist = sqlite3.connect(tmp_path / "profile" / "Default" / "History")
+    try:
+        visits = hist.execute("SELECT u.url, v.transition FROM urls u JOIN visits v ON v.url = u.id").fetchall()
+    finally:
+        hist.close()
+    chain_end, server_redirect = 0x20000000, 0x80000000
+    token_visits = [t for u, t in visits if TOKEN in u]
+    assert token_visits and all(not t & chain_end for t in token_visits), visits  # redirected away, never shown
+    assert any(u.endswith("/dashboard") and t & server_redirect and t & chain_end for u, t in visits), visits
+
+
+
 def test_the_standalone_dashboard_refuses_unsafe_settings(tmp_path: Path, monkeypatch, capsys) -> None:
     from basis_mcp.cli import main
 
@@ -282,8 +325,8 @@ def test_the_chain_status_is_checked_incrementally_and_catches_an_edit(tmp_path:
     for i in range(5):
         store.append_audit(ts=float(i), market_ts=None, kind="system", name=f"row{i}", args={"i": i}, outcome="ok")
     full = []
-    real_verify = audit.verify
-    monkeypatch.setattr(audit, "verify", lambda *a: full.append(1) or real_verify(*a))
+    real_verify = ChainWatch._verify  # audit.verify's check over the dashboard's own read-only connection
+    monkeypatch.setattr(ChainWatch, "_verify", lambda self: full.append(1) or real_verify(self))
     watch = ChainWatch(db, store.audit_paths, full_every=3600.0)
     conn = sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True)
     s = watch.status(conn)
@@ -304,7 +347,7 @@ def test_the_chain_status_is_checked_incrementally_and_catches_an_edit(tmp_path:
 
 async def test_the_gate_and_the_fragments_etag_in_process(tmp_path: Path) -> None:
     from basis_mcp.dashboard.sources import Boards
-    from basis_mcp.dashboard.web import COOKIE, dashboard_app, session_value
+    from basis_mcp.dashboard.web import COOKIE, dashboard_app
 
     db = tmp_path / "g.db"
     Store(db).close()
@@ -317,14 +360,97 @@ async def test_the_gate_and_the_fragments_etag_in_process(tmp_path: Path) -> Non
             assert (await http.post("/dashboard/fragment")).status_code == 405
             assert (await http.get("/dashboard/static/dashboard.js")).status_code == 200  # the package's own files
             if token is not None:
-                r = await http.get(f"/dashboard?token={token}")
-                assert r.status_code == 200 and token not in r.text
+                r = await http.get(f"/dashboard?token={token}&x=1")
+                assert r.status_code == 303 and r.headers["location"] == "/dashboard?x=1"  # the token URL leaves history
                 cookie = r.headers["set-cookie"]
-                assert cookie.startswith(f"{COOKIE}={session_value(token)};") and "HttpOnly" in cookie
-                assert "SameSite=Strict" in cookie and "Path=/dashboard" in cookie and token not in cookie
-                http.cookies.set(COOKIE, session_value(token))
+                sid = cookie.split(";")[0].split("=", 1)[1]
+                assert len(sid) >= 40 and token not in cookie and "Max-Age=43200" in cookie and "HttpOnly" in cookie
+                assert "SameSite=Strict" in cookie and "Path=/dashboard" in cookie
+                http.cookies.set(COOKIE, "forged-" + sid[7:])
+                assert (await http.get("/dashboard/fragment")).status_code == 401
+                again = (await http.get(f"/dashboard?token={token}")).headers["set-cookie"].split(";")[0].split("=", 1)[1]
+                assert again != sid  # a fresh random id per sign-in, not a function of the token
+                http.cookies.set(COOKIE, sid)
             r = await http.get("/dashboard/fragment")
             assert r.status_code == 200 and "trading-state" in r.text
             again = await http.get("/dashboard/fragment", headers={"If-None-Match": r.headers["etag"]})
             assert again.status_code == 304  # nothing changed: nothing re-rendered, nothing sent
             assert (await http.head("/dashboard")).status_code == 200
+
+
+async def test_the_gate_refuses_dns_rebinding_and_cross_site_requests(tmp_path: Path) -> None:
+    """A page at http://rebind.attacker.example:PORT resolving to 127.0.0.1 must not read a tokenless dashboard."""
+    from basis_mcp.dashboard.sources import Boards
+    from basis_mcp.dashboard.web import dashboard_app
+
+    db = tmp_path / "r.db"
+    Store(db).close()
+    app = dashboard_app(Boards(db=db), None, root_redirect=True)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://rebind.attacker.example:8765") as http:
+        for path in ("/dashboard", "/dashboard/api/state", "/dashboard/fragment", "/dashboard/chart/BTC.png"):
+            r = await http.get(path)
+            assert r.status_code == 421 and "equity" not in r.text.lower()
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8765") as http:
+        assert (await http.get("/dashboard/api/state", headers={"Host": "localhost:8765"})).status_code == 200
+        assert (await http.get("/dashboard/api/state", headers={"Host": "[::1]:8765"})).status_code == 200
+        assert (await http.get("/dashboard/api/state", headers={"Host": "127.0.0.1:9999"})).status_code == 421
+        assert (await http.get("/dashboard/api/state", headers={"Sec-Fetch-Site": "cross-site"})).status_code == 403
+        assert (await http.get("/dashboard/api/state", headers={"Sec-Fetch-Site": "same-site"})).status_code == 403
+        assert (await http.get("/dashboard/api/state", headers={"Origin": "http://127.0.0.1:18934"})).status_code == 403
+        ok = await http.get("/dashboard/api/state", headers={"Origin": "http://127.0.0.1:8765", "Sec-Fetch-Site": "same-origin"})
+        assert ok.status_code == 200 and "money" in ok.json()
+    # a non-loopback bind with a token also accepts its own name, and nothing else
+    app = dashboard_app(Boards(db=db), TOKEN, host="dash.internal")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://dash.internal",
+                                 headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+        assert (await http.get("/dashboard/api/state")).status_code == 200
+        assert (await http.get("/dashboard/api/state", headers={"Host": "evil.example"})).status_code == 421
+
+
+
+async def test_a_closed_book_is_read_without_sidecars_and_broken_chains_are_labelled(tmp_path: Path) -> None:
+    """No server holds the book: it is opened immutable (no -wal/-shm created). A dropped audit table shows as
+    tampered (not a 500), a missing key as unverifiable."""
+    import shutil
+
+    from basis_mcp.dashboard.reader import server_holds
+    from basis_mcp.dashboard.sources import Boards
+    from basis_mcp.dashboard.web import dashboard_app
+    from basis_mcp.lease import BookLease
+
+    db = tmp_path / "c.db"
+    Store(db).close()
+    for p in tmp_path.glob("c.db-*"):
+        p.unlink()
+
+    async def state(book: Path) -> dict:
+        app = dashboard_app(Boards(db=book), None)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as http:
+            r = await http.get("/dashboard/api/state")
+            assert r.status_code == 200, r.text
+            assert (await http.get("/dashboard")).status_code == 200
+            return r.json()
+
+    assert (await state(db))["chain"]["state"] == "tampered"  # (a book never served: no start row, no journal)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("c.db-")) == []
+    assert not server_holds(db)
+    with BookLease.acquire(db):
+        assert server_holds(db)
+
+    for suffix in ("", ".audit-key", ".audit-journal"):
+        if Path(f"{db}{suffix}").exists():
+            shutil.copy(f"{db}{suffix}", tmp_path / f"nokey.db{suffix}")
+    (tmp_path / "nokey.db.audit-key").unlink()
+    s = (await state(tmp_path / "nokey.db"))["chain"]
+    assert s["state"] == "unverifiable" and "TAMPERED" not in s["summary"] and s["summary"].startswith("UNVERIFIABLE")
+
+    for suffix in ("", ".audit-key", ".audit-journal"):
+        if Path(f"{db}{suffix}").exists():
+            shutil.copy(f"{db}{suffix}", tmp_path / f"noaudit.db{suffix}")
+    conn = sqlite3.connect(tmp_path / "noaudit.db")
+    conn.execute("DROP TABLE audit")
+    conn.commit()
+    conn.close()
+    s = (await state(tmp_path / "noaudit.db"))["chain"]
+    assert s["state"] == "tampered" and "dropped" in s["summary"]

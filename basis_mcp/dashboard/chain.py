@@ -24,6 +24,7 @@ from typing import Any
 
 from basis_mcp import audit
 from basis_mcp.clock import iso
+from basis_mcp.dashboard.reader import ro_uri
 
 FULL_EVERY = 600.0
 SYNC_ROWS = 20_000
@@ -45,14 +46,35 @@ class ChainWatch:
 
     # ------------------------------------------------------------------ full check
 
+    def _verify(self) -> audit.Verdict:
+        """`audit.verify` (what ``basis-mcp audit verify`` runs), over the dashboard's own read-only connection
+        (`ro_uri`: nothing created beside a book no server holds)."""
+        v = audit.Verdict(ok=False)
+        try:
+            key = audit.load_key(self.paths.key, create=False)
+        except audit.AuditKeyError:
+            return audit.verify(self.db, self.paths)  # (a v1 book, or the key's own message: audit.verify says which)
+        try:
+            conn = sqlite3.connect(ro_uri(self.db), uri=True)
+        except sqlite3.Error as e:
+            v.problems.append(f"cannot verify: cannot open {self.db}: {e}")
+            return v
+        try:
+            return audit._verify(conn, key, self.paths, v)  # noqa: SLF001 - the same check over this connection
+        except sqlite3.DatabaseError as e:
+            v.problems.append(f"cannot read the audit table: {e}")
+            return v
+        finally:
+            conn.close()
+
     def _full_check(self) -> None:
-        v = audit.verify(self.db, self.paths)
+        v = self._verify()
         if not v.ok:
             time.sleep(0.3)
-            v = audit.verify(self.db, self.paths)
+            v = self._verify()
         head = None
         if v.ok and v.rows:
-            conn = sqlite3.connect(self.db.resolve().as_uri() + "?mode=ro", uri=True)
+            conn = sqlite3.connect(ro_uri(self.db), uri=True)
             try:
                 row = conn.execute("SELECT hash FROM audit WHERE id = ?", (v.rows,)).fetchone()
             finally:
@@ -81,6 +103,8 @@ class ChainWatch:
     def status(self, conn: sqlite3.Connection) -> dict[str, Any]:
         """The chain's status now. ``conn`` must not be inside a read transaction (the journal is read first,
         then the table, so a checkpoint written meanwhile is always of a row the table already shows)."""
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit'").fetchone() is None:
+            return {"state": "tampered", "rows": 0, "summary": "TAMPERED: the audit table is gone (dropped)", "notes": []}
         rows = conn.execute("SELECT COALESCE(MAX(id), 0) FROM audit").fetchone()[0]
         with self._lock:
             due = self._full_due or (time.time() - self._full_at > self.full_every)
@@ -92,8 +116,10 @@ class ChainWatch:
             return {"state": "checking", "rows": rows, "summary": f"verifying the chain of {rows} rows…", "notes": []}
         checked = {"full_check_at": iso(self._full_at), "rows": rows}
         if not full.ok:
-            unverifiable = any(p.startswith("cannot verify") for p in full.problems)
-            return {**checked, "state": "unverifiable" if unverifiable else "tampered", "summary": full.text().splitlines()[0],
+            if any(p.startswith("cannot verify") for p in full.problems):  # no key: neither intact nor tampered
+                return {**checked, "state": "unverifiable", "summary": "UNVERIFIABLE: " + full.problems[0],
+                        "notes": full.problems[1:] + full.notes}
+            return {**checked, "state": "tampered", "summary": full.text().splitlines()[0],
                     "notes": full.problems[1:] + full.notes}
         problem = self._incremental(conn, verified) if verified else None
         if problem is None:
@@ -101,7 +127,9 @@ class ChainWatch:
                 key = audit.load_key(self.paths.key, create=False)
                 problem = audit.quick_check(conn, key, self.paths.journal)
             except audit.AuditKeyError as e:
-                problem = str(e)
+                with self._lock:
+                    self._full_due = True
+                return {**checked, "state": "unverifiable", "summary": f"UNVERIFIABLE: cannot verify: {e}", "notes": full.notes}
         if problem is not None:
             with self._lock:
                 self._full_due = True  # the next refresh runs the full check, which has the last word

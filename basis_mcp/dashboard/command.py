@@ -36,13 +36,17 @@ def _refusal(db: Path) -> str | None:
 
     if not db.is_file():
         return f"no database at {db} (pick the book with --market/--live/--readonly/--venue as for serve, or --db)"
+    from basis_mcp.dashboard.reader import ro_uri
+
     try:
-        conn = sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True)
+        conn = sqlite3.connect(ro_uri(db), uri=True)
         try:
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         finally:
             conn.close()
     except sqlite3.Error as e:
+        if not os.access(db.resolve().parent, os.W_OK):  # a served WAL book needs its -shm beside it
+            return f"cannot read {db} (directory not writable: {db.resolve().parent}; SQLite needs its -shm file there) ({e})"
         return f"{db} is not a basis-mcp book ({e})"
     if row is None or not str(row[0]).isdigit():
         return f"{db} is not a basis-mcp book (no schema version)"
@@ -79,7 +83,8 @@ def run_dashboard(args: argparse.Namespace, db: Path, paths: AuditPaths) -> int:
         return 2
     if token:
         register_secret(token)
-    app = dashboard_app(Boards(db=db, settings=settings, paths=paths), token, root_redirect=True)
+    app = dashboard_app(Boards(db=db, settings=settings, paths=paths), token, root_redirect=True,
+                        host=args.host)
     auth = ("open it once with ?token=<$" + TOKEN_ENV + ">" if token
             else f"NO token required (loopback only; set {TOKEN_ENV} to require one)")
     print(f"basis-mcp: read-only dashboard of {db} at http://{args.host}:{args.port}/dashboard; {auth}", file=sys.stderr)

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sqlite3
 import threading
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from basis_mcp.clock import iso
 from basis_mcp.config import Settings
 from basis_mcp.desk.book import OPEN_STATES, Book
 from basis_mcp.guardrails import drawdown
-from basis_mcp.ledger import pnl
+from basis_mcp.ledger import held_by_leg, pnl
 from basis_mcp.strategies.base import SPOT_LIKE
 
 RECENT = 20  # fills, alerts and watchdog actions shown
@@ -38,12 +39,39 @@ CHART_SYMBOLS = 4
 PAPER_BOOKS = {"perp": "perp", "margin_spot": "margin", "future": "future"}  # the paper venue's isolated books (venue.paper)
 
 
+def server_holds(db: Path | str) -> bool:
+    """Does a server hold the book's lease (`basis_mcp.lease`: an ``flock`` on the database file on Linux)? Read
+    from ``/proc/locks``, without taking any lock (a probe lock could make a starting server refuse the book).
+    True when it cannot be told (elsewhere than Linux): the safe answer."""
+    try:
+        st = Path(db).resolve().stat()
+        text = Path("/proc/locks").read_text()
+    except OSError:
+        return True
+    me = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    return any(len(f) > 5 and f[1] == "FLOCK" and f[5] == me for f in (line.split() for line in text.splitlines()))
+
+
+def ro_uri(db: Path | str) -> str:
+    """``mode=ro``; plus ``immutable=1`` when no server holds the book and no WAL is pending (immutable ignores the
+    WAL), so reading a closed book creates no -wal/-shm beside it and works in a directory this user cannot write.
+    Decided per connection (one per refresh)."""
+    real = Path(db).resolve()
+    uri = real.as_uri() + "?mode=ro"
+    wal = real.with_name(real.name + "-wal")
+    pending = wal.exists() and wal.stat().st_size > 0  # a writer (an operator command, a crashed server) left a WAL
+    return uri if pending or server_holds(real) else uri + "&immutable=1"
+
+
 def connect_ro(db: Path | str) -> sqlite3.Connection:
-    """A read-only connection (``mode=ro``: SQLite refuses any write on it), autocommit."""
-    conn = sqlite3.connect(Path(db).resolve().as_uri() + "?mode=ro", uri=True, timeout=5.0, isolation_level=None,
-                           check_same_thread=False)
+    """A read-only connection (``mode=ro``: SQLite refuses any write on it; see `ro_uri`), autocommit."""
+    conn = sqlite3.connect(ro_uri(db), uri=True, timeout=5.0, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     return conn
+
+
+def has_table(ro: ReadOnlyStore, name: str) -> bool:
+    return ro.one("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)) is not None
 
 
 class ReadOnlyStore:
@@ -164,7 +192,8 @@ class Reader:
     @staticmethod
     def version(ro: ReadOnlyStore) -> tuple:
         """Changes whenever anything the board shows can have changed (with the clock for a live book)."""
-        r = ro.one("SELECT (SELECT MAX(id) FROM audit) AS a, (SELECT MAX(id) FROM alerts) AS al,"
+        audit = "(SELECT MAX(id) FROM audit)" if has_table(ro, "audit") else "NULL"
+        r = ro.one(f"SELECT {audit} AS a, (SELECT MAX(id) FROM alerts) AS al,"
                    " (SELECT MAX(id) FROM fills) AS f, (SELECT MAX(id) FROM funding_payments) AS fp,"
                    " (SELECT MAX(id) FROM borrow_payments) AS bp,"
                    " (SELECT group_concat(id || status) FROM positions WHERE status IN ('opening','open','closing')) AS p,"
@@ -217,10 +246,10 @@ class Reader:
             "alerts": [{"id": r["id"], "market_time": iso(r["market_ts"]), "severity": r["severity"], "rule": r["rule"],
                         "message": _clip(r["message"], 500)}
                        for r in ro.q("SELECT * FROM alerts ORDER BY id DESC LIMIT ?", (RECENT,))],
-            "watchdog": self._watchdog_actions(ro),
+            "watchdog": self._watchdog_actions(ro) if "audit" in tables else [],
             "audit_tail": [self._audit_row(r) for r in ro.q(
                 "SELECT id, ts, market_ts, kind, name, args_json, outcome, detail FROM audit ORDER BY id DESC LIMIT ?",
-                (AUDIT_TAIL,))],
+                (AUDIT_TAIL,))] if "audit" in tables else [],  # a dropped audit table: the chain status says tampered
             "equity_curve": self._equity_curve(ro, cap, now, equity),
             "charts": self._chart_symbols(ro, now, [p["symbol"] for p in positions]),
         }
@@ -338,26 +367,45 @@ def equity_curve(ro: ReadOnlyStore, capital: float, now: float, points: int = CU
     grid_all = sorted({t for ts, _, _ in samples.values() for t in ts if t0 <= t <= now} | {t0})
     step = max(1, math.ceil(len(grid_all) / points))
     grid = sorted(set(grid_all[::step]) | {f["ts"] for f in fills[-points:]})
-    fill_ts = {pid: [f["ts"] for f in fs] for pid, fs in by_pos.items()}
-    flow_ts = {pid: [t for t, _ in fl] for pid, fl in flows.items()}
+    # Each position is marked only at the points between its first fill and its last event (fill, funding or
+    # borrow); after that a flat position contributes a constant (its P&L needs no mark), so a book of thousands
+    # of closed round trips costs O(points + its events), not O(points x positions).
+    n_grid = len(grid)
+    per_point = [0.0] * n_grid
+    from_here = [0.0] * (n_grid + 1)  # a flat position's final P&L, added from its first point after its last event
+    for pid, fs in by_pos.items():
+        fl = flows.get(pid, [])
+        fts = [f["ts"] for f in fs]
+        flow_ts = [t for t, _ in fl]
+        last = max(fts[-1], flow_ts[-1] if flow_ts else fts[-1])
+        held = held_by_leg(fs)
+        scale = max((f["quantity"] for f in fs), default=0.0)
+        flat = all(abs(q) <= 1e-9 * max(1.0, scale) for q in held.values())
+        i0 = bisect_left(grid, fts[0])
+        i1 = bisect_right(grid, last) if flat else n_grid
+        for i in range(i0, i1):
+            per_point[i] += _pnl_at(grid[i], fs, fts, fl, flow_ts, samples)
+        if flat and i1 < n_grid:
+            from_here[i1] += _pnl_at(grid[i1], fs, fts, fl, flow_ts, samples)
     out = []
-    for t in grid:
-        total = 0.0
-        for pid, fs in by_pos.items():
-            n = bisect_right(fill_ts[pid], t)
-            if not n:
-                continue
-            done = fs[:n]
-            marks: dict[Hashable, float] = {}
-            for f in done:
-                ts, spot, perp = samples[f["symbol"]]
-                k = bisect_right(ts, t) - 1
-                if k >= 0 and f["market"] in ("spot", "margin_spot", "perp"):
-                    marks[f["leg_id"]] = spot[k] if f["market"] in SPOT_LIKE else perp[k]
-                else:
-                    marks[f["leg_id"]] = f["price"]  # no sample: at its last fill
-            m = bisect_right(flow_ts.get(pid, []), t)
-            amounts = [a for _, a in flows.get(pid, [])[:m]]
-            total += pnl(done, amounts, marks).total_usd
-        out.append((t, capital + total))
+    constant = 0.0
+    for i, t in enumerate(grid):
+        constant += from_here[i]
+        out.append((t, capital + constant + per_point[i]))
     return out
+
+
+def _pnl_at(t: float, fs: list[dict[str, Any]], fts: list[float], fl: list[tuple[float, float]], flow_ts: list[float],
+            samples: dict[str, tuple[list[float], list[float], list[float]]]) -> float:
+    """One position's P&L at ``t``: its fills and flows up to t, open quantity at the basis samples at t."""
+    done = fs[: bisect_right(fts, t)]
+    marks: dict[Hashable, float] = {}
+    for f in done:
+        ts, spot, perp = samples[f["symbol"]]
+        k = bisect_right(ts, t) - 1
+        if k >= 0 and f["market"] in ("spot", "margin_spot", "perp"):
+            marks[f["leg_id"]] = spot[k] if f["market"] in SPOT_LIKE else perp[k]
+        else:
+            marks[f["leg_id"]] = f["price"]  # no sample: at its last fill
+    amounts = [a for _, a in fl[: bisect_right(flow_ts, t)]]
+    return pnl(done, amounts, marks).total_usd

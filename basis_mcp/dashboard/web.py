@@ -9,21 +9,26 @@ Routes (GET and HEAD only; any other method answers 405 before anything is read)
 - ``/dashboard/chart/SYM.png``   the basis/funding chart of a symbol
 - ``/dashboard/static/…``        the page's CSS and script (no CDN, no build step)
 
-The token gate (`Gate`), when the server has a token: ``Authorization: Bearer <token>``, or the
-token once as ``?token=`` (the answer sets an HttpOnly, SameSite=Strict cookie holding an HMAC
-of the token, never the token itself, and the page's script drops the query from the address
-bar), or that cookie. Every comparison is constant-time; a request without any of them gets a
-401 page that shows nothing of the book. The token is never rendered, and never logged.
+The gate (`Gate`) first refuses, token or not, a Host header that is not this server's (421: DNS
+rebinding) and a cross-site request (``Sec-Fetch-Site`` other than same-origin/none, or a foreign
+``Origin``: 403). Then, when the server has a token: ``Authorization: Bearer <token>``, or the
+token once as ``?token=`` (answered by a 303 to the same URL without it, setting an HttpOnly,
+SameSite=Strict cookie holding a random session id kept in memory for `SESSION_TTL`: never the
+token, and a restart signs everyone out), or that cookie. Every comparison is constant-time; a
+request without any of them gets a 401 page that shows nothing of the book. The token is never
+rendered, and never logged.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import re
+import secrets
+import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.applications import Starlette
@@ -38,6 +43,8 @@ from basis_mcp.dashboard.sources import Boards, NotReady
 PREFIX = "/dashboard"
 COOKIE = "basis_mcp_dashboard"
 POLL_SECONDS = 2.0
+SESSION_TTL = 12 * 3600.0  # a session cookie's lifetime (Max-Age), seconds
+MAX_SESSIONS = 256
 SYMBOL = re.compile(r"^[A-Za-z0-9._@-]{1,40}$")
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -46,11 +53,6 @@ SECURITY_HEADERS = [
     (b"content-security-policy", b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
                                  b"connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"),
 ]
-
-
-def session_value(token: str) -> str:
-    """What the cookie holds: an HMAC of the token (the cookie opens the dashboard, never the MCP endpoint)."""
-    return hmac.new(token.encode(), b"basis-mcp dashboard session v1", hashlib.sha256).hexdigest()
 
 
 def is_dashboard_path(path: str) -> bool:
@@ -94,14 +96,93 @@ def render(name: str, **ctx: Any) -> str:
 
 # ---------------------------------------------------------------------------- the gate
 
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "[::1]"})
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]", ""})
+
+
+def _host_name(host: str) -> str:
+    host = host.strip().lower()
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _split_host(value: str) -> tuple[str, int | None] | None:
+    """(name, port or None) of a Host header; None when it does not parse."""
+    value = value.strip().lower()
+    m = re.fullmatch(r"(\[[0-9a-f:.]+\]|[a-z0-9._-]+)(?::([0-9]{1,5}))?", value)
+    if m is None:
+        return None
+    return m.group(1), int(m.group(2)) if m.group(2) else None
+
 
 class Gate:
-    """Method check, then the token (see module docstring), then the app; security headers on every answer."""
+    """Method check, then the Host/Origin check (DNS rebinding and cross-site requests), then the token (see module
+    docstring), then the app; security headers on every answer.
 
-    def __init__(self, app: ASGIApp, token: str | None):
+    ``host``: the address the server was told to bind. Host headers naming 127.0.0.1, localhost or [::1] are
+    accepted; the configured host too when it is not loopback and a token is set (any name when it is a wildcard
+    such as 0.0.0.0: the token is then what guards the book). A Host port must be the bound port."""
+
+    def __init__(self, app: ASGIApp, token: str | None, host: str | None = None, session_ttl: float = SESSION_TTL):
         self.app = app
         self.token = token
-        self.session = session_value(token) if token else None
+        self.session_ttl = session_ttl
+        self.sessions: dict[str, float] = {}  # session id -> expiry (monotonic); in memory: a restart drops them all
+        name = _host_name(host or "127.0.0.1")
+        self.names = set(LOOPBACK_NAMES)
+        self.any_name = False
+        if token and name not in LOOPBACK_NAMES:
+            if name in WILDCARD_HOSTS:
+                self.any_name = True
+            else:
+                self.names.add(name)
+
+    # ------------------------------------------------------------------ sessions
+
+    def new_session(self) -> str:
+        now = time.monotonic()
+        for sid, until in list(self.sessions.items()):
+            if until <= now:
+                del self.sessions[sid]
+        if len(self.sessions) >= MAX_SESSIONS:
+            self.sessions.pop(next(iter(self.sessions)))
+        sid = secrets.token_urlsafe(32)
+        self.sessions[sid] = now + self.session_ttl
+        return sid
+
+    def valid_session(self, sid: str) -> bool:
+        if not sid:
+            return False
+        ok = False
+        for known, until in list(self.sessions.items()):  # constant-time per comparison
+            if hmac.compare_digest(known.encode(), sid.encode()):
+                ok = until > time.monotonic()
+                if not ok:
+                    del self.sessions[known]
+        return ok
+
+    # ------------------------------------------------------------------ Host and Origin
+
+    def _foreign(self, scope: Scope, request: Request) -> str | None:
+        """Why this request is refused before anything else (a foreign Host or a cross-site request), or None."""
+        raw = request.headers.get("host")
+        parsed = _split_host(raw) if raw is not None else None
+        if parsed is None:
+            return "a missing or malformed Host header"
+        name, port = parsed
+        if not self.any_name and name not in self.names:
+            return "a Host header that is not this server's"
+        server = scope.get("server")
+        if port is not None and server and server[1] is not None and port != int(server[1]):
+            return "a Host header with another port"
+        site = request.headers.get("sec-fetch-site")
+        if site is not None and site.lower() not in ("same-origin", "none"):
+            return "a request from another site"
+        origin = request.headers.get("origin")
+        if origin is not None:
+            scheme = scope.get("scheme", "http")
+            if origin.lower() != f"{scheme}://{raw.strip().lower()}":
+                return "a request from another origin"
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -122,34 +203,42 @@ class Gate:
             await Response("the dashboard is read-only: GET only\n", 405, headers={"allow": "GET, HEAD"},
                            media_type="text/plain")(scope, receive, send_with_headers)
             return
+        request = Request(scope)
+        why = self._foreign(scope, request)
+        if why is not None:
+            status = 421 if "Host" in why else 403
+            await Response(f"refused: {why}\n", status, media_type="text/plain")(scope, receive, send_with_headers)
+            return
         if self.token is None or scope.get("path", "").startswith(PREFIX + "/static/"):  # the package's CSS and script
             await self.app(scope, receive, send_with_headers)
             return
-        request = Request(scope)
         offered = request.query_params.get("token")
         if offered is not None:
             if hmac.compare_digest(offered.encode(), self.token.encode()):
-                scope = {**scope, "basis_mcp.sign_in": True}
-
-                async def send_cookie(message: Message) -> None:
-                    if message["type"] == "http.response.start":
-                        secure = "; Secure" if scope.get("scheme") == "https" else ""
-                        cookie = f"{COOKIE}={self.session}; HttpOnly; SameSite=Strict; Path={PREFIX}{secure}"
-                        message = {**message, "headers": [*message.get("headers", []), (b"set-cookie", cookie.encode())]}
-                    await send_with_headers(message)
-
-                await self.app(scope, receive, send_cookie)
+                await self._sign_in(scope, request, receive, send_with_headers)
                 return
             await self._denied(scope, receive, send_with_headers, "the token in the address is wrong")
             return
         bearer = request.headers.get("authorization", "")
-        cookie = request.cookies.get(COOKIE, "")
-        assert self.session is not None
         if hmac.compare_digest(bearer.encode(), f"Bearer {self.token}".encode()) or \
-                hmac.compare_digest(cookie.encode(), self.session.encode()):
+                self.valid_session(request.cookies.get(COOKIE, "")):
             await self.app(scope, receive, send_with_headers)
             return
-        await self._denied(scope, receive, send_with_headers, "no token" if not (bearer or cookie) else "the token is wrong")
+        cookie = request.cookies.get(COOKIE, "")
+        await self._denied(scope, receive, send_with_headers,
+                           "no token" if not (bearer or cookie) else
+                           "the session expired (or the server restarted)" if cookie and not bearer else "the token is wrong")
+
+    async def _sign_in(self, scope: Scope, request: Request, receive: Receive, send: Send) -> None:
+        """The token once in the address: a fresh session cookie and a 303 to the same URL without the token, so
+        the token-bearing URL is never the page's history entry."""
+        query = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "token"])
+        target = scope.get("path", PREFIX) + (f"?{query}" if query else "")
+        secure = "; Secure" if scope.get("scheme") == "https" else ""
+        cookie = (f"{COOKIE}={self.new_session()}; Max-Age={int(self.session_ttl)}; HttpOnly; SameSite=Strict;"
+                  f" Path={PREFIX}{secure}")
+        resp = Response(status_code=303, headers={"location": target, "set-cookie": cookie, "referrer-policy": "no-referrer"})
+        await resp(scope, receive, send)
 
     @staticmethod
     async def _denied(scope: Scope, receive: Receive, send: Send, why: str) -> None:
@@ -165,7 +254,7 @@ class Gate:
 # ---------------------------------------------------------------------------- routes
 
 
-def dashboard_app(boards: Boards, token: str | None, *, root_redirect: bool = False) -> ASGIApp:
+def dashboard_app(boards: Boards, token: str | None, *, root_redirect: bool = False, host: str | None = None) -> ASGIApp:
     async def unavailable(e: Exception) -> Response:
         return HTMLResponse(render("denied.html", why=None, unavailable=str(e)), 503)
 
@@ -174,7 +263,7 @@ def dashboard_app(boards: Boards, token: str | None, *, root_redirect: bool = Fa
             etag, board = await boards.board()
         except NotReady as e:
             return await unavailable(e)
-        return HTMLResponse(render("page.html", b=board, etag=etag, signed_in=bool(request.scope.get("basis_mcp.sign_in"))))
+        return HTMLResponse(render("page.html", b=board, etag=etag))
 
     async def fragment(request: Request) -> Response:
         try:
@@ -216,4 +305,4 @@ def dashboard_app(boards: Boards, token: str | None, *, root_redirect: bool = Fa
     ]
     if root_redirect:
         routes.append(Route("/", lambda r: RedirectResponse(PREFIX, 307), methods=["GET"]))
-    return Gate(Starlette(routes=routes), token)
+    return Gate(Starlette(routes=routes), token, host)

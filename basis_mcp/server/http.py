@@ -211,7 +211,7 @@ def http_app(server: MCPServer, host: str, token: str | None = None) -> ASGIApp:
         register_secret(token)
         app = BearerToken(app, token)
     boards = Boards(desk_of=lambda: getattr(auditor, "desk", None))  # the desk the MCP lifespan opened
-    return WithDashboard(app, dashboard_app(boards, token or None))
+    return WithDashboard(app, dashboard_app(boards, token or None, host=host))
 
 
 def run_http(server: MCPServer, host: str, port: int, token: str | None = None) -> None:

@@ -3,13 +3,7 @@
   "use strict";
   var board = document.getElementById("board");
   if (!board) return;
-  // a token that came in the address leaves it, and the history entry, at once (the session cookie is set)
-  if (/[?&]token=/.test(location.search)) {
-    var params = new URLSearchParams(location.search);
-    params.delete("token");
-    var q = params.toString();
-    history.replaceState(null, "", location.pathname + (q ? "?" + q : "") + location.hash);
-  }
+  // a token that came in the address never reaches this page: the server answered it with a 303 to the clean URL
   var etag = board.getAttribute("data-etag");
   var every = parseInt(board.getAttribute("data-poll-ms"), 10) || 2000;
   var url = board.getAttribute("data-fragment");
