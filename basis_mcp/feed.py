@@ -6,6 +6,7 @@ ccxt feed implements the same surface.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -20,7 +21,7 @@ from basis_mcp.dated import (
     simulated_price,
     underlying,
 )
-from basis_mcp.history import HOUR, DataError, SymbolHistory, funding_schedule, mean_rate
+from basis_mcp.history import HOUR, DataError, FundingTable, SymbolHistory, funding_schedule, mean_rate
 from basis_mcp.signals import basis_pct
 
 
@@ -118,6 +119,7 @@ class ReplayFeed:
     """
 
     venue = "binance"
+    reference = False  # the hour-by-hour reference replay on: the funding schedule read with NumPy (`funding_schedule`)
 
     def __init__(self, histories: dict[str, SymbolHistory], clock: Clock):
         if not histories:
@@ -131,6 +133,7 @@ class ReplayFeed:
         self._memo: dict[tuple[str, float, float | None], Snapshot] = {}
         self._spot_ffill: dict[str, np.ndarray] = {}
         self._perp_ffill: dict[str, np.ndarray] = {}
+        self.funding = {sym: FundingTable(h.funding_time, h.funding_rate) for sym, h in histories.items()}
         for sym, hist in histories.items():  # a missing or stale bar shows the last fresh price, with its age
             for arr, into in ((hist.spot, self._spot_ffill), (hist.perp, self._perp_ffill)):
                 idx = np.where(np.isnan(arr), -1, np.arange(hist.n))
@@ -185,9 +188,12 @@ class ReplayFeed:
         jp = int(self._perp_ffill[symbol][i])
         if jp < 0:
             raise MarketDataUnavailable(f"{symbol} has no perp price yet at {iso(now)}")
-        nxt_a, iv_a, last_a = funding_schedule(h.funding_time, h.funding_rate, now)
-        nxt, interval_h = float(nxt_a[0]), float(iv_a[0])
-        last_rate = None if np.isnan(last_a[0]) else float(last_a[0])
+        if self.reference:  # the reference replay reads the schedule through the vectorised function, as it always has
+            nxt_a, iv_a, last_a = funding_schedule(h.funding_time, h.funding_rate, now)
+            nxt, interval_h = float(nxt_a[0]), float(iv_a[0])
+            last_rate = None if np.isnan(last_a[0]) else float(last_a[0])
+        else:
+            nxt, interval_h, last_rate = self.funding[symbol].schedule(now)
         return Snapshot(
             symbol=symbol,
             venue=self.venue,
@@ -207,6 +213,21 @@ class ReplayFeed:
             mark_is_proxy=bool(h.mark_is_proxy[i]),
             prev_perp=float(h.perp[i - 1]) if i > 0 else None,  # NaN after a missing bar: only the range counts then
         )
+
+    def observed(self, symbol: str, times: np.ndarray) -> tuple[np.ndarray, ...]:
+        """`snapshot`'s two legs at each of ``times`` at once (a replay skipping hours with nothing open):
+        (available, spot, perp, spot_time, perp_time), where `snapshot` would raise MarketDataUnavailable
+        wherever ``available`` is False."""
+        h = self.h[symbol]
+        t = np.asarray(times, dtype=np.float64)
+        at = t if self.frozen_at is None else np.minimum(t, self.frozen_at)
+        i = np.where(at >= h.t0, np.minimum((at - h.t0) // h.bar_s, h.n - 1), -1).astype(np.int64)
+        ok = (i >= 0) & (t <= h.t_end + HOUR)
+        i = np.maximum(i, 0)
+        j, jp = self._spot_ffill[symbol][i], self._perp_ffill[symbol][i]
+        ok &= (j >= 0) & (jp >= 0)
+        j, jp = np.maximum(j, 0), np.maximum(jp, 0)
+        return ok, h.spot[j], h.perp[jp], h.t0 + j * HOUR, h.t0 + jp * HOUR
 
     def dated_snapshot(self, code: str, at: float | None = None) -> Snapshot:
         """A dated contract as a snapshot: ``perp`` and ``mark`` are its SIMULATED price (`basis_mcp.dated`),
@@ -251,8 +272,12 @@ class ReplayFeed:
         """Settlements with t_from < time ≤ t_to, across symbols, in time order."""
         out: list[Settlement] = []
         for sym, h in self.h.items():
-            lo = int(np.searchsorted(h.funding_time, t_from, side="right"))
-            hi = int(np.searchsorted(h.funding_time, t_to, side="right"))
+            if self.reference:
+                lo = int(np.searchsorted(h.funding_time, t_from, side="right"))
+                hi = int(np.searchsorted(h.funding_time, t_to, side="right"))
+            else:  # the same counts by bisection of the settlement times (floats: exact for epoch seconds)
+                times = self.funding[sym].times
+                lo, hi = bisect.bisect_right(times, t_from), bisect.bisect_right(times, t_to)
             for k in range(lo, hi):
                 t = float(h.funding_time[k])
                 i = h.index_at(t)
@@ -267,9 +292,11 @@ class ReplayFeed:
 
     def mean_funding_rate(self, symbol: str, since: float, until: float) -> float | None:
         """Mean settled rate over (since, until], fraction per interval."""
-        h = self.h[symbol]
-        m = float(mean_rate(h.funding_time, h.funding_rate, since, until)[0])
-        return None if np.isnan(m) else m
+        if self.reference:
+            h = self.h[symbol]
+            m = float(mean_rate(h.funding_time, h.funding_rate, since, until)[0])
+            return None if np.isnan(m) else m
+        return self.funding[symbol].mean(since, until)
 
     def basis_series(self, symbol: str, t_from: float, t_to: float) -> tuple[np.ndarray, np.ndarray]:
         """(times, basis_pct) at every hour in [t_from, t_to] where both legs have a fresh price."""

@@ -92,6 +92,22 @@ class RollingZScore:
 
     def add(self, x: float) -> float | None:
         """Add a sample; return the z-score of that sample (None while warming up)."""
+        self._push(x)
+        return self.zscore(x)
+
+    def extend(self, xs: list[float]) -> None:
+        """`add` each of ``xs`` in turn, to the same state bit for bit, without the Welford steps the last
+        exact recompute among them overwrites (a replay adds weeks of samples at once)."""
+        first = self.window - self._since_exact  # the add that recomputes next
+        if len(xs) >= first:
+            last = first + (len(xs) - first) // self.window * self.window  # the last one that does, among xs
+            self._buf.extend(xs[:last])  # (the deque keeps the last `window`: the buffer that recompute reads)
+            self._recompute()
+            xs = xs[last:]
+        for x in xs:
+            self._push(x)
+
+    def _push(self, x: float) -> None:
         buf = self._buf
         if len(buf) == self.window:
             old = buf[0]
@@ -113,7 +129,6 @@ class RollingZScore:
         self._since_exact += 1
         if self._since_exact >= self.window:
             self._recompute()
-        return self.zscore(x)
 
     def zscore(self, x: float) -> float | None:
         if len(self._buf) < self.min_samples:

@@ -18,12 +18,13 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from basis_mcp import audit
+from basis_mcp.readcache import MISS, ReadCache, uncached
 from basis_mcp.redact import bound_args, scrub
 
 log = logging.getLogger("basis_mcp")
@@ -254,11 +255,53 @@ class Database:
         self._depth = 0
         self._patient = 0
         self._after_commit: list[Callable[[], None]] = []
+        self.cache: ReadCache | None = None  # on while a replay fast-forwards (`read_cache`)
+        self._relaxed = 0  # open `relaxed` blocks
         if schema:
             self.conn.executescript(schema)
 
     def close(self) -> None:
         self.conn.close()
+
+    @contextmanager
+    def read_cache(self) -> Iterator[None]:
+        """Reads inside are answered from a cache dropped on every write that may change them (`basis_mcp.readcache`)."""
+        with self._lock:
+            owner = self.cache is None  # (nested: the outermost one owns it)
+            if owner:
+                self.cache = ReadCache(self.conn, str(self.path.resolve()))
+        try:
+            yield
+        finally:
+            with self._lock:
+                if owner and self.cache is not None:
+                    self.cache.close()
+                    self.cache = None
+
+    def revalidate(self) -> None:
+        """With the read cache on: drop it if another process committed since the last look."""
+        with self._lock:
+            if self.cache is not None:
+                self.cache.revalidate()
+
+    @contextmanager
+    def relaxed(self) -> Iterator[None]:
+        """Commits inside do not wait for the disk (``synchronous=NORMAL`` in WAL mode: they survive the process
+        dying, and reach the disk with the next durable commit); nests. Inside a transaction: no change."""
+        with self._lock:
+            mine = not self._depth
+            if mine:
+                self._relaxed += 1
+                if self._relaxed == 1:
+                    self.conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            yield
+        finally:
+            if mine:
+                with self._lock:
+                    self._relaxed -= 1
+                    if self._relaxed == 0:
+                        self.conn.execute("PRAGMA synchronous=FULL")
 
     # ------------------------------------------------------------------ transactions
 
@@ -314,6 +357,8 @@ class Database:
                 self._depth = 0
                 self._after_commit.clear()
                 self.conn.execute("ROLLBACK")
+                if self.cache is not None:
+                    self.cache.rolled_back()
                 raise
             else:
                 self._depth = 0
@@ -323,9 +368,13 @@ class Database:
                     self._after_commit.clear()
                     if self.conn.in_transaction:
                         self.conn.execute("ROLLBACK")
+                    if self.cache is not None:
+                        self.cache.rolled_back()
                     if _is_busy(e) and not self._patient:
                         raise DatabaseBusy(f"the book's database {self.path} is locked by another process") from None
                     raise
+                if self.cache is not None:
+                    self.cache.committed()
                 hooks, self._after_commit = self._after_commit, []
                 for hook in hooks:
                     try:
@@ -339,20 +388,43 @@ class Database:
 
     def q(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
         with self._lock:
-            return self.conn.execute(sql, params).fetchall()
+            if (c := self.cache) is None:
+                return uncached(self.conn.execute(sql, params).fetchall())
+            return list(self._cached(c, "q", sql, params))
 
     def one(self, sql: str, params: tuple | dict = ()) -> sqlite3.Row | None:
         with self._lock:
-            return self.conn.execute(sql, params).fetchone()
+            if (c := self.cache) is None:
+                return uncached(self.conn.execute(sql, params).fetchone())
+            return self._cached(c, "one", sql, params)
+
+    def _cached(self, c: ReadCache, kind: str, sql: str, params: tuple | dict) -> Any:
+        got = c.get(kind, sql, params)
+        if got is MISS:
+            cur = self.conn.execute(sql, params)
+            got = cur.fetchall() if kind == "q" else cur.fetchone()
+            c.put(kind, sql, params, got)
+        return got
 
     def x(self, sql: str, params: tuple | dict = ()) -> sqlite3.Cursor:
         with self._lock:
             try:
-                return self.conn.execute(sql, params)
+                cur = self.conn.execute(sql, params)
             except sqlite3.OperationalError as e:
                 if _is_busy(e) and not self._depth and not self._patient:
                     raise DatabaseBusy(f"the book's database {self.path} is locked by another process") from None
                 raise
+            if self.cache is not None:
+                self.cache.wrote(sql, cur.rowcount)
+            return cur
+
+    def xmany(self, sql: str, rows: list[tuple]) -> sqlite3.Cursor:
+        """One statement over many parameter rows (inside the caller's transaction)."""
+        with self._lock:
+            cur = self.conn.executemany(sql, rows)
+            if self.cache is not None:
+                self.cache.wrote(sql, cur.rowcount)
+            return cur
 
 
 @dataclass(frozen=True)
@@ -582,20 +654,11 @@ class Store(Database):
         can lose it. Every other write (orders, fills, funding, state) keeps ``synchronous=FULL``."""
         args_json = json.dumps(bound_args(args, args_size), sort_keys=True, default=str)
         detail = None if detail is None else scrub(detail, 4000)
-        with self._lock:
-            relaxed = not durable and not self._depth
-            if relaxed:
-                self.conn.execute("PRAGMA synchronous=NORMAL")
-            try:
-                with self.tx():
-                    new_id, h = audit.append_row(self.conn, self.audit_key, ts=ts, market_ts=market_ts, kind=kind,
-                                                 name=name[:100], args_json=args_json, outcome=outcome, detail=detail,
-                                                 duration_ms=duration_ms)
-                    self._checkpoint(new_id, h)
-                    return new_id
-            finally:
-                if relaxed:
-                    self.conn.execute("PRAGMA synchronous=FULL")
+        with self._lock, (nullcontext() if durable else self.relaxed()), self.tx():
+            new_id, h = audit.append_row(self.conn, self.audit_key, ts=ts, market_ts=market_ts, kind=kind, name=name[:100],
+                                         args_json=args_json, outcome=outcome, detail=detail, duration_ms=duration_ms)
+            self._checkpoint(new_id, h)
+            return new_id
 
     def audit_problem(self) -> str | None:
         """O(1) start-up check that the chain still reaches the journal's newest checkpoint."""

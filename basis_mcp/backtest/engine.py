@@ -1,16 +1,17 @@
 """The vectorised engine: both playbooks, fills after a delay, stale bars excluded.
 
-Every per-bar quantity is an array op: basis, the rolling z-score and basis std, the basis
-averaged over the funding window, 1 h realised vol, the funding means the playbooks read,
-the entry candidates and the exit conditions that do not depend on the trade. Path
-dependence (one position per symbol, exits that depend on the entry, fills that land a
-delay after the signal) is handled by event-finding: from the current bar, the next entry is
-the first candidate whose entry check passes; it fills at the first fresh bar at or after
-the signal + ``fill_delay_seconds``; its exit signal is the earliest of the next generic exit,
-the first bar past the basis stop or a persistent sign flip (a search over that trade's bars
-only) and the max-hold bar; the exit fills after the same delay. The Python loop runs once
-per trade, never once per bar. Exit reasons are named by `playbooks.exit_signal`, the same
-function the desk's watchdog and the reference loop use.
+Every per-bar quantity is computed once for the whole history: basis, the rolling z-score and
+basis std, the basis averaged over the funding window, 1 h realised vol, the funding means the
+playbooks read (`features`; the loops in compiled passes, `core`). Path dependence (one position
+per symbol, exits that depend on the entry, fills that land a delay after the signal) is handled
+by event-finding: from the current bar, the next entry is the first candidate whose entry check
+passes; it fills at the first fresh bar at or after the signal + ``fill_delay_seconds``; its exit
+signal is the earliest of the next generic exit, the first bar past the basis stop or a
+persistent sign flip and the max-hold bar; the exit fills after the same delay. `run_vectorized`
+does that in one compiled walk (`core.scan`) and books every trade at once; the portfolio pass
+steps through the same rules one trade at a time (`TradeFinder`, whose masks and `core.exit_bar`
+the tests hold to the walk). Exit reasons follow `playbooks.exit_signal`'s rules and order, the
+function the desk's watchdog and the reference loop call; the tests hold them to the loop's.
 
 Semantics (shared with `reference.run_reference` and the paper desk): funding settling at bar
 t is paid before anything acts at t; signals and fills use only fresh bars (both legs traded
@@ -22,20 +23,18 @@ fresh bar of the range.
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
 from dataclasses import replace
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
+from basis_mcp.backtest import core
 from basis_mcp.backtest.params import BacktestParams
 from basis_mcp.backtest.prepare import Market
 from basis_mcp.backtest.results import Trade
 from basis_mcp.borrow import HOURS_PER_YEAR, BorrowModel
 from basis_mcp.dated import YEAR_S
 from basis_mcp.history import HOUR, funding_schedule, mean_rate
-from basis_mcp.playbooks import Signals, exit_signal
-from basis_mcp.signals import entry_expected_net_usd, rolling_zscore_std, settlements_in
+from basis_mcp.signals import ZSCORE_MIN_SAMPLES, ZSCORE_STD_FLOOR, entry_expected_net_usd, settlements_in
 from basis_mcp.sizing import floor_to_step
 
 DAY = 86400.0
@@ -47,77 +46,31 @@ def features(m: Market, p: BacktestParams) -> dict[str, np.ndarray]:
     """Per-bar arrays the entry and exit rules read (independent of the playbook's thresholds)."""
     valid = m.valid
     n = m.t.size
-    with np.errstate(invalid="ignore", divide="ignore"):
-        basis_raw = (m.perp - m.spot) / m.spot * 100.0
-    basis_raw[~valid] = np.nan
-    direction = p.direction
-    basis = basis_raw if direction == 1 else -basis_raw  # the rules read the basis as the position does (mirrored: reverse)
-    z = np.full(n, np.nan)
-    sd = np.full(n, np.nan)
-    vi = np.flatnonzero(valid)
+    # basis, its smoothed mean over the funding window (fresh samples in (t - H, t]) and the 1 h vol breaker (the
+    # larger of the Parkinson range and the close-to-close move over the last hour of bars; after a missing perp bar
+    # the range still counts, the move cannot; not run on bars coarser than an hour), in one compiled pass
+    basis, basis_raw, smooth, vol_ok = core.bar_features(m.spot, m.perp, m.mark_high, m.mark_low, p.direction,
+                                                         m.bars(p.basis_smoothing_hours * 3600.0), vol_bars(m.bar_s),
+                                                         float(p.vol_limit_pct))
     zw = zscore_samples(p, m.bar_s)
-    z[vi], sd[vi] = rolling_zscore_std(basis[vi], zw)
+    z, sd = core.rolling_z_std(basis, zw, ZSCORE_MIN_SAMPLES, ZSCORE_STD_FLOOR, valid)  # over the fresh samples only
     if m.expiry is not None:  # a calendar premium shrinks toward expiry: its z-score is read on the annualised premium
         # (rounded: a premium priced at the carry bound is flat, and its z lands on round numbers the two engines
         # would otherwise compare against a threshold 1e-11 apart)
-        z[vi] = np.round(rolling_zscore_std(annualised_premium(basis[vi], m.expiry, m.t[vi]), zw)[0], Z_DIGITS)
-    # the basis averaged over the funding window: fresh samples in (t - H, t]
-    w = m.bars(p.basis_smoothing_hours * 3600.0)
-    padded = np.concatenate((np.zeros(w - 1), np.where(valid, basis, 0.0)))
-    cnt_pad = np.concatenate((np.zeros(w - 1), valid.astype(np.float64)))
-    s_sum = sliding_window_view(padded, w).sum(axis=1)
-    s_cnt = sliding_window_view(cnt_pad, w).sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        smooth = np.where(valid & (s_cnt > 0), s_sum / np.maximum(s_cnt, 1.0), np.nan)  # only fresh bars decide
-    # 1 h realised vol: the larger of the Parkinson range and the close-to-close move, over the last hour of bars
-    k_h = vol_bars(m.bar_s)
-    hi, lo = m.mark_high, m.mark_low
-    if k_h > 1:  # finer bars: the hour's range is the extreme of its bars, the move is against the close an hour ago
-        pad_hi = np.concatenate((np.full(k_h - 1, -np.inf), hi))
-        pad_lo = np.concatenate((np.full(k_h - 1, np.inf), lo))
-        hi = sliding_window_view(pad_hi, k_h).max(axis=1)
-        lo = sliding_window_view(pad_lo, k_h).min(axis=1)
-    prev = np.full_like(m.perp, np.nan)
-    lag = max(k_h, 1)
-    prev[lag:] = m.perp[:-lag]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        park = hi / lo
-        park[~((hi > 0) & (lo > 0) & (hi >= lo))] = 1.0
-        np.log(park, out=park)
-        park /= 2.0 * math.sqrt(math.log(2.0))
-        c2c = m.perp / prev
-        c2c[~(prev > 0)] = 1.0
-        np.log(c2c, out=c2c)
-        np.abs(c2c, out=c2c)
-        vol = np.maximum(park, c2c, out=park)
-        vol *= 100.0
-    vol_ok = vol <= p.vol_limit_pct  # after a missing perp bar the range still counts (the close-to-close move cannot)
-    vol_ok[0] = True  # the first bar has no previous one to measure against
-    if k_h == 0:  # bars coarser than an hour: the 1 h breaker cannot be measured, so it is not run (the result says so)
-        vol_ok[:] = True
+        zc = core.rolling_z_std(annualised_premium(basis, m.expiry, m.t), zw, ZSCORE_MIN_SAMPLES, ZSCORE_STD_FLOOR, valid)[0]
+        z = np.round(zc, Z_DIGITS)
     ft = m.f_time.astype(np.float64)
-    # settlements at or before each bar: where each settlement falls among the bars (7k searches, not 57k), counted up
-    k = np.cumsum(np.bincount(np.searchsorted(m.t, ft, side="left"), minlength=m.t.size + 1)[: m.t.size])
-    k_30 = _count_before(m.t, ft, k, 30 * DAY, m.bar_s)
-    # the interval around the next settlement (the schedule's rule), gathered by settlement count
-    prev = np.concatenate(([ft[0] - 8 * HOUR], ft[:-1])) if ft.size else np.zeros(0)
-    iv_tab = np.where(np.isin((ft - prev) / HOUR, (1.0, 2.0, 4.0, 8.0)), (ft - prev) / HOUR, 8.0) if ft.size else np.full(1, 8.0)
-    if ft.size > 1:
-        tail = (ft[-1] - ft[-2]) / HOUR
-        iv_tab = np.concatenate((iv_tab, [tail if tail in (1.0, 2.0, 4.0, 8.0) else 8.0]))
-    iv = iv_tab[np.minimum(k, iv_tab.size - 1)]
-    to_8h = 8.0 / iv * 100.0
-    span_r, span_c = p.funding_exit_hours * 3600.0, p.carry_lookback_days * DAY
-    recent = np.round(mean_rate(ft, m.f_rate, m.t - span_r, m.t, lo=_count_before(m.t, ft, k, span_r, m.bar_s), hi=k) * to_8h,
-                      FUND_DIGITS)
-    carry = np.round(mean_rate(ft, m.f_rate, m.t - span_c, m.t, lo=_count_before(m.t, ft, k, span_c, m.bar_s), hi=k) * to_8h,
-                     FUND_DIGITS)
-    borrow_h = np.zeros(n)
+    # settlements at or before each bar (and 30 days earlier); the funding means the playbooks read, per 8 h at the
+    # interval around the next settlement (the schedule's rule), compared with thresholds after rounding
+    k, k_30, recent, carry = core.funding_features(m.t, ft, np.asarray(m.f_rate, dtype=np.float64),
+                                                   p.funding_exit_hours * 3600.0, p.carry_lookback_days * DAY, FUND_DIGITS)
+    borrow_h = borrow_bar = np.zeros(n)  # (untouched zeros cost no memory)
     if p.borrows:  # the funding a long receives, net of the MODELLED borrow on its short spot (as `Signals.seen_by`)
         apr = np.asarray(BorrowModel(p.borrow_scenario).apr_pct_at(m.symbol, m.t), dtype=np.float64)
         b8 = apr / HOURS_PER_YEAR * 8.0
         recent, carry = -recent - b8, -carry - b8
         borrow_h = apr / 100.0 / HOURS_PER_YEAR
+        borrow_bar = borrow_h * (m.bar_s / HOUR)
     elif p.funding_direction == -1:  # long the perp without a borrow (calendar spread): the funding it receives
         recent, carry = -recent, -carry
     return {
@@ -125,7 +78,7 @@ def features(m: Market, p: BacktestParams) -> dict[str, np.ndarray]:
         "basis": basis,
         "basis_raw": basis_raw,
         "borrow_h": borrow_h,  # per hour (the entry checks)
-        "borrow_bar": borrow_h * (m.bar_s / HOUR),  # per bar (what a bar held accrues)
+        "borrow_bar": borrow_bar,  # per bar (what a bar held accrues)
         "z": z,
         "std": sd,
         "smooth": smooth,
@@ -167,18 +120,6 @@ def rules_not_run(bar_s: float) -> list[str]:
     return []
 
 
-def _count_before(t: np.ndarray, ft: np.ndarray, k: np.ndarray, span: float, bar_s: float = HOUR) -> np.ndarray:
-    """Settlements at or before t - span for every bar: on the regular grid that is the count ``span``
-    earlier (a shift), searched only where the grid has no bar that far back."""
-    lag = span / bar_s
-    if lag != int(lag) or int(lag) >= t.size:
-        return np.searchsorted(ft, t - span, side="right")
-    lag = int(lag)
-    if lag == 0:
-        return k
-    return np.concatenate((np.searchsorted(ft, t[:lag] - span, side="right"), k[:-lag]))
-
-
 def schedule_at(m: Market, f: dict[str, np.ndarray], idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """At the bars ``idx``: (next settlement time, interval in hours, the funding rate the
     convergence entry check assumes: the 30-day mean settled rate, else the last one, else 0)."""
@@ -189,219 +130,170 @@ def schedule_at(m: Market, f: dict[str, np.ndarray], idx: np.ndarray) -> tuple[n
     return nxt, iv, np.where(np.isnan(mean30), last0, mean30)
 
 
-def signals_at(f: dict[str, np.ndarray], i: int) -> Signals:
-    def opt(a: np.ndarray) -> float | None:
-        x = float(a[i])
-        return None if math.isnan(x) else x
-
-    return Signals(basis_pct=float(f["basis"][i]), basis_smooth_pct=opt(f["smooth"]), basis_std_pct=opt(f["std"]),
-                   funding_recent_8h_pct=opt(f["fund_recent"]), funding_carry_8h_pct=opt(f["fund_carry"]))
-
-
 def run_vectorized(m: Market, p: BacktestParams, f: dict[str, np.ndarray] | None = None) -> list[Trade]:
+    """Every trade of one symbol at the fixed size: one compiled walk over the bars (`core.scan`) finds the
+    trades and why they exit, then all of them are booked at once. A candidate whose entry check lands within a
+    cent of zero (array and scalar evaluation orders differ ~1e-9) is decided by the desk's scalar function."""
     f = f or features(m, p)
-    finder = TradeFinder(m, p, f)
-    entries, exits, qtys, reasons = [], [], [], []
-    bar = m.i0
+    e, x, why, sig, _ = walk(m, p, f, context(m, p, f))
+    qtys = np.array([floor_to_step(p.notional_usd / m.spot[b], m.qty_step) for b in sig.tolist()])  # sized at the signal
+    return book_trades(m, p, f, e, x, qtys, [core.REASONS[k] for k in why.tolist()])
+
+
+def walk(m: Market, p: BacktestParams, f: dict[str, np.ndarray], ctx: tuple) -> tuple[np.ndarray, ...]:
+    """`core.scan` over the whole range, the few candidates within a cent of zero decided by the scalar check:
+    (entry fills, exit fills, reason codes, signal bars, the (query, candidate, status) answers on the way)."""
+    A, B, S, R, E = ctx
+    parts = []
+    start, force = m.i0, (-1, False)
     while True:
-        nxt = finder.next_trade(bar, finder.fixed_qty)
-        if nxt is None:
+        e, x, why, sig, unsure, log = core.scan(start, *force, A, B, S, R, E)
+        parts.append((e, x, why, sig, log.T))
+        if unsure < 0:
             break
-        e, x, q, reason = nxt
-        entries.append(e)
-        exits.append(x)
-        qtys.append(q)
-        reasons.append(reason)
-        bar = x + 1
-    return book_trades(m, p, f, np.array(entries, dtype=np.int64), np.array(exits, dtype=np.int64), np.array(qtys), reasons)
+        start, force = unsure, (unsure, _entry_ok_at(m, p, f, unsure, floor_to_step(p.notional_usd / m.spot[unsure], m.qty_step)))
+    return tuple(np.concatenate(a) for a in zip(*parts, strict=True))
+
+
+def context(m: Market, p: BacktestParams, f: dict[str, np.ndarray], fixed: bool = True) -> tuple:
+    """What the compiled walk reads, as `core` takes it: (arrays, bar bounds, timing, exit rules, entry rules)."""
+    r, c = p.rules, m.costs
+    carry = p.playbook == "carry"
+    valid = f["valid"]
+    last_valid = m.i1
+    while last_valid >= m.i0 and not valid[last_valid]:  # the range's last fresh bar (-1: none)
+        last_valid -= 1
+    last_valid = last_valid if last_valid >= m.i0 else -1
+    recall_t, recall_bar = recalls(m, p, valid)
+    fr = np.asarray(m.f_rate, dtype=np.float64)
+    A = (m.t, valid, m.spot, m.perp, f["basis"], f["z"], f["std"], f["smooth"], f["vol_ok"], f["fund_recent"],
+         f["fund_carry"], f["settled"], f["settled_30d_ago"], f["f_time"], fr, np.concatenate(([0.0], np.cumsum(fr))),
+         f["borrow_h"], recall_t, recall_bar)
+    B = (int(m.i0), int(m.i1), -1 if m.entry_i1 is None else int(m.entry_i1), last_valid)
+    S = (float(r.max_hold(p.playbook) * DAY), float(p.fill_delay_seconds), float(carry), float(fixed))
+    decimals = max(0, -int(math.floor(math.log10(m.qty_step)))) if m.qty_step < 1 else 0
+    E = tuple(float(v) for v in (
+        p.notional_usd, m.qty_step, c.spot.taker_fee, c.spot.half_spread_bps, c.spot.impact_bps_per_sqrt_musd,
+        c.perp.taker_fee, c.perp.half_spread_bps, c.perp.impact_bps_per_sqrt_musd,
+        p.carry_expected_hold_days if carry else p.expected_hold_days, carry, p.carry_cost_cover, p.direction,
+        m.expiry or 0.0, r.carry_entry_8h_pct, p.min_basis_pct, p.min_zscore, m.min_notional_usd, SLACK_USD, decimals,
+        r.basis_stop_multiple, r.basis_stop_floor_pct, r.basis_stop_sigmas))
+    R = tuple(float(v) for v in (r.basis_stop_multiple, r.basis_stop_floor_pct, r.basis_stop_sigmas, r.flip_sigmas,
+                                 r.funding_exit_8h_pct, r.funding_exit_basis_pct, r.carry_exit_8h_pct, p.exit_basis_pct,
+                                 p.exit_zscore))
+    return A, B, S, R, E
+
+
+def recalls(m: Market, p: BacktestParams, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The spike scenario's loan recalls (`BorrowModel.recall_times`) and the first fresh bar of the range at or after
+    each: a reverse position open then is closed there, at once (the venue buys the spot back, the desk unwinds the
+    perp in the same tick)."""
+    n = m.t.size
+    if not p.borrows:
+        return np.zeros(0), np.zeros(0, dtype=np.int64)
+    recall_t = np.array(BorrowModel(p.borrow_scenario).recall_times(float(m.t[0]) - 1.0, float(m.t[-1])), dtype=np.float64)
+    valid_idx = np.flatnonzero(valid[m.i0 : m.i1 + 1]) + m.i0
+    at = np.searchsorted(m.t[valid_idx], recall_t, side="left")
+    if not valid_idx.size:
+        return recall_t, np.full(recall_t.size, n, dtype=np.int64)
+    return recall_t, np.where(at < valid_idx.size, valid_idx[np.minimum(at, valid_idx.size - 1)], n).astype(np.int64)
+
+
+def _entry_ok_at(m: Market, p: BacktestParams, f: dict[str, np.ndarray], c: int, qty: float) -> bool:
+    """The entry check at bar ``c`` for ``qty`` with the desk's scalar functions."""
+    nxt, iv, rate = (float(a[0]) for a in schedule_at(m, f, np.array([c])))
+    if p.playbook == "carry":
+        rate = float(f["fund_carry"][c]) / 100.0 / 8.0 * iv
+    return entry_check(m, p, f, c, qty, nxt, iv, rate)
+
+
+def entry_check(m: Market, p: BacktestParams, f: dict[str, np.ndarray], c: int, qty: float, nxt: float, iv: float,
+                rate: float) -> bool:
+    """The entry check at bar ``c`` for ``qty`` (scalar: the desk's functions), given the funding schedule there."""
+    if qty <= 0 or qty * m.spot[c] < m.min_notional_usd:
+        return False
+    spot, perp, t = float(m.spot[c]), float(m.perp[c]), float(m.t[c])
+    if p.playbook == "carry":
+        from basis_mcp.playbooks import carry_entry_check, expected_carry_usd
+
+        n = settlements_in(nxt - t, iv, p.carry_expected_hold_days * DAY)
+        fees, slip = m.costs.round_trip_usd(qty, spot, perp)
+        return carry_entry_check(float(f["fund_carry"][c]), expected_carry_usd(qty, perp, rate, n), fees + slip, p.rules) is None
+    return entry_expected_net_usd(
+        qty=qty, spot=spot, perp=perp, leverage=p.leverage, costs=m.costs, hold_days=p.expected_hold_days,
+        funding_rate=rate, funding_interval_hours=iv, seconds_to_next_funding=nxt - t,
+        direction=p.direction, borrow_rate_hourly=float(f["borrow_h"][c]),
+        seconds_to_expiry=None if m.expiry is None else m.expiry - t,
+    ) > 0
 
 
 class TradeFinder:
-    """One symbol's trades, found one at a time (so a portfolio sizer can interleave symbols)."""
+    """One symbol's trades, found one at a time (so a portfolio sizer can interleave symbols): the compiled walk's
+    steps (`core.next_candidate`, `core.trade_from`), called from Python."""
 
     def __init__(self, m: Market, p: BacktestParams, f: dict[str, np.ndarray], fixed: bool = True):
-        """``fixed``: every entry is sized ``notional_usd`` (the entry check can be pre-computed for all
-        candidates); a portfolio sizer passes False and its own sizes."""
+        """``fixed``: every entry is sized ``notional_usd`` (the entry check is computed with the candidates); a
+        portfolio sizer passes False and its own sizes."""
         self.m, self.p, self.f = m, p, f
-        self.rules = p.rules
-        n = m.t.size
-        bar = np.arange(n)
-        valid, basis, z = f["valid"], f["basis"], f["z"]
-        in_range = (bar >= m.i0) & (bar <= m.i1)
-        self.valid_idx = np.flatnonzero(valid & in_range)
-        self.valid_t = m.t[self.valid_idx]
-        self.last_valid = int(self.valid_idx[-1]) if self.valid_idx.size else -1
-        r = self.rules
-        smooth, sd = f["smooth"], f["std"]
-        with np.errstate(invalid="ignore"):
-            floor = np.maximum(r.basis_stop_floor_pct, np.where(np.isnan(sd), 0.0, r.basis_stop_sigmas * sd))
-            self.floor = floor
-            # an entry whose stop would fire at once (the smoothed basis already far above it) is not taken
-            not_blown = ~(smooth > r.basis_stop_multiple * np.maximum(basis, floor))
-            if p.playbook == "carry":
-                cand = in_range & valid & f["vol_ok"] & (f["fund_carry"] >= r.carry_entry_8h_pct) & not_blown
-                generic = in_range & valid & (f["fund_carry"] < r.carry_exit_8h_pct)
-                self.flip = np.zeros(n, dtype=bool)
-            else:
-                cand = (in_range & valid & (basis >= p.min_basis_pct) & (z >= p.min_zscore) & f["vol_ok"] & not_blown)
-                if m.entry_i1 is not None:  # a calendar contract: entries only while the desk would choose it
-                    cand &= bar <= m.entry_i1
-                funding_rev = (f["fund_recent"] < r.funding_exit_8h_pct) & (smooth < r.funding_exit_basis_pct)
-                generic = in_range & valid & (funding_rev | (basis <= p.exit_basis_pct) | (z <= p.exit_zscore))
-                self.flip = in_range & valid & (smooth < -r.flip_sigmas * sd)  # for positions entered at a positive basis
-        cand_idx = np.flatnonzero(cand)
-        nxt_c, iv_c, rate_c = schedule_at(m, f, cand_idx)
-        if p.playbook == "carry":
-            rate_c = f["fund_carry"][cand_idx] / 100.0 / 8.0 * iv_c  # the carry's own lookback mean, per settlement
-        # the entry check at the fixed size, for every candidate at once: where it is far from zero the array
-        # answer stands; within a cent of zero the scalar function decides (array and scalar orders differ ~1e-9)
         self.fixed_sizing = fixed
-        approx = _entry_margin(m, p, cand_idx, nxt_c, iv_c, rate_c, f["borrow_h"][cand_idx])
-        keep = approx > -SLACK_USD if fixed else np.ones(cand_idx.size, dtype=bool)
-        self.sure = (approx[keep] > SLACK_USD).tolist() if fixed else [False] * int(keep.sum())
-        cand_idx, nxt_c, iv_c, rate_c = cand_idx[keep], nxt_c[keep], iv_c[keep], rate_c[keep]
-        self.cands = cand_idx.tolist()
-        self.nxt, self.iv, self.rate = nxt_c.tolist(), iv_c.tolist(), rate_c.tolist()
-        self.gens = np.flatnonzero(generic)
-        self.flips = np.flatnonzero(self.flip)
-        # the spike scenario's venue recalls open loans (`BorrowModel.recall_times`): a reverse position open then
-        # is closed at the first fresh bar at or after the recall, at once (the venue buys the spot back, the desk
-        # unwinds the perp in the same tick)
-        recalls = BorrowModel(p.borrow_scenario).recall_times(float(m.t[0]) - 1.0, float(m.t[-1])) if p.borrows else []
-        self.recall_t = np.array(recalls, dtype=np.float64)
-        at = np.searchsorted(self.valid_t, self.recall_t, side="left")
-        self.recall_bar = np.where(at < self.valid_idx.size, self.valid_idx[np.minimum(at, max(self.valid_idx.size - 1, 0))],
-                                   n) if self.valid_idx.size else np.full(self.recall_t.size, n)
+        self.A, self.B, self.S, self.R, self.E = context(m, p, f, fixed)
+        self.last_valid = self.B[3]
+        # at the fixed size the whole walk is one call, and every answer it gave on the way is kept: where the book
+        # takes every trade (capital to spare), each of its steps is a look-up (the answers depend on the bar asked
+        # about only, so any of them stands wherever the book asks)
+        self._next: dict[int, tuple[int, int]] = {}
+        self._trade: dict[int, tuple[int, int, int]] = {}
+        self._pnl: dict[tuple[int, int, float], float] = {}
+        if fixed:
+            e, x, why, sig, log = walk(m, p, f, (self.A, self.B, self.S, self.R, self.E))
+            self._next = {q: (c, st) for q, c, st in log.tolist()}
+            self._trade = {c: (a, b, k) for c, a, b, k in zip(sig.tolist(), e.tolist(), x.tolist(), why.tolist(), strict=True)}
+            qty = np.array([self.fixed_qty(c) for c in sig.tolist()])
+            booked = book_trades(m, p, f, e, x, qty, [core.REASONS[k] for k in why.tolist()])
+            self._pnl = {(t.entry_index, t.exit_index, t.quantity): t.pnl_usd for t in booked}
+
+    def next_candidate(self, bar: int) -> tuple[int, int]:
+        """(the first candidate bar at or after ``bar``, its status: 1 its fixed-size entry check passes, 2 within a
+        cent of zero, 3 not checked: the caller sizes it); (-1, 0) when there is none."""
+        if (hit := self._next.get(int(bar))) is not None:
+            return hit
+        c, status = core.next_candidate(int(bar), self.A, self.B, self.S, self.E)
+        return int(c), int(status)
+
+    def pnl(self, e: int, x: int, qty: float, reason: str) -> float:
+        """The P&L of the trade (e, x, qty) as `book_trades` books it."""
+        if (hit := self._pnl.get((e, x, qty))) is not None:
+            return hit
+        return book_trades(self.m, self.p, self.f, np.array([e]), np.array([x]), np.array([qty]), [reason])[0].pnl_usd
 
     def fixed_qty(self, c: int) -> float:
         return floor_to_step(self.p.notional_usd / self.m.spot[c], self.m.qty_step)
 
     def fill_bar(self, decision: int) -> int | None:
         """The first fresh bar at or after the decision time + the fill delay (None: past the data)."""
-        if self.p.fill_delay_seconds <= 0:
-            return decision
-        h = int(np.searchsorted(self.valid_t, self.m.t[decision] + self.p.fill_delay_seconds, side="left"))
-        return int(self.valid_idx[h]) if h < self.valid_idx.size else None
+        b = int(core._fill(int(decision), self.m.t, self.f["valid"], self.B[1], self.S[1]))
+        return None if b < 0 else b
 
-    def entry_ok(self, k: int, qty: float) -> bool:
-        """The entry check at candidate ``cands[k]`` for ``qty`` (scalar: the desk's functions)."""
-        m, p, c = self.m, self.p, self.cands[k]
-        if qty <= 0 or qty * m.spot[c] < m.min_notional_usd:
+    def entry_ok(self, c: int, status: int, qty: float) -> bool:
+        """The entry check at candidate bar ``c`` for ``qty`` (scalar: the desk's functions, unless the fixed-size
+        check already passed clear of zero)."""
+        if qty <= 0 or qty * self.m.spot[c] < self.m.min_notional_usd:
             return False
-        if self.sure[k]:
-            return True
-        spot, perp, t = float(m.spot[c]), float(m.perp[c]), float(m.t[c])
-        if p.playbook == "carry":
-            from basis_mcp.playbooks import carry_entry_check, expected_carry_usd
+        return status == 1 or _entry_ok_at(self.m, self.p, self.f, c, qty)
 
-            n = settlements_in(self.nxt[k] - t, self.iv[k], p.carry_expected_hold_days * DAY)
-            fees, slip = m.costs.round_trip_usd(qty, spot, perp)
-            why = carry_entry_check(float(self.f["fund_carry"][c]), expected_carry_usd(qty, perp, self.rate[k], n),
-                                    fees + slip, self.rules)
-            return why is None
-        return entry_expected_net_usd(
-            qty=qty, spot=spot, perp=perp, leverage=p.leverage, costs=m.costs, hold_days=p.expected_hold_days,
-            funding_rate=self.rate[k], funding_interval_hours=self.iv[k], seconds_to_next_funding=self.nxt[k] - t,
-            direction=p.direction, borrow_rate_hourly=float(self.f["borrow_h"][c]),
-            seconds_to_expiry=None if m.expiry is None else m.expiry - t,
-        ) > 0
-
-    def next_trade(self, start: int, qty_of) -> tuple[int, int, float, str] | None:
-        """The first trade signalled at or after bar ``start``: (entry fill bar, exit fill bar, qty, reason)."""
-        k = bisect_left(self.cands, start)
-        while k < len(self.cands):
-            res = self.try_candidate(k, qty_of(self.cands[k]))
-            if res is SKIP:
-                k += 1
-                continue
-            return res  # type: ignore[return-value]
-        return None
-
-    def try_candidate(self, k: int, qty: float) -> tuple[int, int, float, str] | None | object:
-        """The trade signalled at candidate ``cands[k]`` with ``qty``; `SKIP` if its entry check fails
-        there, None if no trade can start there or later (the range is over)."""
-        last_valid = self.last_valid
-        c = self.cands[k]
-        if last_valid < 0 or c >= last_valid:
-            return None
-        if not self.entry_ok(k, qty):
+    def try_candidate(self, c: int, status: int, qty: float) -> tuple[int, int, float, str] | None | object:
+        """The trade signalled at candidate bar ``c`` with ``qty``: (entry fill bar, exit fill bar, qty, reason);
+        `SKIP` if its entry check fails there, None if no trade can start there or later (the range is over)."""
+        if not self.entry_ok(c, status, qty):
             return SKIP
-        e = self.fill_bar(c)
-        if e is None or e >= last_valid:
+        hit = self._trade.get(int(c))
+        e, x, why = hit if hit is not None else core.trade_from(int(c), self.A, self.B, self.S, self.R)
+        if e < 0:
             return None
-        j, reason = self._exit_signal(e)
-        x = self.fill_bar(j) if j < last_valid else last_valid
-        if x is None or x > last_valid:
-            x = last_valid
-        h = int(np.searchsorted(self.recall_t, self.m.t[e], side="right"))
-        if h < self.recall_t.size and int(self.recall_bar[h]) <= x:
-            x, reason = int(self.recall_bar[h]), "loan_recall"
-        return e, x, qty, reason
-
-    def _exit_signal(self, e: int) -> tuple[int, str]:
-        """The bar where the exit of a position filled at ``e`` is signalled, and why."""
-        m, p, f, r = self.m, self.p, self.f, self.rules
-        last_valid = self.last_valid
-        g = int(self.gens.searchsorted(e, side="right"))
-        j_gen = int(self.gens[g]) if g < self.gens.size else last_valid
-        hold_s = r.max_hold(p.playbook) * DAY
-        h = int(np.searchsorted(self.valid_t, m.t[e] + hold_s, side="right"))  # first fresh bar past the hold
-        j_hold = int(self.valid_idx[h]) if h < self.valid_idx.size else last_valid
-        horizon = min(j_gen, j_hold, last_valid)
-        b_in = float(f["basis"][e])
-        if b_in > 0 and p.playbook != "carry":
-            q = int(self.flips.searchsorted(e, side="right"))
-            if q < self.flips.size and int(self.flips[q]) < horizon:
-                horizon = int(self.flips[q])
-        seg = f["smooth"][e + 1 : horizon + 1]
-        stop = r.basis_stop_multiple * np.maximum(b_in, self.floor[e + 1 : horizon + 1])
-        with np.errstate(invalid="ignore"):
-            hits = np.flatnonzero(seg > stop)  # NaN (no fresh sample in the window) never hits
-        j = e + 1 + int(hits[0]) if hits.size else horizon
-        sig = exit_signal(p.playbook, b_in, float(m.t[j] - m.t[e]), signals_at(f, j), r)
-        if sig is not None:
-            return j, sig.rule
-        b, z = f["basis"][j], f["z"][j]
-        if p.playbook != "carry" and b <= p.exit_basis_pct:
-            return j, "convergence"
-        if p.playbook != "carry" and z <= p.exit_zscore:
-            return j, "zscore_reversion"
-        return j, "end_of_range"
+        return int(e), int(x), qty, core.REASONS[why]
 
 
 SLACK_USD = 0.01
-
-
-def _entry_margin(m: Market, p: BacktestParams, idx: np.ndarray, nxt: np.ndarray, iv: np.ndarray, rate: np.ndarray,
-                  borrow_h: np.ndarray | None = None) -> np.ndarray:
-    """The entry check's margin at the fixed size, for many candidates at once (the same formulas as
-    `entry_expected_net_usd` and `playbooks.carry_entry_check`, array evaluation order): convergence,
-    the expected net; carry, expected funding minus ``carry_cost_cover`` round trips. > 0 passes."""
-    if idx.size == 0:
-        return np.zeros(0)
-    spot, perp = m.spot[idx], m.perp[idx]
-    qty = np.floor(p.notional_usd / spot / m.qty_step + 1e-9) * m.qty_step
-    ns, np_ = qty * spot, qty * perp
-    c = m.costs
-
-    def slip(leg, notional):
-        return (leg.half_spread_bps + leg.impact_bps_per_sqrt_musd * np.sqrt(notional / 1e6)) / 1e4
-
-    costs = 2 * (ns * (c.spot.taker_fee + slip(c.spot, ns)) + np_ * (c.perp.taker_fee + slip(c.perp, np_)))
-    to_next = nxt - m.t[idx]
-    hold = p.carry_expected_hold_days if p.playbook == "carry" else p.expected_hold_days
-    horizon = hold * DAY
-    n_settle = np.where(horizon >= to_next, np.floor((horizon - to_next) / (iv * 3600.0)) + 1, 0)
-    if p.playbook == "carry":  # (a reverse trade's rate is already the net funding it receives)
-        out = np_ * rate * n_settle - p.carry_cost_cover * costs
-    elif m.expiry is not None:  # calendar: the premium rolls down linearly to expiry; the long perp (the reference) pays
-        share = np.minimum(horizon / np.maximum(m.expiry - m.t[idx], 1e-9), 1.0)
-        out = qty * (perp - spot) * share - ns * rate * n_settle - costs
-    else:
-        d = p.direction
-        borrow = ns * borrow_h * hold * 24.0 if borrow_h is not None and d == -1 else 0.0
-        out = d * qty * (perp - spot) + d * np_ * rate * n_settle - costs - borrow
-    return np.where(qty > 0, out, -np.inf)
 
 
 def book_trades(m: Market, p: BacktestParams, f: dict[str, np.ndarray], e: np.ndarray, x: np.ndarray, q: np.ndarray,
@@ -423,16 +315,16 @@ def book_trades(m: Market, p: BacktestParams, f: dict[str, np.ndarray], e: np.nd
         cash += sign * q * price
         fees += q * price * leg.taker_fee
         slip += -sign * q * (price - mid)
-    ft = m.f_time.astype(np.float64)
-    unit = m.mark[((ft - m.t[0]) // m.bar_s).astype(np.int64)] * m.f_rate
-    cum = np.concatenate(([0.0], np.cumsum(unit)))
+    ft, cum, per_dollar = booking_tables(m, f)
     lo = np.searchsorted(ft, m.t[e], side="right")
     hi = np.searchsorted(ft, m.t[x], side="right")
     fd = p.funding_direction
     funding = fd * q * (cum[hi] - cum[lo])
     borrow = np.zeros(e.size)
     if p.borrows:  # interest for every bar in (entry, exit] on the borrowed spot at that bar's (last) spot price
-        cb = np.concatenate(([0.0], np.cumsum(_carried(m.spot) * f["borrow_bar"])))
+        cb = f.get("_borrow_cum")
+        if cb is None:
+            cb = f["_borrow_cum"] = np.concatenate(([0.0], np.cumsum(carried_spot(m, f) * f["borrow_bar"])))
         borrow = -q * (cb[x + 1] - cb[e + 1])
     total = cash - fees + funding + borrow
     basis = f["basis_raw"]
@@ -446,15 +338,29 @@ def book_trades(m: Market, p: BacktestParams, f: dict[str, np.ndarray], e: np.nd
                reasons, strict=True)
     borrow_l = borrow.tolist()
     notional = q * m.spot[e]
-    # the same settlements paid on the entry notional: per settlement mark × rate / (last fresh spot)
-    fresh = np.where(np.isnan(m.spot) | np.isnan(m.perp), 0, np.arange(m.t.size))
-    np.maximum.accumulate(fresh, out=fresh)
-    f_bar = ((ft - m.t[0]) // m.bar_s).astype(np.int64)
-    per_dollar = np.concatenate(([0.0], np.cumsum(m.mark[f_bar] * m.f_rate / m.spot[fresh[f_bar]])))
     const = fd * notional * (per_dollar[hi] - per_dollar[lo])
     return [Trade(m.symbol, *c, playbook=p.playbook, notional_usd=n, funding_at_constant_notional_usd=k, borrow_usd=b,
                   strategy=p.strategy, contract=m.contract)
             for c, n, k, b in zip(cols, notional.tolist(), const.tolist(), borrow_l, strict=True)]
+
+
+def booking_tables(m: Market, f: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(settlement times, Σ mark × rate per unit held, Σ mark × rate / last fresh spot per dollar held) up to each
+    settlement, built once per market and kept with its features: booking one trade then costs two searches, not a
+    pass over the history (the portfolio pass books every trade as it closes)."""
+    if "_fund_cum" not in f:
+        ft = np.asarray(m.f_time, dtype=np.float64)
+        f["_f_time"], f["_fund_cum"], f["_const_cum"] = ft, np.empty(ft.size + 1), np.empty(ft.size + 1)
+        core.booking_sums(float(m.t[0]), float(m.bar_s), ft, np.asarray(m.f_rate, dtype=np.float64), m.mark, m.spot,
+                          f["valid"], f["_fund_cum"], f["_const_cum"])
+    return f["_f_time"], f["_fund_cum"], f["_const_cum"]
+
+
+def carried_spot(m: Market, f: dict[str, np.ndarray]) -> np.ndarray:
+    """`_carried` spot, built once per market and kept with its features."""
+    if "_carried_spot" not in f:
+        f["_carried_spot"] = _carried(m.spot)
+    return f["_carried_spot"]
 
 
 def _carried(a: np.ndarray) -> np.ndarray:

@@ -26,13 +26,13 @@ are exactly the rules engine's; the tests hold the desk replay to them.
 
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from basis_mcp.backtest.engine import SKIP, TradeFinder, _carried, book_trades
+from basis_mcp.backtest import core
+from basis_mcp.backtest.engine import SKIP, TradeFinder, book_trades, booking_tables, carried_spot
 from basis_mcp.backtest.params import BacktestParams
 from basis_mcp.backtest.prepare import Market
 from basis_mcp.backtest.results import Trade
@@ -61,30 +61,6 @@ def wallet_for_liquidation_prices(lp: np.ndarray, qty: float, entry_price: float
     return qty * entry_price - cum - lp * qty * (1.0 - mmr)
 
 
-def _topups(fresh: np.ndarray, price: np.ndarray, credited: np.ndarray, qty: float, ep: float, w0: float,
-            table: list[Bracket], add_pct: float, target_pct: float, short: bool) -> list[tuple[int, float]]:
-    """The watchdog's top-ups on one isolated leg: whenever the liquidation price comes within ``add_pct``
-    of ``price`` (at the fresh bars), enough margin to put it ``target_pct`` away; ``credited`` is what
-    the wallet gained (funding) or lost (funding paid, borrow) up to each of those bars."""
-    sign = 1.0 if short else -1.0
-    need = wallet_for_liquidation_prices(price * (1.0 + sign * add_pct / 100.0), qty, ep, table, short) - w0 - credited
-    goal = wallet_for_liquidation_prices(price * (1.0 + sign * target_pct / 100.0), qty, ep, table, short) - w0 - credited
-    out: list[tuple[int, float]] = []
-    added = 0.0
-    start = 0
-    while start < fresh.size:
-        hit = np.flatnonzero(need[start:] > added)
-        if hit.size == 0:
-            break
-        k = start + int(hit[0])
-        amount = float(goal[k] - added)
-        if amount > 0:
-            out.append((int(fresh[k]), amount))
-            added += amount
-        start = k + 1
-    return out
-
-
 def margin_topups(m: Market, f: dict[str, np.ndarray], e: int, x: int, qty: float, leverage: float, table: list[Bracket],
                   add_pct: float, target_pct: float, direction: int = 1) -> list[tuple[int, float]]:
     """(bar, amount) of every margin top-up the watchdog makes on the leveraged legs of a position of
@@ -94,27 +70,26 @@ def margin_topups(m: Market, f: dict[str, np.ndarray], e: int, x: int, qty: floa
     whose collateral pays the hourly borrow."""
     if x <= e + 1:
         return []
-    bars = np.arange(e + 1, x)
-    fresh = bars[f["valid"][e + 1 : x]]
-    if fresh.size == 0:
-        return []
-    ft = m.f_time.astype(np.float64)
-    f_bar = ((ft - m.t[0]) // m.bar_s).astype(np.int64)
-    paid = qty * m.mark[f_bar] * m.f_rate  # what a short receives (a long pays) per settlement
-    sel = (ft > m.t[e]) & (ft <= m.t[x])
-    cum = np.zeros(m.t.size + 1)
-    np.add.at(cum, f_bar[sel] + 1, paid[sel])
-    funded = np.cumsum(cum)[1:][fresh]  # funding up to and including each bar
+    # only this trade's bars and settlements are read (O(hold), never a pass over the whole history per trade), in
+    # one compiled pass per leg (`core.leg_topups`)
+    ft = booking_tables(m, f)[0]
+    k0, k1 = np.searchsorted(ft, (m.t[e], m.t[x]), side="right")  # settlements in (t_e, t_x]
+    f_bar = ((ft[k0:k1] - m.t[0]) // m.bar_s).astype(np.int64)
+    paid = qty * m.mark[f_bar] * m.f_rate[k0:k1]  # what a short receives (a long pays) per settlement
+    brackets = (np.array([b.notional_cap_usd for b in table], dtype=np.float64), np.array([b.mmr for b in table], dtype=np.float64),
+                np.array([b.cum_usd for b in table], dtype=np.float64))
+    valid, none = f["valid"], np.zeros(0)
     perp_side = "sell" if direction == 1 else "buy"
     ep = float(m.costs.perp.fill_price(m.perp[e], perp_side, qty * m.perp[e]))
-    out = _topups(fresh, m.mark[fresh], direction * funded, qty, ep, qty * ep / leverage, table, add_pct, target_pct,
-                  short=direction == 1)
+    bars, amounts = core.leg_topups(int(e), int(x), valid, m.mark, f_bar, paid, float(direction), none, none, float(qty), ep,
+                                    qty * ep / leverage, *brackets, float(add_pct), float(target_pct), direction == 1)
+    out = list(zip(bars.tolist(), amounts.tolist(), strict=True))
     if direction == -1:  # the borrowed spot: a short on the (carried) spot price, its collateral paying the borrow
-        spot = _carried(m.spot)
+        spot = carried_spot(m, f)
         sp = float(m.costs.spot.fill_price(m.spot[e], "sell", qty * m.spot[e]))
-        paid_h = np.concatenate(([0.0], np.cumsum(qty * spot * f["borrow_bar"])))
-        borrowed = paid_h[fresh + 1] - paid_h[e + 1]  # interest for the hours in (e, bar]
-        out += _topups(fresh, spot[fresh], -borrowed, qty, sp, qty * sp / leverage, table, add_pct, target_pct, short=True)
+        bars, amounts = core.leg_topups(int(e), int(x), valid, spot, f_bar[:0], paid[:0], 0.0, spot, f["borrow_bar"],
+                                        float(qty), sp, qty * sp / leverage, *brackets, float(add_pct), float(target_pct), True)
+        out += list(zip(bars.tolist(), amounts.tolist(), strict=True))
         out.sort()
     return out
 
@@ -154,7 +129,7 @@ def simulate(markets: list[Market], params: BacktestParams, feats: dict[str, dic
     by_sym = {m.symbol: m for m in markets}
     fixed = params.sizing == "fixed"
     finders = {m.symbol: TradeFinder(m, params, feats[m.symbol], fixed=fixed) for m in markets}
-    cursor = {s: 0 for s in finders}
+    cursor = {s: f.next_candidate(by_sym[s].i0) for s, f in finders.items()}  # (next candidate bar, its status)
     booked: dict[str, list[tuple[int, int, float, str]]] = {s: [] for s in finders}
     open_: dict[str, _Open] = {}
     realized = 0.0
@@ -170,11 +145,9 @@ def simulate(markets: list[Market], params: BacktestParams, feats: dict[str, dic
     def close(s: str) -> None:
         nonlocal realized
         o = open_.pop(s)
-        m = by_sym[s]
         booked[s].append((o.entry, o.exit, o.qty, o.reason))
-        trade = book_trades(m, params, feats[s], np.array([o.entry]), np.array([o.exit]), np.array([o.qty]), [o.reason])[0]
-        realized += trade.pnl_usd
-        cursor[s] = bisect.bisect_left(finders[s].cands, o.exit + 1)
+        realized += finders[s].pnl(o.entry, o.exit, o.qty, o.reason)
+        cursor[s] = finders[s].next_candidate(o.exit + 1)
 
     while True:
         events: list[tuple[float, int, str]] = []  # (time, kind, symbol): 0 exit, 1 top-up, 2 entry (this order at one time)
@@ -182,9 +155,9 @@ def simulate(markets: list[Market], params: BacktestParams, feats: dict[str, dic
             events.append((t_of(s, o.exit), 0, s))
             if o.next_topup < len(o.topups):
                 events.append((t_of(s, o.topups[o.next_topup][0]), 1, s))
-        for s, f in finders.items():
-            if s not in open_ and cursor[s] < len(f.cands):
-                events.append((t_of(s, f.cands[cursor[s]]), 2, s))
+        for s in finders:
+            if s not in open_ and cursor[s][0] >= 0:
+                events.append((t_of(s, cursor[s][0]), 2, s))
         if not events:
             break
         _, kind, s = min(events)
@@ -212,8 +185,7 @@ def simulate(markets: list[Market], params: BacktestParams, feats: dict[str, dic
             continue
         # an entry candidate
         f, m = finders[s], by_sym[s]
-        k = cursor[s]
-        c = f.cands[k]
+        c, status = cursor[s]
         spot, perp = float(m.spot[c]), float(m.perp[c])
         tier = settings.tier_of(s)
         if fixed:
@@ -238,14 +210,14 @@ def simulate(markets: list[Market], params: BacktestParams, feats: dict[str, dic
             needed = reverse_capital_usd(qty, spot, perp, lev, m.costs)
         if qty > 0 and needed > free_cash() + 1e-9:
             stats.entries_refused_for_capital += 1
-            cursor[s] = k + 1
+            cursor[s] = f.next_candidate(c + 1)
             continue
-        res = f.try_candidate(k, qty)
+        res = f.try_candidate(c, status, qty)
         if res is SKIP:
-            cursor[s] = k + 1
+            cursor[s] = f.next_candidate(c + 1)
             continue
         if res is None:
-            cursor[s] = len(f.cands)
+            cursor[s] = (-1, 0)
             continue
         e, x, q, reason = res  # type: ignore[misc]
         table = settings.spec(s).brackets

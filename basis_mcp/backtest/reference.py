@@ -24,6 +24,7 @@ from basis_mcp.dated import YEAR_S
 from basis_mcp.playbooks import Signals, carry_entry_check, exit_signal, expected_carry_usd, stop_level_pct
 from basis_mcp.signals import (
     ZSCORE_MIN_SAMPLES,
+    RollingZScore,
     entry_expected_net_usd,
     realised_vol_1h_pct,
     settlements_in,
@@ -40,7 +41,10 @@ def _mean_8h(window: deque[tuple[float, float]], interval_h: float) -> float | N
     return float(np.round(sum(r for _, r in window) / len(window) * 8.0 / interval_h * 100.0, 12))
 
 
-def run_reference(m: Market, p: BacktestParams) -> list[Trade]:
+def run_reference(m: Market, p: BacktestParams, rolling: bool = False) -> list[Trade]:
+    """``rolling``: the z-score and basis std from the desk's O(1) tracker (`signals.RollingZScore`) instead of
+    recomputed over the window at every bar (the bench's per-row baseline; not for calendar spreads, whose z is
+    read on the annualised premium)."""
     r = p.rules
     bar = m.bar_s
     zwin = zscore_samples(p, bar)  # the z-score window: zscore_window hours of bars
@@ -55,6 +59,7 @@ def run_reference(m: Market, p: BacktestParams) -> list[Trade]:
     history = np.empty(m.t.size)  # every fresh basis sample so far
     z_history = np.empty(m.t.size) if m.expiry is not None else history  # calendar: z on the annualised premium
     n_hist = 0
+    tracker = RollingZScore(zwin) if rolling and m.expiry is None else None
     ft, fr = m.f_time, m.f_rate
     nf = len(ft)
     k = 0  # next settlement not yet paid
@@ -101,7 +106,10 @@ def run_reference(m: Market, p: BacktestParams) -> list[Trade]:
         smooth_win.append((t, b))
         window = history[max(0, n_hist - zwin) : n_hist]
         z = sd = None
-        if n_hist >= ZSCORE_MIN_SAMPLES:
+        if tracker is not None:
+            z = tracker.add(b)
+            sd = tracker.std if z is not None else None
+        elif n_hist >= ZSCORE_MIN_SAMPLES:
             sd = float(window.std())
             zw = z_history[max(0, n_hist - zwin) : n_hist]
             zsd = float(zw.std()) if m.expiry is not None else sd

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from basis_mcp import dated
+from basis_mcp.backtest import core
 from basis_mcp.backtest.prepare import Market
 from basis_mcp.clock import iso
 from basis_mcp.costs import PairCosts
@@ -123,11 +124,15 @@ def constant_notional_funding(m: Market, i: int, j: int, notional: float) -> flo
 
 
 def equity_curve(markets: list[Market], trades: list[Trade], capital: float,
-                 own_equity: Callable[[Market, list[Trade]], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 own_equity: Callable[[Market, list[Trade]], np.ndarray] | None = None,
+                 cache: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Portfolio equity per bar over the union of the trading ranges: capital + realised P&L +
     open positions marked at mid (basis change) with funding received so far, net of the
-    entry costs already paid. O(bars + trades): every trade adds to difference arrays, one
-    cumulative sum per series builds the curve (never a pass over the bars per trade)."""
+    entry costs already paid. O(bars + trades): each symbol's curve is one compiled pass over its
+    bars applying the trades' entries and exits and the settlements in bar order (`core.legs_equity`),
+    never a pass over the bars per trade.
+    ``cache`` keeps each symbol's own curve by symbol, for a later call over the same trades (the
+    book's curve after the per-symbol ones) to reuse."""
     t0 = min(m.t[m.i0] for m in markets)
     t1 = max(m.t[m.i1] for m in markets)
     bar = markets[0].bar_s  # (one bar size per run: `runner.load_markets` refuses a mix)
@@ -139,10 +144,16 @@ def equity_curve(markets: list[Market], trades: list[Trade], capital: float,
     for m in markets:
         ts = by_symbol.get(m.symbol)
         if ts:
-            own = (own_equity or _symbol_equity)(m, ts)  # over the market's range [i0, i1]
-            off = int((t0 - m.t[m.i0]) // bar)  # union bar u is this range's bar u + off
-            k = np.clip(np.arange(times.size) + off, 0, own.size - 1)
-            eq += np.where(np.arange(times.size) + off < 0, 0.0, own[k])
+            own = cache.get(m.symbol) if cache is not None else None
+            if own is None:
+                own = (own_equity or _symbol_equity)(m, ts)  # over the market's range [i0, i1]
+                if cache is not None:
+                    cache[m.symbol] = own
+            off = int((t0 - m.t[m.i0]) // bar)  # union bar u is this range's bar u + off (before it: 0; after: its last)
+            u0 = max(-off, 0)
+            span = max(min(times.size - u0, own.size - (u0 + off)), 0)
+            eq[u0 : u0 + span] += own[u0 + off : u0 + off + span]
+            eq[u0 + span :] += own[-1]
     return times, eq
 
 
@@ -181,43 +192,21 @@ def _legs_equity(m: Market, trades: list[Trade], ref_all: np.ndarray, other_all:
     lo = m.i0
     n = m.i1 - m.i0 + 1
     spot, perp = ref_all[lo : m.i1 + 1], other_all[lo : m.i1 + 1]
-    idx = np.where(np.isnan(spot) | np.isnan(perp), 0, np.arange(n))  # stale bars carry the last fresh one
-    np.maximum.accumulate(idx, out=idx)
-    bu = perp[idx] - spot[idx]
     i = np.array([t.entry_index for t in trades], dtype=np.int64) - lo
     j = np.array([t.exit_index for t in trades], dtype=np.int64) - lo
     q = np.array([t.quantity for t in trades])
-    pnl_t = np.array([t.pnl_usd for t in trades])
-    fund_t = np.array([t.funding_usd for t in trades])
     c = costs
     entry_cost = np.zeros(len(trades))
     ref_side, other_side = ("buy", "sell") if direction == 1 else ("sell", "buy")
     for mid, leg, side in ((spot[i], c.spot, ref_side), (perp[i], c.perp, other_side)):
         price = leg.fill_price(mid, side, q * mid)
         entry_cost += q * price * leg.taker_fee + np.abs(price - mid) * q
-
-    def diff(at_start: np.ndarray, start: np.ndarray, at_end: np.ndarray | None, end: np.ndarray) -> np.ndarray:
-        d = np.zeros(n + 2)
-        np.add.at(d, start, at_start)
-        if at_end is not None:
-            np.add.at(d, end, at_end)
-        return np.cumsum(d)[:n]
-
-    dq = direction * q
-    open_q = diff(dq, i, -dq, j)  # signed quantity open over [entry, exit)
-    open_const = diff(dq * bu[i] - entry_cost, i, -(dq * bu[i] - entry_cost), j)
-    realised = diff(pnl_t, j, None, j)
-    closed_funding = diff(fund_t, j, None, j)
-    # funding paid to what is open at each settlement: a position receives it for settlements in (entry, exit]
-    paid_q = diff(funding_direction * q, i + 1, -funding_direction * q, j + 1)
     ft = m.f_time.astype(np.float64)
     bars = ((ft - m.t[lo]) // m.bar_s).astype(np.int64)
     ok = (bars >= 0) & (bars < n)
-    unit = np.zeros(n)
-    np.add.at(unit, bars[ok], m.mark[bars[ok] + lo] * m.f_rate[ok])
-    funding = np.cumsum(paid_q * unit)
-    marked = np.where(open_q != 0, open_q * bu, 0.0)
-    return realised + open_const - marked + funding - closed_funding
+    return core.legs_equity(np.ascontiguousarray(spot), np.ascontiguousarray(perp), i, j, direction * q, entry_cost,
+                            np.array([t.pnl_usd for t in trades]), np.array([t.funding_usd for t in trades]),
+                            funding_direction * q, bars[ok], m.mark[bars[ok] + lo] * m.f_rate[ok])
 
 
 def stats(trades: list[Trade], times: np.ndarray, equity: np.ndarray, capital: float, markets: list[Market],
@@ -228,8 +217,7 @@ def stats(trades: list[Trade], times: np.ndarray, equity: np.ndarray, capital: f
     daily = equity[:: max(int(round(86400.0 / bar)), 1)]
     rets = np.diff(daily) / daily[:-1] if daily.size > 2 else np.array([])
     sharpe = float(rets.mean() / rets.std() * math.sqrt(365)) if rets.size > 2 and rets.std() > 0 else None
-    peak = np.maximum.accumulate(equity)
-    dd = float(((peak - equity) / peak).max() * 100) if equity.size else 0.0
+    dd = float(core.max_drawdown(equity) * 100) if equity.size else 0.0
     span_h = sum((m.i1 - m.i0 + 1) * m.bar_s / 3600.0 for m in markets)  # hours of data over the ranges
     held = sum(t.hold_hours for t in trades) if bar != 3600.0 else sum(int(t.hold_hours) for t in trades)
     # the carry's own rate: P&L per dollar-year a position ties up (spot + margin) while invested
@@ -263,12 +251,16 @@ def stats(trades: list[Trade], times: np.ndarray, equity: np.ndarray, capital: f
 def yearly(times: np.ndarray, equity: np.ndarray, capital: float) -> dict[int, float]:
     """P&L per calendar year from the equity curve (marked to market: a year-long hold's funding
     lands in the years it was earned, not in the year it closed)."""
-    ys = times.astype(np.int64).astype("datetime64[s]").astype("datetime64[Y]").astype(np.int64) + 1970
     out: dict[int, float] = {}
+    if not times.size:
+        return out
     prev = capital
-    ends = np.flatnonzero(np.diff(ys)).tolist() + [ys.size - 1] if ys.size else []  # times ascend: each year's last bar
-    for last in ends:
-        out[int(ys[last])] = float(equity[last]) - prev
+    first, final = (datetime.fromtimestamp(float(x), UTC).year for x in (times[0], times[-1]))
+    for y in range(first, final + 1):  # times ascend: each year's last bar is the last before the next 1 January
+        last = int(np.searchsorted(times, datetime(y + 1, 1, 1, tzinfo=UTC).timestamp(), side="left")) - 1
+        if last < 0 or times[last] < datetime(y, 1, 1, tzinfo=UTC).timestamp():
+            continue
+        out[y] = float(equity[last]) - prev
         prev = float(equity[last])
     return out
 

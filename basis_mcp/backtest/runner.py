@@ -177,16 +177,17 @@ def run(
     trades: list[Trade] = []
     by_symbol: dict[str, dict[str, Any]] = {}
     always: dict[str, list[Trade]] = {}
+    sym_curve, a_sym_curve = None, None  # (times, equity) of the last symbol: the book's own when it is the only one
     curves: dict[str, np.ndarray] = {}  # each symbol's own P&L per bar, built once for its row and the book's curve
     a_curves: dict[str, np.ndarray] = {}
     for n, m in enumerate(markets, 1):
         ts = by_sym_trades[m.symbol]
         trades += ts
-        times, eq = equity_curve([m], ts, params.capital_usd, own, curves)
+        times, eq = sym_curve = equity_curve([m], ts, params.capital_usd, own, curves)
         by_symbol[m.symbol] = stats(ts, times, eq, params.capital_usd, [m], params.leverage)
         if extras:
             always[m.symbol] = always_on_trades(m, params, feats[m.symbol])
-            a_t, a_eq = equity_curve([m], always[m.symbol], params.capital_usd, cache=a_curves)
+            a_t, a_eq = a_sym_curve = equity_curve([m], always[m.symbol], params.capital_usd, cache=a_curves)
             a = stats(always[m.symbol], a_t, a_eq, params.capital_usd, [m], params.leverage)
             mine = by_symbol[m.symbol]
             mine["always_on_pnl_usd"] = a["total_pnl_usd"]
@@ -199,7 +200,8 @@ def run(
         if progress:
             progress(n, len(markets), f"{m.symbol}: {len(ts)} trades")
     trades.sort(key=lambda t: (t.exit_time, t.symbol))
-    times, eq = equity_curve(markets, trades, params.capital_usd, own, curves)
+    one = len(markets) == 1
+    times, eq = sym_curve if one and sym_curve else equity_curve(markets, trades, params.capital_usd, own, curves)
     summary = stats(trades, times, eq, params.capital_usd, markets, params.leverage)
     if book:
         summary["margin"] = book
@@ -209,7 +211,7 @@ def run(
     sensitivity: dict[str, Any] = {}
     if extras:
         all_on = sorted((t for ts in always.values() for t in ts), key=lambda t: (t.exit_time, t.symbol))
-        a_t, a_eq = equity_curve(markets, all_on, params.capital_usd, cache=a_curves)
+        a_t, a_eq = a_sym_curve if one and a_sym_curve else equity_curve(markets, all_on, params.capital_usd, cache=a_curves)
         a_sum = stats(all_on, a_t, a_eq, params.capital_usd, markets, params.leverage)
         baseline = yearly(a_t, a_eq, params.capital_usd)
         always_json = {

@@ -4,13 +4,18 @@ Each tick, in order: the venue settles funding and liquidations, the desk copies
 the ledger, orders due at this time are sent, the basis is sampled, and the watchdog runs
 over the book. The caller holds the desk lock. Calls `Recovery`, `Execution`, `Watchdog`,
 `MarketData`, `Book` and `Events`.
+
+A replay fast-forwards (`fast_forward`): hours with nothing open are skipped at once but for their
+basis samples, the others tick with the book's reads cached. The hour-by-hour loop (`hour_by_hour`,
+``reference=True``) is kept as the reference both must match, book for book.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import anyio.lowlevel
@@ -31,6 +36,9 @@ from basis_mcp.store import Store
 from basis_mcp.venue.base import VenueError, VenueTimeout
 
 ProgressFn = Callable[[float, float, str], Awaitable[None]]
+Ticked = tuple[list[FundingSettlementOut], list[dict[str, Any]], list[dict[str, Any]]]  # (funding, liquidations, actions)
+SAMPLES_FLUSH_TICKS = 168  # a replay saves its samples and clock at least once a simulated week
+LOOK_OUT_S = 0.005  # the fast path yields to other calls and looks for other processes' commits this often (wall clock)
 EVENTS_BACKSTOP_S = 300.0
 FLAT_CHECK_S = 60.0
 
@@ -51,13 +59,16 @@ class Clockwork:
         self.watchdog = watchdog
         self.events_synced_at: float | None = None
         self._flat_checked_at = float("-inf")  # monotonic time of the last ledger check on a flat live book
+        self.reference = False  # advance_time hour by hour (the reference loop) instead of fast_forward
 
     def has_book(self) -> bool:
         return self.book.has_open() or self.store.get_meta("close_all_when_reachable") is not None
 
     # ------------------------------------------------------------------ replay
 
-    async def advance(self, hours: float, progress: ProgressFn | None = None) -> AdvanceTimeOutput:
+    async def advance(self, hours: float, progress: ProgressFn | None = None, reference: bool | None = None) -> AdvanceTimeOutput:
+        """Move the simulated clock ``hours`` on. ``reference`` (default `self.reference`): the hour-by-hour loop,
+        kept as the reference the fast path (`fast_forward`) is checked against; both leave the same book."""
         if not isinstance(self.clock, SimClock):
             raise Rejected("hours", hours, "advance_time exists only in replay mode")
         if not math.isfinite(hours) or hours <= 0:
@@ -70,32 +81,107 @@ class Clockwork:
         if target > end:
             raise Rejected("hours", hours, f"replay data ends at {iso(end)}; at most {(end - t0) / 3600:.2f} hours are left")
         ticks = [float(t) for t in range(int(math.floor(t0 / HOUR) + 1) * HOUR, int(target) + 1, HOUR)]
-        funding: list[FundingSettlementOut] = []
-        liqs: list[dict[str, Any]] = []
-        actions: list[dict[str, Any]] = []
+        fast = not (self.reference if reference is None else reference)
         with self.store.patient():
-            for n, t in enumerate(ticks, 1):
-                self.clock.set(t)
-                f, lq, acts = await self.tick(t)
-                funding += f
-                liqs += lq
-                actions += acts
-                if n % 168 == 0:
-                    self.market.flush_samples({"replay_time": repr(t)})
-                if progress is not None and (n % 24 == 0 or n == len(ticks)):
-                    await progress(n, len(ticks), f"replayed to {iso(t)}")
-                # long replays yield after every bar, so other calls (risk_status, portfolio_status)
-                # are served within about one tick's time instead of after the whole replay
-                await anyio.lowlevel.checkpoint()
-            self.clock.set(target)
-            if target != (ticks[-1] if ticks else t0) and self.has_book():
-                actions += await self.watchdog.tick()  # between bars too: settlement-aware exits see the real clock
-            self.market.flush_samples({"replay_time": repr(target)})
+            with self.fast_mode() if fast else self.reference_mode():
+                funding, liqs, actions = await (self.fast_forward if fast else self.hour_by_hour)(ticks, progress)
+                self.clock.set(target)
+                if target != (ticks[-1] if ticks else t0) and self.has_book():
+                    actions += await self.watchdog.tick()  # between bars too: settlement-aware exits see the real clock
+                self.market.flush_samples({"replay_time": repr(target)})
+            # (durable: in WAL mode this commit takes every earlier one of the replay to the disk with it)
             self.events.audit("desk", "advance_time", {"from": iso(t0), "to": iso(target), "ticks": len(ticks)}, "ok")
         return AdvanceTimeOutput(from_time=iso(t0) or "", to_time=iso(target) or "", hours=hours, ticks=len(ticks), funding=funding,
                                  liquidations=liqs, watchdog_actions=actions, replay_end_time=iso(end) or "")
 
-    async def tick(self, t: float) -> tuple[list[FundingSettlementOut], list[dict[str, Any]], list[dict[str, Any]]]:
+    async def hour_by_hour(self, ticks: list[float], progress: ProgressFn | None) -> Ticked:
+        """The reference replay: every hour a full `tick`."""
+        out: Ticked = ([], [], [])
+        for n, t in enumerate(ticks, 1):
+            self.clock.set(t)
+            await self.after_tick(n, ticks, await self.tick(t), out, progress)
+        return out
+
+    async def fast_forward(self, ticks: list[float], progress: ProgressFn | None) -> Ticked:
+        """The same replay, cheaper. Hours with a position still run a full `tick` each, with the book's
+        reads cached between writes (`basis_mcp.readcache`: the store is read about once an hour) and
+        commits that do not wait for the disk until the stop (`Database.relaxed`: a process dying keeps
+        them all; a power cut can only take the book back to an earlier hour of this replay, which the
+        next advance_time replays the same way). Once nothing is open (no position, nothing resting,
+        every venue flat) no hour until the stop can change the book but for its basis samples: they
+        are computed for the rest of the stop at once (`skip_idle`)."""
+        out: Ticked = ([], [], [])
+        looked = float("-inf")
+        for n, t in enumerate(ticks, 1):
+            if time.monotonic() - looked >= LOOK_OUT_S:  # other calls served, an operator's command (halt) seen
+                await anyio.lowlevel.checkpoint()
+                self.store.revalidate()
+                looked = time.monotonic()
+            if self.idle():
+                await self.skip_idle(ticks, n - 1, progress)
+                break
+            self.clock.set(t)
+            await self.after_tick(n, ticks, await self.tick(t), out, progress, yields=False)
+        return out
+
+    @contextmanager
+    def reference_mode(self) -> Iterator[None]:
+        """The replay feeds read the funding schedule with NumPy, as the hour-by-hour loop always has."""
+        feeds = [f for f in self.market.feeds.values() if hasattr(f, "reference")]
+        for f in feeds:
+            f.reference = True
+        try:
+            yield
+        finally:
+            for f in feeds:
+                f.reference = False
+
+    @contextmanager
+    def fast_mode(self) -> Iterator[None]:
+        """The book's and the paper venues' databases with their read cache on and relaxed commits; the paper
+        venues open no transaction for an hour with nothing to write."""
+        paper = [ex for ex in (self.venue.exchanges() if hasattr(self.venue, "exchanges") else [self.venue]) if hasattr(ex, "lazy")]
+        with ExitStack() as stack:
+            for db in [self.store, *(ex.db for ex in paper)]:
+                stack.enter_context(db.read_cache())
+                stack.enter_context(db.relaxed())
+            for ex in paper:
+                ex.lazy = True
+            try:
+                yield
+            finally:
+                for ex in paper:
+                    ex.lazy = False
+
+    async def after_tick(self, n: int, ticks: list[float], ticked: Ticked, out: Ticked, progress: ProgressFn | None,
+                         yields: bool = True) -> None:
+        for into, got in zip(out, ticked, strict=True):
+            into += got  # type: ignore[operator]
+        if n % SAMPLES_FLUSH_TICKS == 0:
+            self.market.flush_samples({"replay_time": repr(ticks[n - 1])})
+        if progress is not None and (n % 24 == 0 or n == len(ticks)):
+            await progress(n, len(ticks), f"replayed to {iso(ticks[n - 1])}")
+        if yields:
+            # long replays yield after every bar, so other calls (risk_status, portfolio_status)
+            # are served within about one tick's time instead of after the whole replay
+            await anyio.lowlevel.checkpoint()
+
+    def idle(self) -> bool:
+        """Nothing open anywhere: no position (opening, open, closing, or to close when reachable) and
+        every venue flat, so an hour settles, fills and watches nothing; only basis samples are taken."""
+        flat = getattr(self.venue, "flat", None)
+        return flat is not None and hasattr(self.market.feed, "observed") and not self.has_book() and flat()
+
+    async def skip_idle(self, ticks: list[float], done: int, progress: ProgressFn | None) -> None:
+        """Hours ``ticks[done:]`` with nothing open, at once: the basis samples each hour would take (data
+        gaps included: an hour without both legs fresh takes none), queued for the stop's flush."""
+        self.market.queue_samples_at(ticks[done:])
+        self.clock.set(ticks[-1])
+        self.venue.on_tick(ticks[-1])  # (a flat venue only notes the time)
+        if progress is not None:
+            await progress(len(ticks), len(ticks), f"replayed to {iso(ticks[-1])}")
+
+    async def tick(self, t: float) -> Ticked:
         """One market tick: the venue settles funding and liquidations, the desk copies them,
         sends orders due now, samples the basis, then the watchdog runs over the book."""
         report = self.venue.on_tick(t)
@@ -117,9 +203,8 @@ class Clockwork:
     async def execute_due(self, t: float) -> None:
         """Orders resting until ``t`` (replay with a fill delay) go to the venue now, after the
         settlements at ``t`` and before the watchdog looks at the book; the outcome is an alert."""
-        due = self.store.q("SELECT * FROM positions WHERE execute_at IS NOT NULL AND execute_at <= ? AND status IN"
-                           " ('opening','closing') ORDER BY id", (t,))
-        for row in due:
+        resting = self.store.q("SELECT * FROM positions WHERE execute_at IS NOT NULL AND status IN ('opening','closing') ORDER BY id")
+        for row in (r for r in resting if r["execute_at"] <= t):
             pid, sym = row["id"], row["symbol"]
             with self.store.tx():
                 self.store.x("UPDATE positions SET execute_at = NULL WHERE id = ?", (pid,))

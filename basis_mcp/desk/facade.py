@@ -464,9 +464,10 @@ class Desk:
                 self.events.audit("system", "live_tick_failed", {"error": type(e).__name__}, "error", str(e)[:500])
             await anyio.sleep(poll_seconds)
 
-    async def advance(self, hours: float, progress: ProgressFn | None = None) -> AdvanceTimeOutput:
+    async def advance(self, hours: float, progress: ProgressFn | None = None, reference: bool | None = None) -> AdvanceTimeOutput:
+        """``reference=True``: hour by hour, the loop the fast path is checked against (`Clockwork.advance`)."""
         async with self.lock:
-            return await self.clockwork.advance(hours, progress)
+            return await self.clockwork.advance(hours, progress, reference)
 
     def pop_alerts(self) -> list[Alert]:
         return self.events.pop_alerts()

@@ -7,6 +7,7 @@ per bucket, in ``basis_samples``) and the rolling z-score trackers, and turns th
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import Any
 
@@ -26,6 +27,16 @@ from basis_mcp.venue.base import VenueError, VenueTimeout
 from basis_mcp.venues import split
 
 FUND_DIGITS = 12  # funding means are rounded like the backtest's (basis_mcp.backtest.engine.FUND_DIGITS)
+_FUND_SCALE = float(10**FUND_DIGITS)  # exact (as NumPy's round computes it) for up to 22 digits
+
+
+def round_fund(x: float) -> float:
+    """``float(np.round(x, FUND_DIGITS))`` bit for bit (× 10^12, rounded half to even, ÷ 10^12, the sign of a
+    zero kept) without NumPy's cost on one float; the reference replay keeps NumPy's."""
+    if not math.isfinite(x):
+        return float(np.round(x, FUND_DIGITS))
+    y = x * _FUND_SCALE
+    return math.copysign(round(y) / _FUND_SCALE, y)
 
 
 class MarketData:
@@ -223,18 +234,41 @@ class MarketData:
             except MarketDataUnavailable:
                 continue
 
+    def queue_samples_at(self, times: list[float]) -> None:
+        """Queue at once the samples `sample_all` would queue at each of ``times`` (hourly, in order; a replay
+        skipping hours with nothing open): the same rows (symbol by symbol: the table keeps no order)."""
+        step = self.settings.zscore_sample_seconds
+        tt = np.asarray(times, dtype=np.int64)
+        bucket = tt // step * step
+        for sym in self.feed.symbols:
+            ok, spot, perp, spot_t, perp_t = self.feed.observed(sym, tt)
+            ok &= (spot_t // step * step == bucket) & (perp_t // step * step == bucket)  # both legs seen this bucket
+            idx = np.flatnonzero(ok)
+            b = bucket[idx]
+            last = self._last_sample_ts.get(sym)
+            after = np.iinfo(np.int64).min if last is None else int(last)
+            if idx.size:  # one per bucket (buckets only grow), and only after the last one sampled
+                idx = idx[b > np.maximum(np.concatenate(([after], b[:-1])), after)]
+            if idx.size:
+                self._last_sample_ts[sym] = int(bucket[idx[-1]])
+                s, p = spot[idx], perp[idx]
+                self._pending_samples += zip([sym] * idx.size, bucket[idx].tolist(), s.tolist(), p.tolist(),
+                                             ((p - s) / s * 100.0).tolist(), strict=True)
+
     def flush_samples(self, extra_meta: dict[str, str] | None = None) -> int:
         rows = self._pending_samples
         if not rows and not extra_meta:
             return 0
         self._pending_samples = []
         with self.store.tx():
-            self.store.conn.executemany(
-                "INSERT OR IGNORE INTO basis_samples(symbol, ts, spot, perp, basis_pct) VALUES (?,?,?,?,?)", rows)
+            self.store.xmany("INSERT OR IGNORE INTO basis_samples(symbol, ts, spot, perp, basis_pct) VALUES (?,?,?,?,?)", rows)
             for k, v in (extra_meta or {}).items():
                 self.store.set_meta(k, v)
+        added: dict[str, list[float]] = {}
         for sym, _, _, _, b in rows:
-            self.z[sym].add(b)
+            added.setdefault(sym, []).append(b)
+        for sym, values in added.items():
+            self.z[sym].extend(values)
         return len(rows)
 
     def recent_basis(self, symbol: str, window: int) -> tuple[np.ndarray, list[Any]]:
@@ -275,9 +309,11 @@ class MarketData:
         std = tr.std if tr is not None and tr.n >= ZSCORE_MIN_SAMPLES else None
         iv = snap.funding_interval_hours
 
+        exact = round_fund if not getattr(self.feed, "reference", False) else lambda x: float(np.round(x, FUND_DIGITS))
+
         def mean_8h(span_s: float) -> float | None:
             m = self.feed.mean_funding_rate(sym, now - span_s, now)
-            return None if m is None else float(np.round(m * 8.0 / iv * 100.0, FUND_DIGITS))
+            return None if m is None else exact(m * 8.0 / iv * 100.0)
 
         return Signals(basis_pct=snap.basis_pct, basis_smooth_pct=row["a"] if row and row["n"] else None, basis_std_pct=std,
                        funding_recent_8h_pct=mean_8h(r.funding_exit_hours * 3600.0),

@@ -19,6 +19,7 @@ from basis_mcp.desk.market import MarketData
 from basis_mcp.desk.orders import Orders
 from basis_mcp.desk.risk import Risk
 from basis_mcp.feed import MarketDataUnavailable
+from basis_mcp.readcache import Reads
 from basis_mcp.store import Store
 from basis_mcp.venues import venue_of
 
@@ -36,6 +37,7 @@ class Reconcile:
         self.orders = orders
         self.risk = risk
         self.mode = mode
+        self._quiet: Reads | None = None  # the last check, while it stands (`check_ledger`)
 
     async def venue_holdings(self) -> tuple[dict[str, float], dict[tuple[str, str], Any]]:
         """(balances per asset, isolated position per (market, symbol): perps, and borrowed spot where
@@ -111,9 +113,19 @@ class Reconcile:
     async def check_ledger(self) -> None:
         """Fail closed when the desk's records and the venue disagree (paper venue: exact).
         Skipped while an order's outcome is still unknown: the books cannot agree until the venue
-        says what happened to it, and recovery is already chasing that."""
-        if self.store.one("SELECT 1 FROM orders WHERE status IN ('sent','unknown') LIMIT 1") is not None:
+        says what happened to it, and recovery is already chasing that. Under a replay's read cache, a
+        check that wrote nothing is not repeated while nothing it read has been written since (with
+        no dated contract held: whether one is past its expiry depends on the clock too)."""
+        if self._quiet is not None and self._quiet.unchanged():
             return
+        with Reads.recording() as reads:
+            timed = await self._check_ledger()
+        self._quiet = reads if reads.quiet and not timed else None
+
+    async def _check_ledger(self) -> bool:
+        """The check; True when a dated contract is held."""
+        if self.store.one("SELECT 1 FROM orders WHERE status IN ('sent','unknown') LIMIT 1") is not None:
+            return False
         venue = await self.venue_holdings()  # one read of the venue for both checks
         balances, perps = venue
         holdings = self.book.holdings()  # one pass over the fills for both checks
@@ -126,6 +138,7 @@ class Reconcile:
         if problems and self.risk.trading_state()[0] == "ACTIVE":
             self.risk.set_trading_state("REDUCING", "ledger does not reconcile with the venue: " + "; ".join(problems),
                                         {"problems": problems})
+        return any(market == "future" for market, _ in (*holdings, *perps))
 
     def check_spot_baseline(self, balances: dict[str, float], desk_spot: dict[str, float]) -> None:
         """A live account may hold coins of its own. The first reconciliation records them

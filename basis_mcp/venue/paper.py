@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from basis_mcp import margin as mm
 from basis_mcp.borrow import BorrowModel, interest_usd
@@ -154,6 +155,12 @@ class _Namespaced:
     def tx(self):
         return self.db.tx()
 
+    def read_cache(self):
+        return self.db.read_cache()
+
+    def relaxed(self):
+        return self.db.relaxed()
+
     def close(self) -> None:
         self.db.close()
 
@@ -168,6 +175,7 @@ class PaperVenue:
     of its own feed (that venue's real history)."""
 
     remote = False
+    lazy = False  # a replay fast-forwarding: `on_tick` opens no transaction for an hour with nothing to write (`_due`)
 
     def __init__(self, path: Path | str, feed: MarketFeed, settings: Settings, clock: Clock, faults: FaultPlan | None = None,
                  *, venue: str | None = None, capital_usd: float | None = None):
@@ -189,6 +197,7 @@ class PaperVenue:
         self.feed = feed
         self.settings = settings
         self.clock = clock
+        self._brackets: dict[str, list[mm.Bracket]] = {}  # per symbol, from the settings (fixed for the venue's life)
         with self.db.tx():
             cols = {r["name"] for r in self.db.q("PRAGMA table_info(paper_liquidations)")}
             if "market" not in cols:  # a book from before borrowed-spot legs: its liquidations were all perps
@@ -476,8 +485,8 @@ class PaperVenue:
         has_perp = self.db.one("SELECT 1 FROM paper_perp LIMIT 1") is not None
         has_margin = self.db.one("SELECT 1 FROM paper_margin LIMIT 1") is not None
         has_future = self.db.one("SELECT 1 FROM paper_future LIMIT 1") is not None
-        if not (has_perp or has_margin or has_future):
-            self._last_tick = max(last, t)
+        if not (has_perp or has_margin or has_future) or (self.lazy and not self._due(last, t, has_perp, has_margin, has_future)):
+            self._last_tick = max(last, t)  # nothing settles, accrues, expires or breaches: no transaction
             return TickReport(t, funding, liquidations)
         with self.db.tx():
             for s in self.feed.settlements_between(last, t) if has_perp else []:
@@ -507,6 +516,24 @@ class PaperVenue:
             else:
                 self._last_tick = max(last, t)
         return TickReport(t, funding, liquidations, borrow)
+
+    def flat(self) -> bool:
+        """No isolated position of any kind: a tick can settle, accrue or liquidate nothing."""
+        return all(self.db.one(f"SELECT 1 FROM {table} LIMIT 1") is None for table in TABLES.values())
+
+    def _due(self, last: float, t: float, has_perp: bool, has_margin: bool, has_future: bool) -> bool:
+        """Whether `on_tick` over (last, t] has anything to write (read only): a settlement on a perp held,
+        borrowed spot (interest every hour, recalls), a dated contract at expiry, or a breached position."""
+        if has_margin:
+            return True
+        if has_perp:
+            held = {r["symbol"] for r in self.db.q("SELECT symbol FROM paper_perp")}
+            if any(s.symbol in held for s in self.feed.settlements_between(last, t)):
+                return True
+        if has_future and any(parse_contract(r["symbol"])[1] <= t for r in self.db.q("SELECT symbol FROM paper_future")):
+            return True
+        return any(self._breach(r["symbol"], t, market) is not None
+                   for market, table in TABLES.items() for r in self.db.q(f"SELECT symbol FROM {table}"))
 
     def _accrue_borrow(self, last: float, t: float) -> list[BorrowEvent]:
         """Interest for every whole hour in (last, t] on every borrowed-spot position, at that hour's
@@ -593,7 +620,8 @@ class PaperVenue:
             out.append(LiquidationEvent(r["symbol"], expiry, pos.quantity, price, 0.0, coid, "future", "delivery"))
         return out
 
-    def _maybe_liquidate(self, symbol: str, t: float, market: str = "perp") -> LiquidationEvent | None:
+    def _breach(self, symbol: str, t: float, market: str) -> tuple[PerpPosition, Any, float] | None:
+        """(position, snapshot, liquidation price) when the position is liquidated at ``t``, else None."""
         pos = self._perp(symbol, market)
         if pos is None:
             return None
@@ -601,7 +629,9 @@ class PaperVenue:
             snap = self.feed.snapshot(symbol, at=t)
         except MarketDataUnavailable:
             return None
-        table = self.settings.spec(symbol).brackets
+        table = self._brackets.get(symbol)
+        if table is None:
+            table = self._brackets[symbol] = self.settings.spec(symbol).brackets
         lp = mm.liquidation_price(pos.isolated_wallet_usd, pos.quantity, pos.entry_price, table)
         if market in ("perp", "future"):  # a dated future's mark is its (simulated) price at the close
             breached = snap.mark_high >= lp if pos.quantity < 0 else snap.mark_low <= lp
@@ -609,6 +639,13 @@ class PaperVenue:
             breached = snap.spot >= lp if pos.quantity < 0 else snap.spot <= lp
         if not breached and pos.isolated_wallet_usd > 0:
             return None
+        return pos, snap, lp
+
+    def _maybe_liquidate(self, symbol: str, t: float, market: str = "perp") -> LiquidationEvent | None:
+        hit = self._breach(symbol, t, market)
+        if hit is None:
+            return None
+        pos, snap, lp = hit
         price = mm.bankruptcy_price(pos.isolated_wallet_usd, pos.quantity, pos.entry_price)
         coid = self.coid_tag + (f"liq-{symbol}-{int(t)}" if market == "perp" else f"liq-{symbol}-{market[0]}-{int(t)}")
         side = "buy" if pos.quantity < 0 else "sell"

@@ -184,6 +184,14 @@ class VenueRouter:
             report.liquidations.extend(dataclasses.replace(e, symbol=qualify(e.symbol, venue)) for e in r.liquidations)
         return report
 
+    def flat(self) -> bool:
+        """No isolated position on any venue (False from a venue that cannot say)."""
+        return all(getattr(ex, "flat", lambda: False)() for _, ex in self._all())
+
+    def exchanges(self) -> list[Any]:
+        """Every venue's exchange object, the primary first."""
+        return [ex for _, ex in self._all()]
+
     def close(self) -> None:
         for _, ex in self._all():
             ex.close()
