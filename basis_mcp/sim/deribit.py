@@ -56,7 +56,7 @@ import math
 import sys
 import zlib
 from collections.abc import Callable, Collection, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
@@ -67,6 +67,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from basis_mcp.sim.admin import admin_routes
 from basis_mcp.sim.binance import HTML_503, SimServer, _bind, _config, serve_app
 from basis_mcp.sim.instruments import BinanceError, Instrument, Quarterly
 from basis_mcp.sim.market_data import MarketDataApi
@@ -348,40 +349,6 @@ def build_deribit_app(state: SimState, coins: Collection[str] = COINS) -> Starle
         return error(DeribitError(-32601, "Method not found",
                                   {"reason": "simulator: the private API (trading, accounts) is not simulated"}))
 
-    def requests_snapshot() -> dict[str, Any]:
-        with state.lock:
-            return {"total": sum(state.requests.values()), "by_path": dict(state.requests),
-                    "unknown": list(state.unknown_paths)}
-
-    async def admin_state(request: Request) -> Response:
-        with state.lock:
-            t = state.t
-        return JSONResponse({"t": t, "time": datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z"),
-                             "faults": asdict(state.faults), "requests": requests_snapshot()})
-
-    async def admin_time(request: Request) -> Response:
-        if request.method == "POST":
-            d = await request.json()
-            try:
-                state.advance(d["advance_s"]) if "advance_s" in d else state.set_time(d["t"])
-            except (KeyError, ValueError, TypeError) as e:
-                return JSONResponse({"error": f"give 't' (epoch s or ISO) or 'advance_s': {e}"}, 400)
-        return JSONResponse({"t": state.t})
-
-    async def admin_faults(request: Request) -> Response:
-        if request.method == "POST":
-            try:
-                with state.lock:
-                    state.faults.update(await request.json())
-            except (ValueError, TypeError) as e:
-                return JSONResponse({"error": str(e)}, 400)
-        return JSONResponse(asdict(state.faults))
-
-    async def admin_requests(request: Request) -> Response:
-        if request.method == "DELETE":
-            state.reset_counts()
-        return JSONResponse(requests_snapshot())
-
     async def not_found(request: Request) -> Response:
         with state.lock:
             state.unknown_paths.append(f"{request.method} {request.url.path}")
@@ -390,10 +357,7 @@ def build_deribit_app(state: SimState, coins: Collection[str] = COINS) -> Starle
     return Starlette(routes=[
         Route(PREFIX + "{method}", endpoint, methods=["GET"]),
         Route("/api/v2/private/{method}", private, methods=["GET", "POST"]),
-        Route("/_sim/state", admin_state),
-        Route("/_sim/time", admin_time, methods=["GET", "POST"]),
-        Route("/_sim/faults", admin_faults, methods=["GET", "POST"]),
-        Route("/_sim/requests", admin_requests, methods=["GET", "DELETE"]),
+        *admin_routes(state),
         Route("/{path:path}", not_found, methods=["GET", "POST", "PUT", "DELETE"]),
     ])
 

@@ -45,8 +45,6 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -56,6 +54,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from basis_mcp.sim.admin import admin_routes
 from basis_mcp.sim.binance import HTML_503, SimServer, _bind, _config, serve_app
 from basis_mcp.sim.bybit import FundingOverrides, apply_funding
 from basis_mcp.sim.okx_api import OkxApi, OkxError
@@ -133,43 +132,6 @@ def build_app(state: SimState, passphrase: str = PASSPHRASE, check_timestamp: bo
     routes += [get(f"/market/{name}", lambda p, n=name: api.candles(p, n))
                for name in ("candles", "history-candles", "mark-price-candles", "history-mark-price-candles")]
 
-    def requests_snapshot() -> dict[str, Any]:
-        with state.lock:
-            return {"total": sum(state.requests.values()), "by_path": dict(state.requests),
-                    "unknown": list(state.unknown_paths)}
-
-    async def admin_state(request: Request) -> Response:
-        with state.lock:
-            t = state.t
-        return JSONResponse({"t": t, "time": datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z"),
-                             "faults": asdict(state.faults), "requests": requests_snapshot()})
-
-    async def admin_time(request: Request) -> Response:
-        if request.method == "POST":
-            d = await request.json()
-            try:
-                settled = state.advance(d["advance_s"]) if "advance_s" in d else state.set_time(d["t"])
-            except (KeyError, ValueError, TypeError) as e:
-                return JSONResponse({"error": f"give 't' (epoch s or ISO) or 'advance_s': {e}"}, 400)
-            with state.lock:
-                trading.sync()  # the bills of what settled, with the balance right after it
-            return JSONResponse({"t": state.t, "funding": settled})
-        return JSONResponse({"t": state.t})
-
-    async def admin_faults(request: Request) -> Response:
-        if request.method == "POST":
-            try:
-                with state.lock:
-                    state.faults.update(await request.json())
-            except (ValueError, TypeError) as e:
-                return JSONResponse({"error": str(e)}, 400)
-        return JSONResponse(asdict(state.faults))
-
-    async def admin_requests(request: Request) -> Response:
-        if request.method == "DELETE":
-            state.reset_counts()
-        return JSONResponse(requests_snapshot())
-
     async def not_found(request: Request) -> Response:
         with state.lock:
             state.unknown_paths.append(f"{request.method} {request.url.path}")
@@ -177,10 +139,7 @@ def build_app(state: SimState, passphrase: str = PASSPHRASE, check_timestamp: bo
 
     routes += private_routes(state, trading, passphrase, check_timestamp)
     routes += [
-        Route("/_sim/state", admin_state),
-        Route("/_sim/time", admin_time, methods=["GET", "POST"]),
-        Route("/_sim/faults", admin_faults, methods=["GET", "POST"]),
-        Route("/_sim/requests", admin_requests, methods=["GET", "DELETE"]),
+        *admin_routes(state),
         Route("/{path:path}", not_found, methods=["GET", "POST", "PUT", "DELETE"]),
     ]
     return Starlette(routes=routes)
