@@ -168,7 +168,10 @@ def main(argv: list[str] | None = None) -> int:
         return _data_download(args)
     db = book_db(args)
     if args.command == "serve":
-        return _serve(args, db)
+        rc = _serve(args, db)
+        if argv is None:  # the process's own entry point: the book is closed and its lease released
+            _exit_fast(rc)
+        return rc
     if args.command != "audit" or args.audit_command == "verify":
         print(f"basis-mcp: {book_mode(args)} book, database {db}", file=sys.stderr)
     paths = audit_paths(args, db)
@@ -608,6 +611,21 @@ def _serve(args: argparse.Namespace, db: Path) -> int:
         return 0
     finally:
         lease.release()
+
+
+def _exit_fast(rc: int) -> None:
+    """Leave without the interpreter's teardown (half a second of freeing the SDK's and our pydantic
+    classes: every client that stops the server waits for it). Only after `_serve` returned: the
+    desk, its database and audit journal are closed and the lease released; streams are flushed here."""
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # the client closed the pipe already
+            pass
+    os._exit(rc)
 
 
 def _status(db: Path) -> int:

@@ -126,35 +126,35 @@ def check_invariants(db: Path) -> None:
     assert lhs == pytest.approx(rhs, abs=0.01)
 
 
-async def restart_and_tick(db: Path) -> dict:
+async def restart_and_tick(db: Path, retry: tuple[str, dict]) -> dict:
+    """Restart, let one watchdog tick run, check the book, then (same server) retry the killed call."""
     async with Client(stdio_params(db)) as client:
         adv = await call(client, "advance_time", {"hours": 1})  # one watchdog tick
         risk = await call(client, "risk_status", {})
         book = await call(client, "portfolio_status", {"include_closed": 5})
-        return {"risk": risk, "book": book, "alerts": adv["alerts"] + risk["alerts"] + book["alerts"]}
+        check_invariants(db)  # read beside the running server, before the retry
+        return {"risk": risk, "book": book, "alerts": adv["alerts"] + risk["alerts"] + book["alerts"],
+                "retry": await client.call_tool(*retry)}
 
 
 @pytest.mark.parametrize("step", ENTRY_STEPS)
 async def test_sigkill_during_entry(db: Path, tmp_path: Path, step: str) -> None:
     await kill_at(db, tmp_path, step, "enter_trade", ENTRY)
-    state = await restart_and_tick(db)
+    # after the restart's tick, a retry with the same key never trades twice: it returns the first outcome
+    state = await restart_and_tick(db, retry=("enter_trade", ENTRY))
     assert state["risk"]["trading_state"] == "ACTIVE", state["risk"]["trading_state_reason"]
-    check_invariants(db)
     positions = db_rows(db, "SELECT * FROM positions")
     assert len(positions) == 1
     p = positions[0]
     both_legs_reached_venue = step in ("venue.executed.2", "entry.leg2_filled", "entry.all_filled")
     assert p["status"] == ("open" if both_legs_reached_venue else "failed"), p["close_reason"]
     assert any(a["rule"] == "recovered" and "mid-entry" in a["message"] for a in state["alerts"])
-    # a retry with the same key never trades twice: it returns the first outcome
-    async with Client(stdio_params(db)) as client:
-        r = await client.call_tool("enter_trade", ENTRY)
-        if both_legs_reached_venue:
-            assert not r.is_error and r.structured_content["replayed"]
-            assert r.structured_content["position"]["position_id"] == p["id"]
-        else:
-            assert r.is_error and "idempotency_key" in r.content[0].text
-    assert len(db_rows(db, "SELECT * FROM positions")) == 1
+    r = state["retry"]
+    if both_legs_reached_venue:
+        assert not r.is_error and r.structured_content["replayed"]
+        assert r.structured_content["position"]["position_id"] == p["id"]
+    else:
+        assert r.is_error and "idempotency_key" in r.content[0].text
     check_invariants(db)
 
 
@@ -163,10 +163,10 @@ async def test_sigkill_during_exit(db: Path, tmp_path: Path, step: str) -> None:
     async with Client(stdio_params(db)) as client:
         pid = (await call(client, "enter_trade", ENTRY))["position"]["position_id"]
         await call(client, "advance_time", {"hours": 9})  # a settlement in between
-    await kill_at(db, tmp_path, step, "exit_trade", {"position_id": pid, "idempotency_key": EXIT_KEY})
-    state = await restart_and_tick(db)
+    exit_args = {"position_id": pid, "idempotency_key": EXIT_KEY}
+    await kill_at(db, tmp_path, step, "exit_trade", exit_args)
+    state = await restart_and_tick(db, retry=("exit_trade", exit_args))
     assert state["risk"]["trading_state"] == "ACTIVE", state["risk"]["trading_state_reason"]
-    check_invariants(db)
     p = db_rows(db, "SELECT * FROM positions WHERE id = ?", (pid,))[0]
     assert p["status"] == "closed", f"{step}: {p['status']} {p['close_reason']}"  # an interrupted exit is completed
     recovered = [a for a in state["alerts"] if a["rule"] == "recovered"]
@@ -176,7 +176,8 @@ async def test_sigkill_during_exit(db: Path, tmp_path: Path, step: str) -> None:
     funding = db_rows(db, "SELECT COALESCE(SUM(amount_usd), 0) AS s FROM funding_payments WHERE position_id = ?", (pid,))[0]["s"]
     cash = sum((1 if f["side"] == "sell" else -1) * f["quantity"] * f["price"] for f in fills)
     assert p["realized_pnl_usd"] == pytest.approx(cash - sum(f["fee_usd"] for f in fills) + funding, abs=0.01)
-    async with Client(stdio_params(db)) as client:
-        again = await call(client, "exit_trade", {"position_id": pid, "idempotency_key": EXIT_KEY})
-        assert again["replayed"] and again["realized"]["total_usd"] == pytest.approx(p["realized_pnl_usd"], abs=0.01)
+    again = state["retry"]
+    assert not again.is_error, again.content[0].text
+    assert again.structured_content["replayed"]
+    assert again.structured_content["realized"]["total_usd"] == pytest.approx(p["realized_pnl_usd"], abs=0.01)
     check_invariants(db)

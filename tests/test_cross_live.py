@@ -118,15 +118,16 @@ async def test_cross_exchange_live_on_two_simulated_venues_end_to_end(db: Path, 
         assert books["binance"]["futures"]["margin_type"]["BTCUSDT"] == "ISOLATED"
         assert books["binance"]["spot"].get("BTC", 0.0) == 0 and books["bybit"]["coins"] == {}  # perps only
 
-        # both venues cross the 08:00 settlement (Bybit a moment before Binance, whose settlement the desk's
-        # background tick watches); the desk books each venue's payment on its own leg
+        # both venues cross the 08:00 settlement, Bybit first: the desk reads Bybit's payment while Binance has
+        # not settled yet, and must still come back for Binance's (not only at its 5-minute backstop); the
+        # desk books each venue's payment on its own leg
         expected = {}
-        for venue, sim in (("bybit", bb), ("binance", bn)):
+        for n, (venue, sim) in enumerate((("bybit", bb), ("binance", bn)), start=1):
             settled = admin(sim, "/_sim/time", {"t": SETTLE + 30})["funding"]
             (row,) = [r for r in settled if r["symbol"] == "BTCUSDT"]
             expected[venue] = float(row["income"])
+            await wait_for(lambda n=n: db_rows(db, "SELECT COUNT(*) AS n FROM funding_payments")[0]["n"] == n, timeout=60)
         assert expected[rich] and expected[cheap]
-        await wait_for(lambda: db_rows(db, "SELECT COUNT(*) AS n FROM funding_payments")[0]["n"] == 2)
         pays = {r["venue"]: r for r in db_rows(db, "SELECT l.venue, l.role, p.* FROM funding_payments p JOIN legs l ON l.id = p.leg_id")}
         assert set(pays) == {"live:binance", "live:bybit"}
         for venue, sim in (("binance", bn), ("bybit", bb)):

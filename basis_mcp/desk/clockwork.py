@@ -41,6 +41,8 @@ SAMPLES_FLUSH_TICKS = 168  # a replay saves its samples and clock at least once 
 LOOK_OUT_S = 0.005  # the fast path yields to other calls and looks for other processes' commits this often (wall clock)
 EVENTS_BACKSTOP_S = 300.0
 FLAT_CHECK_S = 60.0
+PAYMENT_GRACE_S = 600.0  # after a settlement, a perp leg without its payment is looked for again for this long
+PAYMENT_RETRY_S = 10.0  # ... this often (wall clock): venues post income rows seconds to minutes after the settlement
 
 
 class Clockwork:
@@ -59,6 +61,7 @@ class Clockwork:
         self.watchdog = watchdog
         self.events_synced_at: float | None = None
         self._flat_checked_at = float("-inf")  # monotonic time of the last ledger check on a flat live book
+        self._payment_retry_at = float("-inf")  # monotonic time of the last read for a payment not posted yet
         self.reference = False  # advance_time hour by hour (the reference loop) instead of fast_forward
 
     def has_book(self) -> bool:
@@ -278,4 +281,18 @@ class Clockwork:
             prev = snap.next_funding_time - snap.funding_interval_hours * 3600.0
             if last < prev <= now:
                 return True
+            if (now - prev < PAYMENT_GRACE_S and time.monotonic() - self._payment_retry_at >= PAYMENT_RETRY_S
+                    and self._payment_missing(getattr(feed, "venue", ""), prev)):
+                # read after the settlement but a leg's payment was not there yet (a venue posts it late, or
+                # a second venue settled after the read): look again, not only at the 5-minute backstop
+                self._payment_retry_at = time.monotonic()
+                return True
         return False
+
+    def _payment_missing(self, venue: str, settled_at: float) -> bool:
+        """An open perp leg on ``venue``, held across the settlement at ``settled_at``, without a payment for it."""
+        return self.store.one(
+            "SELECT 1 FROM legs l JOIN positions p ON p.id = l.position_id WHERE p.status = 'open' AND l.market = 'perp' "
+            "AND l.venue IN (?, ?) AND p.opened_at < ? AND NOT EXISTS (SELECT 1 FROM funding_payments f "
+            "WHERE f.leg_id = l.id AND f.ts >= ?) LIMIT 1",
+            (venue, f"live:{venue}", settled_at - 1.0, settled_at - 60.0)) is not None

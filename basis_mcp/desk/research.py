@@ -178,10 +178,11 @@ class Research:
         st = zscore_stats(values, window)
         if st.n and window == tr.window:  # the O(1) tracker is the reference for its own window
             st = st.__class__(**{**st.__dict__, "zscore": tr.zscore(st.latest), "mean": tr.mean, "std": tr.std})
-        span = self.store.q(
-            "SELECT ts FROM basis_samples WHERE symbol = ? AND ts <= ? ORDER BY ts DESC LIMIT ?",
-            (sym, self.market.now(), max(st.n, 1)),
-        )
+        span = None
+        if st.n:  # the window's newest and oldest sample times (summed up in SQLite, not the window's rows in Python)
+            row = self.store.one("SELECT MAX(ts) AS newest, MIN(ts) AS oldest FROM (SELECT ts FROM basis_samples "
+                                 "WHERE symbol = ? AND ts <= ? ORDER BY ts DESC LIMIT ?)", (sym, self.market.now(), st.n))
+            span = (row["newest"], row["oldest"]) if row else None
         return ZScoreOutput(
             symbol=sym,
             window=window,
@@ -195,8 +196,8 @@ class Research:
             p90_pct=_r(st.p90, 8),
             min_pct=_r(st.minimum, 8),
             max_pct=_r(st.maximum, 8),
-            first_sample_time=iso(span[-1]["ts"]) if span and st.n else None,
-            last_sample_time=iso(span[0]["ts"]) if span and st.n else None,
+            first_sample_time=iso(span[1]) if span else None,
+            last_sample_time=iso(span[0]) if span else None,
             sample_interval_seconds=self.settings.zscore_sample_seconds,
             note=None if st.zscore is not None else self._no_zscore_reason(sym, st.n),
         )
