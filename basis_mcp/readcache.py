@@ -43,6 +43,7 @@ _INERT = ("PRAGMA", "SELECT", "BEGIN", "SAVEPOINT", "RELEASE")  # through x() wi
 _PEERS: dict[str, weakref.WeakSet[ReadCache]] = {}  # the active caches per database file
 _RECORDING: list[Reads] = []  # `Reads.recording` blocks open, innermost last
 _WRITES = [0]  # changes seen by any cache in this process (a table dropped, a cache started over)
+_SCHEMAS: dict[str, tuple[int, set[str], set[str], dict[str, tuple[str, ...] | None]]] = {}  # per file: `_load_schema`
 
 
 class Reads:
@@ -86,10 +87,9 @@ class ReadCache:
         self.path = path
         self.rows: dict[tuple, Any] = {}
         self.by_table: dict[str, set[tuple]] = {}
-        self.deps: dict[str, tuple[str, ...] | None] = {}
         self.pending: set[str] = set()  # tables written in the connection's open transaction
         self.unknown = False  # rows changed in the open transaction that no statement accounts for
-        self.tables, self.views = self._tables()
+        self._load_schema(reuse=True)
         self.versions: dict[str, int] = {}  # per table: bumped whenever its results are dropped
         self.epoch = 0  # bumped whenever everything is dropped
         self.active = True
@@ -169,14 +169,14 @@ class ReadCache:
         if m is None:
             if delta == 0 and sql.lstrip()[:9].upper().startswith(_INERT):
                 return
-            self.tables, self.views = self._tables()  # DDL, or a statement this parser does not know: start over
+            self._load_schema()  # DDL, or a statement this parser does not know: start over
             self._dropped_all()
             return
         if delta == 0:
             return  # nothing changed (INSERT OR IGNORE of a known row, an UPDATE matching nothing)
         table = m.group(1).lower()
         if delta != rowcount or table not in self.tables:  # a trigger or cascade wrote elsewhere too
-            self.tables, self.views = self._tables()
+            self._load_schema()
             self._dropped_all()
             return
         self.invalidate((table,))
@@ -244,6 +244,19 @@ class ReadCache:
                     peer.invalidate(tables)
 
     # ------------------------------------------------------------------ the file
+
+    def _load_schema(self, reuse: bool = False) -> None:
+        """The file's tables and views, and each query's tables (``deps``). A read tool opens a cache per
+        call: with ``reuse``, what an earlier cache of the same file learned is taken over while SQLite's
+        schema version says nothing was created, altered or dropped since."""
+        version = int(self.conn.execute("PRAGMA schema_version").fetchone()[0])
+        memo = _SCHEMAS.get(self.path)
+        if reuse and memo is not None and memo[0] == version:
+            _, self.tables, self.views, self.deps = memo
+            return
+        self.tables, self.views = self._tables()
+        self.deps: dict[str, tuple[str, ...] | None] = {}
+        _SCHEMAS[self.path] = (version, self.tables, self.views, self.deps)
 
     def _tables(self) -> tuple[set[str], set[str]]:
         """(tables, views) of the file: a query naming a view is never cached (its tables are not in its text)."""

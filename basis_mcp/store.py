@@ -1,12 +1,11 @@
 """SQLite state: positions, orders, fills, funding, basis samples, alerts, audit.
 
-WAL mode, ``synchronous=FULL`` (a committed fill survives power loss, not just a process
-crash), foreign keys on. The connection runs in autocommit mode and every multi-row
-change goes through `Store.tx()` (``BEGIN IMMEDIATE`` … ``COMMIT``), so a rejected call or
-a crash leaves nothing half-written.
+WAL mode, ``synchronous=FULL`` (a committed fill survives power loss, not just a process crash), foreign
+keys on. The connection runs in autocommit mode and every multi-row change goes through `Store.tx()`
+(``BEGIN IMMEDIATE`` … ``COMMIT``), so a rejected call or a crash leaves nothing half-written.
 
-The paper venue keeps its own tables (``paper_*``) in the same file, written in its own
-transactions: it plays the exchange, whose state the desk must reconcile against.
+The paper venue keeps its own tables (``paper_*``) in the same file, written in its own transactions: it plays the
+exchange, whose state the desk must reconcile against.
 """
 
 from __future__ import annotations
@@ -249,13 +248,14 @@ class Database:
     def __init__(self, path: Path | str, schema: str | None, busy_ms: int = BUSY_QUICK_MS):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._real_path = str(self.path.resolve())  # the file's identity for read caches (a link is the same book)
         self.busy_ms = busy_ms
         self.conn = connect(self.path, busy_ms)
         self._lock = threading.RLock()
         self._depth = 0
         self._patient = 0
         self._after_commit: list[Callable[[], None]] = []
-        self.cache: ReadCache | None = None  # on while a replay fast-forwards (`read_cache`)
+        self.cache: ReadCache | None = None  # on while a replay fast-forwards or a read tool runs (`read_cache`)
         self._relaxed = 0  # open `relaxed` blocks
         if schema:
             self.conn.executescript(schema)
@@ -269,7 +269,7 @@ class Database:
         with self._lock:
             owner = self.cache is None  # (nested: the outermost one owns it)
             if owner:
-                self.cache = ReadCache(self.conn, str(self.path.resolve()))
+                self.cache = ReadCache(self.conn, self._real_path)
         try:
             yield
         finally:

@@ -100,7 +100,7 @@ async def test_calendar_spread_end_to_end_over_stdio(db: Path, tmp_path: Path) -
         d = (await call(client, "check_delta", {"position_id": pos["position_id"]}))["positions"][0]
         assert d["recommended_action"] == "hold" and {leg["market"] for leg in d["legs"]} == {"perp", "future"}
         assert abs(d["current_basis_pct"] - pos["entry_basis_pct"]) < 0.2  # the quarterly's premium, not the spot basis
-        port = await call(client, "portfolio_status", {})
+        port = await call(client, "portfolio_status", {"include_fills": True})
         assert port["open_positions"][0]["strategy"] == "calendar_spread"
         assert port["equity_usd"] == pytest.approx(port["account_equity_usd"], abs=0.01)
         closed = await call(client, "exit_trade", {"position_id": pos["position_id"], "idempotency_key": "cal-1-x"})

@@ -250,7 +250,7 @@ async def assert_book_within_caps(client: Client, db: Path, s: Settings) -> list
     assert venue_side == pytest.approx(desk_side, abs=1e-6)
 
     # the same through the tools
-    pf = await call(client, "portfolio_status", {"include_closed": 100})
+    pf = await call(client, "portfolio_status", {"include_closed": 100, "include_fills": True})
     assert pf["cash_usd"] >= 0 and pf["cash_usd"] == pytest.approx(usdt, abs=0.005)
     assert sorted(p["position_id"] for p in pf["open_positions"]) == sorted(p["id"] for p in open_)
     anchor = next(t for t in pf["tiers"] if t["tier"] == "anchor")

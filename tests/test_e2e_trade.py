@@ -66,8 +66,14 @@ async def drive_full_trade(client: Client, db: Path, symbol: str = "BTC", key: s
     assert d["funding_received_usd"] == pytest.approx(sum(f["amount_usd"] for f in mine), abs=0.005 * (len(mine) + 1))
 
     # the desk's book (ledger) and the paper account agree while the position is open
-    book = await call(client, "portfolio_status", {})
+    book = await call(client, "portfolio_status", {"include_fills": True})
     assert book["equity_usd"] == pytest.approx(book["account_equity_usd"], abs=0.01)
+    # by default the summary counts the fills without listing them, and is otherwise the same
+    brief = await call(client, "portfolio_status", {})
+    (listed,) = [p for p in book["open_positions"] if p["position_id"] == pid]
+    (counted,) = [p for p in brief["open_positions"] if p["position_id"] == pid]
+    assert listed["fill_count"] == len(listed["fills"]) >= 2 and counted["fills"] == []
+    assert {**counted, "fills": listed["fills"]} == listed
     assert book["pnl_since_start_usd"] == pytest.approx(book["realized_pnl_usd"] + book["unrealized_pnl_usd"]
                                                         + book["funding_received_usd"] - book["fees_paid_usd"], abs=0.01)
 
@@ -131,7 +137,7 @@ async def test_full_trade_over_stdio_subprocess(db: Path) -> None:
             "exit_trade", "check_delta", "seconds_to_funding", "portfolio_status", "advance_time",
         } <= tools
         result = await drive_full_trade(client, db)
-        book = await call(client, "portfolio_status", {"include_closed": 5})
+        book = await call(client, "portfolio_status", {"include_closed": 5, "include_fills": True})
         assert book["realized_pnl_usd"] == pytest.approx(result["exit"]["realized"]["total_usd"], abs=0.01)
         assert book["pnl_since_start_usd"] == pytest.approx(result["exit"]["realized"]["total_usd"], abs=0.01)
     assert_reconciles(db, result)

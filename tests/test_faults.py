@@ -143,7 +143,7 @@ async def test_timeout_with_failed_lookups_leaves_the_outcome_unknown_until_the_
         assert "idempotency_key" in again and "opening" in again
         adv = await call(client, "advance_time", {"hours": 1})  # the venue answers now: both legs had filled
         assert any(a["rule"] == "recovered" and "entry completed" in a["message"] for a in adv["alerts"])
-        pos = (await call(client, "portfolio_status", {}))["open_positions"]
+        pos = (await call(client, "portfolio_status", {"include_fills": True}))["open_positions"]
         assert [p["status"] for p in pos] == ["open"]
         risk = await call(client, "risk_status", {})
         assert risk["trading_state"] == "ACTIVE", risk["trading_state_reason"]
@@ -164,7 +164,7 @@ async def test_venue_down_during_reconciliation_does_not_reduce_the_desk(make_se
         assert risk["trading_state"] == "ACTIVE", risk["trading_state_reason"]  # a venue that does not answer is not a broken ledger
         faults.lookups_fail = 0
         await call(client, "advance_time", {"hours": 1})
-        assert [p["status"] for p in (await call(client, "portfolio_status", {}))["open_positions"]] == ["open"]
+        assert [p["status"] for p in (await call(client, "portfolio_status", {"include_fills": True}))["open_positions"]] == ["open"]
     check_invariants(db)
 
 
@@ -218,7 +218,7 @@ async def test_a_trim_with_unknown_outcome_is_looked_up_before_anything_else_is_
         text = await call_error(client, "enter_trade", ENTRY)
         assert "outcome unknown" in text
         await call(client, "advance_time", {"hours": 3})
-        open_ = (await call(client, "portfolio_status", {}))["open_positions"]
+        open_ = (await call(client, "portfolio_status", {"include_fills": True}))["open_positions"]
         assert [p["quantity"] for p in open_] == [pytest.approx(0.03)]
     assert faults.orders_seen == 3  # the trim was found executed, never sent again
     check_invariants(db)

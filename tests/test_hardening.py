@@ -744,15 +744,20 @@ async def test_a_bad_call_under_a_foreign_lock_does_not_freeze_the_server(make_s
         try:
             t0 = time.monotonic()
             await call_error(client, "enter_trade", {"symbol": "BTC", "notional_usd": "3000", "idempotency_key": "b1"})
-            await call_error(client, "risk_status")  # busy: refused quickly too
+            under_lock = await call(client, "risk_status")  # a read answers (WAL readers are not blocked); its rows queue
             took = time.monotonic() - t0
         finally:
             holder.execute("ROLLBACK")
             holder.close()
         assert took < 8, took
-        await call(client, "risk_status")  # the queued refusal row lands now
-    rows = db_rows(db, "SELECT name, outcome FROM audit WHERE kind = 'tool' AND outcome = 'rejected'")
-    assert ("enter_trade", "rejected") in [tuple(r) for r in rows]
+        assert under_lock["trading_state"] == "ACTIVE"
+        await call(client, "risk_status")  # the queued rows land now, in order, before this call's
+    rows = [tuple(r) for r in db_rows(db, "SELECT name, outcome FROM audit WHERE kind = 'tool' ORDER BY id")]
+    assert ("enter_trade", "rejected") in rows
+    assert rows[-5:] == [("enter_trade", "rejected"), ("risk_status", "started"), ("risk_status", "ok"),
+                         ("risk_status", "started"), ("risk_status", "ok")]
+    calls = db_rows(db, "SELECT id, args_json FROM audit WHERE kind = 'tool' AND name = 'risk_status' ORDER BY id")
+    assert [json.loads(calls[i]["args_json"])["call"] for i in (-3, -1)] == [calls[-4]["id"], calls[-2]["id"]]
 
 
 async def test_audit_rows_stay_bounded_in_bytes_whatever_the_characters(make_server, db: Path) -> None:

@@ -47,7 +47,7 @@ async def test_wick_liquidates_the_short_spot_is_unwound_and_drawdown_reduces(ma
         assert funding == pytest.approx(3 * q * m.mark[0] * 0.0003, abs=1e-6)
         assert liq["margin_lost_usd"] == pytest.approx(wallet + funding, abs=0.01)
 
-        book = await call(client, "portfolio_status", {"include_closed": 1})
+        book = await call(client, "portfolio_status", {"include_closed": 1, "include_fills": True})
         assert book["open_positions"] == []
         closed = book["closed_positions"][0]
         assert closed["status"] == "liquidated"

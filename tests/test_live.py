@@ -201,7 +201,7 @@ async def test_coins_of_the_owner_are_a_baseline_and_a_sale_outside_the_desk_is_
         pos = (await call(client, "enter_trade", ENTRY))["position"]
         risk = await call(client, "risk_status", {})
         assert risk["trading_state"] == "ACTIVE", risk["trading_state_reason"]
-        book = await call(client, "portfolio_status", {})
+        book = await call(client, "portfolio_status", {"include_fills": True})
         # the desk's equity is its own book; the account also holds the owner's 0.5 BTC
         assert book["account_equity_usd"] - book["equity_usd"] > 0.45 * pos["entry_spot_price"]
         assert risk["drawdown_pct"] < 1.0
@@ -262,7 +262,7 @@ async def test_kill9_between_legs_in_live_mode_recovers_from_the_venue(db: Path,
         risk = await call(client, "risk_status", {})
         assert risk["trading_state"] == "ACTIVE", risk["trading_state_reason"]
         assert any(a["rule"] == "recovered" for a in risk["alerts"])
-        book = await call(client, "portfolio_status", {"include_closed": 3})
+        book = await call(client, "portfolio_status", {"include_closed": 3, "include_fills": True})
     p = db_rows(db, "SELECT * FROM positions")[0]
     venue_perp = sim.state.positions.get("BTCUSDT")
     venue_perp_amt = venue_perp.amt if venue_perp else 0.0
@@ -313,7 +313,7 @@ async def test_keys_never_appear_in_outputs_errors_logs_or_the_audit_log(db: Pat
                 ("scan_basis", {}), ("risk_status", {}), ("enter_trade", ENTRY),
                 ("enter_trade", {**ENTRY, "api_key": KEY, "secret": SECRET}),  # an agent pasting keys: refused
                 ("enter_trade", {**ENTRY, "confirmation_token": "not-a-real-token"}),
-                ("portfolio_status", {}), ("estimate_net_apy", {"symbol": "BTC", "notional_usd": 3000, "hold_days": 5}),
+                ("portfolio_status", {"include_fills": True}), ("estimate_net_apy", {"symbol": "BTC", "notional_usd": 3000, "hold_days": 5}),
             ]:
                 r = await client.call_tool(name, args)
                 seen.append(json.dumps(r.model_dump(mode="json")))

@@ -74,7 +74,7 @@ async def test_a_v1_book_upgrades_intact_and_carries_on_trading(v1: Path) -> Non
     legacy_rows = db_rows(v1, "SELECT COUNT(*) AS n FROM audit")[0]["n"]
     server = build_server(ServeOptions(settings=Settings(), db_path=v1))
     async with Client(server) as client:
-        book = await call(client, "portfolio_status", {"include_closed": 5})
+        book = await call(client, "portfolio_status", {"include_closed": 5, "include_fills": True})
         assert [p["symbol"] for p in book["open_positions"]] == ["ETH", "BTC"]
         assert len(book["closed_positions"]) == 1
         after = {t: dump(v1, t) for t in KEPT}

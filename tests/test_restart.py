@@ -16,14 +16,14 @@ pytestmark = pytest.mark.anyio
 async def _open_and_accrue(client: Client) -> tuple[dict, dict, dict]:
     entry = await call(client, "enter_trade", {"symbol": "BTC", "notional_usd": 4000, "idempotency_key": "restart-1"})
     await call(client, "advance_time", {"hours": 17})  # two settlements
-    book = await call(client, "portfolio_status", {})
+    book = await call(client, "portfolio_status", {"include_fills": True})
     z = await call(client, "compute_zscore", {"symbol": "BTC"})
     return entry, book, z
 
 
 async def _check_after_restart(client: Client, entry: dict, book: dict, z: dict) -> None:
     pid = entry["position"]["position_id"]
-    book2 = await call(client, "portfolio_status", {})
+    book2 = await call(client, "portfolio_status", {"include_fills": True})
     assert book2["market_time"] == book["market_time"]
     assert [p["position_id"] for p in book2["open_positions"]] == [pid]
     p2 = book2["open_positions"][0]

@@ -267,7 +267,7 @@ async def test_the_portfolio_counts_a_reverse_positions_margin_not_its_borrowed_
     async with Client(make_server(start=START, data_path=backwardation(tmp_path))) as client:
         out = await call(client, "enter_trade", {"symbol": "BTC", "notional_usd": 4000, "strategy": "reverse_cash_and_carry",
                                                  "idempotency_key": "pf-1"})
-        pf = await call(client, "portfolio_status", {})
+        pf = await call(client, "portfolio_status", {"include_fills": True})
     pos = out["position"]
     assert pf["capital_in_use_usd"] == pytest.approx(pos["margin_usd"], abs=0.01)
     assert pos["margin_usd"] == pytest.approx(sum(leg["margin_usd"] for leg in pos["legs"]))
@@ -295,7 +295,7 @@ async def test_a_loan_recall_in_a_squeeze_buys_the_spot_back_and_unwinds_the_per
         assert adv["watchdog_actions"] == []
         liq = next(x for x in adv["liquidations"] if x.get("position_id") == pid)
         assert liq["buyback_price"] > 0 and liq["fee_usd"] > 0
-        port = await call(client, "portfolio_status", {"include_closed": 1})
+        port = await call(client, "portfolio_status", {"include_closed": 1, "include_fills": True})
         closed = port["closed_positions"][0]
         assert closed["status"] == "closed" and closed["close_reason"].startswith("spot loan recalled by the venue")
         assert port["equity_usd"] == pytest.approx(port["account_equity_usd"], abs=0.01)

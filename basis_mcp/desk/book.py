@@ -251,7 +251,7 @@ class Book:
 
     # ------------------------------------------------------------------ views
 
-    def position_out(self, row: sqlite3.Row) -> PositionOut:
+    def position_out(self, row: sqlite3.Row, with_fills: bool = True) -> PositionOut:
         pid = row["id"]
         fills = self.fills(pid)
         legs = self.legs(pid)
@@ -292,7 +292,8 @@ class Book:
                          quantity=leg.quantity, held_quantity=_r(held.get(leg.id, 0.0), 12) or 0.0,
                          entry_price=leg.entry_price, exit_price=leg.exit_price, margin_usd=_r(leg.margin_usd, 8),
                          expiry=iso(leg.expiry)) for leg in legs],
-            fills=[
+            fill_count=len(fills),
+            fills=[] if not with_fills else [
                 FillOut(order_id=f["order_id"], client_order_id=f["client_order_id"], purpose=f["purpose"], leg_id=f["leg_id"],
                         role=f["role"], market=f["market"], side=f["side"], quantity=f["quantity"], price=f["price"],
                         mid_price=f["mid_price"], fee_usd=f["fee_usd"], time=iso(f["ts"]) or "")

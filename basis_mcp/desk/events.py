@@ -59,10 +59,13 @@ class Events:
             self.alert("critical", "audit_journal_failed", f"{failed}: audit rows are still written to the database, but "
                        "without checkpoints outside it until this is fixed (free the disk, fix the permissions)",
                        {"journal": str(self.store.audit_paths.journal)})
-        with self.store.tx():
-            rows = self.store.q("SELECT * FROM alerts WHERE delivered = 0 ORDER BY id")
-            if rows:
-                self.store.x("UPDATE alerts SET delivered = 1 WHERE id <= ? AND delivered = 0", (rows[-1]["id"],))
+        pending = "SELECT * FROM alerts WHERE delivered = 0 ORDER BY id"
+        rows = self.store.q(pending)  # most calls have none: no write lock taken for them
+        if rows:
+            with self.store.tx():
+                rows = self.store.q(pending)
+                if rows:
+                    self.store.x("UPDATE alerts SET delivered = 1 WHERE id <= ? AND delivered = 0", (rows[-1]["id"],))
         return [
             Alert(id=r["id"], time=iso(r["ts"]) or "", market_time=iso(r["market_ts"]) or "", severity=r["severity"],
                   rule=r["rule"], message=r["message"], data=json.loads(r["data_json"]))

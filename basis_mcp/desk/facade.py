@@ -512,8 +512,8 @@ class Desk:
     async def check_delta(self, position_id: int | None) -> CheckDeltaOutput:
         return await self.monitor.check_delta(position_id)
 
-    async def portfolio(self, include_closed: int = 0) -> PortfolioOutput:
-        return await self.monitor.portfolio(include_closed)
+    async def portfolio(self, include_closed: int = 0, include_fills: bool = False) -> PortfolioOutput:
+        return await self.monitor.portfolio(include_closed, include_fills)
 
     async def risk_status(self) -> RiskStatusOutput:
         return await self.monitor.risk_status()

@@ -162,15 +162,16 @@ class Monitor:
 
     # ------------------------------------------------------------------ the whole book
 
-    async def portfolio(self, include_closed: int = 0) -> PortfolioOutput:
+    async def portfolio(self, include_closed: int = 0, include_fills: bool = False) -> PortfolioOutput:
         cash = await self.risk.free_cash()
         try:
             account = await self.reconcile.account_equity_usd()
         except (VenueError, VenueTimeout):  # a venue does not answer: the desk's own book stands in (venues shows which)
-            account = self.book.equity_usd()
-        equity = self.book.equity_usd()
+            account = None
         open_rows = self.book.positions()
         realized, opens = self.book.book_pnl()
+        equity = self.book.capital_usd + realized + sum(p.total_usd for p in opens)  # = `Book.equity_usd`
+        account = equity if account is None else account
         unreal = sum(p.price_pnl_usd for p in opens)
         funding = float(self.store.one("SELECT COALESCE(SUM(amount_usd), 0) AS s FROM funding_payments")["s"])
         fees = float(self.store.one("SELECT COALESCE(SUM(fee_usd), 0) AS s FROM fills")["s"])
@@ -200,8 +201,8 @@ class Monitor:
             capital_in_use_usd=_r(in_use, 8) or 0.0,
             tiers=tiers,
             venues=await self.venue_usage(),
-            open_positions=[self.book.position_out(r) for r in open_rows],
-            closed_positions=[self.book.position_out(r) for r in closed],
+            open_positions=[self.book.position_out(r, include_fills) for r in open_rows],
+            closed_positions=[self.book.position_out(r, include_fills) for r in closed],
         )
 
     async def venue_usage(self) -> list[VenueUsage]:

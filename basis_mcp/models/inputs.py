@@ -195,6 +195,9 @@ class SecondsToFundingInput(InputModel):
 
 class PortfolioStatusInput(InputModel):
     include_closed: WholeNumber = Field(0, ge=0, le=500, description="Also list this many most recently closed positions.")
+    include_fills: bool = Field(False, description="Also list every position's fills (each order's executed quantity, "
+                                "price, fee and time). Off by default: the book's summary stays the same size however "
+                                "many times a position was trimmed or topped up; fill_count says how many there are.")
 
 
 class RiskStatusInput(InputModel):

@@ -246,7 +246,10 @@ class PositionOut(BaseModel):
     close_reason: str | None = None
     pnl: PnLBreakdown = Field(description="Realised so far (entry costs and funding); full breakdown once closed.")
     legs: list[LegOut] = Field(description="The instruments the position is made of, in the strategy's order.")
-    fills: list[FillOut]
+    fill_count: int = Field(description="How many fills the position has (all of them are in fills unless the tool "
+                            "left them out: portfolio_status lists them only with include_fills=true).")
+    fills: list[FillOut] = Field(description="The position's fills in time order (empty in portfolio_status unless "
+                                 "include_fills=true).")
 
 
 class ConfirmationRequest(BaseModel):

@@ -113,11 +113,18 @@ def _largest(args: Any, known: frozenset[str] = frozenset()) -> str:
     return f"; the largest is an unknown argument {shown!r} ({sizes[name]:,} bytes), which this tool does not take"
 
 
+PREVIOUS_ROW = "previous row"  # a queued outcome row whose start row is queued just before it
+
+
 class CallAuditor:
     """Writes the audit rows of tool calls: a ``started`` row before the call runs and an outcome
     row (``ok``/``error``, pointing at the start row) when it ends, so a call killed mid-way still
     leaves its trace; a call refused before it runs (bad arguments, too large, malformed) gets one
     ``rejected`` row. The desk's store is attached when the lifespan opens it.
+
+    A read-only call changes nothing, so its two rows are written together when it ends, in one
+    transaction (the start row keeps the time the call started): a read killed mid-way leaves no
+    row, as it left no change and gave no answer.
 
     Only the start row may refuse a call (a book locked by another process: nothing is done).
     Outcome and refusal rows never wait on the event loop for a lock: if the book is busy they
@@ -137,12 +144,18 @@ class CallAuditor:
             return None
 
     def _flush(self, store) -> bool:
+        last = None
         while self._pending:
+            row = self._pending[0]
+            if row["args"] == {"call": PREVIOUS_ROW}:
+                row = {**row, "args": {"call": last}}
             try:
-                store.append_audit(**self._pending[0])
+                last = store.append_audit(**row)
             except DatabaseBusy:
                 return False
             self._pending.pop(0)
+            if self._pending and self._pending[0]["args"] == {"call": PREVIOUS_ROW}:
+                self._pending[0]["args"] = {"call": last}
         return True
 
     def _write(self, row: dict[str, Any]) -> None:
@@ -176,21 +189,45 @@ class CallAuditor:
                          args=args if isinstance(args, dict) else {"_raw": args}, args_size=size, outcome="rejected",
                          detail=scrub(detail)[:4000]))
 
-    def started(self, name: str, args: Any, durable: bool = True) -> int | None:
+    def started(self, name: str, args: Any, durable: bool = True) -> int | dict[str, Any] | None:
         """The start row; raises DatabaseBusy (nothing done) if the book is locked by another process.
-        ``durable=False`` for a read-only tool (`Store.append_audit`: no wait for the disk)."""
+        ``durable=False`` for a read-only tool: the row is held until `ended` writes it with the outcome
+        (`Store.append_audit` with no wait for the disk)."""
         store = self._store()
         if store is None:
             return None
+        if not durable:
+            return dict(ts=time.time(), market_ts=self._market_ts(), kind="tool", name=name,
+                        args=args if isinstance(args, dict) else {"_raw": args}, outcome="started", durable=False)
         if not self._flush(store):
             raise DatabaseBusy(f"the book's database {store.path} is locked by another process")
         return store.append_audit(ts=time.time(), market_ts=self._market_ts(), kind="tool", name=name,
                                   args=args if isinstance(args, dict) else {"_raw": args}, outcome="started", durable=durable)
 
-    def ended(self, call_id: int | None, name: str, outcome: str, detail: str | None, t0: float, durable: bool = True) -> None:
-        self._write(dict(ts=time.time(), market_ts=self._market_ts(), kind="tool", name=name, args={"call": call_id},
-                         outcome=outcome, detail=scrub(detail)[:4000] if detail else None,
-                         duration_ms=(time.perf_counter() - t0) * 1000.0, durable=durable))
+    def ended(self, call_id: int | dict[str, Any] | None, name: str, outcome: str, detail: str | None, t0: float,
+              durable: bool = True) -> None:
+        row = dict(ts=time.time(), market_ts=self._market_ts(), kind="tool", name=name, args={"call": call_id},
+                   outcome=outcome, detail=scrub(detail)[:4000] if detail else None,
+                   duration_ms=(time.perf_counter() - t0) * 1000.0, durable=durable)
+        if not isinstance(call_id, dict):
+            self._write(row)
+            return
+        store = self._store()  # a read's held start row and its outcome: one transaction, or queued in order
+        if store is None:
+            return
+        try:
+            with store.brief():
+                if self._flush(store):
+                    with store.relaxed(), store.tx():
+                        row["args"] = {"call": store.append_audit(**call_id)}
+                        store.append_audit(**row)
+                    return
+            self._pending += [call_id, {**row, "args": {"call": PREVIOUS_ROW}}]
+        except DatabaseBusy:
+            self._pending += [call_id, {**row, "args": {"call": PREVIOUS_ROW}}]
+            log.warning("audit rows queued: the book's database is locked by another process")
+        except Exception:  # the audit must never turn an answer into a crash
+            log.exception("audit write failed")
 
 
 class AuditMiddleware:

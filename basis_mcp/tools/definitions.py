@@ -61,7 +61,7 @@ async def _funding(desk, inp: m.SecondsToFundingInput, ctx: Context) -> m.Second
 
 
 async def _portfolio(desk, inp: m.PortfolioStatusInput, ctx: Context) -> m.PortfolioOutput:
-    return await desk.portfolio(inp.include_closed)
+    return await desk.portfolio(inp.include_closed, inp.include_fills)
 
 
 async def _risk(desk, inp: m.RiskStatusInput, ctx: Context) -> m.RiskStatusOutput:
@@ -269,8 +269,8 @@ TOOLS: list[ToolSpec] = [
         description=(
             "The book: capital, free cash, equity (capital + realised P&L + open positions marked to market; the "
             "drawdown limit is measured on it), the whole venue account's value, P&L since start, realised and unrealised P&L, funding received, fees paid, capital in use, tier usage "
-            "against the allocation limits, every open position with fills, and optionally the last N closed "
-            "positions. Read-only." + UNITS
+            "against the allocation limits, every open position with its legs and P&L so far, and optionally the last N "
+            "closed positions and every position's fills (include_fills). Read-only." + UNITS
         ),
         input_model=m.PortfolioStatusInput,
         output_model=m.PortfolioOutput,
@@ -337,6 +337,7 @@ TOOLS: list[ToolSpec] = [
         read_only=True,
         destructive=False,
         idempotent=True,
+        computes=True,
     ),
     ToolSpec(
         name="plot_basis",
@@ -351,6 +352,7 @@ TOOLS: list[ToolSpec] = [
         read_only=True,
         destructive=False,
         idempotent=True,
+        computes=True,
     ),
     ToolSpec(
         name="advance_time",

@@ -12,6 +12,7 @@ import inspect
 import json
 import sqlite3
 from collections.abc import Awaitable, Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -56,6 +57,12 @@ class ToolSpec:
     idempotent: bool
     open_world: bool = False
     modes: tuple[str, ...] = ("replay", "paper", "live", "readonly")
+    computes: bool = False  # read-only but long (a backtest, a chart): not run inside one read cache
+
+    @property
+    def reads_once(self) -> bool:
+        """A quick read of the book: each distinct query inside the call is asked of SQLite once."""
+        return self.read_only and not self.computes
 
 
 RAW_ARGS: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("basis_mcp_raw_args", default=None)
@@ -169,7 +176,10 @@ def _make_fn(spec: ToolSpec, get_desk: Callable[[Context], Any]) -> Callable[...
         inp = validate_input(spec, kwargs)
         desk = get_desk(ctx)
         try:
-            out = await spec.handler(desk, inp, ctx)
+            # a read tool asks the same few questions several times (the open positions, their legs and fills
+            # for equity, P&L and tier usage): inside one call each is asked once; any write drops the answers
+            with desk.store.read_cache() if spec.reads_once else nullcontext():
+                out = await spec.handler(desk, inp, ctx)
         except Rejected as e:
             raise ToolError(violation_text(spec.name, e)) from None
         except DatabaseBusy:
