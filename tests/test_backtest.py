@@ -271,6 +271,22 @@ def test_sweep_covers_every_valid_combination(histories) -> None:
         assert r["trades"] == single.summary["trades"] and r["total_pnl_usd"] == single.summary["total_pnl_usd"]
 
 
+def test_a_sweep_over_what_the_features_read_equals_single_runs() -> None:
+    """Found in review: the sweep shared features per z-score window only, so a grid over the smoothing
+    window, the vol breaker or the carry lookback reused the first set's arrays for every other set."""
+    p = BacktestParams(playbook="carry")
+    markets = load_markets(load_extract(), ["BTC", "ETH"], "2022-06-01", "2022-12-01", p)
+    grid = {"basis_smoothing_hours": [2.0, 8.0], "vol_limit_pct": [1.0, 5.0], "carry_lookback_days": [3.0, 14.0]}
+    rows = sweep(markets, p, grid)
+    assert len(rows) == 8
+    seen = set()
+    for r in rows:
+        single = run(markets, p.model_copy(update={k: r[k] for k in grid}), extras=False)
+        assert (r["trades"], r["total_pnl_usd"]) == (single.summary["trades"], single.summary["total_pnl_usd"]), r
+        seen.add((r["trades"], r["total_pnl_usd"]))
+    assert len(seen) > 2  # the parameters do change the outcome on this span (else the test proves nothing)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

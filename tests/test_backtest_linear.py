@@ -58,7 +58,9 @@ def old_margin_topups(m, f, e, x, qty, leverage, table, add_pct, target_pct, dir
         return []
     ft = m.f_time.astype(np.float64)
     f_bar = ((ft - m.t[0]) // m.bar_s).astype(np.int64)
-    paid = qty * m.mark[f_bar] * m.f_rate
+    inside = (f_bar >= 0) & (f_bar < m.t.size)  # the market's arrays cover its range and warm-up only
+    ft, f_bar = ft[inside], f_bar[inside]
+    paid = qty * m.mark[f_bar] * m.f_rate[inside]
     sel = (ft > m.t[e]) & (ft <= m.t[x])
     cum = np.zeros(m.t.size + 1)
     np.add.at(cum, f_bar[sel] + 1, paid[sel])

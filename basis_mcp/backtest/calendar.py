@@ -26,13 +26,12 @@ import numpy as np
 from basis_mcp import dated
 from basis_mcp.backtest.engine import vol_bars, zscore_samples
 from basis_mcp.backtest.params import BacktestParams
-from basis_mcp.backtest.prepare import Market
+from basis_mcp.backtest.prepare import FUNDING_WARMUP_DAYS, Market
 from basis_mcp.backtest.results import Trade
 from basis_mcp.costs import PairCosts
 
 EXPIRY_RULE = "expiry_near"
 DAY = 86400.0
-FUNDING_WARMUP_DAYS = 30.0  # the convergence entry check reads the last 30 days' mean settled rate
 
 
 @dataclass(frozen=True)

@@ -515,10 +515,15 @@ def max_drawdown(equity):
 @compiled
 def booking_sums(t0, bar_s, ft, fr, mark, spot, valid, fund_cum, const_cum):
     """Fill ``fund_cum`` (Σ mark × rate) and ``const_cum`` (Σ mark × rate / the last fresh spot, bar 0's before any)
-    up to each settlement (index k + 1 after settlement k), the bar of a settlement its time's."""
+    up to each settlement (index k + 1 after settlement k), the bar of a settlement its time's. A settlement
+    outside the market's bars (before its warm-up, after its range) adds nothing: no trade holds across it."""
     fund_cum[0] = const_cum[0] = 0.0
     for k in range(ft.size):
         b = int((ft[k] - t0) // bar_s)
+        if b < 0 or b >= mark.size:
+            fund_cum[k + 1] = fund_cum[k]
+            const_cum[k + 1] = const_cum[k]
+            continue
         unit = mark[b] * fr[k]
         fresh = b
         while fresh >= 0 and not valid[fresh]:

@@ -29,7 +29,7 @@ import numpy as np
 
 from basis_mcp.backtest import core
 from basis_mcp.backtest.params import BacktestParams
-from basis_mcp.backtest.prepare import Market
+from basis_mcp.backtest.prepare import Market, vol_bars, zscore_samples
 from basis_mcp.backtest.results import Trade
 from basis_mcp.borrow import HOURS_PER_YEAR, BorrowModel
 from basis_mcp.dated import YEAR_S
@@ -42,8 +42,16 @@ SKIP = object()  # a candidate whose entry check fails: try the next one
 FUND_DIGITS = 12  # funding means are compared with thresholds after rounding: both engines and the desk agree
 
 
+def feature_key(p: BacktestParams) -> tuple:
+    """Every parameter `features` reads: two parameter sets with the same key get the same arrays (a sweep
+    computes them once per key)."""
+    return (p.strategy, p.basis_smoothing_hours, p.vol_limit_pct, p.zscore_window, p.funding_exit_hours,
+            p.carry_lookback_days, p.borrow_scenario if p.borrows else None)
+
+
 def features(m: Market, p: BacktestParams) -> dict[str, np.ndarray]:
-    """Per-bar arrays the entry and exit rules read (independent of the playbook's thresholds)."""
+    """Per-bar arrays the entry and exit rules read (independent of the playbook's thresholds); what they
+    depend on is `feature_key`."""
     valid = m.valid
     n = m.t.size
     # basis, its smoothed mean over the funding window (fresh samples in (t - H, t]) and the 1 h vol breaker (the
@@ -97,19 +105,6 @@ Z_DIGITS = 9  # a calendar z-score is compared with its thresholds at this preci
 def annualised_premium(basis_pct: np.ndarray, expiry: float, t: np.ndarray) -> np.ndarray:
     """A calendar premium per year to expiry (percent a year): stationary where the premium itself decays."""
     return basis_pct / np.maximum((expiry - t) / YEAR_S, 1.0 / 8760.0)
-
-
-def zscore_samples(p: BacktestParams, bar_s: float) -> int:
-    """The z-score window in samples: ``zscore_window`` hours of bars (one sample per bar)."""
-    return max(int(round(p.zscore_window * HOUR / bar_s)), 2)
-
-
-def vol_bars(bar_s: float) -> int:
-    """Bars in the 1 h realised-vol window: 1 on hourly bars, 12 on 5-minute ones; 0 when a bar is longer than
-    an hour (the breaker cannot be measured on such data and is not run)."""
-    if bar_s > HOUR:
-        return 0
-    return max(int(round(HOUR / bar_s)), 1)
 
 
 def rules_not_run(bar_s: float) -> list[str]:

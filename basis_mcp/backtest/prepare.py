@@ -17,8 +17,8 @@ from basis_mcp.loaders import timeframe_name
 
 @dataclass(frozen=True)
 class Market:
-    """Arrays over the whole history (the z-score and the funding mean need the past); the
-    engines trade only bars ``i0..i1`` (inclusive)."""
+    """Arrays over the trading range and the warm-up its features need before it (`warm_up_start`; the
+    funding settlements are kept whole); the engines trade only bars ``i0..i1`` (inclusive)."""
 
     symbol: str
     t: np.ndarray  # float64 observation times
@@ -67,8 +67,43 @@ def costs_for(symbol: str, params: BacktestParams, settings: Settings | None = N
     return PairCosts(leg(c.spot, params.spot_fee), leg(c.perp, params.perp_fee)), spec.qty_step, spec.min_notional_usd
 
 
-def prepare(h: SymbolHistory, start: float, end: float, params: BacktestParams, settings: Settings | None = None) -> Market:
-    """Slice the trading range [start, end] (observation times, UTC epoch seconds)."""
+FUNDING_WARMUP_DAYS = 30.0  # the convergence entry check reads the last 30 days' mean settled rate
+DAY_S = 86400.0
+
+
+def zscore_samples(p: BacktestParams, bar_s: float) -> int:
+    """The z-score window in samples: ``zscore_window`` hours of bars (one sample per bar)."""
+    return max(int(round(p.zscore_window * 3600.0 / bar_s)), 2)
+
+
+def vol_bars(bar_s: float) -> int:
+    """Bars in the 1 h realised-vol window: 1 on hourly bars, 12 on 5-minute ones; 0 when a bar is longer than
+    an hour (the breaker cannot be measured on such data and is not run)."""
+    if bar_s > 3600.0:
+        return 0
+    return max(int(round(3600.0 / bar_s)), 1)
+
+
+def warm_up_start(spot: np.ndarray, perp: np.ndarray, i0: int, p: BacktestParams, bar_s: float) -> int:
+    """The first bar the features at ``i0`` and later read: the z-score's window of fresh samples (both legs
+    traded) before ``i0``, the smoothing and 1 h volatility windows, and the funding lookbacks (the entry check's
+    30 days, the funding exit's and the carry's windows) in bars, whichever reaches further back. (The settlements
+    themselves are kept whole; a calendar contract cuts its own window out of these bars, `calendar`.)"""
+    zw = zscore_samples(p, bar_s)
+    fresh = np.flatnonzero(~(np.isnan(spot[:i0]) | np.isnan(perp[:i0])))
+    lo_z = int(fresh[-zw]) if fresh.size >= zw else 0
+    span_s = max(p.basis_smoothing_hours * 3600.0, FUNDING_WARMUP_DAYS * DAY_S, p.funding_exit_hours * 3600.0,
+                 p.carry_lookback_days * DAY_S)
+    reach = max(math.ceil(span_s / bar_s - 1e-9), vol_bars(bar_s), 1) + 2
+    lo = max(min(lo_z, i0 - reach), 0)
+    back = np.flatnonzero(~(np.isnan(spot[:lo + 1]) | np.isnan(perp[:lo + 1])))
+    return int(back[-1]) if back.size else 0  # a fresh bar first (funding at constant notional reads the last fresh spot)
+
+
+def prepare(h: SymbolHistory, start: float, end: float, params: BacktestParams, settings: Settings | None = None,
+            whole_history: bool = False) -> Market:
+    """Slice the trading range [start, end] (observation times, UTC epoch seconds) and the warm-up before it
+    (``whole_history``: every bar from the first, as before the warm-up was cut; kept as the reference)."""
     if not (np.isfinite(start) and np.isfinite(end)):
         raise DataError("start and end must be finite times")  # names both arguments
     if end <= start:
@@ -90,18 +125,19 @@ def prepare(h: SymbolHistory, start: float, end: float, params: BacktestParams, 
     costs, step, min_notional = costs_for(h.symbol, params, settings)
     gaps = [(iso(t) or "", n) for t, n in h.spot_gaps() if h.t0 + i0 * bar <= t <= h.t0 + i1 * bar]
     stale = [iso(t) or "" for t in h.stale_times() if h.t0 + i0 * bar <= t <= h.t0 + i1 * bar]
+    lo = 0 if whole_history else warm_up_start(h.spot, h.perp, i0, params, bar)  # views of [lo, i1]: nothing later is read
     return Market(
         symbol=h.symbol,
-        t=h.times.astype(np.float64),
-        spot=h.spot,
-        perp=h.perp,
-        mark=h.mark,
-        mark_high=h.mark_high,
-        mark_low=h.mark_low,
+        t=h.times[lo : i1 + 1].astype(np.float64),
+        spot=h.spot[lo : i1 + 1],
+        perp=h.perp[lo : i1 + 1],
+        mark=h.mark[lo : i1 + 1],
+        mark_high=h.mark_high[lo : i1 + 1],
+        mark_low=h.mark_low[lo : i1 + 1],
         f_time=h.funding_time,
         f_rate=h.funding_rate,
-        i0=i0,
-        i1=i1,
+        i0=i0 - lo,
+        i1=i1 - lo,
         costs=costs,
         qty_step=step,
         min_notional_usd=min_notional,

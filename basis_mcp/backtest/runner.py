@@ -17,6 +17,7 @@ from basis_mcp.backtest.calendar import run_calendar
 from basis_mcp.backtest.cross import cross_equity, cross_market, run_cross_reference, run_cross_vectorized
 from basis_mcp.backtest.engine import (
     always_on_trades,
+    feature_key,
     features,
     rules_not_run,
     run_vectorized,
@@ -90,11 +91,12 @@ def parse_when(name: str, v: str | float) -> float:
 
 def load_markets(
     histories: dict[str, SymbolHistory], symbols: Iterable[str], start: str | float, end: str | float, params: BacktestParams,
-    settings: Settings | None = None,
+    settings: Settings | None = None, whole_history: bool = False,
 ) -> list[Market]:
     """Validated markets for the requested symbols and range (`DataError` names the problem).
     Symbols may be written BTC, BTCUSDT, BTC/USDT…; ``settings`` supplies the desk's
-    per-symbol fees, steps and minimums (the defaults otherwise)."""
+    per-symbol fees, steps and minimums (the defaults otherwise). Each market holds its range and the
+    warm-up its features need (``whole_history``: every bar from the first; the reference, `prepare`)."""
     syms: list[str] = []
     for raw in symbols:
         if not raw.strip():
@@ -119,7 +121,7 @@ def load_markets(
         raise DataError(f"strategy={params.strategy} backtests run on hourly bars (the simulated quarterly and the venues' "
                         f"funding are hourly); the data is {timeframe_name(bar)}")
     t0, t1 = parse_when("start", start), parse_when("end", end)
-    markets = [prepare(histories[s], t0, t1, params, settings) for s in syms]
+    markets = [prepare(histories[s], t0, t1, params, settings, whole_history) for s in syms]
     for m in markets:
         span = float(m.t[m.i1] - m.t[m.i0])
         if params.fill_delay_seconds > span:
@@ -289,9 +291,9 @@ def sweep_combos(base: BacktestParams, grid: dict[str, list[float]]) -> list[tup
 def sweep_rows(markets: list[Market], base: BacktestParams, keys: list[str], combos: list[tuple[float, ...]],
                progress: Progress | None = None, total: int | None = None) -> tuple[list[dict[str, Any]], list[str]]:
     """The summary row of each valid combination (``keys`` = ``combos``), and why the others were refused;
-    per-symbol features are computed once per z-score window and shared by every combination here."""
+    per-symbol features are computed once per `feature_key` and shared by every combination with that key."""
     refused: list[str] = []
-    cache: dict[int, dict[str, dict[str, np.ndarray]]] = {}
+    cache: dict[tuple, dict[str, dict[str, np.ndarray]]] = {}
     rows = []
     for n, values in enumerate(combos, 1):
         named = dict(zip(keys, values, strict=True))
@@ -300,7 +302,7 @@ def sweep_rows(markets: list[Market], base: BacktestParams, keys: list[str], com
         except ValueError as e:  # e.g. an exit threshold above the entry one: not a strategy
             refused.append(f"{named}: {str(e).splitlines()[-1].strip()}")
             continue
-        fw = cache.setdefault(params.zscore_window, {})
+        fw = cache.setdefault(feature_key(params), {})
         for m in markets:
             if m.symbol not in fw:
                 fw[m.symbol] = features(m, params)
