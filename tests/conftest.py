@@ -15,6 +15,23 @@ from mcp import Client, StdioServerParameters
 from basis_mcp.config import Settings
 from basis_mcp.server.app import ServeOptions, build_server
 
+
+def pytest_configure(config: pytest.Config) -> None:
+    """With xdist: compile the backtest's numba core once, here in the controller, before the workers start.
+    It is cached on disk (``cache=True``); otherwise every worker compiles it at once on a fresh checkout
+    (about 20 s of CPU each)."""
+    if hasattr(config, "workerinput") or not config.getoption("numprocesses", None):
+        return
+    from basis_mcp.backtest.params import BacktestParams
+    from basis_mcp.backtest.runner import load_markets, run
+    from basis_mcp.history import load_extract
+
+    btc = load_extract(symbols=["BTC"])
+    for strategy in ("cash_and_carry", "reverse_cash_and_carry"):
+        for playbook in ("convergence", "carry"):
+            p = BacktestParams(strategy=strategy, playbook=playbook)
+            run(load_markets(btc, ["BTC"], "2024-01-01", "2024-03-01", p), p)
+
 REPO = Path(__file__).resolve().parents[1]
 START = "2024-03-01T00:00:00Z"
 

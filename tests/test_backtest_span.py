@@ -41,3 +41,22 @@ def test_the_span_and_its_warm_up_trade_as_the_whole_history(histories, playbook
         assert x.pnl_usd == pytest.approx(y.pnl_usd, abs=1e-9) and x.funding_usd == pytest.approx(y.funding_usd, abs=1e-9)
     assert a.summary["total_pnl_usd"] == b.summary["total_pnl_usd"]
     assert np.allclose(a.equity, b.equity, rtol=0, atol=1e-8)
+
+
+def test_features_built_on_threads_are_the_ones_built_in_order(histories, monkeypatch):
+    """Many symbols: one thread per core builds whole symbols' features (issue 14, item 3); the arrays are
+    the same, bit for bit, and so is the run."""
+    from basis_mcp.backtest import runner
+
+    p = BacktestParams()
+    markets = load_markets(histories, ["BTC", "ETH", "SOL"], "2025-03-01", "2025-09-01", p)
+    in_order = runner.all_features(markets, p, workers=1)
+    monkeypatch.setattr(runner, "THREADED_MIN_BARS", 0)
+    threaded = runner.all_features(markets, p, workers=3)
+    assert in_order.keys() == threaded.keys() == {"BTC", "ETH", "SOL"}
+    for sym, f in in_order.items():
+        assert f.keys() == threaded[sym].keys()
+        for k, a in f.items():
+            assert np.array_equal(a, threaded[sym][k], equal_nan=True), (sym, k)
+    a, b = run(markets, p, feats=in_order), run(markets, p)
+    assert [t.pnl_usd for t in a.trades] == [t.pnl_usd for t in b.trades] and a.summary == b.summary
