@@ -30,6 +30,7 @@ import sqlite3
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 MISS = object()
@@ -72,6 +73,30 @@ class Reads:
 
     def unchanged(self) -> bool:
         return all(c.active and c.table_version(t) == v for (c, t), v in self.seen.items())
+
+
+_CALL: ContextVar[tuple[sqlite3.Connection, ReadCache] | None] = ContextVar("basis_mcp_call_cache", default=None)
+
+
+@contextmanager
+def for_call(conn: sqlite3.Connection, path: str) -> Iterator[None]:
+    """A cache for one read tool call, seen only by the task running it (and the threads it hands work to):
+    the watchdog's loop and other calls keep reading the database itself. Any write on the connection, by any
+    task, drops it (``total_changes``); it starts empty and ends with the call, so the call reads one moment's
+    book plus its own writes."""
+    cache = ReadCache(conn, path)
+    token = _CALL.set((conn, cache))
+    try:
+        yield
+    finally:
+        _CALL.reset(token)
+        cache.close()
+
+
+def call_cache(conn: sqlite3.Connection) -> ReadCache | None:
+    """The current task's `for_call` cache on ``conn``, if any."""
+    got = _CALL.get()
+    return got[1] if got is not None and got[0] is conn else None
 
 
 def uncached(result: Any) -> Any:

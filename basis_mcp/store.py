@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from basis_mcp import audit
-from basis_mcp.readcache import MISS, ReadCache, uncached
+from basis_mcp.readcache import MISS, ReadCache, call_cache, for_call, uncached
 from basis_mcp.redact import bound_args, scrub
 
 log = logging.getLogger("basis_mcp")
@@ -238,12 +238,9 @@ def connect(path: Path | str, busy_ms: int = BUSY_QUICK_MS) -> sqlite3.Connectio
 
 
 class Database:
-    """One SQLite connection with a re-entrant transaction helper.
-
-    Busy handling: by default a write waits at most `BUSY_QUICK_MS` for another process
-    (an operator command, a backup) and then raises `DatabaseBusy` with nothing written.
-    Inside `patient()` (orders in flight) it waits `BUSY_PATIENT_MS`.
-    """
+    """One SQLite connection with a re-entrant transaction helper. Busy handling: by default a write waits at
+    most `BUSY_QUICK_MS` for another process (an operator command, a backup) and then raises `DatabaseBusy` with
+    nothing written. Inside `patient()` (orders in flight) it waits `BUSY_PATIENT_MS`."""
 
     def __init__(self, path: Path | str, schema: str | None, busy_ms: int = BUSY_QUICK_MS):
         self.path = Path(path)
@@ -264,8 +261,13 @@ class Database:
         self.conn.close()
 
     @contextmanager
-    def read_cache(self) -> Iterator[None]:
-        """Reads inside are answered from a cache dropped on every write that may change them (`basis_mcp.readcache`)."""
+    def read_cache(self, call: bool = False) -> Iterator[None]:
+        """Reads inside are answered from a cache dropped on every write that may change them (`basis_mcp.readcache`);
+        ``call``: one only this task sees (a read tool's call, `readcache.for_call`), unless a replay's is on."""
+        if call:
+            with for_call(self.conn, self._real_path):
+                yield
+            return
         with self._lock:
             owner = self.cache is None  # (nested: the outermost one owns it)
             if owner:
@@ -303,9 +305,7 @@ class Database:
                     if self._relaxed == 0:
                         self.conn.execute("PRAGMA synchronous=FULL")
 
-    # ------------------------------------------------------------------ transactions
-
-    @contextmanager
+    @contextmanager  # ----------------------------------------------- transactions
     def patient(self) -> Iterator[None]:
         """Writes inside wait up to `BUSY_PATIENT_MS` for a lock held by another process."""
         with self._lock:
@@ -388,13 +388,13 @@ class Database:
 
     def q(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
         with self._lock:
-            if (c := self.cache) is None:
+            if (c := self.cache or call_cache(self.conn)) is None:
                 return uncached(self.conn.execute(sql, params).fetchall())
             return list(self._cached(c, "q", sql, params))
 
     def one(self, sql: str, params: tuple | dict = ()) -> sqlite3.Row | None:
         with self._lock:
-            if (c := self.cache) is None:
+            if (c := self.cache or call_cache(self.conn)) is None:
                 return uncached(self.conn.execute(sql, params).fetchone())
             return self._cached(c, "one", sql, params)
 

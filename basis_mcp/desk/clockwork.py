@@ -42,7 +42,7 @@ LOOK_OUT_S = 0.005  # the fast path yields to other calls and looks for other pr
 EVENTS_BACKSTOP_S = 300.0
 FLAT_CHECK_S = 60.0
 PAYMENT_GRACE_S = 600.0  # after a settlement, a perp leg without its payment is looked for again for this long
-PAYMENT_RETRY_S = 10.0  # ... this often (wall clock): venues post income rows seconds to minutes after the settlement
+PAYMENT_RETRY_S = 10.0  # ... first after this long (wall clock), then twice as long each time (venues post late)
 
 
 class Clockwork:
@@ -61,7 +61,7 @@ class Clockwork:
         self.watchdog = watchdog
         self.events_synced_at: float | None = None
         self._flat_checked_at = float("-inf")  # monotonic time of the last ledger check on a flat live book
-        self._payment_retry_at = float("-inf")  # monotonic time of the last read for a payment not posted yet
+        self._payment_retry = (float("nan"), float("-inf"), PAYMENT_RETRY_S)  # (settlement, next look, then the wait)
         self.reference = False  # advance_time hour by hour (the reference loop) instead of fast_forward
 
     def has_book(self) -> bool:
@@ -281,18 +281,23 @@ class Clockwork:
             prev = snap.next_funding_time - snap.funding_interval_hours * 3600.0
             if last < prev <= now:
                 return True
-            if (now - prev < PAYMENT_GRACE_S and time.monotonic() - self._payment_retry_at >= PAYMENT_RETRY_S
-                    and self._payment_missing(getattr(feed, "venue", ""), prev)):
-                # read after the settlement but a leg's payment was not there yet (a venue posts it late, or
-                # a second venue settled after the read): look again, not only at the 5-minute backstop
-                self._payment_retry_at = time.monotonic()
-                return True
+            if now - prev < PAYMENT_GRACE_S and self._payment_missing(getattr(feed, "venue", ""), sym, prev):
+                # read after the settlement but this symbol's leg has no payment yet (a venue posts it late, or a
+                # second venue settled after the read): look again, backing off, not only at the 5-minute backstop
+                settled, next_at, wait = self._payment_retry
+                if settled != prev:
+                    next_at, wait = time.monotonic() + PAYMENT_RETRY_S, PAYMENT_RETRY_S
+                if time.monotonic() >= next_at:
+                    self._payment_retry = (prev, time.monotonic() + wait * 2, wait * 2)
+                    return True
+                self._payment_retry = (prev, next_at, wait)
         return False
 
-    def _payment_missing(self, venue: str, settled_at: float) -> bool:
-        """An open perp leg on ``venue``, held across the settlement at ``settled_at``, without a payment for it."""
+    def _payment_missing(self, venue: str, symbol: str, settled_at: float) -> bool:
+        """An open perp leg of ``symbol`` on ``venue``, held across the settlement at ``settled_at``, without a
+        payment for it."""
         return self.store.one(
             "SELECT 1 FROM legs l JOIN positions p ON p.id = l.position_id WHERE p.status = 'open' AND l.market = 'perp' "
-            "AND l.venue IN (?, ?) AND p.opened_at < ? AND NOT EXISTS (SELECT 1 FROM funding_payments f "
+            "AND l.venue IN (?, ?) AND l.symbol = ? AND p.opened_at < ? AND NOT EXISTS (SELECT 1 FROM funding_payments f "
             "WHERE f.leg_id = l.id AND f.ts >= ?) LIMIT 1",
-            (venue, f"live:{venue}", settled_at - 1.0, settled_at - 60.0)) is not None
+            (venue, f"live:{venue}", symbol.split("@")[0], settled_at - 1.0, settled_at - 60.0)) is not None

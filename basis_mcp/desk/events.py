@@ -14,7 +14,7 @@ from typing import Any
 from basis_mcp.clock import Clock, iso
 from basis_mcp.models import Alert
 from basis_mcp.redact import scrub, scrub_value
-from basis_mcp.store import Store
+from basis_mcp.store import DatabaseBusy, Store
 
 
 class Events:
@@ -62,10 +62,13 @@ class Events:
         pending = "SELECT * FROM alerts WHERE delivered = 0 ORDER BY id"
         rows = self.store.q(pending)  # most calls have none: no write lock taken for them
         if rows:
-            with self.store.tx():
-                rows = self.store.q(pending)
-                if rows:
-                    self.store.x("UPDATE alerts SET delivered = 1 WHERE id <= ? AND delivered = 0", (rows[-1]["id"],))
+            try:
+                with self.store.brief(), self.store.tx():
+                    rows = self.store.q(pending)
+                    if rows:
+                        self.store.x("UPDATE alerts SET delivered = 1 WHERE id <= ? AND delivered = 0", (rows[-1]["id"],))
+            except DatabaseBusy:  # another process holds the book: the answer goes out now, the alerts with the next one
+                return []
         return [
             Alert(id=r["id"], time=iso(r["ts"]) or "", market_time=iso(r["market_ts"]) or "", severity=r["severity"],
                   rule=r["rule"], message=r["message"], data=json.loads(r["data_json"]))

@@ -113,9 +113,6 @@ def _largest(args: Any, known: frozenset[str] = frozenset()) -> str:
     return f"; the largest is an unknown argument {shown!r} ({sizes[name]:,} bytes), which this tool does not take"
 
 
-PREVIOUS_ROW = "previous row"  # a queued outcome row whose start row is queued just before it
-
-
 class CallAuditor:
     """Writes the audit rows of tool calls: a ``started`` row before the call runs and an outcome
     row (``ok``/``error``, pointing at the start row) when it ends, so a call killed mid-way still
@@ -132,7 +129,7 @@ class CallAuditor:
 
     def __init__(self) -> None:
         self.desk: Desk | None = None
-        self._pending: list[dict[str, Any]] = []
+        self._pending: list[tuple[dict[str, Any], dict[str, Any] | None]] = []  # (row, its outcome row: a read's pair)
 
     def _store(self):
         return None if self.desk is None else self.desk.store
@@ -144,18 +141,19 @@ class CallAuditor:
             return None
 
     def _flush(self, store) -> bool:
-        last = None
+        """Write the queued rows in order. A queued pair (a read's start row and its outcome) is written in one
+        transaction, the outcome pointing at the start row's id."""
         while self._pending:
-            row = self._pending[0]
-            if row["args"] == {"call": PREVIOUS_ROW}:
-                row = {**row, "args": {"call": last}}
+            row, outcome = self._pending[0]
             try:
-                last = store.append_audit(**row)
+                if outcome is None:
+                    store.append_audit(**row)
+                else:
+                    with store.relaxed(), store.tx():
+                        store.append_audit(**{**outcome, "args": {"call": store.append_audit(**row)}})
             except DatabaseBusy:
                 return False
             self._pending.pop(0)
-            if self._pending and self._pending[0]["args"] == {"call": PREVIOUS_ROW}:
-                self._pending[0]["args"] = {"call": last}
         return True
 
     def _write(self, row: dict[str, Any]) -> None:
@@ -167,9 +165,9 @@ class CallAuditor:
                 if self._flush(store):
                     store.append_audit(**row)
                     return
-            self._pending.append(row)
+            self._pending.append((row, None))
         except DatabaseBusy:
-            self._pending.append(row)
+            self._pending.append((row, None))
             log.warning("audit row queued: the book's database is locked by another process")
         except Exception:  # the audit must never turn an answer into a crash
             log.exception("audit write failed")
@@ -215,16 +213,12 @@ class CallAuditor:
         store = self._store()  # a read's held start row and its outcome: one transaction, or queued in order
         if store is None:
             return
+        self._pending.append((call_id, row))
         try:
             with store.brief():
-                if self._flush(store):
-                    with store.relaxed(), store.tx():
-                        row["args"] = {"call": store.append_audit(**call_id)}
-                        store.append_audit(**row)
-                    return
-            self._pending += [call_id, {**row, "args": {"call": PREVIOUS_ROW}}]
+                if not self._flush(store):
+                    log.warning("audit rows queued: the book's database is locked by another process")
         except DatabaseBusy:
-            self._pending += [call_id, {**row, "args": {"call": PREVIOUS_ROW}}]
             log.warning("audit rows queued: the book's database is locked by another process")
         except Exception:  # the audit must never turn an answer into a crash
             log.exception("audit write failed")

@@ -178,7 +178,7 @@ def _make_fn(spec: ToolSpec, get_desk: Callable[[Context], Any]) -> Callable[...
         try:
             # a read tool asks the same few questions several times (the open positions, their legs and fills
             # for equity, P&L and tier usage): inside one call each is asked once; any write drops the answers
-            with desk.store.read_cache() if spec.reads_once else nullcontext():
+            with desk.store.read_cache(call=True) if spec.reads_once else nullcontext():
                 out = await spec.handler(desk, inp, ctx)
         except Rejected as e:
             raise ToolError(violation_text(spec.name, e)) from None
