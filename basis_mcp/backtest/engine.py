@@ -343,12 +343,14 @@ def booking_tables(m: Market, f: dict[str, np.ndarray]) -> tuple[np.ndarray, np.
     """(settlement times, Σ mark × rate per unit held, Σ mark × rate / last fresh spot per dollar held) up to each
     settlement, built once per market and kept with its features: booking one trade then costs two searches, not a
     pass over the history (the portfolio pass books every trade as it closes)."""
-    if "_fund_cum" not in f:
+    got = f.get("_booking")
+    if got is None:  # (published whole once filled: another thread may book on the same features)
         ft = np.asarray(m.f_time, dtype=np.float64)
-        f["_f_time"], f["_fund_cum"], f["_const_cum"] = ft, np.empty(ft.size + 1), np.empty(ft.size + 1)
+        fund, const = np.empty(ft.size + 1), np.empty(ft.size + 1)
         core.booking_sums(float(m.t[0]), float(m.bar_s), ft, np.asarray(m.f_rate, dtype=np.float64), m.mark, m.spot,
-                          f["valid"], f["_fund_cum"], f["_const_cum"])
-    return f["_f_time"], f["_fund_cum"], f["_const_cum"]
+                          f["valid"], fund, const)
+        got = f["_booking"] = (ft, fund, const)
+    return got
 
 
 def carried_spot(m: Market, f: dict[str, np.ndarray]) -> np.ndarray:

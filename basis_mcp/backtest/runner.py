@@ -187,6 +187,16 @@ def run(
     same run."""
     settings = settings or Settings()
     feats = all_features(markets, params, feats)
+    if not extras:
+        return _run(markets, params, engine, progress, feats, settings, extras, None)
+    with ThreadPoolExecutor(max_workers=1) as side:
+        # the fill-delay sensitivity's other pass(es) on a second core meanwhile (the compiled passes release the GIL)
+        delayed = side.submit(_delay_pnls, markets, params, feats, settings)
+        return _run(markets, params, engine, progress, feats, settings, extras, delayed)
+
+
+def _run(markets: list[Market], params: BacktestParams, engine: str, progress: Progress | None,
+         feats: dict[str, dict[str, np.ndarray]], settings: Settings, extras: bool, delayed: Any) -> BacktestResult:
     by_sym_trades, book = _trades(markets, params, engine, feats, settings)
     own = None
     if params.strategy == "cross_exchange":  # marked with each venue's funding, not the spot/perp basis
@@ -242,7 +252,7 @@ def run(
             "apy_on_notional_pct": {m.symbol: _apy_on_notional(always[m.symbol], params.notional_usd) for m in markets},
             "by_symbol_pnl_usd": {s: by_symbol[s]["always_on_pnl_usd"] for s in by_symbol},
         }
-        sensitivity = _delay_sensitivity(markets, params, feats, settings, summary["total_pnl_usd"], engine)
+        sensitivity = _delay_sensitivity(markets, params, delayed.result(), summary["total_pnl_usd"])
     return BacktestResult(
         symbols=[m.symbol for m in markets],
         start=iso(min(float(m.t[m.i0]) for m in markets)) or "",
@@ -273,18 +283,28 @@ def _apy_on_notional(trades: list[Trade], notional: float) -> float | None:
             if years > 0 and notional > 0 else None)
 
 
-def _delay_sensitivity(markets: list[Market], params: BacktestParams, feats: dict[str, dict[str, np.ndarray]],
-                       settings: Settings, pnl_now: float, engine: str) -> dict[str, Any]:
-    bar = float(markets[0].t[1] - markets[0].t[0]) if markets[0].t.size > 1 else 3600.0
-    other = {}
-    for delay in (0.0, bar):
+def _bar_seconds(markets: list[Market]) -> float:
+    return float(markets[0].t[1] - markets[0].t[0]) if markets[0].t.size > 1 else 3600.0
+
+
+def _delay_pnls(markets: list[Market], params: BacktestParams, feats: dict[str, dict[str, np.ndarray]],
+                settings: Settings) -> dict[float, float | None]:
+    """The book's P&L with fills at the signal bar and one bar later (None: this run's own delay, known after it)."""
+    other: dict[float, float | None] = {}
+    for delay in (0.0, _bar_seconds(markets)):
         if abs(delay - params.fill_delay_seconds) < 1e-9:
-            other[delay] = pnl_now
+            other[delay] = None
             continue
         p2 = params.model_copy(update={"fill_delay_seconds": delay})
         by, _ = _trades(markets, p2, "vectorized", feats, settings)
         other[delay] = round(sum(t.pnl_usd for ts in by.values() for t in ts), 2)
-    at_signal, later = other[0.0], other[bar]
+    return other
+
+
+def _delay_sensitivity(markets: list[Market], params: BacktestParams, other: dict[float, float | None],
+                       pnl_now: float) -> dict[str, Any]:
+    bar = _bar_seconds(markets)
+    at_signal, later = (pnl_now if other[d] is None else other[d] for d in (0.0, bar))
     return {
         "pnl_fill_at_signal_usd": at_signal,
         "pnl_fill_one_bar_later_usd": later,
