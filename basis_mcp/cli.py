@@ -265,7 +265,7 @@ def _backtest(args: argparse.Namespace) -> int:
 
     from basis_mcp.backtest.params import BacktestParams
     from basis_mcp.backtest.report import write_outputs
-    from basis_mcp.backtest.runner import load_markets, run, sweep
+    from basis_mcp.backtest.runner import load_markets, run, sweep, warm_up_params
     from basis_mcp.config import ConfigError, load_settings
     from basis_mcp.history import DataError
     from basis_mcp.loaders import load_any, with_market_facts
@@ -283,7 +283,7 @@ def _backtest(args: argparse.Namespace) -> int:
         symbols = [s for s in args.symbols.split(",") if s.strip()]
         histories = load_any(args.data, symbols, args.timeframe)  # only the symbols asked for are read
         settings, facts = with_market_facts(settings, args.data, [s.strip().upper() for s in symbols])
-        markets = load_markets(histories, symbols, args.start, args.end, params, settings)
+        markets = load_markets(histories, symbols, args.start, args.end, warm_up_params(params, grid), settings)
         markets = [replace(m, notes=m.notes + tuple(n for n in facts if n.startswith(m.symbol + ":"))) for m in markets]
     except ValidationError as e:
         print("basis-mcp backtest: " + "; ".join(f"{_flag(er['loc'])}: {er['msg']}" for er in e.errors()), file=sys.stderr)

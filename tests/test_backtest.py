@@ -287,6 +287,21 @@ def test_a_sweep_over_what_the_features_read_equals_single_runs() -> None:
     assert len(seen) > 2  # the parameters do change the outcome on this span (else the test proves nothing)
 
 
+def test_a_sweep_over_longer_windows_holds_their_warm_up_or_says_so(histories) -> None:
+    """Found in review: markets hold the warm-up of the parameters they were built with; a sweep over a longer
+    z-score window ran on too short a past and disagreed with a single run of the same settings."""
+    from basis_mcp.backtest.runner import warm_up_params
+
+    p, grid = BacktestParams(), {"zscore_window": [1080, 4320]}
+    markets = load_markets(histories, ["BTC"], "2021-02-01", "2021-06-01", warm_up_params(p, grid))
+    for r in sweep(markets, p, grid):
+        q = p.model_copy(update={"zscore_window": r["zscore_window"]})
+        single = run(load_markets(histories, ["BTC"], "2021-02-01", "2021-06-01", q), q, extras=False)
+        assert (r["trades"], r["total_pnl_usd"]) == (single.summary["trades"], single.summary["total_pnl_usd"]), r
+    with pytest.raises(DataError, match="zscore_window.*4320.*warm-up"):
+        sweep(load_markets(histories, ["BTC"], "2021-02-01", "2021-06-01", p), p, grid)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

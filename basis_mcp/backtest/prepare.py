@@ -35,7 +35,8 @@ class Market:
     qty_step: float
     min_notional_usd: float
     gaps: list[tuple[str, int]]
-    stale: list[str] = field(default_factory=list)  # ISO times of candles removed as stale (zero volume, flat)
+    stale: list[str] = field(default_factory=list)
+    cut: bool = False  # the history's first bars were left out (the warm-up needed no more: `warm_up_covers`)  # ISO times of candles removed as stale (zero volume, flat)
     entry_i1: int | None = None  # entries only up to this bar (a calendar contract: while the desk would choose it)
     expiry: float | None = None  # a calendar contract's expiry: the entry check counts the premium's roll-down to it
     contract: str | None = None  # ... and its code (the other leg is its SIMULATED price, `basis_mcp.dated`)
@@ -84,17 +85,31 @@ def vol_bars(bar_s: float) -> int:
     return max(int(round(3600.0 / bar_s)), 1)
 
 
+def _warm_up(p: BacktestParams, bar_s: float) -> tuple[int, int]:
+    """(fresh samples the z-score needs before the first traded bar, bars the other lookbacks need)."""
+    span_s = max(p.basis_smoothing_hours * 3600.0, FUNDING_WARMUP_DAYS * DAY_S, p.funding_exit_hours * 3600.0,
+                 p.carry_lookback_days * DAY_S)
+    return zscore_samples(p, bar_s), max(math.ceil(span_s / bar_s - 1e-9), vol_bars(bar_s), 1) + 2
+
+
+def warm_up_covers(m: Market, p: BacktestParams) -> bool:
+    """Whether ``m`` holds the warm-up ``p``'s rules need (a market cut for other parameters may not: a sweep
+    over a longer z-score window than the markets were built for)."""
+    if not m.cut:
+        return True
+    zw, reach = _warm_up(p, m.bar_s)
+    fresh = int(np.count_nonzero(m.valid[: m.i0]))
+    return fresh >= zw and m.i0 >= reach
+
+
 def warm_up_start(spot: np.ndarray, perp: np.ndarray, i0: int, p: BacktestParams, bar_s: float) -> int:
     """The first bar the features at ``i0`` and later read: the z-score's window of fresh samples (both legs
     traded) before ``i0``, the smoothing and 1 h volatility windows, and the funding lookbacks (the entry check's
     30 days, the funding exit's and the carry's windows) in bars, whichever reaches further back. (The settlements
     themselves are kept whole; a calendar contract cuts its own window out of these bars, `calendar`.)"""
-    zw = zscore_samples(p, bar_s)
+    zw, reach = _warm_up(p, bar_s)
     fresh = np.flatnonzero(~(np.isnan(spot[:i0]) | np.isnan(perp[:i0])))
     lo_z = int(fresh[-zw]) if fresh.size >= zw else 0
-    span_s = max(p.basis_smoothing_hours * 3600.0, FUNDING_WARMUP_DAYS * DAY_S, p.funding_exit_hours * 3600.0,
-                 p.carry_lookback_days * DAY_S)
-    reach = max(math.ceil(span_s / bar_s - 1e-9), vol_bars(bar_s), 1) + 2
     lo = max(min(lo_z, i0 - reach), 0)
     back = np.flatnonzero(~(np.isnan(spot[:lo + 1]) | np.isnan(perp[:lo + 1])))
     return int(back[-1]) if back.size else 0  # a fresh bar first (funding at constant notional reads the last fresh spot)
@@ -138,6 +153,7 @@ def prepare(h: SymbolHistory, start: float, end: float, params: BacktestParams, 
         f_rate=h.funding_rate,
         i0=i0 - lo,
         i1=i1 - lo,
+        cut=lo > 0,
         costs=costs,
         qty_step=step,
         min_notional_usd=min_notional,

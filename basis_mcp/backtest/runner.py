@@ -26,7 +26,7 @@ from basis_mcp.backtest.engine import (
 )
 from basis_mcp.backtest.params import BacktestParams
 from basis_mcp.backtest.portfolio import simulate
-from basis_mcp.backtest.prepare import Market, prepare
+from basis_mcp.backtest.prepare import Market, prepare, warm_up_covers
 from basis_mcp.backtest.reference import run_reference
 from basis_mcp.backtest.results import Trade, equity_curve, per_year, stats, yearly
 from basis_mcp.clock import iso, parse_time
@@ -284,7 +284,7 @@ def _apy_on_notional(trades: list[Trade], notional: float) -> float | None:
 
 
 def _bar_seconds(markets: list[Market]) -> float:
-    return float(markets[0].t[1] - markets[0].t[0]) if markets[0].t.size > 1 else 3600.0
+    return float(markets[0].bar_s)
 
 
 def _delay_pnls(markets: list[Market], params: BacktestParams, feats: dict[str, dict[str, np.ndarray]],
@@ -318,6 +318,16 @@ SWEEP_COLUMNS = ("trades", "win_rate_pct", "total_pnl_usd", "apy_pct", "apy_whil
                  "max_drawdown_pct", "exposure_pct")
 
 
+WARM_UP_FIELDS = ("zscore_window", "basis_smoothing_hours", "funding_exit_hours", "carry_lookback_days")
+
+
+def warm_up_params(base: BacktestParams, grid: dict[str, list[float]]) -> BacktestParams:
+    """``base`` with the longest lookbacks in ``grid``: markets built with it hold the warm-up every combination
+    needs (`prepare.warm_up_start`)."""
+    longest = {k: max(grid[k]) for k in WARM_UP_FIELDS if grid.get(k)}
+    return base.model_copy(update=longest) if longest else base
+
+
 def sweep_combos(base: BacktestParams, grid: dict[str, list[float]]) -> list[tuple[float, ...]]:
     """Every combination of ``grid``'s values, in grid order (unknown names refused)."""
     unknown = [k for k in grid if k not in BacktestParams.model_fields]
@@ -340,6 +350,10 @@ def sweep_rows(markets: list[Market], base: BacktestParams, keys: list[str], com
         except ValueError as e:  # e.g. an exit threshold above the entry one: not a strategy
             refused.append(f"{named}: {str(e).splitlines()[-1].strip()}")
             continue
+        short = [m.symbol for m in markets if not warm_up_covers(m, params)]
+        if short:
+            raise DataError(f"sweep: {named} needs a longer warm-up before the range than the markets of {', '.join(short)} "
+                            "hold: build them with runner.warm_up_params(base, grid)")
         fw = cache.setdefault(feature_key(params), {})
         for m in markets:
             if m.symbol not in fw:
