@@ -35,8 +35,8 @@ class Market:
     qty_step: float
     min_notional_usd: float
     gaps: list[tuple[str, int]]
-    stale: list[str] = field(default_factory=list)
-    cut: bool = False  # the history's first bars were left out (the warm-up needed no more: `warm_up_covers`)  # ISO times of candles removed as stale (zero volume, flat)
+    stale: list[str] = field(default_factory=list)  # ISO times of candles removed as stale (zero volume, flat)
+    cut: bool = False  # the history's first bars were left out (the warm-up needed no more: `warm_up_covers`)
     entry_i1: int | None = None  # entries only up to this bar (a calendar contract: while the desk would choose it)
     expiry: float | None = None  # a calendar contract's expiry: the entry check counts the premium's roll-down to it
     contract: str | None = None  # ... and its code (the other leg is its SIMULATED price, `basis_mcp.dated`)
