@@ -7,15 +7,10 @@ start-up and must not pay for the compiled engine (numba) until a backtest runs.
 from __future__ import annotations
 
 from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from basis_mcp.backtest.params import BacktestParams
 from basis_mcp.backtest.prepare import Market, prepare  # (eager: the function shadows its module's name)
-
-if TYPE_CHECKING:
-    from basis_mcp.backtest.engine import run_vectorized
-    from basis_mcp.backtest.reference import run_reference
-    from basis_mcp.backtest.results import Trade
 
 _WHERE = {"run_vectorized": "engine", "run_reference": "reference", "Trade": "results"}
 __all__ = ["BacktestParams", "Market", "Trade", "prepare", "run_reference", "run_vectorized"]

@@ -27,7 +27,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from basis_mcp.backtest import core
+import basis_mcp.backtest.core as core
 from basis_mcp.backtest.params import BacktestParams
 from basis_mcp.backtest.prepare import Market, vol_bars, zscore_samples
 from basis_mcp.backtest.results import Trade

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from basis_mcp.backtest import core
+import basis_mcp.backtest.core as core
 from basis_mcp.backtest.engine import SKIP, TradeFinder, book_trades, booking_tables, carried_spot
 from basis_mcp.backtest.params import BacktestParams
 from basis_mcp.backtest.prepare import Market

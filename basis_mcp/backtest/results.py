@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
+import basis_mcp.backtest.core as core
 from basis_mcp import dated
-from basis_mcp.backtest import core
 from basis_mcp.backtest.prepare import Market
 from basis_mcp.clock import iso
 from basis_mcp.costs import PairCosts

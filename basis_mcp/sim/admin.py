@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
@@ -13,9 +14,10 @@ from starlette.routing import Route
 from basis_mcp.sim.state import SimState
 
 
-def admin_routes(state: SimState) -> list[Route]:
-    """``/_sim/state`` (GET), ``/_sim/time`` (GET; POST ``{"t": ...}`` or ``{"advance_s": ...}``, answers the
-    funding settled on the way), ``/_sim/faults`` (GET, POST) and ``/_sim/requests`` (GET, DELETE)."""
+def admin_routes(state: SimState, snapshot: Callable[[], dict[str, Any]] | None = None) -> list[Route]:
+    """``/_sim/state`` (GET: ``snapshot()``, the venue's books, if given), ``/_sim/time`` (GET; POST ``{"t": ...}``
+    or ``{"advance_s": ...}``, answers the funding settled on the way), ``/_sim/faults`` (GET, POST) and
+    ``/_sim/requests`` (GET, DELETE)."""
 
     def requests_snapshot() -> dict[str, Any]:
         with state.lock:
@@ -23,6 +25,8 @@ def admin_routes(state: SimState) -> list[Route]:
                     "unknown": list(state.unknown_paths)}
 
     async def admin_state(request: Request) -> Response:
+        if snapshot is not None:
+            return JSONResponse(snapshot())
         with state.lock:
             t = state.t
         return JSONResponse({"t": t, "time": datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z"),

@@ -75,6 +75,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from basis_mcp.history import load_funding_venues
+from basis_mcp.sim.admin import admin_routes
 from basis_mcp.sim.binance import HTML_503, SimServer, _bind, _config, serve_app
 from basis_mcp.sim.bybit_api import ORDER_CODES, BybitApi, BybitError, translate
 from basis_mcp.sim.instruments import CROSSED, ISOLATED, QUOTE, BinanceError
@@ -328,34 +329,6 @@ def build_app(state: SimState, funding_spans: dict[str, tuple[int, int]] | None 
         api_route("GET", "/v5/asset/coin/query-info", lambda p: _coin_info(state), True),
     ]
 
-    async def admin_state(request: Request) -> Response:
-        return JSONResponse(sim.snapshot())
-
-    async def admin_time(request: Request) -> Response:
-        if request.method == "POST":
-            d = await request.json()
-            try:
-                settled = state.advance(d["advance_s"]) if "advance_s" in d else state.set_time(d["t"])
-            except (KeyError, ValueError, TypeError) as e:
-                return JSONResponse({"error": f"give 't' (epoch s or ISO) or 'advance_s': {e}"}, 400)
-            return JSONResponse({"t": state.t, "funding": settled})
-        return JSONResponse({"t": state.t})
-
-    async def admin_faults(request: Request) -> Response:
-        if request.method == "POST":
-            try:
-                with state.lock:
-                    state.faults.update(await request.json())
-            except (ValueError, TypeError) as e:
-                return JSONResponse({"error": str(e)}, 400)
-        return JSONResponse(asdict(state.faults))
-
-    async def admin_requests(request: Request) -> Response:
-        if request.method == "DELETE":
-            state.reset_counts()
-        return JSONResponse({"total": sum(state.requests.values()), "by_path": dict(state.requests),
-                             "unknown": list(state.unknown_paths)})
-
     async def admin_deposit(request: Request) -> Response:
         """``{"asset": "USDT" | a coin, "amount": x}``: USDT to the unified wallet, a coin to spot."""
         d = await request.json()
@@ -372,10 +345,7 @@ def build_app(state: SimState, funding_spans: dict[str, tuple[int, int]] | None 
         return JSONResponse(envelope({}, 10017, f"route not found: {request.method} {request.url.path}"), 404)
 
     routes += [
-        Route("/_sim/state", admin_state),
-        Route("/_sim/time", admin_time, methods=["GET", "POST"]),
-        Route("/_sim/faults", admin_faults, methods=["GET", "POST"]),
-        Route("/_sim/requests", admin_requests, methods=["GET", "DELETE"]),
+        *admin_routes(state, sim.snapshot),
         Route("/_sim/deposit", admin_deposit, methods=["POST"]),
         Route("/{path:path}", not_found, methods=["GET", "POST", "PUT", "DELETE"]),
     ]
